@@ -1,0 +1,371 @@
+//! Model configuration: one TOML file with a section per component.
+//!
+//! Field names follow the Hugging Face configs of the matching components (`ViTConfig`,
+//! `LlamaConfig`) so that a pretrained checkpoint's `config.json` maps over field by field.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, VlaError};
+
+/// ViT encoder shared by all cameras.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisionConfig {
+    /// Native (training) resolution; square images of this side length.
+    pub image_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "default_channels")]
+    pub num_channels: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_ln_eps")]
+    pub layer_norm_eps: f64,
+    /// HF ViT has a CLS token (and a position embedding for it); only needed to import such
+    /// weights. The VLA only consumes patch tokens, so it is dropped from the output.
+    #[serde(default)]
+    pub use_cls_token: bool,
+    /// Number of cameras (front, wrist): each is encoded separately, tokens concatenated.
+    #[serde(default = "default_cameras")]
+    pub num_cameras: usize,
+    /// Spatial-softmax keypoints per camera, fed to the LM as one extra token holding their
+    /// expected (x, y) patch-grid coordinates (0 disables). Not part of OpenVLA: trained from
+    /// scratch, attention over patch tokens learns *where* objects are very slowly, while
+    /// soft-argmax coordinates make positions linearly readable (Levine et al., 2016).
+    #[serde(default)]
+    pub num_keypoints: usize,
+    /// Per-channel normalisation applied to [0, 1] pixels.
+    #[serde(default = "default_mean")]
+    pub image_mean: [f32; 3],
+    #[serde(default = "default_std")]
+    pub image_std: [f32; 3],
+}
+
+/// MLP from the ViT width to the LM width (`fc1`, GELU, `fc2`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectorConfig {
+    /// Width of the hidden layer (between `fc1` and `fc2`).
+    pub hidden_size: usize,
+}
+
+/// Llama-style decoder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextConfig {
+    /// Size of the *text* vocabulary (the BPE target size). Action tokens get the
+    /// `action.num_bins` ids after it, so the LM's embedding table has
+    /// `vocab_size + num_bins` rows.
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Grouped-query attention; equal to `num_attention_heads` for plain multi-head.
+    pub num_key_value_heads: usize,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// Longest sequence (vision + state + prompt + action tokens) the model accepts.
+    pub max_position_embeddings: usize,
+}
+
+/// Action discretisation and proprioception.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionConfig {
+    #[serde(default = "default_action_dim")]
+    pub action_dim: usize,
+    #[serde(default = "default_bins")]
+    pub num_bins: usize,
+    /// Index of the binary gripper dimension (encoded with bins 0 / `num_bins - 1` only).
+    #[serde(default = "default_gripper_dim")]
+    pub gripper_dim: Option<usize>,
+    #[serde(default = "default_state_dim")]
+    pub state_dim: usize,
+    /// Feed the proprioceptive state to the LM as one extra token.
+    #[serde(default = "default_true")]
+    pub use_proprio: bool,
+}
+
+/// Whole-model configuration (`configs/*.toml`, and `config` inside a run's `config.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VlaConfig {
+    pub vision: VisionConfig,
+    pub projector: ProjectorConfig,
+    pub text: TextConfig,
+    pub action: ActionConfig,
+}
+
+fn default_channels() -> usize {
+    3
+}
+fn default_ln_eps() -> f64 {
+    1e-6
+}
+fn default_cameras() -> usize {
+    2
+}
+fn default_mean() -> [f32; 3] {
+    [0.5; 3]
+}
+fn default_std() -> [f32; 3] {
+    [0.5; 3]
+}
+fn default_rms_eps() -> f64 {
+    1e-5
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_action_dim() -> usize {
+    vla_core::action::ACTION_DIM
+}
+fn default_bins() -> usize {
+    256
+}
+fn default_gripper_dim() -> Option<usize> {
+    Some(6)
+}
+fn default_state_dim() -> usize {
+    vla_core::observation::STATE_DIM
+}
+fn default_true() -> bool {
+    true
+}
+
+impl VlaConfig {
+    /// Reads and validates a TOML config; errors name the file and the offending field.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| VlaError::Config {
+            path: path.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let config: VlaConfig = toml::from_str(&text).map_err(|e| VlaError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|e| VlaError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string (no file: errors carry the field only).
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let config: VlaConfig = toml::from_str(text).map_err(|e| VlaError::Config {
+            path: "<string>".into(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml_string(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| VlaError::invalid("<all>", e.to_string()))
+    }
+
+    /// Number of LM vocabulary rows: text tokens followed by the action bins.
+    pub fn lm_vocab_size(&self) -> usize {
+        self.text.vocab_size + self.action.num_bins
+    }
+
+    /// First action token id (action bin `b` is token `action_token_offset() + b`).
+    pub fn action_token_offset(&self) -> usize {
+        self.text.vocab_size
+    }
+
+    /// Patch tokens per camera at the native resolution.
+    pub fn patches_per_camera(&self) -> usize {
+        let g = self.vision.image_size / self.vision.patch_size;
+        g * g
+    }
+
+    /// Tokens in front of the prompt: all cameras' patches plus the optional keypoint and
+    /// state tokens.
+    pub fn num_prefix_tokens(&self) -> usize {
+        self.vision.num_cameras * self.patches_per_camera()
+            + usize::from(self.vision.num_keypoints > 0)
+            + usize::from(self.action.use_proprio)
+    }
+
+    /// Checks cross-field constraints the type system cannot express.
+    pub fn validate(&self) -> Result<()> {
+        let v = &self.vision;
+        let t = &self.text;
+        let a = &self.action;
+        let positive = [
+            ("vision.image_size", v.image_size),
+            ("vision.patch_size", v.patch_size),
+            ("vision.num_channels", v.num_channels),
+            ("vision.hidden_size", v.hidden_size),
+            ("vision.num_hidden_layers", v.num_hidden_layers),
+            ("vision.num_attention_heads", v.num_attention_heads),
+            ("vision.intermediate_size", v.intermediate_size),
+            ("vision.num_cameras", v.num_cameras),
+            ("projector.hidden_size", self.projector.hidden_size),
+            ("text.vocab_size", t.vocab_size),
+            ("text.hidden_size", t.hidden_size),
+            ("text.intermediate_size", t.intermediate_size),
+            ("text.num_hidden_layers", t.num_hidden_layers),
+            ("text.num_attention_heads", t.num_attention_heads),
+            ("text.num_key_value_heads", t.num_key_value_heads),
+            ("text.max_position_embeddings", t.max_position_embeddings),
+            ("action.action_dim", a.action_dim),
+            ("action.state_dim", a.state_dim),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(VlaError::invalid(field, "must be > 0"));
+            }
+        }
+        if !v.image_size.is_multiple_of(v.patch_size) {
+            return Err(VlaError::invalid(
+                "vision.image_size",
+                format!(
+                    "{} is not a multiple of vision.patch_size {}",
+                    v.image_size, v.patch_size
+                ),
+            ));
+        }
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
+            return Err(VlaError::invalid(
+                "vision.hidden_size",
+                format!(
+                    "{} is not divisible by vision.num_attention_heads {}",
+                    v.hidden_size, v.num_attention_heads
+                ),
+            ));
+        }
+        if !t.hidden_size.is_multiple_of(t.num_attention_heads)
+            || !(t.hidden_size / t.num_attention_heads).is_multiple_of(2)
+        {
+            return Err(VlaError::invalid(
+                "text.hidden_size",
+                format!(
+                    "{} must be divisible by text.num_attention_heads {} with an even head size (rotary embeddings)",
+                    t.hidden_size, t.num_attention_heads
+                ),
+            ));
+        }
+        if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
+            return Err(VlaError::invalid(
+                "text.num_key_value_heads",
+                format!(
+                    "{} does not divide text.num_attention_heads {}",
+                    t.num_key_value_heads, t.num_attention_heads
+                ),
+            ));
+        }
+        if a.num_bins < 2 {
+            return Err(VlaError::invalid("action.num_bins", "must be >= 2"));
+        }
+        if let Some(g) = a.gripper_dim {
+            if g >= a.action_dim {
+                return Err(VlaError::invalid(
+                    "action.gripper_dim",
+                    format!("{g} is out of range for action.action_dim {}", a.action_dim),
+                ));
+            }
+        }
+        for (i, s) in v.image_std.iter().enumerate() {
+            if *s <= 0.0 {
+                return Err(VlaError::invalid(
+                    format!("vision.image_std[{i}]"),
+                    "must be > 0",
+                ));
+            }
+        }
+        let min_len = self.num_prefix_tokens() + a.action_dim + 2;
+        if t.max_position_embeddings < min_len {
+            return Err(VlaError::invalid(
+                "text.max_position_embeddings",
+                format!(
+                    "{} is too small: vision/state prefix and actions alone need {min_len}",
+                    t.max_position_embeddings
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A very small config for unit tests (fast on CPU, not useful for control).
+    pub fn test_tiny() -> Self {
+        VlaConfig {
+            vision: VisionConfig {
+                image_size: 16,
+                patch_size: 8,
+                num_channels: 3,
+                hidden_size: 16,
+                num_hidden_layers: 1,
+                num_attention_heads: 2,
+                intermediate_size: 32,
+                layer_norm_eps: 1e-6,
+                use_cls_token: false,
+                num_cameras: 2,
+                num_keypoints: 4,
+                image_mean: default_mean(),
+                image_std: default_std(),
+            },
+            projector: ProjectorConfig { hidden_size: 32 },
+            text: TextConfig {
+                vocab_size: 300,
+                hidden_size: 32,
+                intermediate_size: 64,
+                num_hidden_layers: 2,
+                num_attention_heads: 4,
+                num_key_value_heads: 2,
+                rms_norm_eps: 1e-5,
+                rope_theta: 10_000.0,
+                max_position_embeddings: 128,
+            },
+            action: ActionConfig {
+                action_dim: 7,
+                num_bins: 256,
+                gripper_dim: Some(6),
+                state_dim: 13,
+                use_proprio: true,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_configs_parse_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        for name in ["tiny.toml", "base.toml"] {
+            let cfg = VlaConfig::from_toml_file(dir.join(name)).expect(name);
+            assert_eq!(cfg.action.action_dim, 7);
+        }
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let dir = std::env::temp_dir().join(format!("vla-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("broken.toml");
+        let mut text = VlaConfig::test_tiny().to_toml_string().unwrap();
+        text = text.replace("intermediate_size = 64\n", "");
+        std::fs::write(&path, &text).unwrap();
+        let err = VlaConfig::from_toml_file(&path).unwrap_err().to_string();
+        assert!(err.contains("broken.toml"), "{err}");
+        assert!(err.contains("intermediate_size"), "{err}");
+
+        let mut bad = VlaConfig::test_tiny();
+        bad.vision.patch_size = 5;
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("vision.image_size"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

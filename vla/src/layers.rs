@@ -1,0 +1,115 @@
+//! Small building blocks shared by the components.
+//!
+//! They are thin wrappers over tch so that (a) parameter names match Hugging Face exactly
+//! (`weight`, `bias`), (b) compute follows the activation dtype — the weights stay f32 masters
+//! and are cast on use, which is how bf16 mixed precision is done here (tch cannot select the
+//! bf16 autocast dtype) — and (c) biases and norm weights land in the no-weight-decay group.
+
+use tch::nn::{Init, Path};
+use tch::{Kind, Tensor};
+
+/// Optimizer parameter group with weight decay (matrices, embeddings).
+pub const DECAY_GROUP: usize = 0;
+/// Optimizer parameter group without weight decay (biases, norms, position embeddings).
+pub const NO_DECAY_GROUP: usize = 1;
+
+/// Standard deviation of the normal init, as in HF `initializer_range`.
+pub const INIT_STD: f64 = 0.02;
+
+pub(crate) fn normal_init() -> Init {
+    Init::Randn {
+        mean: 0.0,
+        stdev: INIT_STD,
+    }
+}
+
+/// `y = x W^T + b`, weight `[out, in]` like `torch.nn.Linear`.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(p: &Path, in_dim: usize, out_dim: usize, bias: bool) -> Self {
+        let weight =
+            p.set_group(DECAY_GROUP)
+                .var("weight", &[out_dim as i64, in_dim as i64], normal_init());
+        let bias = bias.then(|| p.set_group(NO_DECAY_GROUP).zeros("bias", &[out_dim as i64]));
+        Linear { weight, bias }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        if kind == self.weight.kind() {
+            // Fast path (f32): no casts, which matters for per-token decoding overhead.
+            return x.linear(&self.weight, self.bias.as_ref());
+        }
+        let w = self.weight.to_kind(kind);
+        let b = self.bias.as_ref().map(|b| b.to_kind(kind));
+        x.linear(&w, b.as_ref())
+    }
+}
+
+/// LayerNorm with affine parameters; statistics computed in f32 for stability under bf16.
+#[derive(Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(p: &Path, dim: usize, eps: f64) -> Self {
+        let p = p.set_group(NO_DECAY_GROUP);
+        LayerNorm {
+            weight: p.ones("weight", &[dim as i64]),
+            bias: p.zeros("bias", &[dim as i64]),
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let dim = self.weight.size()[0];
+        if kind == Kind::Float {
+            return x.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, false);
+        }
+        x.to_kind(Kind::Float)
+            .layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, false)
+            .to_kind(kind)
+    }
+}
+
+/// Llama RMSNorm (`weight * x / rms(x)`), computed in f32 as in HF.
+#[derive(Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(p: &Path, dim: usize, eps: f64) -> Self {
+        RmsNorm {
+            weight: p.set_group(NO_DECAY_GROUP).ones("weight", &[dim as i64]),
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        if kind == Kind::Float {
+            // One fused ATen op instead of six.
+            let dim = self.weight.size()[0];
+            return x.rms_norm([dim], Some(&self.weight), self.eps);
+        }
+        let xf = x.to_kind(Kind::Float);
+        let rms = (xf.square().mean_dim(-1i64, true, Kind::Float) + self.eps).rsqrt();
+        ((xf * rms).to_kind(kind)) * self.weight.to_kind(kind)
+    }
+}
+
+/// Walks a dotted HF name (`encoder.layer.3`) down a var-store path (tch forbids dots).
+pub(crate) fn sub_path<'a>(p: &Path<'a>, dotted: &str) -> Path<'a> {
+    dotted.split('.').fold(p.clone(), |acc, part| acc.sub(part))
+}

@@ -1,0 +1,738 @@
+//! The VLA: ViT → projector → Llama, emitting discretised actions as tokens.
+//!
+//! Sequence fed to the LM, per sample:
+//!
+//! ```text
+//! [front patches][wrist patches][keypoints][state] [pad… BOS prompt…] [a0 … a5]
+//!  └─ C·N vision tokens ──────┘ └── 1 ──┘ └ 1 ┘   └ left-padded L ┘   └ teacher-forced ┘
+//! ```
+//!
+//! The keypoint token (optional, `vision.num_keypoints`) carries the spatial soft-argmax
+//! coordinates of learned per-patch keypoint logits for every camera; it is what lets a
+//! from-scratch model learn object positions in minutes (see [`crate::config::VisionConfig`]).
+//!
+//! The hidden state at the last prompt token predicts `a0`, the one at `a_i` predicts
+//! `a_{i+1}`. Prompts are left-padded so every sample's actions sit at the same positions;
+//! the padding is masked and skipped by the rotary positions (see [`crate::llama`]).
+//!
+//! Parameter names (HF-style, so importing pretrained weights is a name map):
+//! `vision_backbone.*` (HF `ViTModel`), `camera_embeddings.weight`, `projector.fc{1,2}`,
+//! `keypoint_head`, `keypoint_projector.fc{1,2}`, `proprio_projector.fc{1,2}`, `language_model.model.*` / `language_model.lm_head`
+//! (HF `LlamaForCausalLM`).
+
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::action_tokenizer::{ActionTokenizer, NormStats};
+use crate::config::VlaConfig;
+use crate::error::{Result, VlaError};
+use crate::layers::{normal_init, Linear, NO_DECAY_GROUP};
+use crate::llama::Llama;
+use crate::projector::MlpProjector;
+use crate::vit::VitModel;
+
+/// One training (or evaluation) batch; all tensors share the batch size `B`.
+#[derive(Debug)]
+pub struct VlaBatch {
+    /// `[B, num_cameras, 3, H, W]`, u8 (0–255) or float in `[0, 1]`; camera 0 front, 1 wrist.
+    pub images: Tensor,
+    /// `[B, state_dim]` raw proprioception (the model normalises it); `None` without proprio.
+    pub state: Option<Tensor>,
+    /// `[B, L]` i64 prompt ids (BOS + prompt), **left**-padded.
+    pub prompt_ids: Tensor,
+    /// `[B, L]` bool/int, 1 where `prompt_ids` is a real token.
+    pub prompt_mask: Tensor,
+    /// `[B, action_dim]` i64 action token ids (see [`ActionTokenizer::encode`]).
+    pub action_tokens: Tensor,
+}
+
+impl VlaBatch {
+    pub fn to_device(&self, device: Device) -> VlaBatch {
+        VlaBatch {
+            images: self.images.to_device(device),
+            state: self.state.as_ref().map(|s| s.to_device(device)),
+            prompt_ids: self.prompt_ids.to_device(device),
+            prompt_mask: self.prompt_mask.to_device(device),
+            action_tokens: self.action_tokens.to_device(device),
+        }
+    }
+
+    pub fn batch_size(&self) -> i64 {
+        self.action_tokens.size().first().copied().unwrap_or(0)
+    }
+}
+
+/// Left-pads variable-length prompts into `([B, L] ids, [B, L] bool mask)`.
+pub fn left_pad(prompts: &[Vec<i64>], pad_id: i64) -> (Tensor, Tensor) {
+    let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * len);
+    let mut mask = Vec::with_capacity(prompts.len() * len);
+    for p in prompts {
+        let pad = len - p.len();
+        ids.extend(std::iter::repeat_n(pad_id, pad).chain(p.iter().copied()));
+        mask.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, p.len())));
+    }
+    let shape = [prompts.len() as i64, len as i64];
+    (
+        Tensor::from_slice(&ids).view(shape),
+        Tensor::from_slice(&mask).view(shape),
+    )
+}
+
+/// What a training forward pass returns.
+#[derive(Debug)]
+pub struct TrainOutput {
+    /// Mean cross-entropy over the action tokens (scalar, differentiable).
+    pub loss: Tensor,
+    /// `[B, action_dim, num_bins]` f32 logits over the action vocabulary.
+    pub action_logits: Tensor,
+    /// `[B, action_dim]` constrained greedy predictions (token ids).
+    pub predicted: Tensor,
+    /// Fraction of action tokens predicted exactly (scalar f32 tensor).
+    pub accuracy: Tensor,
+}
+
+/// The vision-language-action model.
+#[derive(Debug)]
+pub struct VlaModel {
+    config: VlaConfig,
+    vs: VarStore,
+    vision: VitModel,
+    /// `camera_embeddings.weight` `[num_cameras, vision_width]`: tells the LM which camera a
+    /// patch came from (both share the ViT and its position embeddings).
+    camera_embeddings: Tensor,
+    projector: MlpProjector,
+    /// `keypoint_head` (ViT width → K logits per patch) and `keypoint_projector`
+    /// (2·K·cameras coordinates → LM width), when `vision.num_keypoints > 0`.
+    keypoints: Option<(Linear, MlpProjector)>,
+    proprio_projector: Option<MlpProjector>,
+    lm: Llama,
+    action_tokenizer: ActionTokenizer,
+    norm_stats: NormStats,
+    state_mean: Tensor,
+    state_std: Tensor,
+    image_mean: Tensor,
+    image_std: Tensor,
+    /// `[action_dim, num_bins]` f32: 0 for bins generation may emit at each step, -inf else.
+    allowed_bias: Tensor,
+    compute_kind: Kind,
+}
+
+/// Expected patch-grid coordinates under a softmax over patches: `logits [N, gh*gw, K]` →
+/// `[N, K, 2]` (x, y) in `[-1, 1]`, computed in f32.
+fn spatial_soft_argmax(logits: &Tensor, gh: i64, gw: i64) -> Tensor {
+    let device = logits.device();
+    let opts = (Kind::Float, device);
+    let attn = logits.to_kind(Kind::Float).softmax(1, Kind::Float); // [N, P, K]
+    let xs = Tensor::linspace(-1.0, 1.0, gw, opts)
+        .unsqueeze(0)
+        .expand([gh, gw], false)
+        .reshape([1, gh * gw, 1]);
+    let ys = Tensor::linspace(-1.0, 1.0, gh, opts)
+        .unsqueeze(1)
+        .expand([gh, gw], false)
+        .reshape([1, gh * gw, 1]);
+    let x = (&attn * xs).sum_dim_intlist(1i64, false, Kind::Float);
+    let y = (&attn * ys).sum_dim_intlist(1i64, false, Kind::Float);
+    Tensor::stack(&[x, y], 2)
+}
+
+fn check_device(device: Device) -> Result<()> {
+    if let Device::Cuda(i) = device {
+        if !tch::Cuda::is_available() {
+            return Err(VlaError::Device(format!(
+                "CUDA device {i} requested but CUDA is not available (no GPU, or libtorch without torch_cuda linked)"
+            )));
+        }
+        let n = tch::Cuda::device_count();
+        if i as i64 >= n {
+            return Err(VlaError::Device(format!(
+                "CUDA device {i} requested, {n} present"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl VlaModel {
+    /// Builds a freshly initialised model. Initialisation happens on the CPU after
+    /// `tch::manual_seed(seed)`, then moves to `device`, so a seed gives the same weights on
+    /// every device.
+    pub fn new(
+        config: VlaConfig,
+        norm_stats: NormStats,
+        device: Device,
+        seed: i64,
+    ) -> Result<Self> {
+        config.validate()?;
+        norm_stats.validate(&config)?;
+        check_device(device)?;
+        tch::manual_seed(seed);
+        let mut vs = VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let v = &config.vision;
+        let t = &config.text;
+        let vision = VitModel::new(&root.sub("vision_backbone"), v);
+        let camera_embeddings = root.sub("camera_embeddings").set_group(NO_DECAY_GROUP).var(
+            "weight",
+            &[v.num_cameras as i64, v.hidden_size as i64],
+            normal_init(),
+        );
+        let projector = MlpProjector::new(
+            &root.sub("projector"),
+            v.hidden_size,
+            config.projector.hidden_size,
+            t.hidden_size,
+        );
+        let keypoints = (v.num_keypoints > 0).then(|| {
+            let coords = 2 * v.num_keypoints * v.num_cameras;
+            (
+                Linear::new(&root.sub("keypoint_head"), v.hidden_size, v.num_keypoints, true),
+                MlpProjector::new(
+                    &root.sub("keypoint_projector"),
+                    coords,
+                    t.hidden_size,
+                    t.hidden_size,
+                ),
+            )
+        });
+        let proprio_projector = config.action.use_proprio.then(|| {
+            MlpProjector::new(
+                &root.sub("proprio_projector"),
+                config.action.state_dim,
+                t.hidden_size,
+                t.hidden_size,
+            )
+        });
+        let lm = Llama::new(
+            &root.sub("language_model"),
+            t,
+            config.lm_vocab_size(),
+            device,
+        );
+        vs.set_device(device);
+
+        let action_tokenizer = ActionTokenizer::new(&config, norm_stats.action.clone())?;
+        let f32s = |v: &[f32]| Tensor::from_slice(v).to_device(device);
+        let allowed: Vec<f32> = (0..config.action.action_dim)
+            .flat_map(|d| {
+                let ok = action_tokenizer.allowed_bins(d);
+                (0..config.action.num_bins).map(move |b| {
+                    if ok.contains(&b) {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        let allowed_bias = Tensor::from_slice(&allowed)
+            .view([
+                config.action.action_dim as i64,
+                config.action.num_bins as i64,
+            ])
+            .to_device(device);
+        let model = VlaModel {
+            state_mean: f32s(&norm_stats.state.mean),
+            state_std: f32s(&norm_stats.state.std),
+            image_mean: f32s(&v.image_mean).view([1, 3, 1, 1]),
+            image_std: f32s(&v.image_std).view([1, 3, 1, 1]),
+            allowed_bias,
+            config,
+            vs,
+            vision,
+            camera_embeddings,
+            projector,
+            keypoints,
+            proprio_projector,
+            lm,
+            action_tokenizer,
+            norm_stats,
+            compute_kind: Kind::Float,
+        };
+        tracing::debug!(
+            parameters = model.num_parameters(),
+            ?device,
+            "initialised VLA model"
+        );
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &VlaConfig {
+        &self.config
+    }
+
+    pub fn norm_stats(&self) -> &NormStats {
+        &self.norm_stats
+    }
+
+    pub fn action_tokenizer(&self) -> &ActionTokenizer {
+        &self.action_tokenizer
+    }
+
+    pub fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    pub fn var_store_mut(&mut self) -> &mut VarStore {
+        &mut self.vs
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn num_parameters(&self) -> i64 {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(Tensor::numel)
+            .sum::<usize>() as i64
+    }
+
+    /// Activations dtype. `Kind::BFloat16` gives mixed precision: weights stay f32 (the
+    /// optimizer's master copy) and are cast on use; norms, softmax statistics and the loss
+    /// stay f32. Intended for CUDA.
+    pub fn set_compute_kind(&mut self, kind: Kind) -> Result<()> {
+        match kind {
+            Kind::Float | Kind::BFloat16 | Kind::Half => {
+                self.compute_kind = kind;
+                Ok(())
+            }
+            other => Err(VlaError::Input(format!(
+                "unsupported compute kind {other:?}"
+            ))),
+        }
+    }
+
+    pub fn compute_kind(&self) -> Kind {
+        self.compute_kind
+    }
+
+    /// Encodes continuous actions `[B][action_dim]` into a `[B, action_dim]` token tensor.
+    pub fn encode_actions<A: AsRef<[f32]>>(&self, actions: &[A]) -> Result<Tensor> {
+        let mut ids = Vec::with_capacity(actions.len() * self.config.action.action_dim);
+        for a in actions {
+            ids.extend(self.action_tokenizer.encode(a.as_ref())?);
+        }
+        Ok(Tensor::from_slice(&ids)
+            .view([actions.len() as i64, self.config.action.action_dim as i64])
+            .to_device(self.device()))
+    }
+
+    /// `[B, C, 3, H, W]` u8/float images → normalised `[B*C, 3, H, W]` in compute kind.
+    fn preprocess_images(&self, images: &Tensor) -> Result<Tensor> {
+        let size = images.size();
+        let c = self.config.vision.num_cameras as i64;
+        let ps = self.config.vision.patch_size as i64;
+        if size.len() != 5 || size[1] != c || size[2] != 3 {
+            return Err(VlaError::Input(format!(
+                "images have shape {size:?}, expected [B, {c}, 3, H, W]"
+            )));
+        }
+        if size[3] % ps != 0 || size[4] % ps != 0 {
+            return Err(VlaError::Input(format!(
+                "image size {}x{} is not a multiple of the patch size {ps}",
+                size[3], size[4]
+            )));
+        }
+        let x = images.to_device(self.device());
+        let x = match x.kind() {
+            Kind::Uint8 => x.to_kind(Kind::Float) / 255.0,
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16 => x.to_kind(Kind::Float),
+            other => return Err(VlaError::Input(format!("images of kind {other:?}"))),
+        };
+        let x = x.view([size[0] * c, 3, size[3], size[4]]);
+        Ok(((x - &self.image_mean) / &self.image_std).to_kind(self.compute_kind))
+    }
+
+    /// Vision (+ state) + prompt embeddings `[B, P, D]` and their validity mask `[B, P]`.
+    fn embed_prefix(
+        &self,
+        images: &Tensor,
+        state: Option<&Tensor>,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let b = images.size().first().copied().unwrap_or(0);
+        if b == 0 {
+            return Err(VlaError::Input("empty batch".into()));
+        }
+        let device = self.device();
+        let pixels = self.preprocess_images(images)?;
+        let patches = self.vision.forward(&pixels); // [B*C, N, Dv]
+        let (_, n, dv) = patches.size3()?;
+        let c = self.config.vision.num_cameras as i64;
+        let cams = self
+            .camera_embeddings
+            .to_kind(self.compute_kind)
+            .view([1, c, 1, dv]);
+        let vision = (patches.view([b, c, n, dv]) + cams).view([b, c * n, dv]);
+        let mut parts = vec![self.projector.forward(&vision)];
+        if let Some((head, proj)) = &self.keypoints {
+            let (gh, gw) = (
+                images.size()[3] / self.config.vision.patch_size as i64,
+                images.size()[4] / self.config.vision.patch_size as i64,
+            );
+            let coords = spatial_soft_argmax(&head.forward(&patches), gh, gw); // [B*C, K, 2]
+            let flat = coords.reshape([b, -1]).to_kind(self.compute_kind);
+            parts.push(proj.forward(&flat).unsqueeze(1));
+        }
+
+        if let Some(proj) = &self.proprio_projector {
+            let sd = self.config.action.state_dim as i64;
+            let state = state.ok_or_else(|| {
+                VlaError::Input("this model uses proprioception but no state was given".into())
+            })?;
+            if state.size() != [b, sd] {
+                return Err(VlaError::Input(format!(
+                    "state has shape {:?}, expected [{b}, {sd}]",
+                    state.size()
+                )));
+            }
+            let s =
+                (state.to_device(device).to_kind(Kind::Float) - &self.state_mean) / &self.state_std;
+            parts.push(proj.forward(&s.to_kind(self.compute_kind)).unsqueeze(1));
+        }
+
+        let ps = prompt_ids.size();
+        if ps.len() != 2 || ps[0] != b || prompt_mask.size() != ps {
+            return Err(VlaError::Input(format!(
+                "prompt ids {:?} / mask {:?} do not match batch size {b}",
+                ps,
+                prompt_mask.size()
+            )));
+        }
+        let ids = prompt_ids.to_device(device).to_kind(Kind::Int64);
+        if ps[1] > 0 {
+            let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+            let v = self.config.text.vocab_size as i64;
+            if lo < 0 || hi >= v {
+                return Err(VlaError::Input(format!(
+                    "prompt ids span {lo}..={hi}, outside the text vocabulary 0..{v}"
+                )));
+            }
+        }
+        parts.push(self.lm.embed(&ids, self.compute_kind));
+        let embeds = Tensor::cat(&parts, 1);
+        let n_prefix = embeds.size()[1] - ps[1];
+        let mask = Tensor::cat(
+            &[
+                Tensor::ones([b, n_prefix], (Kind::Bool, device)),
+                prompt_mask.to_device(device).to_kind(Kind::Bool),
+            ],
+            1,
+        );
+        Ok((embeds, mask))
+    }
+
+    fn check_action_tokens(&self, tokens: &Tensor, b: i64) -> Result<Tensor> {
+        let a = self.config.action.action_dim as i64;
+        if tokens.size() != [b, a] {
+            return Err(VlaError::Input(format!(
+                "action tokens have shape {:?}, expected [{b}, {a}]",
+                tokens.size()
+            )));
+        }
+        if b == 0 {
+            return Err(VlaError::Input("empty batch".into()));
+        }
+        let t = tokens.to_device(self.device()).to_kind(Kind::Int64);
+        let off = self.action_tokenizer.token_offset();
+        let (lo, hi) = (t.min().int64_value(&[]), t.max().int64_value(&[]));
+        if lo < off || hi >= off + self.config.action.num_bins as i64 {
+            return Err(VlaError::Input(format!(
+                "action tokens span {lo}..={hi}, outside the action range {off}..{}",
+                off + self.config.action.num_bins as i64
+            )));
+        }
+        Ok(t)
+    }
+
+    /// Action-vocabulary logits for hidden states `[B, T, D]` → `[B, T, num_bins]`.
+    fn action_logits(&self, hidden: &Tensor) -> Tensor {
+        self.lm.logits_range(
+            hidden,
+            self.action_tokenizer.token_offset(),
+            self.config.action.num_bins as i64,
+        )
+    }
+
+    /// Masks (to -inf) the bins not allowed at action steps `first_step..` of
+    /// `logits [B, S, bins]`.
+    fn constrain(&self, logits: &Tensor, first_step: i64) -> Tensor {
+        let s = logits.size()[1];
+        logits + self.allowed_bias.narrow(0, first_step, s).unsqueeze(0)
+    }
+
+    /// Teacher-forced forward pass: loss and accuracy on the action tokens only.
+    ///
+    /// The loss is the cross-entropy over the action vocabulary (text-token logits are
+    /// masked, as in constrained decoding).
+    pub fn forward_train(&self, batch: &VlaBatch) -> Result<TrainOutput> {
+        let b = batch.images.size().first().copied().unwrap_or(0);
+        let targets = self.check_action_tokens(&batch.action_tokens, b)?;
+        let (prefix, prefix_mask) = self.embed_prefix(
+            &batch.images,
+            batch.state.as_ref(),
+            &batch.prompt_ids,
+            &batch.prompt_mask,
+        )?;
+        let a = self.config.action.action_dim as i64;
+        let p = prefix.size()[1];
+        let inputs = self
+            .lm
+            .embed(&targets.narrow(1, 0, a - 1), self.compute_kind);
+        let x = Tensor::cat(&[prefix, inputs], 1);
+        let mask = Tensor::cat(
+            &[
+                prefix_mask,
+                Tensor::ones([b, a - 1], (Kind::Bool, self.device())),
+            ],
+            1,
+        );
+        let mut cache = self.lm.new_cache();
+        let hidden = self.lm.forward(&x, &mask, &mut cache)?;
+        let logits = self.action_logits(&hidden.narrow(1, p - 1, a)); // [B, A, bins]
+        let bins = self.config.action.num_bins as i64;
+        let target_bins = &targets - self.action_tokenizer.token_offset();
+        let loss = logits
+            .view([-1, bins])
+            .cross_entropy_for_logits(&target_bins.view([-1]));
+        let predicted_bins = self.constrain(&logits.detach(), 0).argmax(-1, false);
+        let accuracy = predicted_bins
+            .eq_tensor(&target_bins)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float);
+        Ok(TrainOutput {
+            loss,
+            action_logits: logits,
+            predicted: predicted_bins + self.action_tokenizer.token_offset(),
+            accuracy,
+        })
+    }
+
+    /// Greedy, constrained generation of the action tokens: one prefill over the prefix,
+    /// then one cached decoding step per action dimension. Returns `[B, action_dim]` ids.
+    pub fn generate_action_tokens(
+        &self,
+        images: &Tensor,
+        state: Option<&Tensor>,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+    ) -> Result<Tensor> {
+        tch::no_grad(|| {
+            let (prefix, mask) = self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
+            let b = prefix.size()[0];
+            let p = prefix.size()[1];
+            let mut cache = self.lm.new_cache();
+            let mut last = self
+                .lm
+                .forward(&prefix, &mask, &mut cache)?
+                .narrow(1, p - 1, 1);
+            let a = self.config.action.action_dim as i64;
+            let ones = Tensor::ones([b, 1], (Kind::Bool, self.device()));
+            let mut tokens = Vec::with_capacity(a as usize);
+            for step in 0..a {
+                let logits = self.constrain(&self.action_logits(&last), step);
+                let tok = logits.argmax(-1, false) + self.action_tokenizer.token_offset(); // [B, 1]
+                if step + 1 < a {
+                    let e = self.lm.embed(&tok, self.compute_kind);
+                    last = self.lm.forward(&e, &ones, &mut cache)?;
+                }
+                tokens.push(tok);
+            }
+            Ok(Tensor::cat(&tokens, 1))
+        })
+    }
+
+    /// [`Self::generate_action_tokens`] decoded to continuous actions (one row per sample).
+    pub fn generate_actions(
+        &self,
+        images: &Tensor,
+        state: Option<&Tensor>,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+    ) -> Result<Vec<Vec<f32>>> {
+        let tokens = self
+            .generate_action_tokens(images, state, prompt_ids, prompt_mask)?
+            .to_device(Device::Cpu);
+        let a = self.config.action.action_dim;
+        let flat: Vec<i64> = Vec::<i64>::try_from(tokens.flatten(0, 1))?;
+        flat.chunks(a)
+            .map(|row| self.action_tokenizer.decode(row))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn tiny_model(seed: i64) -> VlaModel {
+        crate::test_setup();
+        let cfg = VlaConfig::test_tiny();
+        let stats = NormStats::unit(&cfg);
+        VlaModel::new(cfg, stats, Device::Cpu, seed).unwrap()
+    }
+
+    fn batch(model: &VlaModel, b: i64) -> VlaBatch {
+        let cfg = model.config();
+        let s = cfg.vision.image_size as i64;
+        let prompts: Vec<Vec<i64>> = (0..b).map(|i| (1..(4 + i)).collect()).collect();
+        let (prompt_ids, prompt_mask) = left_pad(&prompts, 0);
+        let actions: Vec<[f32; 7]> = (0..b)
+            .map(|i| [0.1 * i as f32, -0.2, 0.3, 0.0, 0.5, -0.5, (i % 2) as f32])
+            .collect();
+        VlaBatch {
+            images: Tensor::randint(256, [b, 2, 3, s, s], (Kind::Uint8, Device::Cpu)),
+            state: Some(Tensor::randn([b, 13], (Kind::Float, Device::Cpu))),
+            prompt_ids,
+            prompt_mask,
+            action_tokens: model.encode_actions(&actions).unwrap(),
+        }
+    }
+
+    #[test]
+    fn shapes_and_parameter_names() {
+        let model = tiny_model(0);
+        let b = batch(&model, 3);
+        let out = model.forward_train(&b).unwrap();
+        assert_eq!(out.action_logits.size(), vec![3, 7, 256]);
+        assert_eq!(out.predicted.size(), vec![3, 7]);
+        assert!(out.loss.double_value(&[]).is_finite());
+        let names = model.var_store().variables();
+        for n in [
+            "vision_backbone.embeddings.position_embeddings",
+            "vision_backbone.encoder.layer.0.layernorm_before.weight",
+            "camera_embeddings.weight",
+            "projector.fc1.weight",
+            "keypoint_head.weight",
+            "keypoint_projector.fc1.weight",
+            "proprio_projector.fc2.bias",
+            "language_model.model.embed_tokens.weight",
+            "language_model.model.layers.1.self_attn.k_proj.weight",
+            "language_model.model.layers.0.mlp.gate_proj.weight",
+            "language_model.model.norm.weight",
+            "language_model.lm_head.weight",
+        ] {
+            assert!(names.contains_key(n), "missing {n}");
+        }
+        let toks = model
+            .generate_action_tokens(&b.images, b.state.as_ref(), &b.prompt_ids, &b.prompt_mask)
+            .unwrap();
+        assert_eq!(toks.size(), vec![3, 7]);
+        // Gripper step is constrained to its two bins, the rest to action tokens.
+        let v: Vec<i64> = Vec::try_from(toks.flatten(0, 1)).unwrap();
+        for (i, t) in v.iter().enumerate() {
+            assert!((300..556).contains(t), "{t}");
+            if i % 7 == 6 {
+                assert!(*t == 300 || *t == 555, "gripper token {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn generation_matches_teacher_forced_argmax_and_batching() {
+        let model = tiny_model(3);
+        let b = batch(&model, 3);
+        let toks = model
+            .generate_action_tokens(&b.images, b.state.as_ref(), &b.prompt_ids, &b.prompt_mask)
+            .unwrap();
+        // Feeding the generated tokens back as targets, teacher forcing must predict them.
+        let tf = VlaBatch {
+            action_tokens: toks.shallow_clone(),
+            ..batch_clone(&b)
+        };
+        let out = tch::no_grad(|| model.forward_train(&tf)).unwrap();
+        assert!(out.predicted.equal(&toks), "{} vs {}", out.predicted, toks);
+        // One-by-one generation (no padding) equals batched, left-padded generation.
+        for i in 0..3 {
+            let len = b.prompt_mask.get(i).sum(Kind::Int64).int64_value(&[]);
+            let l = b.prompt_ids.size()[1];
+            let ids = b.prompt_ids.narrow(0, i, 1).narrow(1, l - len, len);
+            let mask = Tensor::ones([1, len], (Kind::Bool, Device::Cpu));
+            let state = b.state.as_ref().map(|s| s.narrow(0, i, 1));
+            let single = model
+                .generate_action_tokens(&b.images.narrow(0, i, 1), state.as_ref(), &ids, &mask)
+                .unwrap();
+            assert!(single.equal(&toks.narrow(0, i, 1)));
+        }
+    }
+
+    fn batch_clone(b: &VlaBatch) -> VlaBatch {
+        VlaBatch {
+            images: b.images.shallow_clone(),
+            state: b.state.as_ref().map(Tensor::shallow_clone),
+            prompt_ids: b.prompt_ids.shallow_clone(),
+            prompt_mask: b.prompt_mask.shallow_clone(),
+            action_tokens: b.action_tokens.shallow_clone(),
+        }
+    }
+
+    #[test]
+    fn bf16_compute_keeps_f32_master_weights_and_trains() {
+        let mut model = tiny_model(2);
+        model.set_compute_kind(Kind::BFloat16).unwrap();
+        let b = batch(&model, 2);
+        let out = model.forward_train(&b).unwrap();
+        assert!(out.loss.double_value(&[]).is_finite());
+        out.loss.backward();
+        let w = &model.var_store().variables()["language_model.model.layers.0.mlp.up_proj.weight"];
+        assert_eq!(w.kind(), Kind::Float);
+        assert!(w.grad().defined() && w.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        let f32_model = tiny_model(2);
+        let f32_loss = f32_model.forward_train(&b).unwrap().loss.double_value(&[]);
+        let diff = (out.loss.double_value(&[]) - f32_loss).abs();
+        assert!(
+            diff < 0.05 * f32_loss.abs().max(1.0),
+            "bf16 loss differs by {diff}"
+        );
+    }
+
+    #[test]
+    fn same_seed_same_init() {
+        let a = tiny_model(7);
+        let b = tiny_model(7);
+        let c = tiny_model(8);
+        let (va, vb, vc) = (
+            a.var_store().variables(),
+            b.var_store().variables(),
+            c.var_store().variables(),
+        );
+        let w = "language_model.model.layers.0.self_attn.q_proj.weight";
+        assert!(va[w].equal(&vb[w]));
+        assert!(!va[w].equal(&vc[w]));
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        let model = tiny_model(0);
+        let b = batch(&model, 2);
+        let bad = VlaBatch {
+            images: Tensor::zeros([2, 1, 3, 16, 16], (Kind::Uint8, Device::Cpu)),
+            ..batch_clone(&b)
+        };
+        assert!(model.forward_train(&bad).is_err());
+        let bad = VlaBatch {
+            prompt_ids: b.prompt_ids.full_like(10_000),
+            ..batch_clone(&b)
+        };
+        assert!(model.forward_train(&bad).is_err());
+        let bad = VlaBatch {
+            action_tokens: b.action_tokens.zeros_like(),
+            ..batch_clone(&b)
+        };
+        assert!(model.forward_train(&bad).is_err());
+        let bad = VlaBatch {
+            state: None,
+            ..batch_clone(&b)
+        };
+        assert!(model.forward_train(&bad).is_err());
+        let empty = Tensor::zeros([0, 2, 3, 16, 16], (Kind::Uint8, Device::Cpu));
+        let (ids, mask) = left_pad(&[], 0);
+        assert!(model
+            .generate_action_tokens(&empty, None, &ids, &mask)
+            .is_err());
+    }
+}

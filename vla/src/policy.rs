@@ -1,0 +1,121 @@
+//! Closed-loop inference: observation + instruction → [`vla_core::Action`].
+
+use std::path::Path;
+
+use image::imageops::{resize, FilterType};
+use tch::{Device, Tensor};
+use vla_core::{Action, Observation, RgbImage};
+
+use crate::checkpoint::load_run;
+use crate::error::{Result, VlaError};
+use crate::model::{left_pad, VlaModel};
+use crate::text_tokenizer::TextTokenizer;
+
+/// `[3, H, W]` u8 tensor of an RGB image, resized (bilinear) to `size × size` if needed so
+/// that inference sees what training saw. Data loaders should use this too.
+pub fn image_to_tensor(img: &RgbImage, size: u32) -> Tensor {
+    let resized;
+    let img = if img.width() == size && img.height() == size {
+        img
+    } else {
+        resized = resize(img, size, size, FilterType::Triangle);
+        &resized
+    };
+    Tensor::from_slice(img.as_raw())
+        .view([size as i64, size as i64, 3])
+        .permute([2, 0, 1])
+        .contiguous()
+}
+
+/// `[2, 3, S, S]` u8: front then wrist camera, the layout `VlaBatch::images` expects per sample.
+pub fn observation_images(obs: &Observation, size: u32) -> Tensor {
+    Tensor::stack(
+        &[
+            image_to_tensor(&obs.front, size),
+            image_to_tensor(&obs.wrist, size),
+        ],
+        0,
+    )
+}
+
+/// A loaded model ready to act.
+#[derive(Debug)]
+pub struct Policy {
+    model: VlaModel,
+    tokenizer: TextTokenizer,
+}
+
+impl Policy {
+    /// Loads a run directory written by [`crate::checkpoint::save_run`].
+    pub fn load(run_dir: impl AsRef<Path>, device: Device) -> Result<Self> {
+        let (model, tokenizer) = load_run(run_dir, device)?;
+        Ok(Policy { model, tokenizer })
+    }
+
+    pub fn from_parts(model: VlaModel, tokenizer: TextTokenizer) -> Self {
+        Policy { model, tokenizer }
+    }
+
+    pub fn model(&self) -> &VlaModel {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// One action for one observation.
+    pub fn act(&self, obs: &Observation, instruction: &str) -> Result<Action> {
+        let mut actions = self.act_batch(&[(obs, instruction)])?;
+        actions
+            .pop()
+            .ok_or_else(|| VlaError::Input("model returned no action".into()))
+    }
+
+    /// Actions for several (observation, instruction) pairs in one batched forward pass.
+    pub fn act_batch(&self, items: &[(&Observation, &str)]) -> Result<Vec<Action>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cfg = self.model.config();
+        if cfg.vision.num_cameras != 2 {
+            return Err(VlaError::Input(format!(
+                "observations carry 2 cameras, the model expects {}",
+                cfg.vision.num_cameras
+            )));
+        }
+        let size = cfg.vision.image_size as u32;
+        let images = Tensor::stack(
+            &items
+                .iter()
+                .map(|(o, _)| observation_images(o, size))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let states: Vec<f32> = items.iter().flat_map(|(o, _)| o.state).collect();
+        let state = Tensor::from_slice(&states)
+            .view([items.len() as i64, vla_core::observation::STATE_DIM as i64]);
+        let prompts = items
+            .iter()
+            .map(|(_, instr)| self.tokenizer.encode_prompt(instr))
+            .collect::<Result<Vec<_>>>()?;
+        let (ids, mask) = left_pad(&prompts, self.tokenizer.pad_id());
+        let device = self.model.device();
+        let actions = self.model.generate_actions(
+            &images.to_device(device),
+            Some(&state.to_device(device)),
+            &ids.to_device(device),
+            &mask.to_device(device),
+        )?;
+        actions
+            .into_iter()
+            .map(|a| {
+                let action = Action::from_slice(&a).map_err(|e| VlaError::Input(e.to_string()))?;
+                action
+                    .validate()
+                    .map_err(|e| VlaError::Input(e.to_string()))?;
+                Ok(action)
+            })
+            .collect()
+    }
+}
