@@ -335,3 +335,28 @@ pub fn receptacle_parts(spec: &ReceptacleSpec) -> Vec<([f32; 3], [f32; 3])> {
         ([0.0, -(iy + t * 0.5), h * 0.5], [ix, t * 0.5, h * 0.5]),
     ]
 }
+
+impl Cell {
+    /// Place the arm at the home pose (tool pointing down at `config.home_position`), gripper
+    /// open, and return a controller holding that pose.
+    pub fn home(&mut self, mode: crate::controller::ControlMode) -> Result<crate::Controller, SimError> {
+        let chain = self.robot.description.chain.clone();
+        let [x, y, z] = self.config.home_position;
+        let target = Isometry3::from_parts(
+            Translation3::new(x, y, z),
+            crate::kinematics::tool_down(0.0),
+        );
+        let settings = crate::kinematics::IkSettings::default();
+        let seed: Vec<f64> = self.config.home_seed.iter().copied().take(chain.dof()).chain(std::iter::repeat(0.0)).take(chain.dof()).collect();
+        let solution = chain.inverse(&target, &seed, &settings)?;
+        if !solution.converged {
+            return Err(SimError::InvalidInput(format!(
+                "home pose {:?} is not reachable (IK error {:.4} m)",
+                self.config.home_position, solution.position_error
+            )));
+        }
+        let open = self.robot.description.gripper.as_ref().map(|g| g.upper).unwrap_or(0.0);
+        self.robot.reset_joints(&mut self.world, &solution.joints, open);
+        Ok(crate::Controller::new(self, mode))
+    }
+}

@@ -239,3 +239,10 @@ pub fn rpy(rotation: &UnitQuaternion<f64>) -> [f64; 3] {
     let (r, p, y) = rotation.euler_angles();
     [r, p, y]
 }
+
+/// Tool orientation pointing straight down (tool Z = −world Z), fingers closing along the
+/// world Y axis rotated by `yaw` about the vertical.
+pub fn tool_down(yaw: f64) -> UnitQuaternion<f64> {
+    UnitQuaternion::from_axis_angle(&Vector3::z_axis(), yaw)
+        * UnitQuaternion::from_axis_angle(&Vector3::y_axis(), std::f64::consts::PI)
+}

@@ -72,6 +72,8 @@ impl Robot {
         };
         let options = UrdfLoaderOptions {
             make_roots_fixed: true,
+            // A sleeping multibody ignores new motor targets: the arm must never sleep.
+            rigid_body_blueprint: rapier3d::dynamics::RigidBodyBuilder::dynamic().can_sleep(false),
             collider_blueprint: rapier3d::geometry::ColliderBuilder::default()
                 .density(0.0)
                 .friction(friction),

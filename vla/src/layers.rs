@@ -34,7 +34,7 @@ impl Linear {
     pub fn new(p: &Path, in_dim: usize, out_dim: usize, bias: bool) -> Self {
         let weight =
             p.set_group(DECAY_GROUP)
-                .var("weight", &[out_dim as i64, in_dim as i64], normal_init());
+                .var("weight", &[out_dim as i64, in_dim as i64], if std::env::var("XINIT").is_ok() { Init::Randn { mean: 0.0, stdev: 1.0 / (in_dim as f64).sqrt() } } else { normal_init() });
         let bias = bias.then(|| p.set_group(NO_DECAY_GROUP).zeros("bias", &[out_dim as i64]));
         Linear { weight, bias }
     }
