@@ -67,15 +67,6 @@ pub(crate) fn iso_from_pose(p: &Pose) -> Isometry3<f64> {
     )
 }
 
-pub(crate) fn pose_from_iso(iso: &Isometry3<f64>) -> Pose {
-    let t = iso.translation.vector;
-    let q = iso.rotation.quaternion();
-    Pose::from_parts(
-        Vector::new(t.x as f32, t.y as f32, t.z as f32),
-        rapier3d::math::Rotation::from_xyzw(q.i as f32, q.j as f32, q.k as f32, q.w as f32),
-    )
-}
-
 /// Convert to the plain pose type shared across crates.
 pub fn core_pose(iso: &Isometry3<f64>) -> vla_core::Pose {
     let t = iso.translation.vector;

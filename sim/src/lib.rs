@@ -8,11 +8,15 @@
 pub mod cell;
 pub mod config;
 pub mod controller;
+pub mod env;
 pub mod error;
 pub mod kinematics;
+pub mod randomization;
+pub mod record;
 pub mod robot;
 pub mod scene;
 pub mod urdf;
+pub mod visual;
 
 pub use cell::Cell;
 pub use config::SimConfig;
@@ -20,3 +24,6 @@ pub use controller::{ActionReport, ControlMode, Controller, InterventionCounts};
 pub use error::SimError;
 pub use scene::{ObjectKind, ObjectSpec, ReceptacleSpec};
 pub use urdf::RobotDescription;
+pub use env::{Env, EnvConfig, Evaluation, StepInfo, StepResult, Task, VecEnv};
+pub use rand_chacha::ChaCha8Rng;
+pub use vla_render;

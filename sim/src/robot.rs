@@ -55,6 +55,8 @@ pub struct Robot {
     pub links: Vec<(String, RigidBodyHandle)>,
     /// Colliders of the two finger links (for "touching both fingers" checks).
     pub finger_colliders: [Vec<ColliderHandle>; 2],
+    /// Display colour of each link (from its URDF material), aligned with `links`.
+    pub link_colors: Vec<[f32; 4]>,
     pub gains: MotorGains,
 }
 
@@ -134,12 +136,17 @@ impl Robot {
                 }
             }
         }
+        let link_colors = link_names
+            .iter()
+            .map(|name| link_color(&parsed, name))
+            .collect();
         let mut robot = Robot {
             description,
             arm_joints,
             finger_joints,
             links,
             finger_colliders,
+            link_colors,
             gains,
         };
         robot.configure_motors(world)?;
@@ -313,4 +320,28 @@ impl Robot {
     pub fn link_body(&self, name: &str) -> Option<RigidBodyHandle> {
         self.links.iter().find(|(n, _)| n == name).map(|(_, h)| *h)
     }
+}
+
+/// The colour of a link's first visual: inline `<color>` or a named top-level material.
+fn link_color(robot: &rapier3d_urdf::urdf_rs::Robot, link: &str) -> [f32; 4] {
+    let fallback = [0.7, 0.7, 0.72, 1.0];
+    let Some(material) = robot
+        .links
+        .iter()
+        .find(|l| l.name == link)
+        .and_then(|l| l.visual.first())
+        .and_then(|v| v.material.as_ref())
+    else {
+        return fallback;
+    };
+    let rgba = material.color.as_ref().map(|c| c.rgba).or_else(|| {
+        robot
+            .materials
+            .iter()
+            .find(|m| m.name == material.name)
+            .and_then(|m| m.color.as_ref())
+            .map(|c| c.rgba)
+    });
+    rgba.map(|c| [c[0] as f32, c[1] as f32, c[2] as f32, c[3] as f32])
+        .unwrap_or(fallback)
 }

@@ -13,13 +13,24 @@ pub const DECAY_GROUP: usize = 0;
 /// Optimizer parameter group without weight decay (biases, norms, position embeddings).
 pub const NO_DECAY_GROUP: usize = 1;
 
-/// Standard deviation of the normal init, as in HF `initializer_range`.
+/// Standard deviation of the normal init of embeddings, as HF `initializer_range`.
 pub const INIT_STD: f64 = 0.02;
 
 pub(crate) fn normal_init() -> Init {
     Init::Randn {
         mean: 0.0,
         stdev: INIT_STD,
+    }
+}
+
+/// LeCun-normal init (`std = 1/sqrt(fan_in)`) for linear layers. HF's fixed N(0, 0.02) suits
+/// wide pretrained models; trained from scratch at widths of 128–256 it leaves attention
+/// almost uniform and, on a toy "where is the block" task, the model ignored the image for
+/// 600+ steps, while with this init it localised within ~150 steps.
+pub(crate) fn lecun_init(fan_in: usize) -> Init {
+    Init::Randn {
+        mean: 0.0,
+        stdev: 1.0 / (fan_in.max(1) as f64).sqrt(),
     }
 }
 
@@ -34,7 +45,7 @@ impl Linear {
     pub fn new(p: &Path, in_dim: usize, out_dim: usize, bias: bool) -> Self {
         let weight =
             p.set_group(DECAY_GROUP)
-                .var("weight", &[out_dim as i64, in_dim as i64], if std::env::var("XINIT").is_ok() { Init::Randn { mean: 0.0, stdev: 1.0 / (in_dim as f64).sqrt() } } else { normal_init() });
+                .var("weight", &[out_dim as i64, in_dim as i64], lecun_init(in_dim));
         let bias = bias.then(|| p.set_group(NO_DECAY_GROUP).zeros("bias", &[out_dim as i64]));
         Linear { weight, bias }
     }

@@ -691,6 +691,17 @@ mod tests {
     }
 
     #[test]
+    fn spatial_soft_argmax_finds_the_peak() {
+        // 3x4 grid, keypoint 0 peaks at row 2 / column 3 (bottom right), keypoint 1 uniform.
+        let logits = Tensor::zeros([1, 12, 2], (Kind::Float, Device::Cpu));
+        let _ = logits.get(0).get(2 * 4 + 3).get(0).fill_(50.0);
+        let c = spatial_soft_argmax(&logits, 3, 4);
+        let v: Vec<f32> = Vec::try_from(c.flatten(0, 2)).unwrap();
+        assert!((v[0] - 1.0).abs() < 1e-4 && (v[1] - 1.0).abs() < 1e-4, "{v:?}");
+        assert!(v[2].abs() < 1e-6 && v[3].abs() < 1e-6, "{v:?}");
+    }
+
+    #[test]
     fn same_seed_same_init() {
         let a = tiny_model(7);
         let b = tiny_model(7);

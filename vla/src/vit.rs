@@ -8,7 +8,7 @@ use tch::nn::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::VisionConfig;
-use crate::layers::{normal_init, sub_path, LayerNorm, Linear, DECAY_GROUP, NO_DECAY_GROUP};
+use crate::layers::{lecun_init, normal_init, sub_path, LayerNorm, Linear, DECAY_GROUP, NO_DECAY_GROUP};
 
 /// `[1, grid*grid, d]` 2-D sine-cosine position table: the first half of the channels
 /// encodes the row, the second half the column, each with `d/4` geometric frequencies.
@@ -50,10 +50,11 @@ impl VitEmbeddings {
         let ps = cfg.patch_size as i64;
         let grid = (cfg.image_size / cfg.patch_size) as i64;
         let proj = sub_path(p, "patch_embeddings.projection");
+        let fan_in = cfg.num_channels * cfg.patch_size * cfg.patch_size;
         let projection_weight = proj.set_group(DECAY_GROUP).var(
             "weight",
             &[d, cfg.num_channels as i64, ps, ps],
-            normal_init(),
+            lecun_init(fan_in),
         );
         let projection_bias = proj.set_group(NO_DECAY_GROUP).zeros("bias", &[d]);
         let np = p.set_group(NO_DECAY_GROUP);

@@ -1,0 +1,223 @@
+//! Motion primitives shared by the scripted experts: move the commanded tool pose towards a
+//! waypoint at a bounded speed, with the fingers aligned to the object.
+
+use nalgebra::{Isometry3, Translation3, UnitQuaternion, Vector3};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use vla_core::Action;
+use vla_sim::kinematics::tool_down;
+use vla_sim::{Cell, Controller, ObjectKind};
+
+/// Largest translation per control step (m) and rotation (rad) the experts command.
+pub const MAX_STEP: f64 = 0.025;
+pub const MAX_TURN: f64 = 0.12;
+/// Height of the carry and approach moves above the table (m).
+pub const CARRY_Z: f64 = 0.20;
+
+/// A waypoint: tool position, yaw of the finger axis, gripper closed?
+#[derive(Clone, Copy, Debug)]
+pub struct Waypoint {
+    pub position: Vector3<f64>,
+    pub yaw: f64,
+    pub closed: bool,
+}
+
+/// Action moving the commanded pose towards the waypoint; also returns the remaining error.
+pub fn toward(controller: &Controller, wp: &Waypoint) -> (Action, f64) {
+    let target = Isometry3::from_parts(Translation3::from(wp.position), tool_down(wp.yaw));
+    let current = &controller.target;
+    let mut dp = target.translation.vector - current.translation.vector;
+    let dist = dp.norm();
+    if dist > MAX_STEP {
+        dp *= MAX_STEP / dist;
+    }
+    let err = target.rotation * current.rotation.inverse();
+    let mut dr = err.scaled_axis();
+    let angle = dr.norm();
+    if angle > MAX_TURN {
+        dr *= MAX_TURN / angle;
+    }
+    // The controller composes roll/pitch/yaw; for the small steps used here the rotation
+    // vector is a good approximation, and the loop closes on the remaining error.
+    let action = Action::new(
+        [dp.x as f32, dp.y as f32, dp.z as f32],
+        [dr.x as f32, dr.y as f32, dr.z as f32],
+        if wp.closed { 1.0 } else { 0.0 },
+    );
+    (action, dist + 0.05 * angle)
+}
+
+/// Finger yaw that grasps an object across a pair of faces, closest to the current yaw.
+pub fn grasp_yaw(cell: &Cell, object: usize, controller: &Controller) -> f64 {
+    let pose = cell.object_pose(object);
+    let current = current_yaw(controller);
+    match cell.objects[object].spec.kind {
+        ObjectKind::Cube => {
+            let (_, _, yaw) = pose.rotation.euler_angles();
+            // Faces repeat every 90°: pick the representative closest to the current yaw.
+            let quarter = std::f64::consts::FRAC_PI_2;
+            let k = ((current - yaw) / quarter).round();
+            wrap(yaw + k * quarter)
+        }
+        _ => current,
+    }
+}
+
+/// Yaw of the finger axis of the commanded pose.
+pub fn current_yaw(controller: &Controller) -> f64 {
+    let rot: UnitQuaternion<f64> = controller.target.rotation * tool_down(0.0).inverse();
+    rot.euler_angles().2
+}
+
+fn wrap(a: f64) -> f64 {
+    let two_pi = std::f64::consts::TAU;
+    let mut a = a % two_pi;
+    if a > std::f64::consts::PI {
+        a -= two_pi;
+    }
+    if a < -std::f64::consts::PI {
+        a += two_pi;
+    }
+    a
+}
+
+/// Grasp height of the tool centre for an object (its middle, not too close to the table).
+pub fn grasp_z(cell: &Cell, object: usize) -> f64 {
+    let spec = &cell.objects[object].spec;
+    let centre = cell.object_pose(object).translation.vector.z;
+    centre.min(spec.height as f64 * 0.5 + 0.005).max(0.018)
+}
+
+/// Gaussian action noise for data diversity (translation and rotation only).
+pub fn add_noise(action: &mut Action, sigma: f32, rng: &mut ChaCha8Rng) {
+    if sigma <= 0.0 {
+        return;
+    }
+    if let Ok(normal) = Normal::new(0.0f32, sigma) {
+        for v in action.0.iter_mut().take(3) {
+            *v += normal.sample(rng);
+        }
+        for v in action.0.iter_mut().skip(3).take(3) {
+            *v += normal.sample(rng) * 2.0;
+        }
+    }
+    let _ = rng.random::<u8>();
+}
+
+/// Phases of a pick-and-place, shared by every family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Approach,
+    Descend,
+    Close,
+    Lift,
+    Carry,
+    Lower,
+    Release,
+    Retreat,
+    Done,
+}
+
+/// Where to put the held object: above a point at a given release height.
+#[derive(Clone, Copy, Debug)]
+pub struct Drop {
+    pub xy: [f64; 2],
+    /// Tool height at which to open the fingers.
+    pub release_z: f64,
+}
+
+/// A scripted pick (and optionally place) of one object, closed-loop on privileged state.
+#[derive(Clone, Debug)]
+pub struct PickPlace {
+    pub object: usize,
+    pub drop: Option<Drop>,
+    pub phase: Phase,
+    counter: usize,
+    yaw: f64,
+    hold_xy: [f64; 2],
+    attempts: usize,
+}
+
+impl PickPlace {
+    pub fn new(object: usize, drop: Option<Drop>) -> Self {
+        PickPlace { object, drop, phase: Phase::Approach, counter: 0, yaw: 0.0, hold_xy: [0.0; 2], attempts: 0 }
+    }
+
+    pub fn done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Next action; advances phases as waypoints are reached.
+    pub fn act(&mut self, cell: &Cell, controller: &Controller) -> Action {
+        let obj = cell.object_pose(self.object).translation.vector;
+        let tool = controller.target.translation.vector;
+        loop {
+            let (wp, tolerance, min_steps) = match self.phase {
+                Phase::Approach => {
+                    self.yaw = grasp_yaw(cell, self.object, controller);
+                    let z = (grasp_z(cell, self.object) + 0.10).max(tool.z.min(CARRY_Z));
+                    (Waypoint { position: Vector3::new(obj.x, obj.y, z), yaw: self.yaw, closed: false }, 0.006, 0)
+                }
+                Phase::Descend => {
+                    let z = grasp_z(cell, self.object);
+                    (Waypoint { position: Vector3::new(obj.x, obj.y, z), yaw: self.yaw, closed: false }, 0.003, 0)
+                }
+                Phase::Close => {
+                    let p = Vector3::new(self.hold_xy[0], self.hold_xy[1], tool.z);
+                    (Waypoint { position: p, yaw: self.yaw, closed: true }, f64::INFINITY, 4)
+                }
+                Phase::Lift => {
+                    let p = Vector3::new(self.hold_xy[0], self.hold_xy[1], CARRY_Z);
+                    (Waypoint { position: p, yaw: self.yaw, closed: true }, 0.01, 0)
+                }
+                Phase::Carry => {
+                    let d = self.drop.map(|d| d.xy).unwrap_or(self.hold_xy);
+                    (Waypoint { position: Vector3::new(d[0], d[1], CARRY_Z), yaw: self.yaw, closed: true }, 0.006, 0)
+                }
+                Phase::Lower => {
+                    let d = self.drop.map(|d| (d.xy, d.release_z)).unwrap_or((self.hold_xy, CARRY_Z));
+                    (Waypoint { position: Vector3::new(d.0[0], d.0[1], d.1), yaw: self.yaw, closed: true }, 0.004, 0)
+                }
+                Phase::Release => {
+                    (Waypoint { position: tool, yaw: self.yaw, closed: false }, f64::INFINITY, 4)
+                }
+                Phase::Retreat | Phase::Done => {
+                    let p = Vector3::new(tool.x, tool.y, CARRY_Z);
+                    let hold = self.drop.is_none();
+                    (Waypoint { position: p, yaw: self.yaw, closed: hold }, 0.01, 0)
+                }
+            };
+            let (action, error) = toward(controller, &wp);
+            let reached = error < tolerance && self.counter >= min_steps;
+            if !reached || self.phase == Phase::Done {
+                self.counter += 1;
+                return action;
+            }
+            self.counter = 0;
+            self.phase = match self.phase {
+                Phase::Approach => Phase::Descend,
+                Phase::Descend => {
+                    self.hold_xy = [obj.x, obj.y];
+                    Phase::Close
+                }
+                Phase::Close => Phase::Lift,
+                Phase::Lift => {
+                    if !cell.is_grasped(self.object) && self.attempts < 3 {
+                        // Missed: open and try again from above.
+                        self.attempts += 1;
+                        Phase::Approach
+                    } else if self.drop.is_some() {
+                        Phase::Carry
+                    } else {
+                        Phase::Done
+                    }
+                }
+                Phase::Carry => Phase::Lower,
+                Phase::Lower => Phase::Release,
+                Phase::Release => Phase::Retreat,
+                Phase::Retreat | Phase::Done => Phase::Done,
+            };
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The task families. Each says, in one place, how it builds its scene, starts an episode,
+//! judges success from physical state, and how its expert solves it.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use vla_core::Action;
+use vla_sim::{Cell, Controller, Evaluation, ObjectKind, ObjectSpec, ReceptacleSpec, SimError, Task};
+
+use crate::expert::{add_noise, Drop, PickPlace};
+use crate::language::{Language, Novelty, Split};
+use crate::layout;
+
+/// Lifted means the object's bottom is at least this far above the table (m).
+pub const LIFT_HEIGHT: f64 = 0.05;
+
+/// Shared episode settings of every family.
+#[derive(Clone, Debug)]
+pub struct Common {
+    pub language: Language,
+    pub split: Split,
+    /// Standard deviation of Gaussian noise added to expert actions (m per step).
+    pub expert_noise: f32,
+    pub noise_rng: ChaCha8Rng,
+}
+
+impl Common {
+    fn novelty(&self, rng: &mut ChaCha8Rng, family: &str) -> Option<Novelty> {
+        (self.split == Split::Unseen).then(|| self.language.draw_novelty(rng, family))
+    }
+
+    fn finish(&mut self, mut action: Action) -> Action {
+        add_noise(&mut action, self.expert_noise, &mut self.noise_rng);
+        action
+    }
+}
+
+fn layout_err(e: crate::TaskError) -> SimError {
+    SimError::InvalidInput(e.to_string())
+}
+
+fn released(cell: &Cell, object: usize) -> bool {
+    !cell.touches_gripper(object) && cell.object_speed(object) < 0.05
+}
+
+// ---------------------------------------------------------------------------------------
+/// "pick up the red cube": lift the named object off the table.
+pub struct Pick {
+    pub common: Common,
+    target: usize,
+    expert: PickPlace,
+}
+
+impl Pick {
+    pub fn new(common: Common) -> Self {
+        Pick { common, target: 0, expert: PickPlace::new(0, None) }
+    }
+}
+
+impl Task for Pick {
+    fn family(&self) -> &str {
+        "pick"
+    }
+
+    fn max_steps(&self) -> usize {
+        80
+    }
+
+    /// Scene: the target and two distractors of other colours.
+    fn reset(&mut self, cell: &mut Cell, rng: &mut ChaCha8Rng) -> Result<String, SimError> {
+        let lang = &self.common.language;
+        let novelty = self.common.novelty(rng, "pick");
+        let (color, kind) = lang.draw_target(rng, self.common.split, novelty, &ObjectKind::ALL);
+        let mut chosen = vec![(color.clone(), kind)];
+        for _ in 0..2 {
+            let d = lang.draw_distractor(rng, self.common.split, &ObjectKind::ALL, &chosen);
+            chosen.push(d);
+        }
+        let specs: Vec<ObjectSpec> = chosen.iter().map(|(c, k)| ObjectSpec::new(*k, c, lang.rgb(c))).collect();
+        let radii: Vec<f32> = specs.iter().map(|s| s.footprint_radius()).collect();
+        let spots = layout::place(rng, &radii).map_err(layout_err)?;
+        for (spec, xy) in specs.into_iter().zip(spots) {
+            let yaw = rng.random_range(-0.7f32..0.7);
+            cell.add_object(spec, xy[0], xy[1], yaw);
+        }
+        self.target = 0;
+        self.expert = PickPlace::new(0, None);
+        Ok(lang.phrase(rng, "pick", self.common.split, novelty, Some((&color, kind)), None, None))
+    }
+
+    /// Success: the target is ≥ 5 cm above the table and touches both fingers.
+    fn evaluate(&self, cell: &Cell) -> Evaluation {
+        let success = cell.object_bottom_height(self.target) >= LIFT_HEIGHT && cell.is_grasped(self.target);
+        Evaluation { success, reward: success as u8 as f32 }
+    }
+
+    fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action {
+        let a = self.expert.act(cell, controller);
+        self.common.finish(a)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+/// "put the red cube in the blue bin": pick the object and release it inside the bin.
+pub struct Place {
+    pub common: Common,
+    target: usize,
+    bin: usize,
+    expert: PickPlace,
+}
+
+impl Place {
+    pub fn new(common: Common) -> Self {
+        Place { common, target: 0, bin: 0, expert: PickPlace::new(0, None) }
+    }
+}
+
+fn drop_into(cell: &Cell, bin: usize, object: usize) -> Drop {
+    let r = &cell.receptacles[bin];
+    let h = cell.objects[object].spec.height as f64;
+    Drop {
+        xy: [r.position[0] as f64, r.position[1] as f64],
+        release_z: r.spec.wall_height as f64 + h * 0.5 + 0.025,
+    }
+}
+
+impl Task for Place {
+    fn family(&self) -> &str {
+        "place"
+    }
+
+    fn max_steps(&self) -> usize {
+        150
+    }
+
+    /// Scene: target, one distractor object, the target bin and a bin of another colour.
+    fn reset(&mut self, cell: &mut Cell, rng: &mut ChaCha8Rng) -> Result<String, SimError> {
+        let lang = &self.common.language;
+        let split = self.common.split;
+        let novelty = self.common.novelty(rng, "place");
+        let (color, kind) = lang.draw_target(rng, split, novelty, &ObjectKind::ALL);
+        let distractor = lang.draw_distractor(rng, split, &ObjectKind::ALL, &[(color.clone(), kind)]);
+        let bin_color = lang.draw_distractor(rng, split, &[ObjectKind::Cube], &[(color.clone(), kind), distractor.clone()]).0;
+        let other_bin = lang.draw_distractor(rng, split, &[ObjectKind::Cube], &[(bin_color.clone(), kind), (color.clone(), kind)]).0;
+        let bins = [ReceptacleSpec::bin(&bin_color, lang.rgb(&bin_color)), ReceptacleSpec::bin(&other_bin, lang.rgb(&other_bin))];
+        let objects = [ObjectSpec::new(kind, &color, lang.rgb(&color)), ObjectSpec::new(distractor.1, &distractor.0, lang.rgb(&distractor.0))];
+        let mut radii: Vec<f32> = bins.iter().map(|b| b.footprint_radius()).collect();
+        radii.extend(objects.iter().map(|o| o.footprint_radius()));
+        let spots = layout::place(rng, &radii).map_err(layout_err)?;
+        for (b, xy) in bins.into_iter().zip(&spots) {
+            cell.add_receptacle(b, xy[0], xy[1], 0.0);
+        }
+        for (o, xy) in objects.into_iter().zip(&spots[2..]) {
+            let yaw = rng.random_range(-0.7f32..0.7);
+            cell.add_object(o, xy[0], xy[1], yaw);
+        }
+        self.target = 0;
+        self.bin = 0;
+        self.expert = PickPlace::new(0, Some(drop_into(cell, 0, 0)));
+        Ok(lang.phrase(rng, "place", split, novelty, Some((&color, kind)), None, Some(&bin_color)))
+    }
+
+    /// Success: the target rests inside the named bin and the gripper has let go.
+    fn evaluate(&self, cell: &Cell) -> Evaluation {
+        let success = cell.object_in_receptacle(self.target, self.bin) && released(cell, self.target);
+        Evaluation { success, reward: success as u8 as f32 }
+    }
+
+    fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action {
+        let a = self.expert.act(cell, controller);
+        self.common.finish(a)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+/// "stack the green block on the yellow block": the assembly cell.
+pub struct Stack {
+    pub common: Common,
+    top: usize,
+    base: usize,
+    expert: PickPlace,
+}
+
+impl Stack {
+    pub fn new(common: Common) -> Self {
+        Stack { common, top: 0, base: 1, expert: PickPlace::new(0, None) }
+    }
+}
+
+impl Task for Stack {
+    fn family(&self) -> &str {
+        "stack"
+    }
+
+    fn max_steps(&self) -> usize {
+        150
+    }
+
+    /// Scene: the two named blocks and one distractor block.
+    fn reset(&mut self, cell: &mut Cell, rng: &mut ChaCha8Rng) -> Result<String, SimError> {
+        let lang = &self.common.language;
+        let split = self.common.split;
+        let novelty = self.common.novelty(rng, "stack");
+        let cube = [ObjectKind::Cube];
+        let (top_color, _) = lang.draw_target(rng, split, novelty.filter(|n| *n != Novelty::Combo).or(Some(Novelty::Phrasing)).filter(|_| split == Split::Unseen), &cube);
+        let base_color = lang.draw_distractor(rng, Split::Seen, &cube, &[(top_color.clone(), ObjectKind::Cube)]).0;
+        let other = lang.draw_distractor(rng, split, &cube, &[(top_color.clone(), ObjectKind::Cube), (base_color.clone(), ObjectKind::Cube)]).0;
+        let objects = [&top_color, &base_color, &other].map(|c| ObjectSpec::new(ObjectKind::Cube, c, lang.rgb(c)));
+        let radii: Vec<f32> = objects.iter().map(|o| o.footprint_radius()).collect();
+        let spots = layout::place(rng, &radii).map_err(layout_err)?;
+        for (o, xy) in objects.into_iter().zip(&spots) {
+            let yaw = rng.random_range(-0.7f32..0.7);
+            cell.add_object(o, xy[0], xy[1], yaw);
+        }
+        self.top = 0;
+        self.base = 1;
+        let base = cell.object_pose(1).translation.vector;
+        let h = cell.objects[1].spec.height as f64;
+        let drop = Drop { xy: [base.x, base.y], release_z: h + cell.objects[0].spec.height as f64 * 0.5 + 0.006 };
+        self.expert = PickPlace::new(0, Some(drop));
+        let phrasing = if split == Split::Unseen && novelty != Some(Novelty::Color) { Some(Novelty::Phrasing) } else { novelty };
+        Ok(lang.phrase(rng, "stack", split, phrasing, Some((&top_color, ObjectKind::Cube)), Some((&base_color, ObjectKind::Cube)), None))
+    }
+
+    /// Success: the top block rests on the base block (centred within half a block, its
+    /// bottom at the base's top), the base is on the table, and the gripper has let go.
+    fn evaluate(&self, cell: &Cell) -> Evaluation {
+        let top = cell.object_pose(self.top).translation.vector;
+        let base = cell.object_pose(self.base).translation.vector;
+        let size = cell.objects[self.base].spec.size as f64;
+        let h = cell.objects[self.base].spec.height as f64;
+        let centred = (top.xy() - base.xy()).norm() < size * 0.5;
+        let on_top = (cell.object_bottom_height(self.top) - (cell.object_bottom_height(self.base) + h)).abs() < 0.01;
+        let success = centred && on_top && cell.objects_touch(self.top, self.base) && cell.touches_table(self.base) && released(cell, self.top);
+        let _ = top;
+        Evaluation { success, reward: success as u8 as f32 }
+    }
+
+    fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action {
+        // Re-aim at the base's current position (it may have been nudged).
+        if let Some(d) = self.expert.drop.as_mut() {
+            let b = cell.object_pose(self.base).translation.vector;
+            d.xy = [b.x, b.y];
+        }
+        let a = self.expert.act(cell, controller);
+        self.common.finish(a)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+/// "put every block in the bin of its colour": the sorting cell.
+pub struct Sort {
+    pub common: Common,
+    /// (block, bin) pairs.
+    assignment: Vec<(usize, usize)>,
+    expert: Option<PickPlace>,
+}
+
+impl Sort {
+    pub fn new(common: Common) -> Self {
+        Sort { common, assignment: Vec::new(), expert: None }
+    }
+}
+
+impl Task for Sort {
+    fn family(&self) -> &str {
+        "sort"
+    }
+
+    fn max_steps(&self) -> usize {
+        320
+    }
+
+    /// Scene: two bins of different colours and three blocks of those colours.
+    fn reset(&mut self, cell: &mut Cell, rng: &mut ChaCha8Rng) -> Result<String, SimError> {
+        let lang = &self.common.language;
+        let split = self.common.split;
+        let novelty = self.common.novelty(rng, "sort");
+        let cube = [ObjectKind::Cube];
+        let first = lang.draw_target(rng, split, novelty, &cube).0;
+        let second = lang.draw_distractor(rng, split, &cube, &[(first.clone(), ObjectKind::Cube)]).0;
+        let colors = [first, second];
+        let block_colors = [colors[0].clone(), colors[1].clone(), colors[rng.random_range(0..2)].clone()];
+        let bins = colors.clone().map(|c| ReceptacleSpec::bin(&c, lang.rgb(&c)));
+        let blocks = block_colors.clone().map(|c| ObjectSpec::new(ObjectKind::Cube, &c, lang.rgb(&c)));
+        let mut radii: Vec<f32> = bins.iter().map(|b| b.footprint_radius()).collect();
+        radii.extend(blocks.iter().map(|o| o.footprint_radius()));
+        let spots = layout::place(rng, &radii).map_err(layout_err)?;
+        for (b, xy) in bins.into_iter().zip(&spots) {
+            cell.add_receptacle(b, xy[0], xy[1], 0.0);
+        }
+        self.assignment.clear();
+        for (i, (o, xy)) in blocks.into_iter().zip(&spots[2..]).enumerate() {
+            let yaw = rng.random_range(-0.7f32..0.7);
+            let bin = if block_colors[i] == colors[0] { 0 } else { 1 };
+            let id = cell.add_object(o, xy[0], xy[1], yaw);
+            self.assignment.push((id, bin));
+        }
+        self.expert = None;
+        Ok(lang.phrase(rng, "sort", split, novelty, None, None, None))
+    }
+
+    /// Success: every block is inside the bin of its colour and released.
+    fn evaluate(&self, cell: &Cell) -> Evaluation {
+        let placed = self
+            .assignment
+            .iter()
+            .filter(|(o, b)| cell.object_in_receptacle(*o, *b) && released(cell, *o))
+            .count();
+        let success = placed == self.assignment.len();
+        Evaluation { success, reward: placed as f32 / self.assignment.len().max(1) as f32 }
+    }
+
+    fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action {
+        let need_new = self.expert.as_ref().is_none_or(|e| e.done());
+        if need_new {
+            let next = self.assignment.iter().find(|(o, b)| !cell.object_in_receptacle(*o, *b));
+            self.expert = next.map(|(o, b)| PickPlace::new(*o, Some(drop_into(cell, *b, *o))));
+        }
+        let a = match self.expert.as_mut() {
+            Some(e) => e.act(cell, controller),
+            None => Action::new([0.0; 3], [0.0; 3], 0.0),
+        };
+        self.common.finish(a)
+    }
+}

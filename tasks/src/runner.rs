@@ -1,0 +1,216 @@
+//! Running episodes of the suite in K parallel environments, with any agent (the scripted
+//! experts here; the learned policy in `vla-model`), collecting success and a digest.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use vla_core::{Action, Observation};
+use vla_sim::{Env, EnvConfig, InterventionCounts, RobotDescription, StepResult, VecEnv};
+
+use crate::{make_task, Language, Split, TaskError};
+
+/// One episode to run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpisodeSpec {
+    pub family: String,
+    pub split: Split,
+    pub seed: u64,
+    /// Position in the requested order (digests combine in this order).
+    pub index: usize,
+}
+
+/// How one episode ended.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpisodeOutcome {
+    pub spec: EpisodeSpec,
+    pub instruction: String,
+    pub success: bool,
+    pub steps: usize,
+    pub interventions: InterventionCounts,
+    /// SHA-256 of every action and the final object poses.
+    pub digest: String,
+}
+
+/// Success counts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Tally {
+    pub episodes: usize,
+    pub successes: usize,
+    pub success_rate: f64,
+}
+
+impl Tally {
+    fn add(&mut self, success: bool) {
+        self.episodes += 1;
+        self.successes += success as usize;
+        self.success_rate = self.successes as f64 / self.episodes as f64;
+    }
+}
+
+/// The report printed by `vla expert` / `vla eval`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SuiteReport {
+    pub suite: String,
+    pub split: Split,
+    pub episodes: usize,
+    pub successes: usize,
+    pub success_rate: f64,
+    pub per_family: BTreeMap<String, Tally>,
+    pub digest: String,
+}
+
+impl SuiteReport {
+    pub fn from_outcomes(suite: &str, split: Split, outcomes: &[EpisodeOutcome]) -> Self {
+        let mut sorted: Vec<&EpisodeOutcome> = outcomes.iter().collect();
+        sorted.sort_by_key(|o| o.spec.index);
+        let mut total = Tally::default();
+        let mut per_family: BTreeMap<String, Tally> = BTreeMap::new();
+        let mut hasher = Sha256::new();
+        for o in &sorted {
+            total.add(o.success);
+            per_family.entry(o.spec.family.clone()).or_default().add(o.success);
+            hasher.update(o.digest.as_bytes());
+        }
+        SuiteReport {
+            suite: suite.to_string(),
+            split,
+            episodes: total.episodes,
+            successes: total.successes,
+            success_rate: total.success_rate,
+            per_family,
+            digest: hex(&hasher.finalize()),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Episode specs: `episodes` per family, seeds derived from the base seed.
+pub fn episode_specs(families: &[&str], split: Split, episodes: usize, seed: u64) -> Vec<EpisodeSpec> {
+    let mut specs = Vec::new();
+    for e in 0..episodes {
+        for (f, family) in families.iter().enumerate() {
+            // splitmix64 of (seed, family, episode): independent, reproducible seeds.
+            let mut z = seed ^ ((f as u64) << 48) ^ (e as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            specs.push(EpisodeSpec { family: family.to_string(), split, seed: z, index: specs.len() });
+        }
+    }
+    specs
+}
+
+/// Something that chooses actions: the expert, or a learned policy.
+pub trait Agent {
+    /// Called when slot `slot` starts a new episode.
+    fn begin(&mut self, _slot: usize, _instruction: &str) {}
+    /// Actions for the active slots, in the same order (batched so policies can batch).
+    fn act(&mut self, envs: &mut [Env], active: &[usize], observations: &[&Observation]) -> Result<Vec<Action>, TaskError>;
+}
+
+/// The scripted experts of each family (privileged state).
+pub struct ExpertAgent;
+
+impl Agent for ExpertAgent {
+    fn act(&mut self, envs: &mut [Env], active: &[usize], _obs: &[&Observation]) -> Result<Vec<Action>, TaskError> {
+        active.iter().map(|i| envs[*i].expert_action().map_err(TaskError::from)).collect()
+    }
+}
+
+/// What the runner reports to its caller while episodes run (datasets, GIFs, progress).
+pub enum Event<'a> {
+    Reset { slot: usize, spec: &'a EpisodeSpec, instruction: &'a str, observation: &'a Observation },
+    Step { slot: usize, spec: &'a EpisodeSpec, action: &'a Action, result: &'a StepResult, previous: &'a Observation },
+    Done { slot: usize, outcome: &'a EpisodeOutcome },
+}
+
+/// Run the episodes in `k` environments. `on_event` sees every reset, step and end; return
+/// `false` from it to stop early (e.g. on Ctrl-C) after the episodes in flight finish.
+pub fn run(
+    specs: &[EpisodeSpec],
+    k: usize,
+    config: &EnvConfig,
+    description: &RobotDescription,
+    language: &Language,
+    noise: f32,
+    agent: &mut dyn Agent,
+    on_event: &mut dyn FnMut(Event) -> bool,
+) -> Result<Vec<EpisodeOutcome>, TaskError> {
+    let k = k.clamp(1, specs.len().max(1));
+    let mut envs = Vec::with_capacity(k);
+    for _ in 0..k {
+        let task = make_task("pick", Split::Seen, language, noise, 0)?;
+        envs.push(Env::new(task, config.clone(), description.clone()));
+    }
+    let mut vec_env = VecEnv::new(envs)?;
+    let mut queue = specs.iter();
+    let mut slots: Vec<Option<(EpisodeSpec, Sha256, Observation)>> = (0..k).map(|_| None).collect();
+    let mut outcomes = Vec::new();
+    let mut stopping = false;
+
+    loop {
+        // Fill idle slots.
+        for slot in 0..k {
+            if slots[slot].is_some() || stopping {
+                continue;
+            }
+            let Some(spec) = queue.next() else { continue };
+            let task = make_task(&spec.family, spec.split, language, noise, spec.seed ^ 0xA5A5)?;
+            vec_env.envs[slot].set_task(task);
+            let obs = vec_env.reset_one(slot, spec.seed)?;
+            let instruction = vec_env.envs[slot].instruction().to_string();
+            agent.begin(slot, &instruction);
+            let mut hasher = Sha256::new();
+            hasher.update(spec.family.as_bytes());
+            hasher.update(spec.seed.to_le_bytes());
+            hasher.update(instruction.as_bytes());
+            if !on_event(Event::Reset { slot, spec, instruction: &instruction, observation: &obs }) {
+                stopping = true;
+            }
+            slots[slot] = Some((spec.clone(), hasher, obs));
+        }
+        let active: Vec<usize> = (0..k).filter(|s| slots[*s].is_some()).collect();
+        if active.is_empty() {
+            break;
+        }
+        let observations: Vec<&Observation> = active.iter().filter_map(|s| slots[*s].as_ref().map(|x| &x.2)).collect();
+        let actions = agent.act(&mut vec_env.envs, &active, &observations)?;
+        let results = vec_env.step_subset(&active, &actions)?;
+        for ((slot, action), result) in active.iter().zip(&actions).zip(results) {
+            let Some((spec, mut hasher, previous)) = slots[*slot].take() else { continue };
+            for v in action.0 {
+                hasher.update(v.to_bits().to_le_bytes());
+            }
+            if !on_event(Event::Step { slot: *slot, spec: &spec, action, result: &result, previous: &previous }) {
+                stopping = true;
+            }
+            if result.terminated || result.truncated {
+                for state in vec_env.envs[*slot].object_states() {
+                    for v in state.translation.iter().chain(state.rotation.iter()) {
+                        hasher.update(v.to_bits().to_le_bytes());
+                    }
+                }
+                let outcome = EpisodeOutcome {
+                    instruction: vec_env.envs[*slot].instruction().to_string(),
+                    success: result.success,
+                    steps: result.info.step,
+                    interventions: result.info.interventions,
+                    digest: hex(&hasher.finalize()),
+                    spec,
+                };
+                if !on_event(Event::Done { slot: *slot, outcome: &outcome }) {
+                    stopping = true;
+                }
+                outcomes.push(outcome);
+            } else {
+                slots[*slot] = Some((spec, hasher, result.observation));
+            }
+        }
+    }
+    outcomes.sort_by_key(|o| o.spec.index);
+    Ok(outcomes)
+}
