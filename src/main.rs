@@ -1,1 +1,55 @@
-fn main() {}
+//! `vla`: one command line for the whole stack. Every report prints one JSON object on
+//! stdout with `--json`; logs go to stderr through `tracing`.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "vla", version, about = "Vision-language-action robot stack: simulate, collect, train, act, evaluate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List task families, splits and example instructions.
+    Tasks(commands::tasks::Args),
+    /// Run the scripted experts and report success per family.
+    Expert(commands::expert::Args),
+    /// Render one camera image of a task's first frame to PNG.
+    Render(commands::render::Args),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: commands::bench::What,
+    },
+    /// Interactive viewer of the cell running the expert (R: reset, N: next episode).
+    View(commands::view::Args),
+    /// The main job on a fresh machine: run the experts and write rollout GIFs and a report.
+    Demo(commands::demo::Args),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wgpu=error,naga=warn,bevy=warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Tasks(a) => commands::tasks::run(a),
+        Command::Expert(a) => commands::expert::run(a),
+        Command::Render(a) => commands::render::run(a),
+        Command::Bench { what } => commands::bench::run(what),
+        Command::View(a) => commands::view::run(a),
+        Command::Demo(a) => commands::demo::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -419,6 +419,13 @@ impl VecEnv {
             .collect()
     }
 
+    /// Render environment `i` as it is now (e.g. to check an observation against its state).
+    pub fn render_current(&mut self, i: usize) -> Result<Observation, SimError> {
+        let mut obs = vec![self.envs[i].blank_observation()?];
+        self.render_into(&[i], &mut obs)?;
+        Ok(obs.remove(0))
+    }
+
     /// Render front and wrist views of the given environments into their observations.
     fn render_into(&mut self, which: &[usize], observations: &mut [Observation]) -> Result<(), SimError> {
         let Some(renderer) = self.renderer.as_mut() else { return Ok(()) };

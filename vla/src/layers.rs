@@ -43,9 +43,11 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(p: &Path, in_dim: usize, out_dim: usize, bias: bool) -> Self {
-        let weight =
-            p.set_group(DECAY_GROUP)
-                .var("weight", &[out_dim as i64, in_dim as i64], lecun_init(in_dim));
+        let weight = p.set_group(DECAY_GROUP).var(
+            "weight",
+            &[out_dim as i64, in_dim as i64],
+            lecun_init(in_dim),
+        );
         let bias = bias.then(|| p.set_group(NO_DECAY_GROUP).zeros("bias", &[out_dim as i64]));
         Linear { weight, bias }
     }

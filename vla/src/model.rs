@@ -187,7 +187,12 @@ impl VlaModel {
         let keypoints = (v.num_keypoints > 0).then(|| {
             let coords = 2 * v.num_keypoints * v.num_cameras;
             (
-                Linear::new(&root.sub("keypoint_head"), v.hidden_size, v.num_keypoints, true),
+                Linear::new(
+                    &root.sub("keypoint_head"),
+                    v.hidden_size,
+                    v.num_keypoints,
+                    true,
+                ),
                 MlpProjector::new(
                     &root.sub("keypoint_projector"),
                     coords,
@@ -697,7 +702,10 @@ mod tests {
         let _ = logits.get(0).get(2 * 4 + 3).get(0).fill_(50.0);
         let c = spatial_soft_argmax(&logits, 3, 4);
         let v: Vec<f32> = Vec::try_from(c.flatten(0, 2)).unwrap();
-        assert!((v[0] - 1.0).abs() < 1e-4 && (v[1] - 1.0).abs() < 1e-4, "{v:?}");
+        assert!(
+            (v[0] - 1.0).abs() < 1e-4 && (v[1] - 1.0).abs() < 1e-4,
+            "{v:?}"
+        );
         assert!(v[2].abs() < 1e-6 && v[3].abs() < 1e-6, "{v:?}");
     }
 

@@ -8,7 +8,9 @@ use tch::nn::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::VisionConfig;
-use crate::layers::{lecun_init, normal_init, sub_path, LayerNorm, Linear, DECAY_GROUP, NO_DECAY_GROUP};
+use crate::layers::{
+    lecun_init, normal_init, sub_path, LayerNorm, Linear, DECAY_GROUP, NO_DECAY_GROUP,
+};
 
 /// `[1, grid*grid, d]` 2-D sine-cosine position table: the first half of the channels
 /// encodes the row, the second half the column, each with `d/4` geometric frequencies.
@@ -25,7 +27,10 @@ pub fn sincos_2d(grid: i64, d: i64) -> Tensor {
     let mut table = Tensor::cat(&[rows, cols], 2).reshape([1, grid * grid, 2 * half]);
     if 2 * half < d {
         // Widths not divisible by 4: pad the remaining channels with zeros.
-        table = Tensor::cat(&[table, Tensor::zeros([1, grid * grid, d - 2 * half], opts)], 2);
+        table = Tensor::cat(
+            &[table, Tensor::zeros([1, grid * grid, d - 2 * half], opts)],
+            2,
+        );
     }
     table
 }
@@ -66,7 +71,10 @@ impl VitEmbeddings {
         // position-blind and training plateaus before it learns *where* things are.
         let mut table = sincos_2d(grid, d);
         if cfg.use_cls_token {
-            table = Tensor::cat(&[Tensor::zeros([1, 1, d], (Kind::Float, Device::Cpu)), table], 1);
+            table = Tensor::cat(
+                &[Tensor::zeros([1, 1, d], (Kind::Float, Device::Cpu)), table],
+                1,
+            );
         }
         let position_embeddings = np.var_copy("position_embeddings", &table.to_device(np.device()));
         VitEmbeddings {

@@ -1,0 +1,54 @@
+# One entry point for a fresh machine. `make demo` is the main job, `make test` the whole suite.
+# Both install what is missing (Debian packages for headless rendering, a project-local .venv
+# with the PyTorch that tch links) and then use plain cargo.
+
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/vla-target
+# lavapipe (Mesa's CPU Vulkan) complains without a runtime dir; give it a private one.
+export XDG_RUNTIME_DIR ?= /tmp/vla-runtime-$(shell id -u)
+PYTHON ?= python3
+TORCH_VERSION := 2.13.0
+APT_PACKAGES := mesa-vulkan-drivers libvulkan1 xvfb xauth libx11-6 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6
+CARGO ?= cargo
+VLA := $(CARGO) run --quiet --bin vla --
+
+.PHONY: setup apt venv test lint demo bench clean-runs
+
+setup: apt venv
+	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
+
+# Debian packages, installed only when one is missing.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+# .venv with torch==$(TORCH_VERSION); .venv/libtorch points at the wheel's libtorch (see .cargo/config.toml).
+venv: .venv/libtorch
+
+.venv/libtorch:
+	@if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null; then \
+	  echo "creating .venv with torch==$(TORCH_VERSION) (about 5 GB)"; \
+	  $(PYTHON) -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q torch==$(TORCH_VERSION); \
+	fi
+	ln -sfn "$$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')" .venv/libtorch
+
+test: setup
+	$(CARGO) test --workspace --no-fail-fast
+
+lint: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+demo: setup
+	$(VLA) demo
+
+bench: setup
+	$(VLA) bench sim --envs 1 --steps 300
+	$(VLA) bench sim --envs 2 --steps 300
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,88 @@
+//! One module per subcommand, plus what they share.
+
+pub mod bench;
+pub mod demo;
+pub mod expert;
+pub mod render;
+pub mod tasks;
+pub mod view;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use vla_sim::{EnvConfig, RobotDescription};
+
+/// Options every simulation command accepts.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SimOptions {
+    /// Environment config (TOML: sim, cameras, render, randomization); defaults otherwise.
+    #[arg(long)]
+    pub env_config: Option<PathBuf>,
+    /// Robot URDF to load instead of the built-in arm.
+    #[arg(long)]
+    pub urdf: Option<PathBuf>,
+    /// Turn on domain randomization (ranges from the config).
+    #[arg(long)]
+    pub randomize: bool,
+    /// Camera resolution (square), overrides the config.
+    #[arg(long)]
+    pub resolution: Option<u32>,
+}
+
+impl SimOptions {
+    pub fn env_config(&self) -> anyhow::Result<EnvConfig> {
+        let mut config = match &self.env_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let config: EnvConfig =
+                    toml::from_str(&text).with_context(|| format!("invalid environment config {}", path.display()))?;
+                config
+                    .sim
+                    .validate()
+                    .map_err(|e| anyhow::anyhow!("invalid environment config {}: sim: {e}", path.display()))?;
+                config
+            }
+            None => EnvConfig::default(),
+        };
+        if self.randomize {
+            config.randomization.enabled = true;
+        }
+        if let Some(r) = self.resolution {
+            anyhow::ensure!((16..=1024).contains(&r), "--resolution {r} is out of range 16..=1024");
+            config.render.width = r;
+            config.render.height = r;
+        }
+        Ok(config)
+    }
+
+    pub fn robot(&self) -> anyhow::Result<RobotDescription> {
+        Ok(match &self.urdf {
+            Some(path) => RobotDescription::from_file(path, None)?,
+            None => RobotDescription::default_arm()?,
+        })
+    }
+}
+
+/// Print a report: JSON on stdout with `--json`, else a human summary.
+pub fn print_report<T: serde::Serialize>(json: bool, report: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = if json { serde_json::to_string(report)? } else { human() };
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}") {
+        // A closed pipe (`vla tasks | head`) is not an error worth a panic.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
