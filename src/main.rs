@@ -6,7 +6,11 @@ mod commands;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "vla", version, about = "Vision-language-action robot stack: simulate, collect, train, act, evaluate")]
+#[command(
+    name = "vla",
+    version,
+    about = "Vision-language-action robot stack: simulate, collect, train, act, evaluate"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,8 +39,9 @@ fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wgpu=error,naga=warn,bevy=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,wgpu=error,naga=warn,bevy=warn")
+            }),
         )
         .init();
     let cli = Cli::parse();

@@ -3,25 +3,64 @@
 use std::process::Command;
 
 fn vla(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vla")).args(args).output().expect("runs vla")
+    Command::new(env!("CARGO_BIN_EXE_vla"))
+        .args(args)
+        .output()
+        .expect("runs vla")
 }
 
 fn json(args: &[&str]) -> serde_json::Value {
     let out = vla(args);
-    assert!(out.status.success(), "vla {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "vla {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
 }
 
 #[test]
 fn expert_report_has_the_documented_shape_and_a_stable_digest() {
-    let args = ["expert", "--suite", "pick", "--split", "seen", "--episodes", "2", "--seed", "3", "--json"];
+    let args = [
+        "expert",
+        "--suite",
+        "pick",
+        "--split",
+        "seen",
+        "--episodes",
+        "2",
+        "--seed",
+        "3",
+        "--json",
+    ];
     let a = json(&args);
-    for key in ["suite", "split", "episodes", "successes", "success_rate", "per_family", "digest"] {
+    for key in [
+        "suite",
+        "split",
+        "episodes",
+        "successes",
+        "success_rate",
+        "per_family",
+        "digest",
+    ] {
         assert!(a.get(key).is_some(), "missing {key} in {a}");
     }
     assert_eq!(a["episodes"], 2);
     assert!(a["per_family"]["pick"]["success_rate"].is_number());
-    let b = json(&["expert", "--suite", "pick", "--split", "seen", "--episodes", "2", "--seed", "3", "--envs", "2", "--json"]);
+    let b = json(&[
+        "expert",
+        "--suite",
+        "pick",
+        "--split",
+        "seen",
+        "--episodes",
+        "2",
+        "--seed",
+        "3",
+        "--envs",
+        "2",
+        "--json",
+    ]);
     assert_eq!(a["digest"], b["digest"], "same arguments, same digest");
 }
 
@@ -29,7 +68,9 @@ fn expert_report_has_the_documented_shape_and_a_stable_digest() {
 fn tasks_lists_families_and_splits() {
     let t = json(&["tasks", "--json"]);
     for f in ["pick", "place", "stack", "sort"] {
-        assert!(t["families"][f]["examples"]["unseen"].as_array().is_some_and(|v| !v.is_empty()));
+        assert!(t["families"][f]["examples"]["unseen"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty()));
     }
 }
 
@@ -38,7 +79,20 @@ fn render_writes_a_png_of_the_requested_size() {
     let dir = std::env::temp_dir().join(format!("vla-cli-render-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("frame.png");
-    let r = json(&["render", "--suite", "stack", "--seed", "1", "--camera", "wrist", "--out", out.to_str().unwrap(), "--resolution", "96", "--json"]);
+    let r = json(&[
+        "render",
+        "--suite",
+        "stack",
+        "--seed",
+        "1",
+        "--camera",
+        "wrist",
+        "--out",
+        out.to_str().unwrap(),
+        "--resolution",
+        "96",
+        "--json",
+    ]);
     assert_eq!(r["width"], 96);
     let img = image::open(&out).expect("a PNG").to_rgb8();
     assert_eq!(img.dimensions(), (96, 96));
@@ -47,7 +101,14 @@ fn render_writes_a_png_of_the_requested_size() {
 #[test]
 fn bench_sim_reports_the_documented_fields() {
     let r = json(&["bench", "sim", "--envs", "1", "--steps", "5", "--json"]);
-    for key in ["envs", "steps", "resolution", "physics_ms_per_step", "render_ms_per_frame", "env_steps_per_s"] {
+    for key in [
+        "envs",
+        "steps",
+        "resolution",
+        "physics_ms_per_step",
+        "render_ms_per_frame",
+        "env_steps_per_s",
+    ] {
         assert!(r.get(key).is_some(), "missing {key} in {r}");
     }
 }
@@ -63,17 +124,43 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["expert", "--suite", "juggle"], "juggle"),
         (vec!["expert", "--split", "maybe"], "maybe"),
-        (vec!["render", "--suite", "pick", "--camera", "side", "--out", "/tmp/x.png"], "side"),
-        (vec!["expert", "--urdf", bad_urdf.to_str().unwrap()], "broken.urdf"),
-        (vec!["expert", "--urdf", "/nonexistent/robot.urdf"], "/nonexistent/robot.urdf"),
-        (vec!["expert", "--env-config", bad_config.to_str().unwrap()], "physics_hz"),
+        (
+            vec![
+                "render",
+                "--suite",
+                "pick",
+                "--camera",
+                "side",
+                "--out",
+                "/tmp/x.png",
+            ],
+            "side",
+        ),
+        (
+            vec!["expert", "--urdf", bad_urdf.to_str().unwrap()],
+            "broken.urdf",
+        ),
+        (
+            vec!["expert", "--urdf", "/nonexistent/robot.urdf"],
+            "/nonexistent/robot.urdf",
+        ),
+        (
+            vec!["expert", "--env-config", bad_config.to_str().unwrap()],
+            "physics_hz",
+        ),
         (vec!["expert", "--noise", "NaN"], "noise"),
     ];
     for (args, needle) in cases {
         let out = vla(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "vla {args:?} should fail");
-        assert!(!stderr.contains("panicked"), "vla {args:?} panicked: {stderr}");
-        assert!(stderr.contains(needle), "vla {args:?}: error should name {needle:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked"),
+            "vla {args:?} panicked: {stderr}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "vla {args:?}: error should name {needle:?}: {stderr}"
+        );
     }
 }

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 pub const ACTION_DIM: usize = 7;
 
 /// Names of the action dimensions, in order (used for dataset feature names).
-pub const ACTION_NAMES: [&str; ACTION_DIM] = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"];
+pub const ACTION_NAMES: [&str; ACTION_DIM] =
+    ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"];
 
 /// One control step's command, expressed in the robot base frame.
 ///

@@ -9,8 +9,19 @@ pub const STATE_DIM: usize = 13;
 /// opening (distance between the finger pads, m), the end-effector position (m, base frame)
 /// and its orientation as roll/pitch/yaw (rad, base frame).
 pub const STATE_NAMES: [&str; STATE_DIM] = [
-    "joint_1", "joint_2", "joint_3", "joint_4", "joint_5", "joint_6", "gripper_opening", "ee_x",
-    "ee_y", "ee_z", "ee_roll", "ee_pitch", "ee_yaw",
+    "joint_1",
+    "joint_2",
+    "joint_3",
+    "joint_4",
+    "joint_5",
+    "joint_6",
+    "gripper_opening",
+    "ee_x",
+    "ee_y",
+    "ee_z",
+    "ee_roll",
+    "ee_pitch",
+    "ee_yaw",
 ];
 
 /// Index ranges into the state vector.

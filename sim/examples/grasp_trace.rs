@@ -4,7 +4,12 @@ use vla_sim::{Cell, ControlMode, ObjectKind, ObjectSpec, RobotDescription, SimCo
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cell = Cell::new(SimConfig::default(), RobotDescription::default_arm()?)?;
-    cell.add_object(ObjectSpec::new(ObjectKind::Cube, "red", [0.8, 0.1, 0.1]), 0.45, 0.0, 0.0);
+    cell.add_object(
+        ObjectSpec::new(ObjectKind::Cube, "red", [0.8, 0.1, 0.1]),
+        0.45,
+        0.0,
+        0.0,
+    );
     let mut ctrl = cell.home(ControlMode::EeDeltaPose)?;
     let plan: [([f64; 3], f32, usize); 4] = [
         ([0.45, 0.0, 0.12], 0.0, 15),
@@ -20,7 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if n > 0.025 {
                 d.iter_mut().for_each(|v| *v *= 0.025 / n);
             }
-            let r = ctrl.step(&mut cell, &Action::new([d[0] as f32, d[1] as f32, d[2] as f32], [0.0; 3], g));
+            let r = ctrl.step(
+                &mut cell,
+                &Action::new([d[0] as f32, d[1] as f32, d[2] as f32], [0.0; 3], g),
+            );
             let o = cell.object_pose(0).translation.vector;
             let rpy = vla_sim::kinematics::rpy(&cell.tcp_pose().rotation);
             println!(
@@ -28,11 +36,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 p.x, p.y, p.z, rpy[0], rpy[1], rpy[2], cell.robot.finger_position(&cell.world), o.x, o.y, o.z,
                 cell.touches_finger(0, 0), cell.touches_finger(0, 1), r.reanchored
             );
-            println!("   q {:?}\n   cmd {:?}", cell.robot.joint_positions(&cell.world).iter().map(|v| (v * 1000.0).round() / 1000.0).collect::<Vec<_>>(), ctrl.joint_command.iter().map(|v| (v * 1000.0).round() / 1000.0).collect::<Vec<_>>());
+            println!(
+                "   q {:?}\n   cmd {:?}",
+                cell.robot
+                    .joint_positions(&cell.world)
+                    .iter()
+                    .map(|v| (v * 1000.0).round() / 1000.0)
+                    .collect::<Vec<_>>(),
+                ctrl.joint_command
+                    .iter()
+                    .map(|v| (v * 1000.0).round() / 1000.0)
+                    .collect::<Vec<_>>()
+            );
             for pair in cell.world.narrow_phase.contact_pairs() {
                 if pair.has_any_active_contact() {
-                    let name = |c| cell.world.colliders.get(c).and_then(|c| c.parent()).and_then(|b| cell.robot.links.iter().find(|(_, h)| *h == b).map(|(n, _)| n.clone())).unwrap_or_else(|| format!("{:?}", c));
-                    println!("   contact {} - {}", name(pair.collider1), name(pair.collider2));
+                    let name = |c| {
+                        cell.world
+                            .colliders
+                            .get(c)
+                            .and_then(|c| c.parent())
+                            .and_then(|b| {
+                                cell.robot
+                                    .links
+                                    .iter()
+                                    .find(|(_, h)| *h == b)
+                                    .map(|(n, _)| n.clone())
+                            })
+                            .unwrap_or_else(|| format!("{:?}", c))
+                    };
+                    println!(
+                        "   contact {} - {}",
+                        name(pair.collider1),
+                        name(pair.collider2)
+                    );
                 }
             }
         }

@@ -63,7 +63,9 @@ pub(crate) fn iso_from_pose(p: &Pose) -> Isometry3<f64> {
     let r = p.rotation;
     Isometry3::from_parts(
         Translation3::new(t.x as f64, t.y as f64, t.z as f64),
-        UnitQuaternion::from_quaternion(Quaternion::new(r.w as f64, r.x as f64, r.y as f64, r.z as f64)),
+        UnitQuaternion::from_quaternion(Quaternion::new(
+            r.w as f64, r.x as f64, r.y as f64, r.z as f64,
+        )),
     )
 }
 
@@ -88,8 +90,10 @@ impl Cell {
         params.dt = config.physics_dt() as f32;
         params.contact_softness =
             SpringCoefficients::new(config.contact_frequency, config.contact_damping_ratio);
-        params.static_contact_softness =
-            SpringCoefficients::new(config.static_contact_frequency, config.contact_damping_ratio);
+        params.static_contact_softness = SpringCoefficients::new(
+            config.static_contact_frequency,
+            config.contact_damping_ratio,
+        );
         params.num_solver_iterations = config.solver_iterations.max(1);
 
         let table = world.colliders.insert(
@@ -122,7 +126,11 @@ impl Cell {
                 Vector::new(x, y, z),
                 rapier3d::math::Rotation::from_rotation_z(yaw),
             ))
-            .angular_damping(if spec.kind == ObjectKind::Ball { 1.5 } else { 0.2 })
+            .angular_damping(if spec.kind == ObjectKind::Ball {
+                1.5
+            } else {
+                0.2
+            })
             .linear_damping(0.05)
             .ccd_enabled(true)
             .build();
@@ -142,10 +150,10 @@ impl Cell {
             .friction(spec.friction)
             .friction_combine_rule(CoefficientCombineRule::Average)
             .build();
-        let collider = self
-            .world
-            .colliders
-            .insert_with_parent(collider, body, &mut self.world.bodies);
+        let collider =
+            self.world
+                .colliders
+                .insert_with_parent(collider, body, &mut self.world.bodies);
         self.objects.push(SimObject {
             spec,
             body,
@@ -259,7 +267,8 @@ impl Cell {
         let ly = -s * dx + c * dy;
         lx.abs() <= r.spec.inner_half[0] as f64
             && ly.abs() <= r.spec.inner_half[1] as f64
-            && p.z < TABLE_TOP_Z + r.spec.wall_height as f64 + self.objects[object].spec.height as f64
+            && p.z
+                < TABLE_TOP_Z + r.spec.wall_height as f64 + self.objects[object].spec.height as f64
     }
 
     /// Poses of all objects (for digests and logs).
@@ -298,12 +307,18 @@ impl Cell {
 
     /// Body pose by handle, as an isometry.
     pub fn body_pose(&self, body: RigidBodyHandle) -> Option<Isometry3<f64>> {
-        self.world.bodies.get(body).map(|b| iso_from_pose(b.position()))
+        self.world
+            .bodies
+            .get(body)
+            .map(|b| iso_from_pose(b.position()))
     }
 
     /// Collider pose in the world (for rendering static and attached shapes).
     pub fn collider_pose(&self, collider: ColliderHandle) -> Option<Isometry3<f64>> {
-        self.world.colliders.get(collider).map(|c| iso_from_pose(c.position()))
+        self.world
+            .colliders
+            .get(collider)
+            .map(|c| iso_from_pose(c.position()))
     }
 
     /// Unit vector along the world Z axis, for clarity at call sites.
@@ -330,7 +345,10 @@ pub fn receptacle_parts(spec: &ReceptacleSpec) -> Vec<([f32; 3], [f32; 3])> {
 impl Cell {
     /// Place the arm at the home pose (tool pointing down at `config.home_position`), gripper
     /// open, and return a controller holding that pose.
-    pub fn home(&mut self, mode: crate::controller::ControlMode) -> Result<crate::Controller, SimError> {
+    pub fn home(
+        &mut self,
+        mode: crate::controller::ControlMode,
+    ) -> Result<crate::Controller, SimError> {
         let chain = self.robot.description.chain.clone();
         let [x, y, z] = self.config.home_position;
         let target = Isometry3::from_parts(
@@ -338,7 +356,15 @@ impl Cell {
             crate::kinematics::tool_down(0.0),
         );
         let settings = crate::kinematics::IkSettings::default();
-        let seed: Vec<f64> = self.config.home_seed.iter().copied().take(chain.dof()).chain(std::iter::repeat(0.0)).take(chain.dof()).collect();
+        let seed: Vec<f64> = self
+            .config
+            .home_seed
+            .iter()
+            .copied()
+            .take(chain.dof())
+            .chain(std::iter::repeat(0.0))
+            .take(chain.dof())
+            .collect();
         let solution = chain.inverse(&target, &seed, &settings)?;
         if !solution.converged {
             return Err(SimError::InvalidInput(format!(
@@ -346,8 +372,15 @@ impl Cell {
                 self.config.home_position, solution.position_error
             )));
         }
-        let open = self.robot.description.gripper.as_ref().map(|g| g.upper).unwrap_or(0.0);
-        self.robot.reset_joints(&mut self.world, &solution.joints, open);
+        let open = self
+            .robot
+            .description
+            .gripper
+            .as_ref()
+            .map(|g| g.upper)
+            .unwrap_or(0.0);
+        self.robot
+            .reset_joints(&mut self.world, &solution.joints, open);
         Ok(crate::Controller::new(self, mode))
     }
 }

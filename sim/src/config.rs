@@ -77,10 +77,13 @@ impl SimConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.physics_hz >= 240.0) {
-            return Err(format!("physics_hz = {} must be at least 240", self.physics_hz));
+        if self.physics_hz.is_nan() || self.physics_hz < 240.0 {
+            return Err(format!(
+                "physics_hz = {} must be at least 240",
+                self.physics_hz
+            ));
         }
-        if !(self.control_hz > 0.0 && self.control_hz <= self.physics_hz) {
+        if self.control_hz.is_nan() || self.control_hz <= 0.0 || self.control_hz > self.physics_hz {
             return Err(format!(
                 "control_hz = {} must be positive and at most physics_hz",
                 self.control_hz

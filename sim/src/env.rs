@@ -173,20 +173,27 @@ impl Env {
             return look;
         }
         let shade = |c: [f32; 3], rng: &mut ChaCha8Rng| {
-            c.map(|v| (v * (1.0 + rng.random_range(-dr.color_shade..=dr.color_shade))).clamp(0.0, 1.0))
+            c.map(|v| {
+                (v * (1.0 + rng.random_range(-dr.color_shade..=dr.color_shade))).clamp(0.0, 1.0)
+            })
         };
         look.object_rgb = look.object_rgb.iter().map(|c| shade(*c, rng)).collect();
         look.bin_rgb = look.bin_rgb.iter().map(|c| shade(*c, rng)).collect();
         if !dr.table_colors.is_empty() {
             look.table_rgb = dr.table_colors[rng.random_range(0..dr.table_colors.len())];
         }
-        look.lighting.sun_illuminance = rng.random_range(dr.light_illuminance[0]..=dr.light_illuminance[1]);
+        look.lighting.sun_illuminance =
+            rng.random_range(dr.light_illuminance[0]..=dr.light_illuminance[1]);
         let j = dr.light_direction_jitter;
         for v in look.lighting.sun_direction.iter_mut() {
             *v += rng.random_range(-j..=j);
         }
         let c = dr.camera_jitter;
-        look.camera_jitter = [rng.random_range(-c..=c), rng.random_range(-c..=c), rng.random_range(-c..=c)];
+        look.camera_jitter = [
+            rng.random_range(-c..=c),
+            rng.random_range(-c..=c),
+            rng.random_range(-c..=c),
+        ];
         for o in &cell.objects {
             let friction = rng.random_range(dr.friction[0]..=dr.friction[1]);
             let scale = rng.random_range(dr.mass_scale[0]..=dr.mass_scale[1]);
@@ -201,7 +208,9 @@ impl Env {
     fn parts(&self) -> Result<(&Cell, &Controller), SimError> {
         match (&self.cell, &self.controller) {
             (Some(c), Some(k)) => Ok((c, k)),
-            _ => Err(SimError::InvalidInput("environment used before reset".into())),
+            _ => Err(SimError::InvalidInput(
+                "environment used before reset".into(),
+            )),
         }
     }
 
@@ -230,16 +239,25 @@ impl Env {
     pub fn expert_action(&mut self) -> Result<Action, SimError> {
         let (cell, controller) = match (&self.cell, &self.controller) {
             (Some(c), Some(k)) => (c, k),
-            _ => return Err(SimError::InvalidInput("environment used before reset".into())),
+            _ => {
+                return Err(SimError::InvalidInput(
+                    "environment used before reset".into(),
+                ))
+            }
         };
         Ok(self.task.expert_action(cell, controller))
     }
 
     /// Advance physics by one control step (no rendering). Returns (reward, terminated,
     /// truncated, success, info).
-    pub fn step_physics(&mut self, action: &Action) -> Result<(Evaluation, bool, bool, StepInfo), SimError> {
+    pub fn step_physics(
+        &mut self,
+        action: &Action,
+    ) -> Result<(Evaluation, bool, bool, StepInfo), SimError> {
         let (Some(cell), Some(controller)) = (self.cell.as_mut(), self.controller.as_mut()) else {
-            return Err(SimError::InvalidInput("environment used before reset".into()));
+            return Err(SimError::InvalidInput(
+                "environment used before reset".into(),
+            ));
         };
         let report = controller.step(cell, action);
         self.interventions.add(&report);
@@ -270,8 +288,14 @@ impl Env {
         let (cell, _) = self.parts()?;
         let (w, h) = (self.config.render.width, self.config.render.height);
         Ok(Observation {
-            front: RgbImage::new(if self.config.render_enabled { w } else { 0 }, if self.config.render_enabled { h } else { 0 }),
-            wrist: RgbImage::new(if self.config.render_enabled { w } else { 0 }, if self.config.render_enabled { h } else { 0 }),
+            front: RgbImage::new(
+                if self.config.render_enabled { w } else { 0 },
+                if self.config.render_enabled { h } else { 0 },
+            ),
+            wrist: RgbImage::new(
+                if self.config.render_enabled { w } else { 0 },
+                if self.config.render_enabled { h } else { 0 },
+            ),
             front_depth: None,
             state: cell.proprio_state(),
             instruction: self.instruction.clone(),
@@ -279,9 +303,14 @@ impl Env {
     }
 
     /// Scene description for the renderer (also used by the viewer).
-    pub fn render_scene(&mut self) -> Result<(Vec<vla_render::Body>, [f32; 3], Lighting), SimError> {
+    pub fn render_scene(
+        &mut self,
+    ) -> Result<(Vec<vla_render::Body>, [f32; 3], Lighting), SimError> {
         let (cell, _) = self.parts()?;
-        let look = self.look.clone().ok_or_else(|| SimError::InvalidInput("no episode".into()))?;
+        let look = self
+            .look
+            .clone()
+            .ok_or_else(|| SimError::InvalidInput("no episode".into()))?;
         let (bodies, sources) = scene_bodies(cell, look.table_rgb, &look.object_rgb, &look.bin_rgb);
         self.pose_sources = sources;
         Ok((bodies, self.config.background_rgb, look.lighting))
@@ -297,13 +326,23 @@ impl Env {
     /// Front and wrist camera views for the current state.
     pub fn camera_views(&self) -> Result<[CameraView; 2], SimError> {
         let (cell, _) = self.parts()?;
-        let jitter = self.look.as_ref().map(|l| l.camera_jitter).unwrap_or([0.0; 3]);
-        Ok([self.config.cameras.front(jitter), self.config.cameras.wrist(cell)])
+        let jitter = self
+            .look
+            .as_ref()
+            .map(|l| l.camera_jitter)
+            .unwrap_or([0.0; 3]);
+        Ok([
+            self.config.cameras.front(jitter),
+            self.config.cameras.wrist(cell),
+        ])
     }
 
     /// Positions of every object at the end, for digests.
     pub fn object_states(&self) -> Vec<crate::cell::ObjectState> {
-        self.cell.as_ref().map(|c| c.object_states()).unwrap_or_default()
+        self.cell
+            .as_ref()
+            .map(|c| c.object_states())
+            .unwrap_or_default()
     }
 }
 
@@ -320,7 +359,10 @@ pub struct VecEnv {
 impl VecEnv {
     /// Build the environments; a renderer is created when any of them renders.
     pub fn new(envs: Vec<Env>) -> Result<Self, SimError> {
-        let render_cfg = envs.iter().find(|e| e.config.render_enabled).map(|e| e.config.render.clone());
+        let render_cfg = envs
+            .iter()
+            .find(|e| e.config.render_enabled)
+            .map(|e| e.config.render.clone());
         let renderer = match render_cfg {
             Some(cfg) => Some(Renderer::new(cfg).map_err(|e| SimError::Render(e.to_string()))?),
             None => None,
@@ -348,13 +390,20 @@ impl VecEnv {
         self.envs[i].reset_physics(seed)?;
         if self.envs[i].config.render_enabled {
             let (bodies, bg, light) = self.envs[i].render_scene()?;
-            let renderer = self.renderer.as_mut().ok_or_else(|| SimError::Render("no renderer".into()))?;
+            let renderer = self
+                .renderer
+                .as_mut()
+                .ok_or_else(|| SimError::Render("no renderer".into()))?;
             let scene = match self.scenes[i] {
                 Some(id) => {
-                    renderer.rebuild_scene(id, bodies, bg, light).map_err(|e| SimError::Render(e.to_string()))?;
+                    renderer
+                        .rebuild_scene(id, bodies, bg, light)
+                        .map_err(|e| SimError::Render(e.to_string()))?;
                     id
                 }
-                None => renderer.add_scene(bodies, bg, light).map_err(|e| SimError::Render(e.to_string()))?,
+                None => renderer
+                    .add_scene(bodies, bg, light)
+                    .map_err(|e| SimError::Render(e.to_string()))?,
             };
             self.scenes[i] = Some(scene);
         }
@@ -366,9 +415,17 @@ impl VecEnv {
     /// Reset all environments with the given seeds.
     pub fn reset(&mut self, seeds: &[u64]) -> Result<Vec<Observation>, SimError> {
         if seeds.len() != self.envs.len() {
-            return Err(SimError::InvalidInput(format!("{} seeds for {} environments", seeds.len(), self.envs.len())));
+            return Err(SimError::InvalidInput(format!(
+                "{} seeds for {} environments",
+                seeds.len(),
+                self.envs.len()
+            )));
         }
-        seeds.iter().enumerate().map(|(i, s)| self.reset_one(i, *s)).collect()
+        seeds
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.reset_one(i, *s))
+            .collect()
     }
 
     /// Step every environment with its action (physics in parallel), then render.
@@ -378,7 +435,11 @@ impl VecEnv {
     }
 
     /// Step only the environments in `active` (ascending indices), one action each.
-    pub fn step_subset(&mut self, active: &[usize], actions: &[Action]) -> Result<Vec<StepResult>, SimError> {
+    pub fn step_subset(
+        &mut self,
+        active: &[usize],
+        actions: &[Action],
+    ) -> Result<Vec<StepResult>, SimError> {
         if actions.len() != active.len() || active.iter().any(|i| *i >= self.envs.len()) {
             return Err(SimError::InvalidInput(format!(
                 "{} actions for {} active environments (of {})",
@@ -392,13 +453,22 @@ impl VecEnv {
             .envs
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, e)| active.iter().position(|a| *a == i).map(|k| (e, &actions[k])))
+            .filter_map(|(i, e)| {
+                active
+                    .iter()
+                    .position(|a| *a == i)
+                    .map(|k| (e, &actions[k]))
+            })
             .collect();
-        let physics: Vec<Result<(Evaluation, bool, bool, StepInfo), SimError>> =
-            selected.par_iter_mut().map(|(env, a)| env.step_physics(a)).collect();
+        let physics: Vec<Result<(Evaluation, bool, bool, StepInfo), SimError>> = selected
+            .par_iter_mut()
+            .map(|(env, a)| env.step_physics(a))
+            .collect();
         self.last_physics_s = t0.elapsed().as_secs_f64();
-        let mut observations =
-            active.iter().map(|i| self.envs[*i].blank_observation()).collect::<Result<Vec<_>, _>>()?;
+        let mut observations = active
+            .iter()
+            .map(|i| self.envs[*i].blank_observation())
+            .collect::<Result<Vec<_>, _>>()?;
         let t1 = std::time::Instant::now();
         self.render_into(active, &mut observations)?;
         self.last_render_s = t1.elapsed().as_secs_f64();
@@ -427,17 +497,27 @@ impl VecEnv {
     }
 
     /// Render front and wrist views of the given environments into their observations.
-    fn render_into(&mut self, which: &[usize], observations: &mut [Observation]) -> Result<(), SimError> {
-        let Some(renderer) = self.renderer.as_mut() else { return Ok(()) };
+    fn render_into(
+        &mut self,
+        which: &[usize],
+        observations: &mut [Observation],
+    ) -> Result<(), SimError> {
+        let Some(renderer) = self.renderer.as_mut() else {
+            return Ok(());
+        };
         let mut views = Vec::new();
         let mut slots = Vec::new();
         for (slot, &i) in which.iter().enumerate() {
             let env = &self.envs[i];
-            let Some(scene) = self.scenes[i] else { continue };
+            let Some(scene) = self.scenes[i] else {
+                continue;
+            };
             if !env.config.render_enabled {
                 continue;
             }
-            renderer.set_poses(scene, &env.render_poses()).map_err(|e| SimError::Render(e.to_string()))?;
+            renderer
+                .set_poses(scene, &env.render_poses())
+                .map_err(|e| SimError::Render(e.to_string()))?;
             let [front, wrist] = env.camera_views()?;
             views.push((scene, front));
             views.push((scene, wrist));
@@ -446,7 +526,9 @@ impl VecEnv {
         if views.is_empty() {
             return Ok(());
         }
-        let frames = renderer.render(&views).map_err(|e| SimError::Render(e.to_string()))?;
+        let frames = renderer
+            .render(&views)
+            .map_err(|e| SimError::Render(e.to_string()))?;
         let mut frames = frames.into_iter();
         for slot in slots {
             if let (Some(front), Some(wrist)) = (frames.next(), frames.next()) {

@@ -36,6 +36,9 @@ pub struct KinematicChain {
     pub fixed_after: Vec<Isometry3<f64>>,
 }
 
+/// World axis and origin of each joint, as used by the Jacobian.
+type JointFrames = Vec<(Vector3<f64>, Point3<f64>)>;
+
 /// Settings of the damped least squares solver (defaults measured to converge on this arm;
 /// rapier's own defaults — damping 1, 10 iterations — do not).
 #[derive(Clone, Copy, Debug)]
@@ -90,7 +93,7 @@ impl KinematicChain {
     }
 
     /// Tip pose plus, for each joint, its world axis and origin (for the Jacobian).
-    fn forward_with_frames(&self, q: &[f64]) -> (Isometry3<f64>, Vec<(Vector3<f64>, Point3<f64>)>) {
+    fn forward_with_frames(&self, q: &[f64]) -> (Isometry3<f64>, JointFrames) {
         let mut pose = self.fixed_before;
         let mut frames = Vec::with_capacity(self.joints.len());
         for (i, joint) in self.joints.iter().enumerate() {
@@ -205,8 +208,8 @@ impl KinematicChain {
             result.position_error = pos_err;
             result.rotation_error = rot_err;
         }
-        result.converged =
-            result.position_error < s.position_tolerance && result.rotation_error < s.rotation_tolerance;
+        result.converged = result.position_error < s.position_tolerance
+            && result.rotation_error < s.rotation_tolerance;
         result
     }
 }

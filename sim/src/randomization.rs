@@ -29,7 +29,12 @@ impl Default for Randomization {
             light_illuminance: [6000.0, 14000.0],
             light_direction_jitter: 0.25,
             camera_jitter: 0.015,
-            table_colors: vec![[0.55, 0.42, 0.30], [0.62, 0.62, 0.60], [0.35, 0.36, 0.40], [0.70, 0.60, 0.45]],
+            table_colors: vec![
+                [0.55, 0.42, 0.30],
+                [0.62, 0.62, 0.60],
+                [0.35, 0.36, 0.40],
+                [0.70, 0.60, 0.45],
+            ],
             friction: [0.8, 1.3],
             mass_scale: [0.7, 1.4],
         }

@@ -48,7 +48,10 @@ impl GifRecorder {
 }
 
 pub fn write_gif(frames: &[RgbImage], path: &Path, fps: f32) -> Result<(), SimError> {
-    let io = |e: String| SimError::Io { path: path.to_path_buf(), cause: e };
+    let io = |e: String| SimError::Io {
+        path: path.to_path_buf(),
+        cause: e,
+    };
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
             std::fs::create_dir_all(parent).map_err(|e| io(e.to_string()))?;
@@ -58,7 +61,9 @@ pub fn write_gif(frames: &[RgbImage], path: &Path, fps: f32) -> Result<(), SimEr
     {
         let file = File::create(&tmp).map_err(|e| io(e.to_string()))?;
         let mut encoder = GifEncoder::new_with_speed(BufWriter::new(file), 10);
-        encoder.set_repeat(Repeat::Infinite).map_err(|e| io(e.to_string()))?;
+        encoder
+            .set_repeat(Repeat::Infinite)
+            .map_err(|e| io(e.to_string()))?;
         let delay = Delay::from_numer_denom_ms(1000, fps.max(1.0) as u32);
         for f in frames {
             let rgba: RgbaImage = image::DynamicImage::ImageRgb8(f.clone()).to_rgba8();

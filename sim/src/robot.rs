@@ -132,7 +132,11 @@ impl Robot {
                     .map(|j| j.child.link.clone())
                     .unwrap_or_default();
                 if let Some(i) = link_names.iter().position(|n| *n == child) {
-                    finger_colliders[slot] = handles.links[i].colliders.iter().map(|c| c.handle).collect();
+                    finger_colliders[slot] = handles.links[i]
+                        .colliders
+                        .iter()
+                        .map(|c| c.handle)
+                        .collect();
                 }
             }
         }
@@ -163,11 +167,18 @@ impl Robot {
             if let Some(link) = mb.link_mut(link) {
                 let data = &mut link.joint.data;
                 data.set_motor_model(JointAxis::AngX, MotorModel::ForceBased);
-                data.set_motor(JointAxis::AngX, 0.0, 0.0, self.gains.arm_stiffness, self.gains.arm_damping);
+                data.set_motor(
+                    JointAxis::AngX,
+                    0.0,
+                    0.0,
+                    self.gains.arm_stiffness,
+                    self.gains.arm_damping,
+                );
                 data.set_motor_max_force(JointAxis::AngX, effort);
             }
         }
-        if let (Some([driver, follower]), Some(g)) = (self.finger_joints, &self.description.gripper) {
+        if let (Some([driver, follower]), Some(g)) = (self.finger_joints, &self.description.gripper)
+        {
             let (mb, driver_link) = world
                 .multibody_joints
                 .get_mut(driver)
@@ -263,7 +274,9 @@ impl Robot {
 
     /// Command the fingers towards a travel target (m) at the configured speed and force.
     pub fn set_finger_target(&self, world: &mut PhysicsWorld, travel: f64, velocity: f64) {
-        let Some([driver, follower]) = self.finger_joints else { return };
+        let Some([driver, follower]) = self.finger_joints else {
+            return;
+        };
         for handle in [driver, follower] {
             if let Some((mb, id)) = world.multibody_joints.get_mut(handle) {
                 if let Some(link) = mb.link_mut(id) {

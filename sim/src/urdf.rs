@@ -45,7 +45,12 @@ pub struct RobotDescription {
 impl RobotDescription {
     /// The robot shipped with the project.
     pub fn default_arm() -> Result<Self, SimError> {
-        Self::from_str(DEFAULT_URDF, "vla_arm.urdf (built in)", Path::new("."), DEFAULT_TIP_LINK)
+        Self::from_str(
+            DEFAULT_URDF,
+            "vla_arm.urdf (built in)",
+            Path::new("."),
+            DEFAULT_TIP_LINK,
+        )
     }
 
     /// Load any URDF by path; the tip link defaults to `tcp_link`, else the deepest link.
@@ -237,7 +242,11 @@ fn find_gripper(
         offset: mimic.offset.unwrap_or(0.0),
         lower: driver.limit.lower,
         upper: driver.limit.upper,
-        max_effort: if driver.limit.effort > 0.0 { driver.limit.effort } else { 40.0 },
+        max_effort: if driver.limit.effort > 0.0 {
+            driver.limit.effort
+        } else {
+            40.0
+        },
     }))
 }
 
@@ -257,10 +266,12 @@ mod tests {
 
     #[test]
     fn malformed_urdf_is_a_clear_error() {
-        let err = RobotDescription::from_str("<robot name='x'><link", "bad.urdf", Path::new("."), "tcp")
-            .unwrap_err();
+        let err =
+            RobotDescription::from_str("<robot name='x'><link", "bad.urdf", Path::new("."), "tcp")
+                .unwrap_err();
         assert!(err.to_string().contains("bad.urdf"), "{err}");
-        let err = RobotDescription::from_file(Path::new("/nonexistent/arm.urdf"), None).unwrap_err();
+        let err =
+            RobotDescription::from_file(Path::new("/nonexistent/arm.urdf"), None).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/arm.urdf"), "{err}");
     }
 

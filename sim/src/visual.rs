@@ -15,21 +15,35 @@ pub enum PoseSource {
     Body(rapier3d::dynamics::RigidBodyHandle),
 }
 
-pub fn collider_visual(collider: &Collider, color: [f32; 4], local: vla_core::Pose) -> Option<Visual> {
+pub fn collider_visual(
+    collider: &Collider,
+    color: [f32; 4],
+    local: vla_core::Pose,
+) -> Option<Visual> {
     let shape = collider.shape();
     let s = match shape.shape_type() {
         ShapeType::Cuboid => {
             let c = shape.as_cuboid()?;
-            Shape::Cuboid { half_extents: [c.half_extents.x, c.half_extents.y, c.half_extents.z] }
+            Shape::Cuboid {
+                half_extents: [c.half_extents.x, c.half_extents.y, c.half_extents.z],
+            }
         }
         ShapeType::Cylinder => {
             let c = shape.as_cylinder()?;
-            Shape::Cylinder { radius: c.radius, half_height: c.half_height }
+            Shape::Cylinder {
+                radius: c.radius,
+                half_height: c.half_height,
+            }
         }
-        ShapeType::Ball => Shape::Sphere { radius: shape.as_ball()?.radius },
+        ShapeType::Ball => Shape::Sphere {
+            radius: shape.as_ball()?.radius,
+        },
         ShapeType::Capsule => {
             let c = shape.as_capsule()?;
-            Shape::Capsule { radius: c.radius, half_height: c.half_height() }
+            Shape::Capsule {
+                radius: c.radius,
+                half_height: c.half_height(),
+            }
         }
         _ => return None,
     };
@@ -51,7 +65,10 @@ pub fn scene_bodies(
     if let Some(c) = cell.world.colliders.get(cell.table) {
         let pose = core_pose(&iso_from_pose(c.position()));
         if let Some(v) = collider_visual(c, rgba(table_rgb), vla_core::Pose::IDENTITY) {
-            bodies.push(Body { visuals: vec![v], pose });
+            bodies.push(Body {
+                visuals: vec![v],
+                pose,
+            });
             sources.push(PoseSource::Fixed(pose));
         }
     }
@@ -64,30 +81,54 @@ pub fn scene_bodies(
                 visuals.extend(collider_visual(c, color, local));
             }
         }
-        bodies.push(Body { visuals, pose: vla_core::Pose::IDENTITY });
+        bodies.push(Body {
+            visuals,
+            pose: vla_core::Pose::IDENTITY,
+        });
         sources.push(PoseSource::Fixed(vla_core::Pose::IDENTITY));
     }
     for (i, (_, handle)) in cell.robot.links.iter().enumerate() {
-        let Some(body) = cell.world.bodies.get(*handle) else { continue };
-        let color = cell.robot.link_colors.get(i).copied().unwrap_or([0.7, 0.7, 0.7, 1.0]);
+        let Some(body) = cell.world.bodies.get(*handle) else {
+            continue;
+        };
+        let color = cell
+            .robot
+            .link_colors
+            .get(i)
+            .copied()
+            .unwrap_or([0.7, 0.7, 0.7, 1.0]);
         let visuals = body
             .colliders()
             .iter()
             .filter_map(|h| cell.world.colliders.get(*h))
             .filter_map(|c| {
-                let local = c.position_wrt_parent().map(|p| core_pose(&iso_from_pose(p))).unwrap_or_default();
+                let local = c
+                    .position_wrt_parent()
+                    .map(|p| core_pose(&iso_from_pose(p)))
+                    .unwrap_or_default();
                 collider_visual(c, color, local)
             })
             .collect();
-        bodies.push(Body { visuals, pose: core_pose(&iso_from_pose(body.position())) });
+        bodies.push(Body {
+            visuals,
+            pose: core_pose(&iso_from_pose(body.position())),
+        });
         sources.push(PoseSource::Body(*handle));
     }
     for (i, o) in cell.objects.iter().enumerate() {
         let color = rgba(object_rgb.get(i).copied().unwrap_or(o.spec.rgb));
-        let Some(c) = cell.world.colliders.get(o.collider) else { continue };
-        let local = c.position_wrt_parent().map(|p| core_pose(&iso_from_pose(p))).unwrap_or_default();
+        let Some(c) = cell.world.colliders.get(o.collider) else {
+            continue;
+        };
+        let local = c
+            .position_wrt_parent()
+            .map(|p| core_pose(&iso_from_pose(p)))
+            .unwrap_or_default();
         let visuals = collider_visual(c, color, local).into_iter().collect();
-        let pose = cell.body_pose(o.body).map(|p| core_pose(&p)).unwrap_or_default();
+        let pose = cell
+            .body_pose(o.body)
+            .map(|p| core_pose(&p))
+            .unwrap_or_default();
         bodies.push(Body { visuals, pose });
         sources.push(PoseSource::Body(o.body));
     }
@@ -100,7 +141,10 @@ pub fn scene_poses(cell: &Cell, sources: &[PoseSource]) -> Vec<vla_core::Pose> {
         .iter()
         .map(|s| match s {
             PoseSource::Fixed(p) => *p,
-            PoseSource::Body(h) => cell.body_pose(*h).map(|p| core_pose(&p)).unwrap_or_default(),
+            PoseSource::Body(h) => cell
+                .body_pose(*h)
+                .map(|p| core_pose(&p))
+                .unwrap_or_default(),
         })
         .collect()
 }
@@ -133,7 +177,11 @@ impl Default for CameraConfig {
 
 impl CameraConfig {
     pub fn front(&self, jitter: [f32; 3]) -> CameraView {
-        let eye = [self.front_eye[0] + jitter[0], self.front_eye[1] + jitter[1], self.front_eye[2] + jitter[2]];
+        let eye = [
+            self.front_eye[0] + jitter[0],
+            self.front_eye[1] + jitter[1],
+            self.front_eye[2] + jitter[2],
+        ];
         CameraView::look_at(eye, self.front_target, self.front_fov_deg)
     }
 

@@ -46,7 +46,10 @@ pub fn run(what: What) -> anyhow::Result<()> {
 }
 
 fn sim(args: SimArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.envs >= 1 && args.steps >= 1, "--envs and --steps must be at least 1");
+    anyhow::ensure!(
+        args.envs >= 1 && args.steps >= 1,
+        "--envs and --steps must be at least 1"
+    );
     let family = vla_tasks::parse_suite(&args.suite)?;
     anyhow::ensure!(family.len() == 1, "--suite must name one family");
     let lang = Language::builtin()?;
@@ -54,7 +57,13 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
     config.render_enabled = true;
     let robot = args.sim.robot()?;
     let envs = (0..args.envs)
-        .map(|i| Ok(Env::new(make_task(family[0], Split::Seen, &lang, 0.0, i as u64)?, config.clone(), robot.clone())))
+        .map(|i| {
+            Ok(Env::new(
+                make_task(family[0], Split::Seen, &lang, 0.0, i as u64)?,
+                config.clone(),
+                robot.clone(),
+            ))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut vec_env = VecEnv::new(envs)?;
     let seeds = VecEnv::seeds(0, args.envs);
@@ -63,7 +72,11 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
     let (mut physics_s, mut render_s) = (0.0, 0.0);
     let start = Instant::now();
     for step in 0..args.steps {
-        let actions = vec_env.envs.iter_mut().map(|e| e.expert_action()).collect::<Result<Vec<_>, _>>()?;
+        let actions = vec_env
+            .envs
+            .iter_mut()
+            .map(|e| e.expert_action())
+            .collect::<Result<Vec<_>, _>>()?;
         let results = vec_env.step(&actions)?;
         physics_s += vec_env.last_physics_s;
         render_s += vec_env.last_render_s;

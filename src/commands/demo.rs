@@ -26,7 +26,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut reports = Vec::new();
     for split in ["seen", "unseen"] {
         let expert = ExpertArgs {
@@ -41,17 +42,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             json: false,
             sim: args.sim.clone(),
         };
-        tracing::info!("experts on the {split} split: {} episodes per family", args.episodes);
+        tracing::info!(
+            "experts on the {split} split: {} episodes per family",
+            args.episodes
+        );
         reports.push(expert_report(&expert)?);
     }
-    let mut md = String::from("# Demo report\n\nScripted experts (privileged state), success per family and split.\n\n");
+    let mut md = String::from(
+        "# Demo report\n\nScripted experts (privileged state), success per family and split.\n\n",
+    );
     md += "| family | seen | unseen |\n|---|---|---|\n";
     for family in vla_tasks::FAMILIES {
         let cell = |i: usize| {
             reports[i]
                 .per_family
                 .get(*family)
-                .map(|t| format!("{}/{} ({:.0} %)", t.successes, t.episodes, 100.0 * t.success_rate))
+                .map(|t| {
+                    format!(
+                        "{}/{} ({:.0} %)",
+                        t.successes,
+                        t.episodes,
+                        100.0 * t.success_rate
+                    )
+                })
                 .unwrap_or_default()
         };
         let _ = writeln!(md, "| {family} | {} | {} |", cell(0), cell(1));
@@ -68,5 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let path = args.out.join("report.md");
     std::fs::write(&path, &md).with_context(|| format!("cannot write {}", path.display()))?;
     let json = serde_json::json!({ "report": path, "seen": reports[0], "unseen": reports[1] });
-    super::print_report(args.json, &json, || format!("{md}\nwritten to {}", path.display()))
+    super::print_report(args.json, &json, || {
+        format!("{md}\nwritten to {}", path.display())
+    })
 }

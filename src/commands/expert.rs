@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use vla_sim::record::GifRecorder;
-use vla_tasks::runner::{episode_specs, run as run_episodes, Event, ExpertAgent, SuiteReport};
+use vla_tasks::runner::{
+    episode_specs, run as run_episodes, Event, ExpertAgent, RunSetup, SuiteReport,
+};
 use vla_tasks::{parse_suite, Language, Split};
 
 use super::SimOptions;
@@ -53,7 +55,12 @@ pub fn human(report: &SuiteReport) -> String {
         100.0 * report.success_rate
     );
     for (f, t) in &report.per_family {
-        s += &format!("  {f:6} {:4}/{:<4} {:5.1} %\n", t.successes, t.episodes, 100.0 * t.success_rate);
+        s += &format!(
+            "  {f:6} {:4}/{:<4} {:5.1} %\n",
+            t.successes,
+            t.episodes,
+            100.0 * t.success_rate
+        );
     }
     s + &format!("digest {}", report.digest)
 }
@@ -62,51 +69,83 @@ pub fn expert_report(args: &Args) -> anyhow::Result<SuiteReport> {
     let families = parse_suite(&args.suite)?;
     let split: Split = args.split.parse()?;
     anyhow::ensure!(args.episodes > 0, "--episodes must be at least 1");
-    anyhow::ensure!(args.noise.is_finite() && args.noise >= 0.0, "--noise must be a finite, non-negative number");
+    anyhow::ensure!(
+        args.noise.is_finite() && args.noise >= 0.0,
+        "--noise must be a finite, non-negative number"
+    );
     let mut config = args.sim.env_config()?;
     config.render_enabled = args.record.is_some();
     let robot = args.sim.robot()?;
     let lang = Language::builtin()?;
     let specs = episode_specs(&families, split, args.episodes, args.seed);
     let bar = super::progress(specs.len() as u64, "expert");
-    let mut recorders: Vec<Option<(GifRecorder, String)>> = (0..args.envs.max(1)).map(|_| None).collect();
+    let mut recorders: Vec<Option<(GifRecorder, String)>> =
+        (0..args.envs.max(1)).map(|_| None).collect();
     let mut successes = 0usize;
     let mut done = 0usize;
     let record_dir = args.record.clone();
     let record_n = args.record_episodes;
     let mut io_error: Option<anyhow::Error> = None;
-    let outcomes = run_episodes(&specs, args.envs, &config, &robot, &lang, args.noise, &mut ExpertAgent, &mut |event| {
-        match event {
-            Event::Reset { slot, spec, observation, .. } => {
-                if record_dir.is_some() && spec.index / families.len() < record_n {
-                    let mut r = GifRecorder::new();
-                    r.push(observation);
-                    recorders[slot] = Some((r, format!("{}_{:03}", spec.family, spec.index / families.len())));
+    let outcomes = run_episodes(
+        &specs,
+        &RunSetup {
+            envs: args.envs,
+            config: &config,
+            robot: &robot,
+            language: &lang,
+            noise: args.noise,
+        },
+        &mut ExpertAgent,
+        &mut |event| {
+            match event {
+                Event::Reset {
+                    slot,
+                    spec,
+                    observation,
+                    ..
+                } => {
+                    if record_dir.is_some() && spec.index / families.len() < record_n {
+                        let mut r = GifRecorder::new();
+                        r.push(observation);
+                        recorders[slot] = Some((
+                            r,
+                            format!("{}_{:03}", spec.family, spec.index / families.len()),
+                        ));
+                    }
                 }
-            }
-            Event::Step { slot, result, .. } => {
-                if let Some((r, _)) = recorders[slot].as_mut() {
-                    r.push(&result.observation);
+                Event::Step { slot, result, .. } => {
+                    if let Some((r, _)) = recorders[slot].as_mut() {
+                        r.push(&result.observation);
+                    }
                 }
-            }
-            Event::Done { slot, outcome } => {
-                done += 1;
-                successes += outcome.success as usize;
-                bar.inc(1);
-                bar.set_message(format!("success {:.0} %", 100.0 * successes as f64 / done as f64));
-                if let (Some((r, name)), Some(dir)) = (recorders[slot].take(), record_dir.as_ref()) {
-                    let tag = if outcome.success { "success" } else { "failure" };
-                    let path = dir.join(format!("{name}_{tag}.gif"));
-                    if let Err(e) = r.save(&path, 10.0) {
-                        io_error = Some(e.into());
-                    } else {
-                        tracing::info!("recorded {}", path.display());
+                Event::Done { slot, outcome } => {
+                    done += 1;
+                    successes += outcome.success as usize;
+                    bar.inc(1);
+                    bar.set_message(format!(
+                        "success {:.0} %",
+                        100.0 * successes as f64 / done as f64
+                    ));
+                    if let (Some((r, name)), Some(dir)) =
+                        (recorders[slot].take(), record_dir.as_ref())
+                    {
+                        let tag = if outcome.success {
+                            "success"
+                        } else {
+                            "failure"
+                        };
+                        let path = dir.join(format!("{name}_{tag}.gif"));
+                        if let Err(e) = r.save(&path, 10.0) {
+                            io_error = Some(e.into());
+                        } else {
+                            tracing::info!("recorded {}", path.display());
+                        }
                     }
                 }
             }
-        }
-        true
-    })?;
+            true
+        },
+    )?;
     bar.finish_and_clear();
     if let Some(e) = io_error {
         return Err(e);

@@ -33,13 +33,13 @@ impl SimOptions {
     pub fn env_config(&self) -> anyhow::Result<EnvConfig> {
         let mut config = match &self.env_config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                let config: EnvConfig =
-                    toml::from_str(&text).with_context(|| format!("invalid environment config {}", path.display()))?;
-                config
-                    .sim
-                    .validate()
-                    .map_err(|e| anyhow::anyhow!("invalid environment config {}: sim: {e}", path.display()))?;
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let config: EnvConfig = toml::from_str(&text)
+                    .with_context(|| format!("invalid environment config {}", path.display()))?;
+                config.sim.validate().map_err(|e| {
+                    anyhow::anyhow!("invalid environment config {}: sim: {e}", path.display())
+                })?;
                 config
             }
             None => EnvConfig::default(),
@@ -48,7 +48,10 @@ impl SimOptions {
             config.randomization.enabled = true;
         }
         if let Some(r) = self.resolution {
-            anyhow::ensure!((16..=1024).contains(&r), "--resolution {r} is out of range 16..=1024");
+            anyhow::ensure!(
+                (16..=1024).contains(&r),
+                "--resolution {r} is out of range 16..=1024"
+            );
             config.render.width = r;
             config.render.height = r;
         }
@@ -64,9 +67,17 @@ impl SimOptions {
 }
 
 /// Print a report: JSON on stdout with `--json`, else a human summary.
-pub fn print_report<T: serde::Serialize>(json: bool, report: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    human: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     use std::io::Write;
-    let text = if json { serde_json::to_string(report)? } else { human() };
+    let text = if json {
+        serde_json::to_string(report)?
+    } else {
+        human()
+    };
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{text}") {
         // A closed pipe (`vla tasks | head`) is not an error worth a panic.
@@ -79,9 +90,11 @@ pub fn print_report<T: serde::Serialize>(json: bool, report: &T, human: impl FnO
 pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_prefix(what.to_string());
     bar

@@ -29,7 +29,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let families = parse_suite(&args.suite)?;
-    anyhow::ensure!(families.len() == 1, "--suite must name one family for render, not {:?}", args.suite);
+    anyhow::ensure!(
+        families.len() == 1,
+        "--suite must name one family for render, not {:?}",
+        args.suite
+    );
     let split: Split = args.split.parse()?;
     anyhow::ensure!(
         args.camera == "front" || args.camera == "wrist",
@@ -43,11 +47,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let env = Env::new(task, config, args.sim.robot()?);
     let mut vec_env = VecEnv::new(vec![env])?;
     let obs = vec_env.reset_one(0, args.seed)?;
-    let image = if args.camera == "front" { &obs.front } else { &obs.wrist };
-    image.save(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+    let image = if args.camera == "front" {
+        &obs.front
+    } else {
+        &obs.wrist
+    };
+    image
+        .save(&args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
     let report = serde_json::json!({
         "out": args.out, "camera": args.camera, "width": image.width(), "height": image.height(),
         "instruction": obs.instruction, "suite": families[0], "split": split.as_str(), "seed": args.seed,
     });
-    super::print_report(args.json, &report, || format!("{} ({}) -> {}", obs.instruction, args.camera, args.out.display()))
+    super::print_report(args.json, &report, || {
+        format!(
+            "{} ({}) -> {}",
+            obs.instruction,
+            args.camera,
+            args.out.display()
+        )
+    })
 }

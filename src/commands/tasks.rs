@@ -48,7 +48,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             examples.insert(split.as_str().to_string(), list);
         }
-        families.insert(family.to_string(), FamilyInfo { max_steps, examples });
+        families.insert(
+            family.to_string(),
+            FamilyInfo {
+                max_steps,
+                examples,
+            },
+        );
     }
     let report = Report {
         families,

@@ -58,17 +58,29 @@ impl ViewerDriver for ExpertDriver {
     fn step(&mut self) -> ViewerStep {
         let done = self.env.is_done();
         if !done {
-            match self.env.expert_action().and_then(|a| self.env.step_physics(&a)) {
+            match self
+                .env
+                .expert_action()
+                .and_then(|a| self.env.step_physics(&a))
+            {
                 Ok((eval, terminated, truncated, _)) => {
                     self.steps += 1;
                     if terminated || truncated {
-                        self.status = if eval.success { "SUCCESS".into() } else { "failed".into() };
+                        self.status = if eval.success {
+                            "SUCCESS".into()
+                        } else {
+                            "failed".into()
+                        };
                     }
                 }
                 Err(e) => self.status = format!("error: {e}"),
             }
         }
-        let cameras = self.env.camera_views().map(|c| c.to_vec()).unwrap_or_default();
+        let cameras = self
+            .env
+            .camera_views()
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
         ViewerStep {
             poses: self.env.render_poses(),
             cameras,
@@ -101,9 +113,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let lang = Language::builtin()?;
     let config = args.sim.env_config()?;
     let render = config.render.clone();
-    let mut env = Env::new(make_task(families[0], split, &lang, 0.0, args.seed)?, config, args.sim.robot()?);
+    let mut env = Env::new(
+        make_task(families[0], split, &lang, 0.0, args.seed)?,
+        config,
+        args.sim.robot()?,
+    );
     env.reset_physics(args.seed)?;
-    let driver = ExpertDriver { env, seed: args.seed, episode: 0, steps: 0, status: "running".into() };
+    let driver = ExpertDriver {
+        env,
+        seed: args.seed,
+        episode: 0,
+        steps: 0,
+        status: "running".into(),
+    };
     let cfg = ViewerConfig {
         max_frames: args.frames,
         screenshot: args.screenshot,

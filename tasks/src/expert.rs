@@ -141,7 +141,15 @@ pub struct PickPlace {
 
 impl PickPlace {
     pub fn new(object: usize, drop: Option<Drop>) -> Self {
-        PickPlace { object, drop, phase: Phase::Approach, counter: 0, yaw: 0.0, hold_xy: [0.0; 2], attempts: 0 }
+        PickPlace {
+            object,
+            drop,
+            phase: Phase::Approach,
+            counter: 0,
+            yaw: 0.0,
+            hold_xy: [0.0; 2],
+            attempts: 0,
+        }
     }
 
     pub fn done(&self) -> bool {
@@ -157,35 +165,100 @@ impl PickPlace {
                 Phase::Approach => {
                     self.yaw = grasp_yaw(cell, self.object, controller);
                     let z = (grasp_z(cell, self.object) + 0.10).max(tool.z.min(CARRY_Z));
-                    (Waypoint { position: Vector3::new(obj.x, obj.y, z), yaw: self.yaw, closed: false }, 0.006, 0)
+                    (
+                        Waypoint {
+                            position: Vector3::new(obj.x, obj.y, z),
+                            yaw: self.yaw,
+                            closed: false,
+                        },
+                        0.006,
+                        0,
+                    )
                 }
                 Phase::Descend => {
                     let z = grasp_z(cell, self.object);
-                    (Waypoint { position: Vector3::new(obj.x, obj.y, z), yaw: self.yaw, closed: false }, 0.003, 0)
+                    (
+                        Waypoint {
+                            position: Vector3::new(obj.x, obj.y, z),
+                            yaw: self.yaw,
+                            closed: false,
+                        },
+                        0.003,
+                        0,
+                    )
                 }
                 Phase::Close => {
                     let p = Vector3::new(self.hold_xy[0], self.hold_xy[1], tool.z);
-                    (Waypoint { position: p, yaw: self.yaw, closed: true }, f64::INFINITY, 4)
+                    (
+                        Waypoint {
+                            position: p,
+                            yaw: self.yaw,
+                            closed: true,
+                        },
+                        f64::INFINITY,
+                        4,
+                    )
                 }
                 Phase::Lift => {
                     let p = Vector3::new(self.hold_xy[0], self.hold_xy[1], CARRY_Z);
-                    (Waypoint { position: p, yaw: self.yaw, closed: true }, 0.01, 0)
+                    (
+                        Waypoint {
+                            position: p,
+                            yaw: self.yaw,
+                            closed: true,
+                        },
+                        0.01,
+                        0,
+                    )
                 }
                 Phase::Carry => {
                     let d = self.drop.map(|d| d.xy).unwrap_or(self.hold_xy);
-                    (Waypoint { position: Vector3::new(d[0], d[1], CARRY_Z), yaw: self.yaw, closed: true }, 0.006, 0)
+                    (
+                        Waypoint {
+                            position: Vector3::new(d[0], d[1], CARRY_Z),
+                            yaw: self.yaw,
+                            closed: true,
+                        },
+                        0.006,
+                        0,
+                    )
                 }
                 Phase::Lower => {
-                    let d = self.drop.map(|d| (d.xy, d.release_z)).unwrap_or((self.hold_xy, CARRY_Z));
-                    (Waypoint { position: Vector3::new(d.0[0], d.0[1], d.1), yaw: self.yaw, closed: true }, 0.004, 0)
+                    let d = self
+                        .drop
+                        .map(|d| (d.xy, d.release_z))
+                        .unwrap_or((self.hold_xy, CARRY_Z));
+                    (
+                        Waypoint {
+                            position: Vector3::new(d.0[0], d.0[1], d.1),
+                            yaw: self.yaw,
+                            closed: true,
+                        },
+                        0.004,
+                        0,
+                    )
                 }
-                Phase::Release => {
-                    (Waypoint { position: tool, yaw: self.yaw, closed: false }, f64::INFINITY, 4)
-                }
+                Phase::Release => (
+                    Waypoint {
+                        position: tool,
+                        yaw: self.yaw,
+                        closed: false,
+                    },
+                    f64::INFINITY,
+                    4,
+                ),
                 Phase::Retreat | Phase::Done => {
                     let p = Vector3::new(tool.x, tool.y, CARRY_Z);
                     let hold = self.drop.is_none();
-                    (Waypoint { position: p, yaw: self.yaw, closed: hold }, 0.01, 0)
+                    (
+                        Waypoint {
+                            position: p,
+                            yaw: self.yaw,
+                            closed: hold,
+                        },
+                        0.01,
+                        0,
+                    )
                 }
             };
             let (action, error) = toward(controller, &wp);

@@ -4,10 +4,12 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use vla_core::Action;
-use vla_sim::{Cell, Controller, Evaluation, ObjectKind, ObjectSpec, ReceptacleSpec, SimError, Task};
+use vla_sim::{
+    Cell, Controller, Evaluation, ObjectKind, ObjectSpec, ReceptacleSpec, SimError, Task,
+};
 
 use crate::expert::{add_noise, Drop, PickPlace};
-use crate::language::{Language, Novelty, Split};
+use crate::language::{Language, Novelty, Referents, Split};
 use crate::layout;
 
 /// Lifted means the object's bottom is at least this far above the table (m).
@@ -52,7 +54,11 @@ pub struct Pick {
 
 impl Pick {
     pub fn new(common: Common) -> Self {
-        Pick { common, target: 0, expert: PickPlace::new(0, None) }
+        Pick {
+            common,
+            target: 0,
+            expert: PickPlace::new(0, None),
+        }
     }
 }
 
@@ -75,7 +81,10 @@ impl Task for Pick {
             let d = lang.draw_distractor(rng, self.common.split, &ObjectKind::ALL, &chosen);
             chosen.push(d);
         }
-        let specs: Vec<ObjectSpec> = chosen.iter().map(|(c, k)| ObjectSpec::new(*k, c, lang.rgb(c))).collect();
+        let specs: Vec<ObjectSpec> = chosen
+            .iter()
+            .map(|(c, k)| ObjectSpec::new(*k, c, lang.rgb(c)))
+            .collect();
         let radii: Vec<f32> = specs.iter().map(|s| s.footprint_radius()).collect();
         let spots = layout::place(rng, &radii).map_err(layout_err)?;
         for (spec, xy) in specs.into_iter().zip(spots) {
@@ -84,13 +93,26 @@ impl Task for Pick {
         }
         self.target = 0;
         self.expert = PickPlace::new(0, None);
-        Ok(lang.phrase(rng, "pick", self.common.split, novelty, Some((&color, kind)), None, None))
+        Ok(lang.phrase(
+            rng,
+            "pick",
+            self.common.split,
+            novelty,
+            Referents {
+                object: Some((&color, kind)),
+                ..Default::default()
+            },
+        ))
     }
 
     /// Success: the target is ≥ 5 cm above the table and touches both fingers.
     fn evaluate(&self, cell: &Cell) -> Evaluation {
-        let success = cell.object_bottom_height(self.target) >= LIFT_HEIGHT && cell.is_grasped(self.target);
-        Evaluation { success, reward: success as u8 as f32 }
+        let success =
+            cell.object_bottom_height(self.target) >= LIFT_HEIGHT && cell.is_grasped(self.target);
+        Evaluation {
+            success,
+            reward: success as u8 as f32,
+        }
     }
 
     fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action {
@@ -110,7 +132,12 @@ pub struct Place {
 
 impl Place {
     pub fn new(common: Common) -> Self {
-        Place { common, target: 0, bin: 0, expert: PickPlace::new(0, None) }
+        Place {
+            common,
+            target: 0,
+            bin: 0,
+            expert: PickPlace::new(0, None),
+        }
     }
 }
 
@@ -138,11 +165,32 @@ impl Task for Place {
         let split = self.common.split;
         let novelty = self.common.novelty(rng, "place");
         let (color, kind) = lang.draw_target(rng, split, novelty, &ObjectKind::ALL);
-        let distractor = lang.draw_distractor(rng, split, &ObjectKind::ALL, &[(color.clone(), kind)]);
-        let bin_color = lang.draw_distractor(rng, split, &[ObjectKind::Cube], &[(color.clone(), kind), distractor.clone()]).0;
-        let other_bin = lang.draw_distractor(rng, split, &[ObjectKind::Cube], &[(bin_color.clone(), kind), (color.clone(), kind)]).0;
-        let bins = [ReceptacleSpec::bin(&bin_color, lang.rgb(&bin_color)), ReceptacleSpec::bin(&other_bin, lang.rgb(&other_bin))];
-        let objects = [ObjectSpec::new(kind, &color, lang.rgb(&color)), ObjectSpec::new(distractor.1, &distractor.0, lang.rgb(&distractor.0))];
+        let distractor =
+            lang.draw_distractor(rng, split, &ObjectKind::ALL, &[(color.clone(), kind)]);
+        let bin_color = lang
+            .draw_distractor(
+                rng,
+                split,
+                &[ObjectKind::Cube],
+                &[(color.clone(), kind), distractor.clone()],
+            )
+            .0;
+        let other_bin = lang
+            .draw_distractor(
+                rng,
+                split,
+                &[ObjectKind::Cube],
+                &[(bin_color.clone(), kind), (color.clone(), kind)],
+            )
+            .0;
+        let bins = [
+            ReceptacleSpec::bin(&bin_color, lang.rgb(&bin_color)),
+            ReceptacleSpec::bin(&other_bin, lang.rgb(&other_bin)),
+        ];
+        let objects = [
+            ObjectSpec::new(kind, &color, lang.rgb(&color)),
+            ObjectSpec::new(distractor.1, &distractor.0, lang.rgb(&distractor.0)),
+        ];
         let mut radii: Vec<f32> = bins.iter().map(|b| b.footprint_radius()).collect();
         radii.extend(objects.iter().map(|o| o.footprint_radius()));
         let spots = layout::place(rng, &radii).map_err(layout_err)?;
@@ -156,13 +204,27 @@ impl Task for Place {
         self.target = 0;
         self.bin = 0;
         self.expert = PickPlace::new(0, Some(drop_into(cell, 0, 0)));
-        Ok(lang.phrase(rng, "place", split, novelty, Some((&color, kind)), None, Some(&bin_color)))
+        Ok(lang.phrase(
+            rng,
+            "place",
+            split,
+            novelty,
+            Referents {
+                object: Some((&color, kind)),
+                bin: Some(&bin_color),
+                ..Default::default()
+            },
+        ))
     }
 
     /// Success: the target rests inside the named bin and the gripper has let go.
     fn evaluate(&self, cell: &Cell) -> Evaluation {
-        let success = cell.object_in_receptacle(self.target, self.bin) && released(cell, self.target);
-        Evaluation { success, reward: success as u8 as f32 }
+        let success =
+            cell.object_in_receptacle(self.target, self.bin) && released(cell, self.target);
+        Evaluation {
+            success,
+            reward: success as u8 as f32,
+        }
     }
 
     fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action {
@@ -182,7 +244,12 @@ pub struct Stack {
 
 impl Stack {
     pub fn new(common: Common) -> Self {
-        Stack { common, top: 0, base: 1, expert: PickPlace::new(0, None) }
+        Stack {
+            common,
+            top: 0,
+            base: 1,
+            expert: PickPlace::new(0, None),
+        }
     }
 }
 
@@ -201,10 +268,36 @@ impl Task for Stack {
         let split = self.common.split;
         let novelty = self.common.novelty(rng, "stack");
         let cube = [ObjectKind::Cube];
-        let (top_color, _) = lang.draw_target(rng, split, novelty.filter(|n| *n != Novelty::Combo).or(Some(Novelty::Phrasing)).filter(|_| split == Split::Unseen), &cube);
-        let base_color = lang.draw_distractor(rng, Split::Seen, &cube, &[(top_color.clone(), ObjectKind::Cube)]).0;
-        let other = lang.draw_distractor(rng, split, &cube, &[(top_color.clone(), ObjectKind::Cube), (base_color.clone(), ObjectKind::Cube)]).0;
-        let objects = [&top_color, &base_color, &other].map(|c| ObjectSpec::new(ObjectKind::Cube, c, lang.rgb(c)));
+        let (top_color, _) = lang.draw_target(
+            rng,
+            split,
+            novelty
+                .filter(|n| *n != Novelty::Combo)
+                .or(Some(Novelty::Phrasing))
+                .filter(|_| split == Split::Unseen),
+            &cube,
+        );
+        let base_color = lang
+            .draw_distractor(
+                rng,
+                Split::Seen,
+                &cube,
+                &[(top_color.clone(), ObjectKind::Cube)],
+            )
+            .0;
+        let other = lang
+            .draw_distractor(
+                rng,
+                split,
+                &cube,
+                &[
+                    (top_color.clone(), ObjectKind::Cube),
+                    (base_color.clone(), ObjectKind::Cube),
+                ],
+            )
+            .0;
+        let objects = [&top_color, &base_color, &other]
+            .map(|c| ObjectSpec::new(ObjectKind::Cube, c, lang.rgb(c)));
         let radii: Vec<f32> = objects.iter().map(|o| o.footprint_radius()).collect();
         let spots = layout::place(rng, &radii).map_err(layout_err)?;
         for (o, xy) in objects.into_iter().zip(&spots) {
@@ -215,10 +308,27 @@ impl Task for Stack {
         self.base = 1;
         let base = cell.object_pose(1).translation.vector;
         let h = cell.objects[1].spec.height as f64;
-        let drop = Drop { xy: [base.x, base.y], release_z: h + cell.objects[0].spec.height as f64 * 0.5 + 0.006 };
+        let drop = Drop {
+            xy: [base.x, base.y],
+            release_z: h + cell.objects[0].spec.height as f64 * 0.5 + 0.006,
+        };
         self.expert = PickPlace::new(0, Some(drop));
-        let phrasing = if split == Split::Unseen && novelty != Some(Novelty::Color) { Some(Novelty::Phrasing) } else { novelty };
-        Ok(lang.phrase(rng, "stack", split, phrasing, Some((&top_color, ObjectKind::Cube)), Some((&base_color, ObjectKind::Cube)), None))
+        let phrasing = if split == Split::Unseen && novelty != Some(Novelty::Color) {
+            Some(Novelty::Phrasing)
+        } else {
+            novelty
+        };
+        Ok(lang.phrase(
+            rng,
+            "stack",
+            split,
+            phrasing,
+            Referents {
+                object: Some((&top_color, ObjectKind::Cube)),
+                base: Some((&base_color, ObjectKind::Cube)),
+                bin: None,
+            },
+        ))
     }
 
     /// Success: the top block rests on the base block (centred within half a block, its
@@ -229,10 +339,20 @@ impl Task for Stack {
         let size = cell.objects[self.base].spec.size as f64;
         let h = cell.objects[self.base].spec.height as f64;
         let centred = (top.xy() - base.xy()).norm() < size * 0.5;
-        let on_top = (cell.object_bottom_height(self.top) - (cell.object_bottom_height(self.base) + h)).abs() < 0.01;
-        let success = centred && on_top && cell.objects_touch(self.top, self.base) && cell.touches_table(self.base) && released(cell, self.top);
+        let on_top = (cell.object_bottom_height(self.top)
+            - (cell.object_bottom_height(self.base) + h))
+            .abs()
+            < 0.01;
+        let success = centred
+            && on_top
+            && cell.objects_touch(self.top, self.base)
+            && cell.touches_table(self.base)
+            && released(cell, self.top);
         let _ = top;
-        Evaluation { success, reward: success as u8 as f32 }
+        Evaluation {
+            success,
+            reward: success as u8 as f32,
+        }
     }
 
     fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action {
@@ -257,7 +377,11 @@ pub struct Sort {
 
 impl Sort {
     pub fn new(common: Common) -> Self {
-        Sort { common, assignment: Vec::new(), expert: None }
+        Sort {
+            common,
+            assignment: Vec::new(),
+            expert: None,
+        }
     }
 }
 
@@ -277,11 +401,21 @@ impl Task for Sort {
         let novelty = self.common.novelty(rng, "sort");
         let cube = [ObjectKind::Cube];
         let first = lang.draw_target(rng, split, novelty, &cube).0;
-        let second = lang.draw_distractor(rng, split, &cube, &[(first.clone(), ObjectKind::Cube)]).0;
+        let second = lang
+            .draw_distractor(rng, split, &cube, &[(first.clone(), ObjectKind::Cube)])
+            .0;
         let colors = [first, second];
-        let block_colors = [colors[0].clone(), colors[1].clone(), colors[rng.random_range(0..2)].clone()];
-        let bins = colors.clone().map(|c| ReceptacleSpec::bin(&c, lang.rgb(&c)));
-        let blocks = block_colors.clone().map(|c| ObjectSpec::new(ObjectKind::Cube, &c, lang.rgb(&c)));
+        let block_colors = [
+            colors[0].clone(),
+            colors[1].clone(),
+            colors[rng.random_range(0..2)].clone(),
+        ];
+        let bins = colors
+            .clone()
+            .map(|c| ReceptacleSpec::bin(&c, lang.rgb(&c)));
+        let blocks = block_colors
+            .clone()
+            .map(|c| ObjectSpec::new(ObjectKind::Cube, &c, lang.rgb(&c)));
         let mut radii: Vec<f32> = bins.iter().map(|b| b.footprint_radius()).collect();
         radii.extend(blocks.iter().map(|o| o.footprint_radius()));
         let spots = layout::place(rng, &radii).map_err(layout_err)?;
@@ -296,7 +430,7 @@ impl Task for Sort {
             self.assignment.push((id, bin));
         }
         self.expert = None;
-        Ok(lang.phrase(rng, "sort", split, novelty, None, None, None))
+        Ok(lang.phrase(rng, "sort", split, novelty, Referents::default()))
     }
 
     /// Success: every block is inside the bin of its colour and released.
@@ -307,13 +441,19 @@ impl Task for Sort {
             .filter(|(o, b)| cell.object_in_receptacle(*o, *b) && released(cell, *o))
             .count();
         let success = placed == self.assignment.len();
-        Evaluation { success, reward: placed as f32 / self.assignment.len().max(1) as f32 }
+        Evaluation {
+            success,
+            reward: placed as f32 / self.assignment.len().max(1) as f32,
+        }
     }
 
     fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action {
         let need_new = self.expert.as_ref().is_none_or(|e| e.done());
         if need_new {
-            let next = self.assignment.iter().find(|(o, b)| !cell.object_in_receptacle(*o, *b));
+            let next = self
+                .assignment
+                .iter()
+                .find(|(o, b)| !cell.object_in_receptacle(*o, *b));
             self.expert = next.map(|(o, b)| PickPlace::new(*o, Some(drop_into(cell, *b, *o))));
         }
         let a = match self.expert.as_mut() {

@@ -73,6 +73,14 @@ pub struct Language {
     pub splits: Splits,
 }
 
+/// What an instruction names: `object`, `base` as (colour, kind); `bin` as its colour.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Referents<'a> {
+    pub object: Option<(&'a str, ObjectKind)>,
+    pub base: Option<(&'a str, ObjectKind)>,
+    pub bin: Option<&'a str>,
+}
+
 /// What the unseen split holds out in one episode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Novelty {
@@ -84,59 +92,114 @@ pub enum Novelty {
 impl Language {
     /// The vocabulary and splits shipped in `tasks/data/`.
     pub fn builtin() -> Result<Self, TaskError> {
-        Self::from_strs(VOCABULARY_TOML, "tasks/data/vocabulary.toml", SPLITS_TOML, "tasks/data/splits.toml")
+        Self::from_strs(
+            VOCABULARY_TOML,
+            "tasks/data/vocabulary.toml",
+            SPLITS_TOML,
+            "tasks/data/splits.toml",
+        )
     }
 
     pub fn from_files(vocabulary: &Path, splits: &Path) -> Result<Self, TaskError> {
         let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| TaskError::Data { file: p.display().to_string(), cause: e.to_string() })
+            std::fs::read_to_string(p).map_err(|e| TaskError::Data {
+                file: p.display().to_string(),
+                cause: e.to_string(),
+            })
         };
-        Self::from_strs(&read(vocabulary)?, &vocabulary.display().to_string(), &read(splits)?, &splits.display().to_string())
+        Self::from_strs(
+            &read(vocabulary)?,
+            &vocabulary.display().to_string(),
+            &read(splits)?,
+            &splits.display().to_string(),
+        )
     }
 
-    pub fn from_strs(vocab: &str, vocab_name: &str, splits: &str, splits_name: &str) -> Result<Self, TaskError> {
-        let vocabulary: Vocabulary =
-            toml::from_str(vocab).map_err(|e| TaskError::Data { file: vocab_name.into(), cause: e.to_string() })?;
-        let splits: Splits =
-            toml::from_str(splits).map_err(|e| TaskError::Data { file: splits_name.into(), cause: e.to_string() })?;
+    pub fn from_strs(
+        vocab: &str,
+        vocab_name: &str,
+        splits: &str,
+        splits_name: &str,
+    ) -> Result<Self, TaskError> {
+        let vocabulary: Vocabulary = toml::from_str(vocab).map_err(|e| TaskError::Data {
+            file: vocab_name.into(),
+            cause: e.to_string(),
+        })?;
+        let splits: Splits = toml::from_str(splits).map_err(|e| TaskError::Data {
+            file: splits_name.into(),
+            cause: e.to_string(),
+        })?;
         let lang = Language { vocabulary, splits };
         lang.validate(vocab_name, splits_name)?;
         Ok(lang)
     }
 
     fn validate(&self, vocab_name: &str, splits_name: &str) -> Result<(), TaskError> {
-        let err = |file: &str, cause: String| TaskError::Data { file: file.into(), cause };
+        let err = |file: &str, cause: String| TaskError::Data {
+            file: file.into(),
+            cause,
+        };
         for kind in ["cube", "cylinder", "ball", "bin"] {
             if self.vocabulary.nouns.get(kind).is_none_or(|n| n.is_empty()) {
                 return Err(err(vocab_name, format!("nouns.{kind} is missing or empty")));
             }
         }
         for family in crate::FAMILIES {
-            let n = self.vocabulary.templates.get(*family).map(|t| t.len()).unwrap_or(0);
+            let n = self
+                .vocabulary
+                .templates
+                .get(*family)
+                .map(|t| t.len())
+                .unwrap_or(0);
             if n == 0 {
-                return Err(err(vocab_name, format!("templates.{family} is missing or empty")));
+                return Err(err(
+                    vocab_name,
+                    format!("templates.{family} is missing or empty"),
+                ));
             }
-            let held = self.splits.unseen.templates.get(*family).cloned().unwrap_or_default();
+            let held = self
+                .splits
+                .unseen
+                .templates
+                .get(*family)
+                .cloned()
+                .unwrap_or_default();
             if let Some(bad) = held.iter().find(|i| **i >= n) {
-                return Err(err(splits_name, format!("unseen.templates.{family} index {bad} is out of range (0..{n})")));
+                return Err(err(
+                    splits_name,
+                    format!("unseen.templates.{family} index {bad} is out of range (0..{n})"),
+                ));
             }
             if held.len() >= n {
-                return Err(err(splits_name, format!("unseen.templates.{family} holds out every template")));
+                return Err(err(
+                    splits_name,
+                    format!("unseen.templates.{family} holds out every template"),
+                ));
             }
         }
         for c in &self.splits.unseen.colors {
             if !self.vocabulary.colors.contains_key(c) {
-                return Err(err(splits_name, format!("unseen colour {c:?} is not in the vocabulary")));
+                return Err(err(
+                    splits_name,
+                    format!("unseen colour {c:?} is not in the vocabulary"),
+                ));
             }
         }
         if self.seen_colors().len() < 4 {
-            return Err(err(splits_name, "the seen split needs at least 4 colours".into()));
+            return Err(err(
+                splits_name,
+                "the seen split needs at least 4 colours".into(),
+            ));
         }
         Ok(())
     }
 
     pub fn rgb(&self, color: &str) -> [f32; 3] {
-        self.vocabulary.colors.get(color).copied().unwrap_or([0.5, 0.5, 0.5])
+        self.vocabulary
+            .colors
+            .get(color)
+            .copied()
+            .unwrap_or([0.5, 0.5, 0.5])
     }
 
     pub fn seen_colors(&self) -> Vec<String> {
@@ -153,28 +216,49 @@ impl Language {
     }
 
     pub fn is_held_out_combo(&self, color: &str, kind: ObjectKind) -> bool {
-        self.splits.unseen.combos.iter().any(|c| *c == format!("{color} {}", kind.as_str()))
+        self.splits
+            .unseen
+            .combos
+            .iter()
+            .any(|c| *c == format!("{color} {}", kind.as_str()))
     }
 
     /// Whether a (colour, kind) may appear anywhere in a seen episode.
     pub fn seen_allows(&self, color: &str, kind: ObjectKind) -> bool {
-        !self.splits.unseen.colors.iter().any(|c| c == color) && !self.is_held_out_combo(color, kind)
+        !self.splits.unseen.colors.iter().any(|c| c == color)
+            && !self.is_held_out_combo(color, kind)
     }
 
     fn templates(&self, family: &str) -> &[String] {
-        self.vocabulary.templates.get(family).map(|v| v.as_slice()).unwrap_or(&[])
+        self.vocabulary
+            .templates
+            .get(family)
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Template indices allowed for a split (unseen: held-out phrasings only when `held_out`).
     pub fn template_indices(&self, family: &str, held_out: bool) -> Vec<usize> {
-        let held = self.splits.unseen.templates.get(family).cloned().unwrap_or_default();
-        (0..self.templates(family).len()).filter(|i| held.contains(i) == held_out).collect()
+        let held = self
+            .splits
+            .unseen
+            .templates
+            .get(family)
+            .cloned()
+            .unwrap_or_default();
+        (0..self.templates(family).len())
+            .filter(|i| held.contains(i) == held_out)
+            .collect()
     }
 
     /// Pick which kind of novelty an unseen episode has (sort has no object to name).
     pub fn draw_novelty(&self, rng: &mut ChaCha8Rng, family: &str) -> Novelty {
         if family == "sort" {
-            return if rng.random_bool(0.5) { Novelty::Color } else { Novelty::Phrasing };
+            return if rng.random_bool(0.5) {
+                Novelty::Color
+            } else {
+                Novelty::Phrasing
+            };
         }
         match rng.random_range(0..3) {
             0 => Novelty::Color,
@@ -195,7 +279,13 @@ impl Language {
         loop {
             let (color, kind) = match (split, novelty) {
                 (Split::Unseen, Some(Novelty::Color)) => {
-                    let c = self.splits.unseen.colors.choose(rng).cloned().unwrap_or_else(|| seen[0].clone());
+                    let c = self
+                        .splits
+                        .unseen
+                        .colors
+                        .choose(rng)
+                        .cloned()
+                        .unwrap_or_else(|| seen[0].clone());
                     (c, *kinds.choose(rng).unwrap_or(&ObjectKind::Cube))
                 }
                 (Split::Unseen, Some(Novelty::Combo)) => {
@@ -215,10 +305,15 @@ impl Language {
                         None => (seen[0].clone(), kinds[0]),
                     }
                 }
-                _ => (seen.choose(rng).cloned().unwrap_or_default(), *kinds.choose(rng).unwrap_or(&ObjectKind::Cube)),
+                _ => (
+                    seen.choose(rng).cloned().unwrap_or_default(),
+                    *kinds.choose(rng).unwrap_or(&ObjectKind::Cube),
+                ),
             };
             let ok = match (split, novelty) {
-                (Split::Seen, _) | (Split::Unseen, Some(Novelty::Phrasing)) => self.seen_allows(&color, kind),
+                (Split::Seen, _) | (Split::Unseen, Some(Novelty::Phrasing)) => {
+                    self.seen_allows(&color, kind)
+                }
                 _ => true,
             };
             if ok {
@@ -242,7 +337,9 @@ impl Language {
         for _ in 0..1000 {
             let c = colors.choose(rng).cloned().unwrap_or_default();
             let k = *kinds.choose(rng).unwrap_or(&ObjectKind::Cube);
-            if taken.iter().any(|(tc, tk)| *tc == c && *tk == k) || taken.iter().any(|(tc, _)| *tc == c) {
+            if taken.iter().any(|(tc, tk)| *tc == c && *tk == k)
+                || taken.iter().any(|(tc, _)| *tc == c)
+            {
                 continue;
             }
             if split == Split::Seen && !self.seen_allows(&c, k) {
@@ -254,24 +351,32 @@ impl Language {
     }
 
     fn noun(&self, rng: &mut ChaCha8Rng, kind: &str) -> String {
-        self.vocabulary.nouns.get(kind).and_then(|n| n.choose(rng)).cloned().unwrap_or_else(|| kind.to_string())
+        self.vocabulary
+            .nouns
+            .get(kind)
+            .and_then(|n| n.choose(rng))
+            .cloned()
+            .unwrap_or_else(|| kind.to_string())
     }
 
-    /// Fill a template. `object`, `base`: (colour, kind); `bin`: colour.
+    /// Fill a template of `family` with the episode's referents.
     pub fn phrase(
         &self,
         rng: &mut ChaCha8Rng,
         family: &str,
         split: Split,
         novelty: Option<Novelty>,
-        object: Option<(&str, ObjectKind)>,
-        base: Option<(&str, ObjectKind)>,
-        bin: Option<&str>,
+        referents: Referents,
     ) -> String {
+        let Referents { object, base, bin } = referents;
         let held = split == Split::Unseen && novelty == Some(Novelty::Phrasing);
         let indices = self.template_indices(family, held);
         let index = indices.choose(rng).copied().unwrap_or(0);
-        let template = self.templates(family).get(index).cloned().unwrap_or_default();
+        let template = self
+            .templates(family)
+            .get(index)
+            .cloned()
+            .unwrap_or_default();
         let mut text = template;
         if let Some((c, k)) = object {
             let noun = self.noun(rng, k.as_str());
@@ -300,7 +405,10 @@ impl Language {
                             let filled = t
                                 .replace("{object}", &format!("{c} {n}"))
                                 .replace("{base}", &format!("{c} {n}"))
-                                .replace("{bin}", &format!("{c} {}", if kind == "bin" { n } else { "bin" }));
+                                .replace(
+                                    "{bin}",
+                                    &format!("{c} {}", if kind == "bin" { n } else { "bin" }),
+                                );
                             out.push(filled);
                         }
                     }

@@ -43,5 +43,8 @@ pub fn place(rng: &mut ChaCha8Rng, radii: &[f32]) -> Result<Vec<[f32; 2]>, TaskE
             return Ok(placed.into_iter().map(|(p, _)| p).collect());
         }
     }
-    Err(TaskError::Layout(format!("cannot place {} footprints without overlap", radii.len())))
+    Err(TaskError::Layout(format!(
+        "cannot place {} footprints without overlap",
+        radii.len()
+    )))
 }

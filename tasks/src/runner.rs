@@ -69,7 +69,10 @@ impl SuiteReport {
         let mut hasher = Sha256::new();
         for o in &sorted {
             total.add(o.success);
-            per_family.entry(o.spec.family.clone()).or_default().add(o.success);
+            per_family
+                .entry(o.spec.family.clone())
+                .or_default()
+                .add(o.success);
             hasher.update(o.digest.as_bytes());
         }
         SuiteReport {
@@ -89,7 +92,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Episode specs: `episodes` per family, seeds derived from the base seed.
-pub fn episode_specs(families: &[&str], split: Split, episodes: usize, seed: u64) -> Vec<EpisodeSpec> {
+pub fn episode_specs(
+    families: &[&str],
+    split: Split,
+    episodes: usize,
+    seed: u64,
+) -> Vec<EpisodeSpec> {
     let mut specs = Vec::new();
     for e in 0..episodes {
         for (f, family) in families.iter().enumerate() {
@@ -98,7 +106,12 @@ pub fn episode_specs(families: &[&str], split: Split, episodes: usize, seed: u64
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^= z >> 31;
-            specs.push(EpisodeSpec { family: family.to_string(), split, seed: z, index: specs.len() });
+            specs.push(EpisodeSpec {
+                family: family.to_string(),
+                split,
+                seed: z,
+                index: specs.len(),
+            });
         }
     }
     specs
@@ -109,37 +122,79 @@ pub trait Agent {
     /// Called when slot `slot` starts a new episode.
     fn begin(&mut self, _slot: usize, _instruction: &str) {}
     /// Actions for the active slots, in the same order (batched so policies can batch).
-    fn act(&mut self, envs: &mut [Env], active: &[usize], observations: &[&Observation]) -> Result<Vec<Action>, TaskError>;
+    fn act(
+        &mut self,
+        envs: &mut [Env],
+        active: &[usize],
+        observations: &[&Observation],
+    ) -> Result<Vec<Action>, TaskError>;
 }
 
 /// The scripted experts of each family (privileged state).
 pub struct ExpertAgent;
 
 impl Agent for ExpertAgent {
-    fn act(&mut self, envs: &mut [Env], active: &[usize], _obs: &[&Observation]) -> Result<Vec<Action>, TaskError> {
-        active.iter().map(|i| envs[*i].expert_action().map_err(TaskError::from)).collect()
+    fn act(
+        &mut self,
+        envs: &mut [Env],
+        active: &[usize],
+        _obs: &[&Observation],
+    ) -> Result<Vec<Action>, TaskError> {
+        active
+            .iter()
+            .map(|i| envs[*i].expert_action().map_err(TaskError::from))
+            .collect()
     }
 }
 
 /// What the runner reports to its caller while episodes run (datasets, GIFs, progress).
 pub enum Event<'a> {
-    Reset { slot: usize, spec: &'a EpisodeSpec, instruction: &'a str, observation: &'a Observation },
-    Step { slot: usize, spec: &'a EpisodeSpec, action: &'a Action, result: &'a StepResult, previous: &'a Observation },
-    Done { slot: usize, outcome: &'a EpisodeOutcome },
+    Reset {
+        slot: usize,
+        spec: &'a EpisodeSpec,
+        instruction: &'a str,
+        observation: &'a Observation,
+    },
+    Step {
+        slot: usize,
+        spec: &'a EpisodeSpec,
+        action: &'a Action,
+        result: &'a StepResult,
+        previous: &'a Observation,
+    },
+    Done {
+        slot: usize,
+        outcome: &'a EpisodeOutcome,
+    },
 }
 
-/// Run the episodes in `k` environments. `on_event` sees every reset, step and end; return
-/// `false` from it to stop early (e.g. on Ctrl-C) after the episodes in flight finish.
+/// Where and how episodes run.
+#[derive(Clone, Debug)]
+pub struct RunSetup<'a> {
+    /// Parallel environments.
+    pub envs: usize,
+    pub config: &'a EnvConfig,
+    pub robot: &'a RobotDescription,
+    pub language: &'a Language,
+    /// Expert action noise (m per step).
+    pub noise: f32,
+}
+
+/// Run the episodes. `on_event` sees every reset, step and end; return `false` from it to
+/// stop early (e.g. on Ctrl-C) after the episodes in flight finish.
 pub fn run(
     specs: &[EpisodeSpec],
-    k: usize,
-    config: &EnvConfig,
-    description: &RobotDescription,
-    language: &Language,
-    noise: f32,
+    setup: &RunSetup,
     agent: &mut dyn Agent,
     on_event: &mut dyn FnMut(Event) -> bool,
 ) -> Result<Vec<EpisodeOutcome>, TaskError> {
+    let RunSetup {
+        envs: k,
+        config,
+        robot: description,
+        language,
+        noise,
+    } = *setup;
     let k = k.clamp(1, specs.len().max(1));
     let mut envs = Vec::with_capacity(k);
     for _ in 0..k {
@@ -154,12 +209,18 @@ pub fn run(
 
     loop {
         // Fill idle slots.
-        for slot in 0..k {
-            if slots[slot].is_some() || stopping {
+        for (slot, occupant) in slots.iter_mut().enumerate() {
+            if occupant.is_some() || stopping {
                 continue;
             }
             let Some(spec) = queue.next() else { continue };
-            let task = make_task(&spec.family, spec.split, language, noise, spec.seed ^ 0xA5A5)?;
+            let task = make_task(
+                &spec.family,
+                spec.split,
+                language,
+                noise,
+                spec.seed ^ 0xA5A5,
+            )?;
             vec_env.envs[slot].set_task(task);
             let obs = vec_env.reset_one(slot, spec.seed)?;
             let instruction = vec_env.envs[slot].instruction().to_string();
@@ -168,24 +229,40 @@ pub fn run(
             hasher.update(spec.family.as_bytes());
             hasher.update(spec.seed.to_le_bytes());
             hasher.update(instruction.as_bytes());
-            if !on_event(Event::Reset { slot, spec, instruction: &instruction, observation: &obs }) {
+            if !on_event(Event::Reset {
+                slot,
+                spec,
+                instruction: &instruction,
+                observation: &obs,
+            }) {
                 stopping = true;
             }
-            slots[slot] = Some((spec.clone(), hasher, obs));
+            *occupant = Some((spec.clone(), hasher, obs));
         }
         let active: Vec<usize> = (0..k).filter(|s| slots[*s].is_some()).collect();
         if active.is_empty() {
             break;
         }
-        let observations: Vec<&Observation> = active.iter().filter_map(|s| slots[*s].as_ref().map(|x| &x.2)).collect();
+        let observations: Vec<&Observation> = active
+            .iter()
+            .filter_map(|s| slots[*s].as_ref().map(|x| &x.2))
+            .collect();
         let actions = agent.act(&mut vec_env.envs, &active, &observations)?;
         let results = vec_env.step_subset(&active, &actions)?;
         for ((slot, action), result) in active.iter().zip(&actions).zip(results) {
-            let Some((spec, mut hasher, previous)) = slots[*slot].take() else { continue };
+            let Some((spec, mut hasher, previous)) = slots[*slot].take() else {
+                continue;
+            };
             for v in action.0 {
                 hasher.update(v.to_bits().to_le_bytes());
             }
-            if !on_event(Event::Step { slot: *slot, spec: &spec, action, result: &result, previous: &previous }) {
+            if !on_event(Event::Step {
+                slot: *slot,
+                spec: &spec,
+                action,
+                result: &result,
+                previous: &previous,
+            }) {
                 stopping = true;
             }
             if result.terminated || result.truncated {
@@ -202,7 +279,10 @@ pub fn run(
                     digest: hex(&hasher.finalize()),
                     spec,
                 };
-                if !on_event(Event::Done { slot: *slot, outcome: &outcome }) {
+                if !on_event(Event::Done {
+                    slot: *slot,
+                    outcome: &outcome,
+                }) {
                     stopping = true;
                 }
                 outcomes.push(outcome);

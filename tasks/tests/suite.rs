@@ -2,18 +2,36 @@
 //! splits keep their held-out words apart.
 
 use vla_sim::{EnvConfig, RobotDescription};
-use vla_tasks::runner::{episode_specs, run, ExpertAgent, SuiteReport};
+use vla_tasks::runner::{episode_specs, run, ExpertAgent, RunSetup, SuiteReport};
 use vla_tasks::{parse_suite, Language, Split, FAMILIES};
 
 fn report(suite: &str, split: Split, n: usize, seed: u64, k: usize) -> (SuiteReport, Vec<String>) {
     let families = parse_suite(suite).unwrap();
-    let config = EnvConfig { render_enabled: false, ..Default::default() };
+    let config = EnvConfig {
+        render_enabled: false,
+        ..Default::default()
+    };
     let specs = episode_specs(&families, split, n, seed);
     let lang = Language::builtin().unwrap();
     let robot = RobotDescription::default_arm().unwrap();
-    let outcomes = run(&specs, k, &config, &robot, &lang, 0.0, &mut ExpertAgent, &mut |_| true).unwrap();
+    let outcomes = run(
+        &specs,
+        &RunSetup {
+            envs: k,
+            config: &config,
+            robot: &robot,
+            language: &lang,
+            noise: 0.0,
+        },
+        &mut ExpertAgent,
+        &mut |_| true,
+    )
+    .unwrap();
     let instructions = outcomes.iter().map(|o| o.instruction.clone()).collect();
-    (SuiteReport::from_outcomes(suite, split, &outcomes), instructions)
+    (
+        SuiteReport::from_outcomes(suite, split, &outcomes),
+        instructions,
+    )
 }
 
 #[test]
@@ -22,7 +40,12 @@ fn experts_solve_every_family_in_both_splits() {
         let (r, _) = report("all", split, 6, 1234, 2);
         for family in FAMILIES {
             let t = &r.per_family[*family];
-            assert!(t.successes + 1 >= t.episodes, "{family} {split:?}: {}/{}", t.successes, t.episodes);
+            assert!(
+                t.successes + 1 >= t.episodes,
+                "{family} {split:?}: {}/{}",
+                t.successes,
+                t.episodes
+            );
         }
     }
 }
@@ -42,15 +65,24 @@ fn seen_instructions_never_use_held_out_words_and_unseen_always_do() {
     let held_colors = &lang.splits.unseen.colors;
     let (_, seen) = report("all", Split::Seen, 4, 5, 2);
     for s in &seen {
-        assert!(!held_colors.iter().any(|c| s.contains(c.as_str())), "seen instruction {s:?} uses a held-out colour");
+        assert!(
+            !held_colors.iter().any(|c| s.contains(c.as_str())),
+            "seen instruction {s:?} uses a held-out colour"
+        );
     }
     let (_, unseen) = report("all", Split::Unseen, 4, 5, 2);
     // Sort instructions name no object: their unseen episodes hold out either the phrasing or
     // the colours on the table, so only the other families must differ in wording.
     let sort_phrases = &lang.vocabulary.templates["sort"];
     let seen_set: std::collections::BTreeSet<_> = seen.iter().collect();
-    let repeats: Vec<_> = unseen.iter().filter(|u| seen_set.contains(u) && !sort_phrases.contains(u)).collect();
-    assert!(repeats.is_empty(), "unseen instructions repeat seen ones: {repeats:?}");
+    let repeats: Vec<_> = unseen
+        .iter()
+        .filter(|u| seen_set.contains(u) && !sort_phrases.contains(u))
+        .collect();
+    assert!(
+        repeats.is_empty(),
+        "unseen instructions repeat seen ones: {repeats:?}"
+    );
 }
 
 #[test]
@@ -59,6 +91,13 @@ fn bad_names_are_clear_errors() {
     assert!(e.contains("juggle") && e.contains("pick"), "{e}");
     let e = "sometimes".parse::<Split>().unwrap_err().to_string();
     assert!(e.contains("sometimes"), "{e}");
-    let e = Language::from_strs("colors = 3", "v.toml", vla_tasks::language::SPLITS_TOML, "s.toml").unwrap_err().to_string();
+    let e = Language::from_strs(
+        "colors = 3",
+        "v.toml",
+        vla_tasks::language::SPLITS_TOML,
+        "s.toml",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("v.toml"), "{e}");
 }
