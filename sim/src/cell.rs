@@ -372,13 +372,7 @@ impl Cell {
                 self.config.home_position, solution.position_error
             )));
         }
-        let open = self
-            .robot
-            .description
-            .gripper
-            .as_ref()
-            .map(|g| g.upper)
-            .unwrap_or(0.0);
+        let open = self.robot.finger_range().1;
         self.robot
             .reset_joints(&mut self.world, &solution.joints, open);
         Ok(crate::Controller::new(self, mode))

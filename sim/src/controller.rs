@@ -76,13 +76,7 @@ impl Controller {
     pub fn new(cell: &Cell, mode: ControlMode) -> Self {
         let q = cell.robot.joint_positions(&cell.world);
         let target = cell.robot.description.chain.forward(&q);
-        let open = cell
-            .robot
-            .description
-            .gripper
-            .as_ref()
-            .map(|g| g.upper)
-            .unwrap_or(0.0);
+        let open = cell.robot.finger_range().1;
         Controller {
             mode,
             target,
@@ -134,13 +128,7 @@ impl Controller {
             self.target = chain.forward(&goal);
         }
         self.gripper_closed = action.gripper_closed();
-        let (open, close) = cell
-            .robot
-            .description
-            .gripper
-            .as_ref()
-            .map(|g| (g.upper, g.lower))
-            .unwrap_or((0.0, 0.0));
+        let (close, open) = cell.robot.finger_range();
         let finger_goal = if self.gripper_closed { close } else { open };
 
         let substeps = cell.config.substeps();

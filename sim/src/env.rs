@@ -23,6 +23,16 @@ pub struct Evaluation {
     pub reward: f32,
 }
 
+impl Evaluation {
+    /// Sparse reward: 1 on success.
+    pub fn from_success(success: bool) -> Self {
+        Evaluation {
+            success,
+            reward: if success { 1.0 } else { 0.0 },
+        }
+    }
+}
+
 /// A task family instance: builds the scene, judges success, and scripts an expert.
 /// Implemented by the task suite (`vla-tasks`); the simulator only drives it.
 pub trait Task: Send {

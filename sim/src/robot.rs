@@ -221,6 +221,15 @@ impl Robot {
         Ok(())
     }
 
+    /// Finger travel when (closed, fully open), in metres; zero without a gripper.
+    pub fn finger_range(&self) -> (f64, f64) {
+        self.description
+            .gripper
+            .as_ref()
+            .map(|g| (g.lower, g.upper))
+            .unwrap_or((0.0, 0.0))
+    }
+
     pub fn dof(&self) -> usize {
         self.arm_joints.len()
     }

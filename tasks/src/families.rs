@@ -109,10 +109,7 @@ impl Task for Pick {
     fn evaluate(&self, cell: &Cell) -> Evaluation {
         let success =
             cell.object_bottom_height(self.target) >= LIFT_HEIGHT && cell.is_grasped(self.target);
-        Evaluation {
-            success,
-            reward: success as u8 as f32,
-        }
+        Evaluation::from_success(success)
     }
 
     fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action {
@@ -221,10 +218,7 @@ impl Task for Place {
     fn evaluate(&self, cell: &Cell) -> Evaluation {
         let success =
             cell.object_in_receptacle(self.target, self.bin) && released(cell, self.target);
-        Evaluation {
-            success,
-            reward: success as u8 as f32,
-        }
+        Evaluation::from_success(success)
     }
 
     fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action {
@@ -349,10 +343,7 @@ impl Task for Stack {
             && cell.touches_table(self.base)
             && released(cell, self.top);
         let _ = top;
-        Evaluation {
-            success,
-            reward: success as u8 as f32,
-        }
+        Evaluation::from_success(success)
     }
 
     fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action {

@@ -154,6 +154,9 @@ fn check_device(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// Serialises seeded initialisation (see [`VlaModel::new`]).
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl VlaModel {
     /// Builds a freshly initialised model. Initialisation happens on the CPU after
     /// `tch::manual_seed(seed)`, then moves to `device`, so a seed gives the same weights on
@@ -167,6 +170,9 @@ impl VlaModel {
         config.validate()?;
         norm_stats.validate(&config)?;
         check_device(device)?;
+        // libtorch's generator is process-global: hold a lock from seeding until every weight
+        // is drawn, so models built concurrently (threads, parallel tests) stay reproducible.
+        let _init_guard = INIT_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         tch::manual_seed(seed);
         let mut vs = VarStore::new(Device::Cpu);
         let root = vs.root();
