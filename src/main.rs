@@ -22,6 +22,13 @@ enum Command {
     Tasks(commands::tasks::Args),
     /// Run the scripted experts and report success per family.
     Expert(commands::expert::Args),
+    /// Record expert demonstrations into a LeRobot v3.0 dataset.
+    Collect(commands::collect::Args),
+    /// Inspect, validate or export LeRobot v3.0 datasets.
+    Dataset {
+        #[command(subcommand)]
+        what: commands::dataset::What,
+    },
     /// Render one camera image of a task's first frame to PNG.
     Render(commands::render::Args),
     /// Benchmarks.
@@ -48,6 +55,8 @@ fn main() {
     let result = match cli.command {
         Command::Tasks(a) => commands::tasks::run(a),
         Command::Expert(a) => commands::expert::run(a),
+        Command::Collect(a) => commands::collect::run(a),
+        Command::Dataset { what } => commands::dataset::run(what),
         Command::Render(a) => commands::render::run(a),
         Command::Bench { what } => commands::bench::run(what),
         Command::View(a) => commands::view::run(a),

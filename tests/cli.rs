@@ -168,6 +168,15 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
 #[test]
 fn a_urdf_given_by_path_loads_and_runs() {
     let urdf = concat!(env!("CARGO_MANIFEST_DIR"), "/sim/assets/vla_arm.urdf");
-    let r = json(&["expert", "--suite", "pick", "--episodes", "1", "--urdf", urdf, "--json"]);
+    let r = json(&[
+        "expert",
+        "--suite",
+        "pick",
+        "--episodes",
+        "1",
+        "--urdf",
+        urdf,
+        "--json",
+    ]);
     assert_eq!(r["episodes"], 1);
 }

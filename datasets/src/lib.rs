@@ -1,1 +1,27 @@
-//! Placeholder: filled in by its issue.
+//! LeRobot v3.0 datasets: recording ([`DatasetWriter`]), reading for training ([`Dataset`]),
+//! normalisation statistics ([`Stats`]) and full consistency checks ([`validate`]).
+//!
+//! Layout (relative to the dataset root):
+//!
+//! ```text
+//! meta/info.json                               codebase_version "v3.0", features, totals
+//! meta/stats.json                              per-feature min/max/mean/std/count/q01..q99
+//! meta/tasks.parquet                           task strings (pandas index "task") + task_index
+//! meta/episodes/chunk-XXX/file-YYY.parquet     one row per episode (ranges, tasks, stats/...)
+//! data/chunk-XXX/file-YYY.parquet              one row per frame, many episodes per file,
+//!                                              images embedded as PNG ({bytes, path} structs)
+//! ```
+
+pub mod error;
+pub mod format;
+pub mod reader;
+pub mod stats;
+pub mod validate;
+pub mod writer;
+
+pub use error::{DatasetError, Result};
+pub use format::{DatasetInfo, EpisodeInfo, FeatureInfo, CODEBASE_VERSION};
+pub use reader::{split_episodes, BatchIter, Dataset, Frame, PrefetchIter};
+pub use stats::{FeatureStats, NormMode, Stats};
+pub use validate::{validate, ValidationReport};
+pub use writer::{DatasetSpec, DatasetWriter, EpisodeIndex, FrameRecord, ImageSize, CAMERAS};

@@ -1,6 +1,8 @@
 //! One module per subcommand, plus what they share.
 
 pub mod bench;
+pub mod collect;
+pub mod dataset;
 pub mod demo;
 pub mod expert;
 pub mod render;

@@ -68,7 +68,12 @@ fn domain_randomization_changes_the_look_not_the_layout_and_stays_deterministic(
         let mut config = EnvConfig::default();
         config.randomization.enabled = randomize;
         let task = make_task("place", Split::Seen, &lang, 0.0, 0).unwrap();
-        VecEnv::new(vec![Env::new(task, config, RobotDescription::default_arm().unwrap())]).unwrap()
+        VecEnv::new(vec![Env::new(
+            task,
+            config,
+            RobotDescription::default_arm().unwrap(),
+        )])
+        .unwrap()
     };
     let mut plain = make(false);
     let mut random = make(true);
@@ -78,9 +83,18 @@ fn domain_randomization_changes_the_look_not_the_layout_and_stays_deterministic(
     assert_ne!(a.front, b.front, "randomization changes the images");
     assert_eq!(b.front, c.front, "and is deterministic per seed");
     assert_eq!(a.instruction, b.instruction, "the task is the same");
-    let layout = |v: &VecEnv| v.envs[0].object_states().iter().map(|s| s.translation).collect::<Vec<_>>();
+    let layout = |v: &VecEnv| {
+        v.envs[0]
+            .object_states()
+            .iter()
+            .map(|s| s.translation)
+            .collect::<Vec<_>>()
+    };
     let (la, lb) = (layout(&plain), layout(&random));
     for (p, q) in la.iter().zip(&lb) {
-        assert!((p[0] - q[0]).abs() < 0.01 && (p[1] - q[1]).abs() < 0.01, "objects stay where the seed put them");
+        assert!(
+            (p[0] - q[0]).abs() < 0.01 && (p[1] - q[1]).abs() < 0.01,
+            "objects stay where the seed put them"
+        );
     }
 }

@@ -172,7 +172,9 @@ impl VlaModel {
         check_device(device)?;
         // libtorch's generator is process-global: hold a lock from seeding until every weight
         // is drawn, so models built concurrently (threads, parallel tests) stay reproducible.
-        let _init_guard = INIT_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _init_guard = INIT_LOCK
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         tch::manual_seed(seed);
         let mut vs = VarStore::new(Device::Cpu);
         let root = vs.root();

@@ -1,0 +1,290 @@
+//! Full consistency check of a dataset on disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::error::{AtPath, DatasetError, Result};
+use crate::format::{
+    self, column_i64, data_features, type_compatible, DatasetInfo, EpisodeInfo, DATA_DIR,
+    STATS_PATH, TASKS_PATH,
+};
+use crate::reader::check_episodes;
+use crate::stats::Stats;
+
+/// Tolerance on the spacing of timestamps (lerobot's default `tolerance_s`).
+pub const TIMESTAMP_TOLERANCE_S: f64 = 1e-4;
+
+/// What [`validate`] checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidationReport {
+    pub total_episodes: usize,
+    pub total_frames: usize,
+    pub total_tasks: usize,
+    /// Data files checked, relative to the dataset root.
+    pub data_files: Vec<PathBuf>,
+    /// Images decoded as a spot check (first frame of every episode).
+    pub images_decoded: usize,
+}
+
+/// Check every file of the dataset at `dir` against its metadata: `meta/` files present and
+/// readable, `codebase_version`, tasks, episode ranges, and for every data file its schema
+/// against `info.json` features, its row count, index contiguity, episode/frame/task indices,
+/// timestamps spaced 1/fps apart, and that images are embedded and decode to the declared
+/// shape. The error names the file
+/// and the cause.
+pub fn validate(dir: impl AsRef<Path>) -> Result<ValidationReport> {
+    let root = dir.as_ref();
+    let info = DatasetInfo::load(root)?;
+    for rel in [TASKS_PATH, STATS_PATH] {
+        let p = root.join(rel);
+        if !p.exists() && info.total_episodes > 0 {
+            return Err(DatasetError::Missing {
+                path: p,
+                what: "required metadata file".into(),
+            });
+        }
+    }
+    let tasks = if root.join(TASKS_PATH).exists() {
+        format::read_tasks(root)?
+    } else {
+        Vec::new()
+    };
+    let stats = if root.join(STATS_PATH).exists() {
+        Some(Stats::load(root)?)
+    } else {
+        None
+    };
+    let episodes = if info.total_episodes == 0 {
+        format::read_episodes(root).unwrap_or_default()
+    } else {
+        format::read_episodes(root)?
+    };
+    check_episodes(root, &info, &tasks, &episodes)?;
+    if let Some(stats) = &stats {
+        for (key, feature) in &info.features {
+            if feature.dtype == "string" || info.total_frames == 0 {
+                continue;
+            }
+            if stats.get(key).is_none() {
+                return Err(DatasetError::inconsistent(
+                    root.join(STATS_PATH),
+                    format!("no statistics for feature {key:?}"),
+                ));
+            }
+        }
+    }
+
+    // Group episodes per data file.
+    let mut per_file: BTreeMap<(usize, usize), Vec<&EpisodeInfo>> = BTreeMap::new();
+    for e in &episodes {
+        per_file
+            .entry((e.data_chunk_index, e.data_file_index))
+            .or_default()
+            .push(e);
+    }
+    let mut report = ValidationReport {
+        total_episodes: info.total_episodes,
+        total_frames: info.total_frames,
+        total_tasks: tasks.len(),
+        data_files: Vec::new(),
+        images_decoded: 0,
+    };
+    let referenced: BTreeSet<PathBuf> = per_file
+        .keys()
+        .map(|&(c, f)| root.join(info.data_file(c, f)))
+        .collect();
+    for file in format::nested_parquet_files(&root.join(DATA_DIR))? {
+        if !referenced.contains(&file) {
+            return Err(DatasetError::inconsistent(
+                &file,
+                "data file is not referenced by any episode in meta/episodes",
+            ));
+        }
+    }
+    for ((chunk, file), eps) in &per_file {
+        let rel = PathBuf::from(info.data_file(*chunk, *file));
+        report.images_decoded += check_data_file(root, &info, &rel, eps, tasks.len())?;
+        report.data_files.push(rel);
+    }
+    Ok(report)
+}
+
+fn check_data_file(
+    root: &Path,
+    info: &DatasetInfo,
+    rel: &Path,
+    episodes: &[&EpisodeInfo],
+    num_tasks: usize,
+) -> Result<usize> {
+    let path = root.join(rel);
+    let f = File::open(&path).at(&path)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f).at(&path)?;
+    let schema = builder.schema().clone();
+    for (key, feature) in data_features(info) {
+        let field = schema.field_with_name(key).map_err(|_| {
+            DatasetError::schema(&path, format!("column {key:?} (from info.json) is missing"))
+        })?;
+        if !type_compatible(feature, field.data_type()) {
+            return Err(DatasetError::schema(
+                &path,
+                format!(
+                    "column {key:?} has type {} but info.json declares dtype {} shape {:?}",
+                    field.data_type(),
+                    feature.dtype,
+                    feature.shape
+                ),
+            ));
+        }
+    }
+    let expected_rows: usize = episodes.iter().map(|e| e.length).sum();
+    let file_rows = builder.metadata().file_metadata().num_rows() as usize;
+    if file_rows != expected_rows {
+        return Err(DatasetError::inconsistent(
+            &path,
+            format!(
+                "{file_rows} rows but meta/episodes assigns {expected_rows} frames to this file"
+            ),
+        ));
+    }
+    let first = episodes.first().map_or(0, |e| e.dataset_from_index);
+    let image_keys = info.image_keys();
+    let reader = builder.with_batch_size(1024).build().at(&path)?;
+    let mut row = 0usize;
+    let mut ep = 0usize;
+    let mut decoded = 0;
+    let mut prev_ts: Option<f32> = None;
+    for batch in reader {
+        let batch = batch.at(&path)?;
+        let index = column_i64(&path, &batch, "index")?;
+        let episode_index = column_i64(&path, &batch, "episode_index")?;
+        let frame_index = column_i64(&path, &batch, "frame_index")?;
+        let task_index = column_i64(&path, &batch, "task_index")?;
+        let timestamp = format::column_f32(&path, &batch, "timestamp")?;
+        for r in 0..batch.num_rows() {
+            let global = first + row;
+            while ep < episodes.len() && global >= episodes[ep].dataset_to_index {
+                ep += 1;
+            }
+            let e = episodes.get(ep).ok_or_else(|| {
+                DatasetError::inconsistent(&path, format!("row {row} lies beyond every episode"))
+            })?;
+            let bad = |what: &str, found: i64, expected: usize| {
+                DatasetError::inconsistent(
+                    &path,
+                    format!("row {row}: {what} is {found}, expected {expected}"),
+                )
+            };
+            if index[r] != global as i64 {
+                return Err(bad("index", index[r], global));
+            }
+            if episode_index[r] != e.episode_index as i64 {
+                return Err(bad("episode_index", episode_index[r], e.episode_index));
+            }
+            let fi = global - e.dataset_from_index;
+            if frame_index[r] != fi as i64 {
+                return Err(bad("frame_index", frame_index[r], fi));
+            }
+            if task_index[r] < 0 || task_index[r] as usize >= num_tasks {
+                return Err(DatasetError::inconsistent(
+                    &path,
+                    format!(
+                        "row {row}: task_index {} is not a known task",
+                        task_index[r]
+                    ),
+                ));
+            }
+            // lerobot's check_timestamps_sync: consecutive frames 1/fps apart (± 1e-4 s).
+            if let (true, Some(prev)) = (fi > 0, prev_ts) {
+                let dt = f64::from(timestamp[r]) - f64::from(prev);
+                if (dt - 1.0 / f64::from(info.fps)).abs() > TIMESTAMP_TOLERANCE_S {
+                    return Err(DatasetError::inconsistent(
+                        &path,
+                        format!(
+                            "row {row}: timestamp {} follows {} (expected a step of 1/{} s)",
+                            timestamp[r], prev, info.fps
+                        ),
+                    ));
+                }
+            }
+            prev_ts = Some(timestamp[r]);
+            if fi == 0 {
+                for key in &image_keys {
+                    check_image(&path, &batch, key, r, &info.features[key].shape)?;
+                    decoded += 1;
+                }
+            }
+            row += 1;
+        }
+        for key in &image_keys {
+            check_embedded(&path, &batch, key)?;
+        }
+    }
+    Ok(decoded)
+}
+
+fn image_struct<'a>(
+    path: &Path,
+    batch: &'a arrow_array::RecordBatch,
+    key: &str,
+) -> Result<&'a arrow_array::ArrayRef> {
+    let col = format::column(path, batch, key)?;
+    let s = col
+        .as_any()
+        .downcast_ref::<arrow_array::StructArray>()
+        .ok_or_else(|| DatasetError::schema(path, format!("column {key:?} is not a struct")))?;
+    s.column_by_name("bytes")
+        .ok_or_else(|| DatasetError::schema(path, format!("column {key:?} has no bytes")))
+}
+
+fn check_embedded(path: &Path, batch: &arrow_array::RecordBatch, key: &str) -> Result<()> {
+    use arrow_array::Array;
+    let bytes = image_struct(path, batch, key)?;
+    if bytes.null_count() > 0 {
+        return Err(DatasetError::schema(
+            path,
+            format!("column {key:?} has rows without embedded image bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_image(
+    path: &Path,
+    batch: &arrow_array::RecordBatch,
+    key: &str,
+    row: usize,
+    shape: &[usize],
+) -> Result<()> {
+    use arrow_array::Array;
+    let bytes = image_struct(path, batch, key)?;
+    let data: &[u8] = if let Some(b) = bytes.as_any().downcast_ref::<arrow_array::BinaryArray>() {
+        b.value(row)
+    } else if let Some(b) = bytes
+        .as_any()
+        .downcast_ref::<arrow_array::LargeBinaryArray>()
+    {
+        b.value(row)
+    } else {
+        return Err(DatasetError::schema(
+            path,
+            format!("column {key:?} bytes are not binary"),
+        ));
+    };
+    let img = image::load_from_memory(data).map_err(|e| DatasetError::Image {
+        path: path.to_path_buf(),
+        detail: format!("{key} row {row}: {e}"),
+    })?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if shape.len() == 3 && (shape[0] != h || shape[1] != w) {
+        return Err(DatasetError::schema(
+            path,
+            format!(
+                "{key} row {row} is {w}x{h}, info.json declares shape {shape:?} (height, width, channel)"
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,818 @@
+//! Recording LeRobot v3.0 datasets.
+//!
+//! Durability model: frames of the episode being recorded and episodes saved since the
+//! last flush live in memory. A flush (every `flush_every_episodes` saved episodes, when the
+//! buffered data exceeds `data_files_size_in_mb`, on [`DatasetWriter::finalize`] and on drop)
+//! writes one new data file `data/chunk-XXX/file-YYY.parquet` (one row group per episode) and
+//! one new episode metadata file, then rewrites `meta/tasks.parquet`, `meta/stats.json` and
+//! finally `meta/info.json`, which is the commit point. Every file is written under a
+//! temporary name, fsynced and renamed, so a SIGKILL at any moment leaves the dataset as of
+//! the last completed flush; [`DatasetWriter::open_resume`] removes whatever an interrupted
+//! flush left behind.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, FixedSizeListArray, Float32Array, Float64Array, Int64Array,
+    ListArray, RecordBatch, StringArray, StructArray,
+};
+use arrow_buffer::OffsetBuffer;
+use arrow_schema::{DataType, Field, Fields, Schema};
+use image::RgbImage;
+use rayon::prelude::*;
+use vla_core::{Action, Observation, ACTION_NAMES, STATE_NAMES};
+
+use crate::error::{AtPath, DatasetError, Result};
+use crate::format::{
+    self, data_schema, format_path, next_chunk_file, read_episodes, read_tasks, write_tasks,
+    DatasetInfo, FeatureInfo, ACTION_KEY, CODEBASE_VERSION, DATA_DIR, DEFAULT_CHUNKS_SIZE,
+    DEFAULT_DATA_FILE_SIZE_IN_MB, DEFAULT_EPISODES_PATH, DEFAULT_VIDEO_FILE_SIZE_IN_MB,
+    EPISODES_DIR, IMAGE_PREFIX, INFO_PATH, STATE_KEY,
+};
+use crate::stats::{FeatureStats, Stats};
+
+/// Index of an episode in its dataset.
+pub type EpisodeIndex = usize;
+
+/// The cameras of an [`Observation`], in the order of their feature keys.
+pub const CAMERAS: [&str; 2] = ["front", "wrist"];
+
+/// Feature key of a camera (`observation.images.<camera>`).
+pub fn image_key(camera: &str) -> String {
+    format!("{IMAGE_PREFIX}{camera}")
+}
+
+/// Size of the camera images, in pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageSize {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// What a new dataset records.
+#[derive(Clone, Debug)]
+pub struct DatasetSpec {
+    pub robot_type: String,
+    /// Control rate (frames per second).
+    pub fps: u32,
+    /// Size of both cameras' images.
+    pub image_size: ImageSize,
+    /// Names of the state vector entries (`observation.state`).
+    pub state_names: Vec<String>,
+    /// Names of the action entries (`action`).
+    pub action_names: Vec<String>,
+    /// Files per `chunk-XXX` directory.
+    pub chunks_size: usize,
+    /// A data file is flushed (and a new one started) once it would exceed this size.
+    pub data_files_size_in_mb: u64,
+    /// Flush after this many saved episodes at the latest.
+    pub flush_every_episodes: usize,
+}
+
+impl DatasetSpec {
+    /// The spec of this stack's robot: [`STATE_NAMES`] state, [`ACTION_NAMES`] actions, front
+    /// and wrist cameras, lerobot's default file sizes, a flush every 5 episodes.
+    pub fn new(robot_type: impl Into<String>, fps: u32, image_size: ImageSize) -> Self {
+        DatasetSpec {
+            robot_type: robot_type.into(),
+            fps,
+            image_size,
+            state_names: STATE_NAMES.iter().map(|s| s.to_string()).collect(),
+            action_names: ACTION_NAMES.iter().map(|s| s.to_string()).collect(),
+            chunks_size: DEFAULT_CHUNKS_SIZE,
+            data_files_size_in_mb: DEFAULT_DATA_FILE_SIZE_IN_MB,
+            flush_every_episodes: 5,
+        }
+    }
+
+    fn features(&self) -> std::collections::BTreeMap<String, FeatureInfo> {
+        fn names(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        let mut f = std::collections::BTreeMap::new();
+        f.insert(
+            STATE_KEY.to_string(),
+            FeatureInfo::vector("float32", &names(&self.state_names)),
+        );
+        f.insert(
+            ACTION_KEY.to_string(),
+            FeatureInfo::vector("float32", &names(&self.action_names)),
+        );
+        for cam in CAMERAS {
+            f.insert(
+                image_key(cam),
+                FeatureInfo::image(self.image_size.height, self.image_size.width),
+            );
+        }
+        f.insert("timestamp".into(), FeatureInfo::scalar("float32"));
+        for k in ["frame_index", "episode_index", "index", "task_index"] {
+            f.insert(k.into(), FeatureInfo::scalar("int64"));
+        }
+        f
+    }
+}
+
+/// One control step to record.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameRecord<'a> {
+    pub observation: &'a Observation,
+    pub action: Action,
+    /// Seconds since the start of the episode (normally `frame_index / fps`).
+    pub timestamp: f32,
+}
+
+struct RawFrame {
+    images: [RgbImage; 2],
+    state: Vec<f32>,
+    action: [f32; 7],
+    timestamp: f32,
+}
+
+struct PendingEpisode {
+    episode_index: usize,
+    task: String,
+    from_index: usize,
+    length: usize,
+    batch: RecordBatch,
+    stats: Stats,
+}
+
+/// Writes a LeRobot v3.0 dataset, episode by episode.
+pub struct DatasetWriter {
+    root: PathBuf,
+    info: DatasetInfo,
+    tasks: Vec<String>,
+    stats: Stats,
+    schema: Arc<Schema>,
+    schema_kv: Vec<parquet::file::metadata::KeyValue>,
+    image_size: ImageSize,
+    state_dim: usize,
+    action_dim: usize,
+    flush_every: usize,
+    current: Vec<RawFrame>,
+    pending: Vec<PendingEpisode>,
+    pending_bytes: usize,
+    /// (chunk, file) of the next data file and of the next episode metadata file.
+    next_data: (usize, usize),
+    next_meta: (usize, usize),
+    finalized: bool,
+}
+
+impl DatasetWriter {
+    /// Start a new dataset in `dir`, which must not exist or be empty.
+    pub fn create(dir: impl AsRef<Path>, spec: DatasetSpec) -> Result<Self> {
+        let root = dir.as_ref().to_path_buf();
+        if root.exists() {
+            let mut entries = std::fs::read_dir(&root).at(&root)?;
+            if entries.next().is_some() {
+                return Err(DatasetError::usage(
+                    &root,
+                    "directory is not empty; use DatasetWriter::open_resume to continue a dataset",
+                ));
+            }
+        }
+        if spec.fps == 0 || spec.image_size.width == 0 || spec.image_size.height == 0 {
+            return Err(DatasetError::usage(
+                &root,
+                "fps and image size must be positive",
+            ));
+        }
+        std::fs::create_dir_all(root.join("meta")).at(&root)?;
+        let info = DatasetInfo {
+            codebase_version: CODEBASE_VERSION.to_string(),
+            robot_type: Some(spec.robot_type.clone()),
+            total_episodes: 0,
+            total_frames: 0,
+            total_tasks: 0,
+            chunks_size: spec.chunks_size.max(1),
+            data_files_size_in_mb: spec.data_files_size_in_mb.max(1),
+            video_files_size_in_mb: DEFAULT_VIDEO_FILE_SIZE_IN_MB,
+            fps: spec.fps,
+            splits: Default::default(),
+            data_path: format::DEFAULT_DATA_PATH.to_string(),
+            video_path: None,
+            features: spec.features(),
+            extra: Default::default(),
+        };
+        info.save(&root)?;
+        Self::from_parts(
+            root,
+            info,
+            Vec::new(),
+            Stats::default(),
+            (0, 0),
+            (0, 0),
+            spec.flush_every_episodes,
+        )
+    }
+
+    /// Continue the dataset in `dir`: new episodes go to new files after the existing ones.
+    /// Leftovers of an interrupted flush (temporary files, files not yet committed to
+    /// `meta/info.json`) are removed first.
+    pub fn open_resume(dir: impl AsRef<Path>) -> Result<Self> {
+        let root = dir.as_ref().to_path_buf();
+        let info = DatasetInfo::load(&root)?;
+        remove_tmp_files(&root)?;
+        let info_path = root.join(INFO_PATH);
+
+        let mut tasks = if info.total_tasks == 0 && !root.join(format::TASKS_PATH).exists() {
+            Vec::new()
+        } else {
+            read_tasks(&root)?
+        };
+        if tasks.len() < info.total_tasks {
+            return Err(DatasetError::inconsistent(
+                root.join(format::TASKS_PATH),
+                format!(
+                    "{} tasks but info.json says total_tasks = {}",
+                    tasks.len(),
+                    info.total_tasks
+                ),
+            ));
+        }
+        tasks.truncate(info.total_tasks);
+
+        let episodes = if info.total_episodes == 0 {
+            read_episodes(&root).unwrap_or_default()
+        } else {
+            read_episodes(&root)?
+        };
+        // Rows beyond total_episodes belong to a flush that never reached its commit point.
+        let committed: Vec<_> = episodes
+            .iter()
+            .filter(|e| e.episode_index < info.total_episodes)
+            .cloned()
+            .collect();
+        if committed.len() != info.total_episodes
+            || committed
+                .iter()
+                .enumerate()
+                .any(|(i, e)| e.episode_index != i)
+        {
+            return Err(DatasetError::inconsistent(
+                &info_path,
+                format!(
+                    "total_episodes = {} but the episode metadata holds episodes {:?}",
+                    info.total_episodes,
+                    committed
+                        .iter()
+                        .map(|e| e.episode_index)
+                        .collect::<Vec<_>>()
+                ),
+            ));
+        }
+        let frames: usize = committed.iter().map(|e| e.length).sum();
+        if frames != info.total_frames {
+            return Err(DatasetError::inconsistent(
+                &info_path,
+                format!(
+                    "total_frames = {} but the episodes hold {frames} frames",
+                    info.total_frames
+                ),
+            ));
+        }
+        // Remove uncommitted data / episode metadata files.
+        let data_used: BTreeSet<(usize, usize)> = committed
+            .iter()
+            .map(|e| (e.data_chunk_index, e.data_file_index))
+            .collect();
+        let meta_used: BTreeSet<(usize, usize)> = committed
+            .iter()
+            .map(|e| (e.meta_chunk_index, e.meta_file_index))
+            .collect();
+        for (dir, used) in [(DATA_DIR, &data_used), (EPISODES_DIR, &meta_used)] {
+            for file in format::nested_parquet_files(&root.join(dir))? {
+                if let Some(cf) = format::parse_chunk_file(&file) {
+                    if !used.contains(&cf) && cf >= used.last().copied().unwrap_or((0, 0)) {
+                        std::fs::remove_file(&file).at(&file)?;
+                    }
+                }
+            }
+        }
+        if episodes.iter().any(|e| {
+            e.episode_index >= info.total_episodes
+                && meta_used.contains(&(e.meta_chunk_index, e.meta_file_index))
+        }) {
+            return Err(DatasetError::inconsistent(
+                root.join(EPISODES_DIR),
+                "an episode metadata file mixes committed and uncommitted episodes",
+            ));
+        }
+
+        let stats_path = root.join(format::STATS_PATH);
+        let mut stats = if info.total_episodes == 0 {
+            Stats::default()
+        } else {
+            Stats::load(&root)?
+        };
+        let stats_count = stats.get("index").map(|s| s.count as usize);
+        if info.total_episodes > 0 && stats_count != Some(info.total_frames) {
+            // stats.json was rewritten by a flush that did not commit: recompute it.
+            stats = crate::reader::Dataset::open(&root)?.compute_stats()?;
+            stats.save(&root)?;
+        } else if !stats_path.exists() && info.total_episodes > 0 {
+            return Err(DatasetError::Missing {
+                path: stats_path,
+                what: "stats.json".into(),
+            });
+        }
+
+        let next = |used: &BTreeSet<(usize, usize)>| match used.last() {
+            Some(&(c, f)) => next_chunk_file(c, f, info.chunks_size),
+            None => (0, 0),
+        };
+        let (next_data, next_meta) = (next(&data_used), next(&meta_used));
+        Self::from_parts(root, info, tasks, stats, next_data, next_meta, 5)
+    }
+
+    fn from_parts(
+        root: PathBuf,
+        info: DatasetInfo,
+        tasks: Vec<String>,
+        stats: Stats,
+        next_data: (usize, usize),
+        next_meta: (usize, usize),
+        flush_every: usize,
+    ) -> Result<Self> {
+        let info_path = root.join(INFO_PATH);
+        let feature = |key: &str| {
+            info.features.get(key).ok_or_else(|| {
+                DatasetError::schema(&info_path, format!("feature {key:?} is missing"))
+            })
+        };
+        let state_dim = feature(STATE_KEY)?.numel();
+        let action_dim = feature(ACTION_KEY)?.numel();
+        if action_dim != 7 {
+            return Err(DatasetError::schema(
+                &info_path,
+                format!("action has {action_dim} values, this writer records 7"),
+            ));
+        }
+        let mut image_size = None;
+        for cam in CAMERAS {
+            let f = feature(&image_key(cam))?;
+            if !f.is_image() || f.shape.len() != 3 || f.shape[2] != 3 {
+                return Err(DatasetError::schema(
+                    &info_path,
+                    format!(
+                        "feature {:?} must be an RGB image, found dtype {:?} shape {:?}",
+                        image_key(cam),
+                        f.dtype,
+                        f.shape
+                    ),
+                ));
+            }
+            image_size = Some(ImageSize {
+                height: f.shape[0] as u32,
+                width: f.shape[1] as u32,
+            });
+        }
+        let image_size = image_size.ok_or_else(|| DatasetError::schema(&info_path, "no camera"))?;
+        for key in format::DEFAULT_FEATURE_KEYS {
+            feature(key)?;
+        }
+        let (schema, schema_kv) = data_schema(&info_path, &info)?;
+        Ok(DatasetWriter {
+            root,
+            info,
+            tasks,
+            stats,
+            schema,
+            schema_kv,
+            image_size,
+            state_dim,
+            action_dim,
+            flush_every: flush_every.max(1),
+            current: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            next_data,
+            next_meta,
+            finalized: false,
+        })
+    }
+
+    /// Flush after this many saved episodes at the latest (default 5).
+    pub fn set_flush_every_episodes(&mut self, n: usize) {
+        self.flush_every = n.max(1);
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `meta/info.json` as last committed.
+    pub fn info(&self) -> &DatasetInfo {
+        &self.info
+    }
+
+    /// Episodes committed to disk (excludes saved episodes waiting for a flush).
+    pub fn committed_episodes(&self) -> usize {
+        self.info.total_episodes
+    }
+
+    /// Frames recorded so far in the current episode.
+    pub fn current_episode_len(&self) -> usize {
+        self.current.len()
+    }
+
+    /// Append a frame to the current episode.
+    pub fn add_frame(&mut self, frame: FrameRecord<'_>) -> Result<()> {
+        let obs = frame.observation;
+        let ImageSize { width, height } = self.image_size;
+        for (cam, img) in CAMERAS.iter().zip([&obs.front, &obs.wrist]) {
+            if img.dimensions() != (width, height) {
+                return Err(DatasetError::usage(
+                    &self.root,
+                    format!(
+                        "{cam} image is {:?}, the dataset records {width}x{height}",
+                        img.dimensions()
+                    ),
+                ));
+            }
+        }
+        if obs.state.len() != self.state_dim {
+            return Err(DatasetError::usage(
+                &self.root,
+                format!(
+                    "state has {} values, the dataset records {}",
+                    obs.state.len(),
+                    self.state_dim
+                ),
+            ));
+        }
+        if let Some(i) = frame.action.0.iter().position(|v| !v.is_finite()) {
+            return Err(DatasetError::usage(
+                &self.root,
+                format!("action dimension {i} is not finite"),
+            ));
+        }
+        self.current.push(RawFrame {
+            images: [obs.front.clone(), obs.wrist.clone()],
+            state: obs.state.to_vec(),
+            action: frame.action.0,
+            timestamp: frame.timestamp,
+        });
+        Ok(())
+    }
+
+    /// Drop the frames of the current episode (e.g. a failed demonstration).
+    pub fn discard_episode(&mut self) {
+        self.current.clear();
+    }
+
+    /// Close the current episode under the instruction `task`. It reaches disk with the next
+    /// flush (at the latest after `flush_every_episodes` episodes).
+    pub fn save_episode(&mut self, task: &str) -> Result<EpisodeIndex> {
+        if self.current.is_empty() {
+            return Err(DatasetError::usage(
+                &self.root,
+                "save_episode called without frames",
+            ));
+        }
+        let frames = std::mem::take(&mut self.current);
+        let episode_index = self.info.total_episodes + self.pending.len();
+        let task_index = match self.tasks.iter().position(|t| t == task) {
+            Some(i) => i,
+            None => {
+                self.tasks.push(task.to_string());
+                self.tasks.len() - 1
+            }
+        };
+        let from_index =
+            self.info.total_frames + self.pending.iter().map(|e| e.length).sum::<usize>();
+        let (batch, stats, bytes) =
+            self.episode_batch(&frames, episode_index, task_index, from_index)?;
+        self.pending.push(PendingEpisode {
+            episode_index,
+            task: task.to_string(),
+            from_index,
+            length: frames.len(),
+            batch,
+            stats,
+        });
+        self.pending_bytes += bytes;
+        let limit = self.info.data_files_size_in_mb as usize * 1024 * 1024;
+        if self.pending.len() >= self.flush_every || self.pending_bytes >= limit {
+            self.flush()?;
+        }
+        Ok(episode_index)
+    }
+
+    /// Encode one episode (PNG in parallel) and compute its statistics.
+    fn episode_batch(
+        &self,
+        frames: &[RawFrame],
+        episode_index: usize,
+        task_index: usize,
+        from_index: usize,
+    ) -> Result<(RecordBatch, Stats, usize)> {
+        let n = frames.len();
+        let encoded: Vec<[Vec<u8>; 2]> = frames
+            .par_iter()
+            .map(|f| -> Result<[Vec<u8>; 2]> {
+                Ok([
+                    encode_png(&self.root, &f.images[0])?,
+                    encode_png(&self.root, &f.images[1])?,
+                ])
+            })
+            .collect::<Result<_>>()?;
+        let bytes: usize = encoded.iter().map(|e| e[0].len() + e[1].len()).sum();
+
+        let state: Vec<f32> = frames
+            .iter()
+            .flat_map(|f| f.state.iter().copied())
+            .collect();
+        let action: Vec<f32> = frames.iter().flat_map(|f| f.action).collect();
+        let timestamp: Vec<f32> = frames.iter().map(|f| f.timestamp).collect();
+        let frame_index: Vec<i64> = (0..n as i64).collect();
+        let index: Vec<i64> = (from_index as i64..(from_index + n) as i64).collect();
+
+        let mut stats = Stats::default();
+        let s = &mut stats.features;
+        s.insert(
+            STATE_KEY.into(),
+            FeatureStats::from_vectors(&state, self.state_dim),
+        );
+        s.insert(
+            ACTION_KEY.into(),
+            FeatureStats::from_vectors(&action, self.action_dim),
+        );
+        s.insert(
+            "timestamp".into(),
+            FeatureStats::from_vectors(&timestamp, 1),
+        );
+        let as_f32 = |v: &[i64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+        s.insert(
+            "frame_index".into(),
+            FeatureStats::from_vectors(&as_f32(&frame_index), 1),
+        );
+        s.insert(
+            "index".into(),
+            FeatureStats::from_vectors(&as_f32(&index), 1),
+        );
+        s.insert(
+            "episode_index".into(),
+            FeatureStats::from_vectors(&vec![episode_index as f32; n], 1),
+        );
+        s.insert(
+            "task_index".into(),
+            FeatureStats::from_vectors(&vec![task_index as f32; n], 1),
+        );
+        let hists: Vec<[[u64; 256]; 3]> = (0..2)
+            .into_par_iter()
+            .map(|cam| {
+                let mut h = [[0u64; 256]; 3];
+                for f in frames {
+                    for px in f.images[cam].pixels() {
+                        for c in 0..3 {
+                            h[c][px.0[c] as usize] += 1;
+                        }
+                    }
+                }
+                h
+            })
+            .collect();
+        for (cam, h) in CAMERAS.iter().zip(&hists) {
+            s.insert(image_key(cam), FeatureStats::from_histograms(h, n as u64));
+        }
+
+        let path = self.root.join(DATA_DIR);
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for field in self.schema.fields() {
+            let col: ArrayRef = match field.name().as_str() {
+                STATE_KEY => fixed_list_f32(state.clone(), self.state_dim),
+                ACTION_KEY => fixed_list_f32(action.clone(), self.action_dim),
+                "timestamp" => Arc::new(Float32Array::from(timestamp.clone())),
+                "frame_index" => Arc::new(Int64Array::from(frame_index.clone())),
+                "episode_index" => Arc::new(Int64Array::from(vec![episode_index as i64; n])),
+                "index" => Arc::new(Int64Array::from(index.clone())),
+                "task_index" => Arc::new(Int64Array::from(vec![task_index as i64; n])),
+                name => match CAMERAS.iter().position(|c| image_key(c) == name) {
+                    Some(cam) => image_struct(encoded.iter().map(|e| e[cam].as_slice())),
+                    None => {
+                        return Err(DatasetError::schema(
+                            &path,
+                            format!("the writer cannot fill feature {name:?}"),
+                        ))
+                    }
+                },
+            };
+            columns.push(col);
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), columns).at(&path)?;
+        Ok((
+            batch,
+            stats,
+            bytes + n * 4 * (self.state_dim + self.action_dim + 10),
+        ))
+    }
+
+    /// Write every saved episode to disk now and commit it to `meta/`.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let (dc, df) = self.next_data;
+        let (mc, mf) = self.next_meta;
+        let data_path = self.root.join(self.info.data_file(dc, df));
+        let batches: Vec<RecordBatch> = self.pending.iter().map(|e| e.batch.clone()).collect();
+        format::write_parquet_atomic(
+            &data_path,
+            self.schema.clone(),
+            &batches,
+            self.schema_kv.clone(),
+        )?;
+
+        let meta_path = self.root.join(format_path(DEFAULT_EPISODES_PATH, mc, mf));
+        let meta_batch = episodes_batch(&meta_path, &self.pending, (dc, df), (mc, mf))?;
+        format::write_parquet_atomic(&meta_path, meta_batch.schema(), &[meta_batch], vec![])?;
+
+        write_tasks(&self.root, &self.tasks)?;
+        let mut stats = self.stats.clone();
+        for e in &self.pending {
+            stats.merge(&e.stats);
+        }
+        stats.save(&self.root)?;
+
+        let mut info = self.info.clone();
+        info.total_episodes += self.pending.len();
+        info.total_frames += self.pending.iter().map(|e| e.length).sum::<usize>();
+        info.total_tasks = self.tasks.len();
+        info.splits = [("train".to_string(), format!("0:{}", info.total_episodes))].into();
+        info.save(&self.root)?; // commit point
+
+        self.info = info;
+        self.stats = stats;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.next_data = next_chunk_file(dc, df, self.info.chunks_size);
+        self.next_meta = next_chunk_file(mc, mf, self.info.chunks_size);
+        Ok(())
+    }
+
+    /// Flush every saved episode. Frames of an unsaved episode are discarded.
+    pub fn finalize(mut self) -> Result<DatasetInfo> {
+        self.finalized = true;
+        self.current.clear();
+        self.flush()?;
+        Ok(self.info.clone())
+    }
+}
+
+impl Drop for DatasetWriter {
+    /// Best effort: saved episodes are flushed; an unsaved episode is lost.
+    fn drop(&mut self) {
+        if !self.finalized {
+            let _ = self.flush();
+        }
+    }
+}
+
+fn encode_png(root: &Path, img: &RgbImage) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .map_err(|e| DatasetError::Image {
+            path: root.to_path_buf(),
+            detail: format!("PNG encoding failed: {e}"),
+        })?;
+    Ok(out)
+}
+
+fn fixed_list_f32(values: Vec<f32>, dim: usize) -> ArrayRef {
+    Arc::new(FixedSizeListArray::new(
+        Arc::new(Field::new("item", DataType::Float32, true)),
+        dim as i32,
+        Arc::new(Float32Array::from(values)),
+        None,
+    ))
+}
+
+fn image_struct<'a>(pngs: impl Iterator<Item = &'a [u8]>) -> ArrayRef {
+    let bytes = BinaryArray::from_iter_values(pngs);
+    let n = bytes.len();
+    let fields: Fields = vec![
+        Field::new("bytes", DataType::Binary, true),
+        Field::new("path", DataType::Utf8, true),
+    ]
+    .into();
+    Arc::new(StructArray::new(
+        fields,
+        vec![Arc::new(bytes), Arc::new(StringArray::new_null(n))],
+        None,
+    ))
+}
+
+/// A list column whose rows are `values` (row-major, each row of `shape`) nested as
+/// `list<list<...<T>>>`, the way pyarrow stores numpy arrays converted with `.tolist()`.
+fn nested_list(rows: usize, values: ArrayRef, shape: &[usize]) -> ArrayRef {
+    let mut array = values;
+    let mut count: usize = rows * shape.iter().product::<usize>();
+    for &dim in shape.iter().rev() {
+        count /= dim.max(1);
+        let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(dim, count));
+        let field = Arc::new(Field::new("item", array.data_type().clone(), true));
+        array = Arc::new(ListArray::new(field, offsets, array, None));
+    }
+    array
+}
+
+fn episodes_batch(
+    path: &Path,
+    episodes: &[PendingEpisode],
+    data: (usize, usize),
+    meta: (usize, usize),
+) -> Result<RecordBatch> {
+    let n = episodes.len();
+    let int = |f: &dyn Fn(&PendingEpisode) -> usize| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(
+            episodes.iter().map(|e| f(e) as i64),
+        ))
+    };
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    let mut push = |name: String, col: ArrayRef| {
+        fields.push(Field::new(name, col.data_type().clone(), true));
+        columns.push(col);
+    };
+    push("episode_index".into(), int(&|e| e.episode_index));
+    let tasks = Arc::new(StringArray::from_iter_values(
+        episodes.iter().map(|e| e.task.as_str()),
+    ));
+    push("tasks".into(), nested_list(n, tasks, &[1]));
+    push("length".into(), int(&|e| e.length));
+    push("data/chunk_index".into(), int(&|_| data.0));
+    push("data/file_index".into(), int(&|_| data.1));
+    push("dataset_from_index".into(), int(&|e| e.from_index));
+    push("dataset_to_index".into(), int(&|e| e.from_index + e.length));
+    // Per-episode statistics, flattened as lerobot does: stats/<feature>/<stat>.
+    let keys: Vec<String> = episodes[0].stats.features.keys().cloned().collect();
+    for key in &keys {
+        let first = &episodes[0].stats.features[key];
+        let shape = first.shape.clone();
+        let mut stat_names: Vec<&str> = vec!["min", "max", "mean", "std"];
+        stat_names.extend(first.quantiles.keys().map(String::as_str));
+        for stat in stat_names {
+            let mut values = Vec::new();
+            for e in episodes {
+                let s = e.stats.features.get(key).ok_or_else(|| {
+                    DatasetError::inconsistent(path, format!("episode lacks stats for {key:?}"))
+                })?;
+                let v = match stat {
+                    "min" => &s.min,
+                    "max" => &s.max,
+                    "mean" => &s.mean,
+                    "std" => &s.std,
+                    q => s.quantiles.get(q).ok_or_else(|| {
+                        DatasetError::inconsistent(path, format!("missing {q} for {key:?}"))
+                    })?,
+                };
+                values.extend_from_slice(v);
+            }
+            push(
+                format!("stats/{key}/{stat}"),
+                nested_list(n, Arc::new(Float64Array::from(values)), &shape),
+            );
+        }
+        let counts = Int64Array::from_iter_values(
+            episodes
+                .iter()
+                .map(|e| e.stats.features.get(key).map_or(0, |s| s.count as i64)),
+        );
+        push(
+            format!("stats/{key}/count"),
+            nested_list(n, Arc::new(counts), &[1]),
+        );
+    }
+    push("meta/episodes/chunk_index".into(), int(&|_| meta.0));
+    push("meta/episodes/file_index".into(), int(&|_| meta.1));
+    let schema = Arc::new(Schema::new(fields));
+    RecordBatch::try_new(schema, columns).at(path)
+}
+
+/// Remove temporary files an interrupted writer left in `meta/` and `data/`.
+fn remove_tmp_files(root: &Path) -> Result<()> {
+    fn walk(dir: &Path, depth: usize) -> Result<()> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(_) => return Ok(()),
+        };
+        for entry in entries {
+            let path = entry.at(dir)?.path();
+            if path.is_dir() && depth > 0 {
+                walk(&path, depth - 1)?;
+            } else if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"))
+            {
+                std::fs::remove_file(&path).at(&path)?;
+            }
+        }
+        Ok(())
+    }
+    walk(&root.join("meta"), 3)?;
+    walk(&root.join(DATA_DIR), 2)
+}

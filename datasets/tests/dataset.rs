@@ -1,0 +1,503 @@
+//! Write → read round trips, resume, crash safety and validation errors on synthetic data.
+
+use std::path::{Path, PathBuf};
+
+use image::{Rgb, RgbImage};
+use vla_core::{Action, Observation, STATE_DIM};
+use vla_datasets::{
+    validate, Dataset, DatasetError, DatasetSpec, DatasetWriter, FrameRecord, ImageSize, Stats,
+};
+
+const W: u32 = 32;
+const H: u32 = 24;
+const FPS: u32 = 10;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vla-datasets-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        TempDir(dir)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn image(ep: usize, t: usize, cam: u8) -> RgbImage {
+    RgbImage::from_fn(W, H, |x, y| {
+        Rgb([
+            (x as usize * 7 + ep * 31 + t) as u8,
+            (y as usize * 5 + t * 3) as u8,
+            cam.wrapping_mul(97).wrapping_add((x ^ y) as u8),
+        ])
+    })
+}
+
+fn observation(ep: usize, t: usize, task: &str) -> Observation {
+    let mut state = [0.0f32; STATE_DIM];
+    for (k, s) in state.iter_mut().enumerate() {
+        *s = ep as f32 * 100.0 + t as f32 + k as f32 * 0.25;
+    }
+    Observation {
+        front: image(ep, t, 0),
+        wrist: image(ep, t, 1),
+        front_depth: None,
+        state,
+        instruction: task.to_string(),
+    }
+}
+
+fn action(ep: usize, t: usize) -> Action {
+    Action::new(
+        [0.01 * t as f32, -0.02 * ep as f32, 0.5],
+        [0.1, 0.2, -0.3 * t as f32],
+        (t % 2) as f32,
+    )
+}
+
+fn spec() -> DatasetSpec {
+    DatasetSpec::new(
+        "test_arm",
+        FPS,
+        ImageSize {
+            width: W,
+            height: H,
+        },
+    )
+}
+
+/// Record one episode of `len` frames with global episode number `ep`.
+fn record(w: &mut DatasetWriter, ep: usize, len: usize, task: &str) -> usize {
+    for t in 0..len {
+        let obs = observation(ep, t, task);
+        w.add_frame(FrameRecord {
+            observation: &obs,
+            action: action(ep, t),
+            timestamp: t as f32 / FPS as f32,
+        })
+        .expect("add_frame");
+    }
+    w.save_episode(task).expect("save_episode")
+}
+
+const TASKS: [&str; 3] = [
+    "pick up the red cube",
+    "open the drawer",
+    "pick up the red cube",
+];
+const LENGTHS: [usize; 3] = [5, 7, 4];
+
+fn write_three(dir: &Path) {
+    let mut w = DatasetWriter::create(dir, spec()).expect("create");
+    for (ep, (len, task)) in LENGTHS.iter().zip(TASKS).enumerate() {
+        assert_eq!(record(&mut w, ep, *len, task), ep);
+    }
+    let info = w.finalize().expect("finalize");
+    assert_eq!(info.total_episodes, 3);
+}
+
+fn check_frame(ds: &Dataset, index: usize, ep: usize, t: usize, task: &str) {
+    let f = ds.frame(index).expect("frame");
+    assert_eq!(f.index, index);
+    assert_eq!(f.episode_index, ep);
+    assert_eq!(f.frame_index, t);
+    assert_eq!(f.task, task);
+    assert_eq!(f.timestamp, t as f32 / FPS as f32);
+    let obs = observation(ep, t, task);
+    assert_eq!(f.state, obs.state.to_vec());
+    assert_eq!(f.action, action(ep, t).0.to_vec());
+    assert_eq!(f.images["observation.images.front"], obs.front);
+    assert_eq!(f.images["observation.images.wrist"], obs.wrist);
+}
+
+#[test]
+fn round_trip_preserves_every_value() {
+    let tmp = TempDir::new("roundtrip");
+    write_three(tmp.path());
+
+    let report = validate(tmp.path()).expect("valid");
+    assert_eq!(report.total_episodes, 3);
+    assert_eq!(report.total_frames, 16);
+    assert_eq!(report.total_tasks, 2);
+
+    let ds = Dataset::open(tmp.path()).expect("open");
+    assert_eq!(ds.len(), 16);
+    assert_eq!(ds.tasks(), ["pick up the red cube", "open the drawer"]);
+    assert_eq!(ds.episodes().len(), 3);
+    let mut index = 0;
+    for (ep, (len, task)) in LENGTHS.iter().zip(TASKS).enumerate() {
+        let e = &ds.episodes()[ep];
+        assert_eq!((e.dataset_from_index, e.length), (index, *len));
+        assert_eq!(e.tasks, vec![task.to_string()]);
+        for t in 0..*len {
+            check_frame(&ds, index, ep, t, task);
+            index += 1;
+        }
+    }
+
+    // info.json as lerobot expects it.
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("meta/info.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["codebase_version"], "v3.0");
+    assert_eq!(info["fps"], 10);
+    assert_eq!(info["robot_type"], "test_arm");
+    assert_eq!(info["splits"]["train"], "0:3");
+    assert_eq!(info["video_path"], serde_json::Value::Null);
+    assert_eq!(
+        info["data_path"],
+        "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+    );
+    let front = &info["features"]["observation.images.front"];
+    assert_eq!(front["dtype"], "image");
+    assert_eq!(front["shape"], serde_json::json!([H, W, 3]));
+    assert_eq!(
+        front["names"],
+        serde_json::json!(["height", "width", "channel"])
+    );
+    assert_eq!(
+        info["features"]["observation.state"]["shape"],
+        serde_json::json!([13])
+    );
+    assert_eq!(info["features"]["action"]["names"][6], "gripper");
+    assert_eq!(info["features"]["timestamp"]["dtype"], "float32");
+
+    // Stats: per-channel image stats in [0, 1] with shape [3, 1, 1]; quantiles present.
+    let stats = Stats::load(tmp.path()).expect("stats");
+    let img = stats.get("observation.images.front").expect("image stats");
+    assert_eq!(img.shape, vec![3, 1, 1]);
+    assert!(img.max.iter().all(|&v| (0.0..=1.0).contains(&v)));
+    let state = stats.get("observation.state").expect("state stats");
+    assert_eq!(state.count, 16);
+    assert_eq!(state.min[0], 0.0);
+    assert_eq!(state.max[0], 203.0);
+    assert!(state.q01().is_some() && state.q99().is_some());
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("meta/stats.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        raw["observation.images.wrist"]["mean"][2][0]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(raw["action"]["count"], serde_json::json!([16]));
+
+    // Recomputing from the data gives the same statistics.
+    let recomputed = ds.compute_stats().expect("compute");
+    for (key, s) in &stats.features {
+        let r = &recomputed.features[key];
+        assert_eq!(s.count, r.count, "{key}");
+        for (a, b) in s.mean.iter().zip(&r.mean) {
+            assert!((a - b).abs() < 1e-6, "{key}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn many_episodes_per_file_and_batches() {
+    let tmp = TempDir::new("many");
+    let mut w = DatasetWriter::create(tmp.path(), spec()).unwrap();
+    w.set_flush_every_episodes(2);
+    for ep in 0..5 {
+        record(&mut w, ep, 3 + ep, TASKS[ep % 2]);
+    }
+    w.finalize().unwrap();
+
+    let report = validate(tmp.path()).unwrap();
+    assert_eq!(report.data_files.len(), 3);
+    let ds = Dataset::open(tmp.path()).unwrap();
+    let files: Vec<(usize, usize)> = ds
+        .episodes()
+        .iter()
+        .map(|e| (e.data_chunk_index, e.data_file_index))
+        .collect();
+    assert_eq!(files, vec![(0, 0), (0, 0), (0, 1), (0, 1), (0, 2)]);
+    assert_eq!(ds.len(), 3 + 4 + 5 + 6 + 7);
+
+    // Every frame exactly once across shuffled batches, values intact.
+    let all: Vec<usize> = (0..ds.len()).collect();
+    let mut seen = Vec::new();
+    for batch in ds.batches(&all, 4, 7) {
+        let batch = batch.unwrap();
+        assert!(batch.len() <= 4);
+        for f in batch {
+            let e = &ds.episodes()[f.episode_index];
+            assert_eq!(f.index, e.dataset_from_index + f.frame_index);
+            assert_eq!(
+                f.images["observation.images.wrist"],
+                image(f.episode_index, f.frame_index, 1)
+            );
+            seen.push(f.index);
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, all);
+
+    // Episode split: disjoint, complete, deterministic.
+    let (train, val) = ds.split_episodes(0.4, 3);
+    assert_eq!(val.len(), 2);
+    assert_eq!(train.len() + val.len(), 5);
+    assert!(train.iter().all(|e| !val.contains(e)));
+    assert_eq!(ds.split_episodes(0.4, 3), (train.clone(), val.clone()));
+    let val_frames = ds.episode_frames(&val);
+    let ds = std::sync::Arc::new(ds);
+    let mut n = 0;
+    for batch in ds.prefetch_batches(&val_frames, 3, 1, 2) {
+        for f in batch.unwrap() {
+            assert!(val.contains(&f.episode_index));
+            n += 1;
+        }
+    }
+    assert_eq!(n, val_frames.len());
+}
+
+#[test]
+fn resume_appends_to_new_files() {
+    let tmp = TempDir::new("resume");
+    write_three(tmp.path());
+    let mut w = DatasetWriter::open_resume(tmp.path()).expect("resume");
+    assert_eq!(record(&mut w, 3, 6, "open the drawer"), 3);
+    assert_eq!(record(&mut w, 4, 2, "stack the blocks"), 4);
+    w.finalize().unwrap();
+
+    validate(tmp.path()).expect("valid after resume");
+    let ds = Dataset::open(tmp.path()).unwrap();
+    assert_eq!(ds.episodes().len(), 5);
+    assert_eq!(ds.tasks().len(), 3);
+    assert_eq!(ds.episodes()[3].data_file_index, 1);
+    check_frame(&ds, 0, 0, 0, TASKS[0]);
+    check_frame(&ds, 16, 3, 0, "open the drawer");
+    check_frame(&ds, 23, 4, 1, "stack the blocks");
+    let f = ds.frame(23).unwrap();
+    assert_eq!(f.task_index, 2);
+    assert_eq!(
+        Stats::load(tmp.path()).unwrap().get("index").unwrap().count,
+        24
+    );
+}
+
+#[test]
+fn killed_writer_leaves_only_flushed_episodes() {
+    let tmp = TempDir::new("kill");
+    let mut w = DatasetWriter::create(tmp.path(), spec()).unwrap();
+    w.set_flush_every_episodes(2);
+    for (ep, task) in TASKS.iter().enumerate() {
+        record(&mut w, ep, 4, task);
+    }
+    // Half an episode, then "SIGKILL": no destructor runs.
+    let obs = observation(3, 0, "x");
+    w.add_frame(FrameRecord {
+        observation: &obs,
+        action: action(3, 0),
+        timestamp: 0.0,
+    })
+    .unwrap();
+    std::mem::forget(w);
+    // A write interrupted between creating its temporary file and renaming it.
+    std::fs::write(
+        tmp.path().join("data/chunk-000/.file-001.parquet.tmp-999"),
+        b"partial",
+    )
+    .unwrap();
+
+    let report = validate(tmp.path()).expect("valid after kill");
+    assert_eq!(report.total_episodes, 2);
+    assert_eq!(report.total_frames, 8);
+    let ds = Dataset::open(tmp.path()).unwrap();
+    check_frame(&ds, 7, 1, 3, TASKS[1]);
+
+    // Resume cleans up and continues.
+    let mut w = DatasetWriter::open_resume(tmp.path()).unwrap();
+    record(&mut w, 2, 5, "new task");
+    w.finalize().unwrap();
+    assert!(!tmp
+        .path()
+        .join("data/chunk-000/.file-001.parquet.tmp-999")
+        .exists());
+    assert_eq!(validate(tmp.path()).unwrap().total_episodes, 3);
+}
+
+#[test]
+fn dropped_writer_flushes_saved_episodes_but_not_a_partial_one() {
+    let tmp = TempDir::new("drop");
+    {
+        let mut w = DatasetWriter::create(tmp.path(), spec()).unwrap();
+        record(&mut w, 0, 3, TASKS[0]);
+        let obs = observation(1, 0, "x");
+        w.add_frame(FrameRecord {
+            observation: &obs,
+            action: action(1, 0),
+            timestamp: 0.0,
+        })
+        .unwrap();
+    }
+    let report = validate(tmp.path()).unwrap();
+    assert_eq!((report.total_episodes, report.total_frames), (1, 3));
+}
+
+#[test]
+fn interrupted_flush_is_rolled_back_on_resume() {
+    let tmp = TempDir::new("rollback");
+    write_three(tmp.path());
+    // Simulate a flush that wrote its data and episode files (and stats) but died before
+    // committing info.json: copies of the existing files under the next names.
+    let root = tmp.path();
+    std::fs::copy(
+        root.join("data/chunk-000/file-000.parquet"),
+        root.join("data/chunk-000/file-001.parquet"),
+    )
+    .unwrap();
+    let err = validate(root).unwrap_err();
+    assert!(
+        err.path().ends_with("data/chunk-000/file-001.parquet"),
+        "{err}"
+    );
+    // ... and whose stats.json already counted the uncommitted frames.
+    let stats_path = root.join("meta/stats.json");
+    let mut stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats_path).unwrap()).unwrap();
+    stats["index"]["count"] = serde_json::json!([32]);
+    stats["action"]["max"][0] = serde_json::json!(1000.0);
+    std::fs::write(&stats_path, stats.to_string()).unwrap();
+
+    let mut w = DatasetWriter::open_resume(root).unwrap();
+    record(&mut w, 3, 2, TASKS[1]);
+    w.finalize().unwrap();
+    assert_eq!(validate(root).unwrap().total_episodes, 4);
+    // The orphan was removed and file-001 now holds the resumed episode.
+    let ds = Dataset::open(root).unwrap();
+    assert_eq!(ds.episodes()[3].data_file_index, 1);
+    check_frame(&ds, 17, 3, 1, TASKS[1]);
+    // stats.json was recomputed from the committed data before merging the new episode.
+    let stats = Stats::load(root).unwrap();
+    assert_eq!(stats.get("index").unwrap().count, 18);
+    assert!(stats.get("action").unwrap().max[0] < 1.0);
+}
+
+fn expect_err_on(dir: &Path, file: &str) -> DatasetError {
+    let err = validate(dir).expect_err("validate must fail");
+    assert!(
+        err.path().ends_with(file),
+        "error should name {file}: {err} (path {})",
+        err.path().display()
+    );
+    assert!(
+        err.to_string().contains(file),
+        "message should name {file}: {err}"
+    );
+    let open = Dataset::open(dir).err().expect("open must fail");
+    assert!(
+        open.to_string().contains(file),
+        "open error should name {file}: {open}"
+    );
+    err
+}
+
+#[test]
+fn truncated_parquet_is_reported_with_its_name() {
+    let tmp = TempDir::new("truncated");
+    write_three(tmp.path());
+    let data = tmp.path().join("data/chunk-000/file-000.parquet");
+    let bytes = std::fs::read(&data).unwrap();
+    std::fs::write(&data, &bytes[..bytes.len() / 2]).unwrap();
+    let err = expect_err_on(tmp.path(), "data/chunk-000/file-000.parquet");
+    assert!(matches!(err, DatasetError::Parquet { .. }), "{err}");
+}
+
+#[test]
+fn missing_meta_files_are_reported() {
+    let tmp = TempDir::new("missing");
+    write_three(tmp.path());
+    std::fs::remove_file(tmp.path().join("meta/tasks.parquet")).unwrap();
+    let err = expect_err_on(tmp.path(), "meta/tasks.parquet");
+    assert!(matches!(err, DatasetError::Missing { .. }), "{err}");
+
+    std::fs::remove_file(tmp.path().join("meta/info.json")).unwrap();
+    let err = expect_err_on(tmp.path(), "meta/info.json");
+    assert!(matches!(err, DatasetError::Missing { .. }), "{err}");
+}
+
+#[test]
+fn wrong_codebase_version_is_rejected() {
+    let tmp = TempDir::new("version");
+    write_three(tmp.path());
+    let path = tmp.path().join("meta/info.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("\"v3.0\"", "\"v2.1\"")).unwrap();
+    let err = expect_err_on(tmp.path(), "meta/info.json");
+    assert!(matches!(err, DatasetError::Version { .. }), "{err}");
+    assert!(err.to_string().contains("v2.1"));
+    assert!(DatasetWriter::open_resume(tmp.path()).is_err());
+}
+
+#[test]
+fn schema_mismatch_names_the_data_file() {
+    let tmp = TempDir::new("schema");
+    write_three(tmp.path());
+    let path = tmp.path().join("meta/info.json");
+    let mut info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    info["features"]["observation.state"]["shape"] = serde_json::json!([12]);
+    std::fs::write(&path, serde_json::to_string(&info).unwrap()).unwrap();
+    let err = expect_err_on(tmp.path(), "data/chunk-000/file-000.parquet");
+    assert!(matches!(err, DatasetError::Schema { .. }), "{err}");
+    assert!(err.to_string().contains("observation.state"), "{err}");
+}
+
+#[test]
+fn writer_rejects_bad_input() {
+    let tmp = TempDir::new("input");
+    let mut w = DatasetWriter::create(tmp.path(), spec()).unwrap();
+    assert!(w.save_episode("nothing recorded").is_err());
+    let mut obs = observation(0, 0, "x");
+    obs.front = RgbImage::new(8, 8);
+    let err = w
+        .add_frame(FrameRecord {
+            observation: &obs,
+            action: action(0, 0),
+            timestamp: 0.0,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("front"), "{err}");
+    drop(w);
+    // create refuses to overwrite a dataset.
+    assert!(DatasetWriter::create(tmp.path(), spec()).is_err());
+}
+
+#[test]
+fn timestamps_off_the_frame_rate_are_reported() {
+    let tmp = TempDir::new("timestamps");
+    let mut w = DatasetWriter::create(tmp.path(), spec()).unwrap();
+    for t in 0..3 {
+        let obs = observation(0, t, "x");
+        w.add_frame(FrameRecord {
+            observation: &obs,
+            action: action(0, t),
+            timestamp: t as f32 * 0.2, // recorded at 5 Hz, declared 10 fps
+        })
+        .unwrap();
+    }
+    w.save_episode("x").unwrap();
+    w.finalize().unwrap();
+    let err = validate(tmp.path()).unwrap_err();
+    assert!(
+        err.path().ends_with("data/chunk-000/file-000.parquet"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("timestamp"), "{err}");
+}

@@ -1,0 +1,283 @@
+//! `vla collect`: expert demonstrations into a LeRobot v3.0 dataset.
+//!
+//! Episodes run in K environments; each finished episode is written whole (or dropped when the
+//! expert failed, unless `--keep-failures`). Ctrl-C stops scheduling new episodes, lets those
+//! in flight finish, and finalizes a valid dataset; `--resume` continues it. Which episode
+//! specs are already in the dataset is kept in `<out>/.vla_collect.json`, updated only when the
+//! writer has flushed, so a SIGKILL never marks an episode done that the dataset lacks.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use vla_core::{Action, Observation};
+use vla_datasets::{DatasetSpec, DatasetWriter, FrameRecord, ImageSize};
+use vla_tasks::runner::{episode_specs, run as run_episodes, Event, ExpertAgent, RunSetup};
+use vla_tasks::{parse_suite, Language, Split};
+
+use super::SimOptions;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    #[arg(long, default_value = "all")]
+    pub suite: String,
+    #[arg(long, default_value = "seen")]
+    pub split: String,
+    /// Episodes per family.
+    #[arg(long, default_value_t = 10)]
+    pub episodes: usize,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub envs: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Gaussian action noise of the expert (m per step) for data diversity.
+    #[arg(long, default_value_t = 0.0)]
+    pub noise: f32,
+    /// Keep episodes the expert failed.
+    #[arg(long)]
+    pub keep_failures: bool,
+    /// Continue a dataset this command started (same arguments).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sim: SimOptions,
+}
+
+/// What `--resume` needs: the request, and which episode specs are settled.
+#[derive(Serialize, Deserialize, Default)]
+struct Progress {
+    suite: String,
+    split: String,
+    episodes: usize,
+    seed: u64,
+    noise: f32,
+    /// Spec indices whose episode is flushed into the dataset, or was dropped as a failure.
+    settled: BTreeSet<usize>,
+}
+
+impl Progress {
+    fn path(out: &Path) -> PathBuf {
+        out.join(".vla_collect.json")
+    }
+
+    fn save(&self, out: &Path) -> anyhow::Result<()> {
+        let path = Self::path(out);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+pub struct CollectReport {
+    pub out: PathBuf,
+    pub episodes_written: usize,
+    pub episodes_dropped: usize,
+    pub frames_written: usize,
+    pub total_episodes: usize,
+    pub total_frames: usize,
+    pub expert_success_rate: f64,
+    pub frames_per_s: f64,
+    pub interrupted: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let report = collect(&args)?;
+    super::print_report(args.json, &report, || {
+        format!(
+            "{}: wrote {} episodes ({} frames), dropped {}; dataset has {} episodes, {} frames; {:.0} frames/s{}",
+            report.out.display(),
+            report.episodes_written,
+            report.frames_written,
+            report.episodes_dropped,
+            report.total_episodes,
+            report.total_frames,
+            report.frames_per_s,
+            if report.interrupted { " (interrupted: rerun with --resume)" } else { "" }
+        )
+    })
+}
+
+pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
+    let families = parse_suite(&args.suite)?;
+    let split: Split = args.split.parse()?;
+    anyhow::ensure!(args.episodes > 0, "--episodes must be at least 1");
+    anyhow::ensure!(
+        args.noise.is_finite() && args.noise >= 0.0,
+        "--noise must be a finite, non-negative number"
+    );
+    let mut config = args.sim.env_config()?;
+    config.render_enabled = true;
+    let robot = args.sim.robot()?;
+    let lang = Language::builtin()?;
+
+    let (mut writer, mut progress) = if args.resume {
+        let progress_path = Progress::path(&args.out);
+        let text = std::fs::read_to_string(&progress_path)
+            .with_context(|| format!("--resume: cannot read {}", progress_path.display()))?;
+        let progress: Progress = serde_json::from_str(&text)
+            .with_context(|| format!("--resume: {} is malformed", progress_path.display()))?;
+        anyhow::ensure!(
+            progress.suite == args.suite
+                && progress.split == args.split
+                && progress.seed == args.seed,
+            "--resume: {} was collected with --suite {} --split {} --seed {}",
+            args.out.display(),
+            progress.suite,
+            progress.split,
+            progress.seed
+        );
+        (DatasetWriter::open_resume(&args.out)?, progress)
+    } else {
+        anyhow::ensure!(
+            !args.out.join("meta").exists(),
+            "{} already holds a dataset: use --resume to continue it, or another --out",
+            args.out.display()
+        );
+        let spec = DatasetSpec::new(
+            robot.name.clone(),
+            config.sim.control_hz.round() as u32,
+            ImageSize {
+                width: config.render.width,
+                height: config.render.height,
+            },
+        );
+        let writer = DatasetWriter::create(&args.out, spec)?;
+        let progress = Progress {
+            suite: args.suite.clone(),
+            split: args.split.clone(),
+            episodes: args.episodes,
+            seed: args.seed,
+            noise: args.noise,
+            settled: BTreeSet::new(),
+        };
+        progress.save(&args.out)?;
+        (writer, progress)
+    };
+    progress.episodes = progress.episodes.max(args.episodes);
+
+    let specs: Vec<_> = episode_specs(&families, split, args.episodes, args.seed)
+        .into_iter()
+        .filter(|s| !progress.settled.contains(&s.index))
+        .collect();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        // A second Ctrl-C falls through to the default (immediate) exit.
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: finishing the episodes in flight, then closing the dataset (Ctrl-C again to abort)");
+        });
+    }
+
+    let bar = super::progress(specs.len() as u64, "collect");
+    let start = Instant::now();
+    let k = args.envs.max(1);
+    let mut buffers: Vec<Vec<(Observation, Action)>> = (0..k).map(|_| Vec::new()).collect();
+    let (mut written, mut dropped, mut frames, mut successes, mut finished) =
+        (0usize, 0usize, 0usize, 0usize, 0usize);
+    // Specs saved to the writer since its last flush, and dropped ones since then.
+    let mut pending: Vec<usize> = Vec::new();
+    let mut committed = writer.committed_episodes();
+    let mut failure: Option<anyhow::Error> = None;
+
+    let setup = RunSetup {
+        envs: k,
+        config: &config,
+        robot: &robot,
+        language: &lang,
+        noise: args.noise,
+    };
+    run_episodes(&specs, &setup, &mut ExpertAgent, &mut |event| {
+        if failure.is_some() {
+            return false;
+        }
+        match event {
+            Event::Reset { slot, .. } => buffers[slot].clear(),
+            Event::Step {
+                slot,
+                action,
+                previous,
+                ..
+            } => buffers[slot].push((previous.clone(), *action)),
+            Event::Done { slot, outcome } => {
+                finished += 1;
+                successes += outcome.success as usize;
+                let keep = outcome.success || args.keep_failures;
+                let episode = std::mem::take(&mut buffers[slot]);
+                if keep {
+                    let fps = config.sim.control_hz as f32;
+                    let result = (|| -> anyhow::Result<()> {
+                        for (i, (obs, action)) in episode.iter().enumerate() {
+                            writer.add_frame(FrameRecord {
+                                observation: obs,
+                                action: *action,
+                                timestamp: i as f32 / fps,
+                            })?;
+                        }
+                        writer.save_episode(&outcome.instruction)?;
+                        Ok(())
+                    })();
+                    if let Err(e) = result {
+                        failure = Some(e);
+                        return false;
+                    }
+                    written += 1;
+                    frames += episode.len();
+                } else {
+                    dropped += 1;
+                }
+                pending.push(outcome.spec.index);
+                if writer.committed_episodes() != committed {
+                    committed = writer.committed_episodes();
+                    progress.settled.extend(pending.drain(..));
+                    if let Err(e) = progress.save(&args.out) {
+                        failure = Some(e);
+                        return false;
+                    }
+                }
+                bar.inc(1);
+                bar.set_message(format!(
+                    "{:.0} frames/s, expert success {:.0} %",
+                    frames as f64 / start.elapsed().as_secs_f64().max(1e-9),
+                    100.0 * successes as f64 / finished as f64
+                ));
+            }
+        }
+        !interrupted.load(Ordering::SeqCst)
+    })?;
+    bar.finish_and_clear();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let info = writer.finalize()?;
+    progress.settled.extend(pending.drain(..));
+    progress.save(&args.out)?;
+    Ok(CollectReport {
+        out: args.out.clone(),
+        episodes_written: written,
+        episodes_dropped: dropped,
+        frames_written: frames,
+        total_episodes: info.total_episodes,
+        total_frames: info.total_frames,
+        expert_success_rate: if finished > 0 {
+            successes as f64 / finished as f64
+        } else {
+            0.0
+        },
+        frames_per_s: frames as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        interrupted: interrupted.load(Ordering::SeqCst),
+    })
+}
