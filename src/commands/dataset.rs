@@ -42,7 +42,7 @@ struct Info {
     size_bytes: u64,
 }
 
-fn dir_size(path: &std::path::Path) -> u64 {
+pub fn dir_size(path: &std::path::Path) -> u64 {
     std::fs::read_dir(path)
         .map(|entries| {
             entries
