@@ -12,9 +12,9 @@ APT_PACKAGES := mesa-vulkan-drivers libvulkan1 xvfb xauth libx11-6 libxkbcommon-
 CARGO ?= cargo
 VLA := $(CARGO) run --quiet --bin vla --
 
-.PHONY: setup apt venv test lint demo bench clean-runs
+.PHONY: setup apt venv venv-lerobot test lint demo bench clean-runs
 
-setup: apt venv
+setup: apt venv venv-lerobot
 	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
 
 # Debian packages, installed only when one is missing.
@@ -29,6 +29,15 @@ apt:
 # .venv with torch==$(TORCH_VERSION); .venv/libtorch points at the wheel's libtorch (see .cargo/config.toml).
 venv: .venv/libtorch
 
+# Python lerobot for the dataset interoperability tests. It pins torch<2.11, so it lives in a
+# venv of its own, never in the .venv whose torch 2.13 tch links.
+LEROBOT_VERSION := 0.4.4
+venv-lerobot:
+	@if ! .venv-lerobot/bin/python -c "import lerobot" 2>/dev/null; then \
+	  echo "creating .venv-lerobot with lerobot==$(LEROBOT_VERSION)"; \
+	  $(PYTHON) -m venv .venv-lerobot && .venv-lerobot/bin/pip install -q --upgrade pip && .venv-lerobot/bin/pip install -q lerobot==$(LEROBOT_VERSION); \
+	fi
+
 .venv/libtorch:
 	@if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null; then \
 	  echo "creating .venv with torch==$(TORCH_VERSION) (about 5 GB)"; \
@@ -39,7 +48,7 @@ venv: .venv/libtorch
 # libtorch's random generator is process-global, so the model crate's seeded tests run on one
 # test thread (the rest of the suite runs in parallel).
 test: setup
-	$(CARGO) test --workspace --no-fail-fast --exclude vla-model
+	VLA_REQUIRE_LEROBOT=1 $(CARGO) test --workspace --no-fail-fast --exclude vla-model
 	$(CARGO) test -p vla-model --no-fail-fast -- --test-threads=1
 
 lint: setup
