@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int64Array,
-    LargeListArray, LargeStringArray, ListArray, RecordBatch, StringArray, UInt32Array,
-    UInt64Array,
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Float64Array, GenericListArray, Int32Array,
+    Int64Array, LargeListArray, LargeStringArray, ListArray, OffsetSizeTrait, RecordBatch,
+    StringArray, UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -439,6 +439,51 @@ pub fn data_features(info: &DatasetInfo) -> Vec<(&String, &FeatureInfo)> {
 
 /// Whether a column's arrow type can hold a feature (lenient about list flavours and
 /// integer/float widths, strict about kind and length).
+/// The flat values of a list column whose rows all have the same length, and that length.
+fn list_values<O: OffsetSizeTrait>(
+    path: &Path,
+    name: &str,
+    a: &GenericListArray<O>,
+) -> Result<(ArrayRef, usize)> {
+    let offsets = a.value_offsets();
+    let w = if a.is_empty() {
+        0
+    } else {
+        (offsets[1] - offsets[0]).as_usize()
+    };
+    if offsets.windows(2).any(|o| (o[1] - o[0]).as_usize() != w) {
+        return Err(DatasetError::schema(
+            path,
+            format!("column {name:?} has rows of different lengths"),
+        ));
+    }
+    let start = offsets[0].as_usize();
+    let end = offsets[offsets.len() - 1].as_usize();
+    Ok((a.values().slice(start, end - start), w))
+}
+
+/// Every feature column `info.json` declares must be in a data file's schema, with a
+/// compatible type; the error names the file and the column.
+pub fn check_data_schema(path: &Path, info: &DatasetInfo, schema: &Schema) -> Result<()> {
+    for (key, feature) in data_features(info) {
+        let field = schema.field_with_name(key).map_err(|_| {
+            DatasetError::schema(path, format!("column {key:?} (from info.json) is missing"))
+        })?;
+        if !type_compatible(feature, field.data_type()) {
+            return Err(DatasetError::schema(
+                path,
+                format!(
+                    "column {key:?} has type {} but info.json declares dtype {} shape {:?}",
+                    field.data_type(),
+                    feature.dtype,
+                    feature.shape
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn type_compatible(info: &FeatureInfo, dt: &DataType) -> bool {
     fn numeric(dtype: &str, dt: &DataType) -> bool {
         match dtype {
@@ -560,37 +605,9 @@ pub fn flatten_f32(path: &Path, name: &str, array: &dyn Array) -> Result<(Vec<f3
             let w = a.value_length() as usize;
             (a.values().slice(a.offset() * w, a.len() * w), w)
         } else if let Some(a) = any.downcast_ref::<ListArray>() {
-            let offsets = a.value_offsets();
-            let w = if a.is_empty() {
-                0
-            } else {
-                (offsets[1] - offsets[0]) as usize
-            };
-            if offsets.windows(2).any(|o| (o[1] - o[0]) as usize != w) {
-                return Err(DatasetError::schema(
-                    path,
-                    format!("column {name:?} has rows of different lengths"),
-                ));
-            }
-            let start = offsets[0] as usize;
-            let end = offsets[offsets.len() - 1] as usize;
-            (a.values().slice(start, end - start), w)
+            list_values(path, name, a)?
         } else if let Some(a) = any.downcast_ref::<LargeListArray>() {
-            let offsets = a.value_offsets();
-            let w = if a.is_empty() {
-                0
-            } else {
-                (offsets[1] - offsets[0]) as usize
-            };
-            if offsets.windows(2).any(|o| (o[1] - o[0]) as usize != w) {
-                return Err(DatasetError::schema(
-                    path,
-                    format!("column {name:?} has rows of different lengths"),
-                ));
-            }
-            let start = offsets[0] as usize;
-            let end = offsets[offsets.len() - 1] as usize;
-            (a.values().slice(start, end - start), w)
+            list_values(path, name, a)?
         } else {
             return Err(bad());
         };

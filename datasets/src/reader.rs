@@ -25,8 +25,8 @@ use rayon::prelude::*;
 
 use crate::error::{AtPath, DatasetError, Result};
 use crate::format::{
-    self, column_f32, column_i64, flatten_f32, type_compatible, DatasetInfo, EpisodeInfo,
-    ACTION_KEY, STATE_KEY, STATS_PATH,
+    self, column_f32, column_i64, flatten_f32, DatasetInfo, EpisodeInfo, ACTION_KEY, STATE_KEY,
+    STATS_PATH,
 };
 use crate::stats::{FeatureStats, Stats};
 
@@ -154,22 +154,7 @@ impl Dataset {
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
         let meta = ArrowReaderMetadata::load(&f, options).at(&path)?;
         let schema = meta.schema().clone();
-        for (key, feature) in format::data_features(&self.info) {
-            let field = schema.field_with_name(key).map_err(|_| {
-                DatasetError::schema(&path, format!("column {key:?} (from info.json) is missing"))
-            })?;
-            if !type_compatible(feature, field.data_type()) {
-                return Err(DatasetError::schema(
-                    &path,
-                    format!(
-                        "column {key:?} has type {} but info.json declares dtype {} shape {:?}",
-                        field.data_type(),
-                        feature.dtype,
-                        feature.shape
-                    ),
-                ));
-            }
-        }
+        format::check_data_schema(&path, &self.info, &schema)?;
         let mut image_roots = Vec::new();
         let mut other_roots = Vec::new();
         for (i, field) in schema.fields().iter().enumerate() {

@@ -8,8 +8,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::{AtPath, DatasetError, Result};
 use crate::format::{
-    self, column_i64, data_features, type_compatible, DatasetInfo, EpisodeInfo, DATA_DIR,
-    STATS_PATH, TASKS_PATH,
+    self, check_data_schema, column_i64, DatasetInfo, EpisodeInfo, DATA_DIR, STATS_PATH, TASKS_PATH,
 };
 use crate::reader::check_episodes;
 use crate::stats::Stats;
@@ -123,22 +122,7 @@ fn check_data_file(
     let f = File::open(&path).at(&path)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(f).at(&path)?;
     let schema = builder.schema().clone();
-    for (key, feature) in data_features(info) {
-        let field = schema.field_with_name(key).map_err(|_| {
-            DatasetError::schema(&path, format!("column {key:?} (from info.json) is missing"))
-        })?;
-        if !type_compatible(feature, field.data_type()) {
-            return Err(DatasetError::schema(
-                &path,
-                format!(
-                    "column {key:?} has type {} but info.json declares dtype {} shape {:?}",
-                    field.data_type(),
-                    feature.dtype,
-                    feature.shape
-                ),
-            ));
-        }
-    }
+    check_data_schema(&path, info, &schema)?;
     let expected_rows: usize = episodes.iter().map(|e| e.length).sum();
     let file_rows = builder.metadata().file_metadata().num_rows() as usize;
     if file_rows != expected_rows {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use vla_core::{Action, Observation};
 use vla_datasets::{DatasetSpec, DatasetWriter, FrameRecord, ImageSize};
 use vla_tasks::runner::{episode_specs, run as run_episodes, Event, ExpertAgent, RunSetup};
-use vla_tasks::{parse_suite, Language, Split};
+use vla_tasks::Language;
 
 use super::SimOptions;
 
@@ -109,13 +109,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
-    let families = parse_suite(&args.suite)?;
-    let split: Split = args.split.parse()?;
-    anyhow::ensure!(args.episodes > 0, "--episodes must be at least 1");
-    anyhow::ensure!(
-        args.noise.is_finite() && args.noise >= 0.0,
-        "--noise must be a finite, non-negative number"
-    );
+    let (families, split) =
+        super::episode_args(&args.suite, &args.split, args.episodes, args.noise)?;
     let mut config = args.sim.env_config()?;
     config.render_enabled = true;
     let robot = args.sim.robot()?;

@@ -6,7 +6,7 @@ use vla_sim::record::GifRecorder;
 use vla_tasks::runner::{
     episode_specs, run as run_episodes, Event, ExpertAgent, RunSetup, SuiteReport,
 };
-use vla_tasks::{parse_suite, Language, Split};
+use vla_tasks::Language;
 
 use super::SimOptions;
 
@@ -66,13 +66,8 @@ pub fn human(report: &SuiteReport) -> String {
 }
 
 pub fn expert_report(args: &Args) -> anyhow::Result<SuiteReport> {
-    let families = parse_suite(&args.suite)?;
-    let split: Split = args.split.parse()?;
-    anyhow::ensure!(args.episodes > 0, "--episodes must be at least 1");
-    anyhow::ensure!(
-        args.noise.is_finite() && args.noise >= 0.0,
-        "--noise must be a finite, non-negative number"
-    );
+    let (families, split) =
+        super::episode_args(&args.suite, &args.split, args.episodes, args.noise)?;
     let mut config = args.sim.env_config()?;
     config.render_enabled = args.record.is_some();
     let robot = args.sim.robot()?;

@@ -101,3 +101,20 @@ pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
     bar.set_prefix(what.to_string());
     bar
 }
+
+/// Validate the arguments every episode-running command shares; returns families and split.
+pub fn episode_args(
+    suite: &str,
+    split: &str,
+    episodes: usize,
+    noise: f32,
+) -> anyhow::Result<(Vec<&'static str>, vla_tasks::Split)> {
+    let families = vla_tasks::parse_suite(suite)?;
+    let split: vla_tasks::Split = split.parse()?;
+    anyhow::ensure!(episodes > 0, "--episodes must be at least 1");
+    anyhow::ensure!(
+        noise.is_finite() && noise >= 0.0,
+        "--noise must be a finite, non-negative number"
+    );
+    Ok((families, split))
+}
