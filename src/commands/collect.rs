@@ -19,26 +19,14 @@ use vla_datasets::{DatasetSpec, DatasetWriter, FrameRecord, ImageSize};
 use vla_tasks::runner::{episode_specs, run as run_episodes, Event, ExpertAgent, RunSetup};
 use vla_tasks::Language;
 
-use super::SimOptions;
+use super::{EpisodeOptions, SimOptions};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    #[arg(long, default_value = "all")]
-    pub suite: String,
-    #[arg(long, default_value = "seen")]
-    pub split: String,
-    /// Episodes per family.
-    #[arg(long, default_value_t = 10)]
-    pub episodes: usize,
+    #[command(flatten)]
+    pub run: EpisodeOptions,
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 1)]
-    pub envs: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Gaussian action noise of the expert (m per step) for data diversity.
-    #[arg(long, default_value_t = 0.0)]
-    pub noise: f32,
     /// Keep episodes the expert failed.
     #[arg(long)]
     pub keep_failures: bool,
@@ -109,8 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
-    let (families, split) =
-        super::episode_args(&args.suite, &args.split, args.episodes, args.noise)?;
+    let (families, split) = args.run.validate()?;
     let mut config = args.sim.env_config()?;
     config.render_enabled = true;
     let robot = args.sim.robot()?;
@@ -123,9 +110,9 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
         let progress: Progress = serde_json::from_str(&text)
             .with_context(|| format!("--resume: {} is malformed", progress_path.display()))?;
         anyhow::ensure!(
-            progress.suite == args.suite
-                && progress.split == args.split
-                && progress.seed == args.seed,
+            progress.suite == args.run.suite
+                && progress.split == args.run.split
+                && progress.seed == args.run.seed,
             "--resume: {} was collected with --suite {} --split {} --seed {}",
             args.out.display(),
             progress.suite,
@@ -149,19 +136,19 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
         );
         let writer = DatasetWriter::create(&args.out, spec)?;
         let progress = Progress {
-            suite: args.suite.clone(),
-            split: args.split.clone(),
-            episodes: args.episodes,
-            seed: args.seed,
-            noise: args.noise,
+            suite: args.run.suite.clone(),
+            split: args.run.split.clone(),
+            episodes: args.run.episodes,
+            seed: args.run.seed,
+            noise: args.run.noise,
             settled: BTreeSet::new(),
         };
         progress.save(&args.out)?;
         (writer, progress)
     };
-    progress.episodes = progress.episodes.max(args.episodes);
+    progress.episodes = progress.episodes.max(args.run.episodes);
 
-    let specs: Vec<_> = episode_specs(&families, split, args.episodes, args.seed)
+    let specs: Vec<_> = episode_specs(&families, split, args.run.episodes, args.run.seed)
         .into_iter()
         .filter(|s| !progress.settled.contains(&s.index))
         .collect();
@@ -179,7 +166,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
 
     let bar = super::progress(specs.len() as u64, "collect");
     let start = Instant::now();
-    let k = args.envs.max(1);
+    let k = args.run.envs.max(1);
     let mut buffers: Vec<Vec<(Observation, Action)>> = (0..k).map(|_| Vec::new()).collect();
     let (mut written, mut dropped, mut frames, mut successes, mut finished) =
         (0usize, 0usize, 0usize, 0usize, 0usize);
@@ -193,7 +180,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
         config: &config,
         robot: &robot,
         language: &lang,
-        noise: args.noise,
+        noise: args.run.noise,
     };
     run_episodes(&specs, &setup, &mut ExpertAgent, &mut |event| {
         if failure.is_some() {

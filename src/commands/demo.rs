@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::expert::{expert_report, Args as ExpertArgs};
-use super::SimOptions;
+use super::{EpisodeOptions, SimOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,12 +31,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for split in ["seen", "unseen"] {
         let expert = ExpertArgs {
-            suite: "all".into(),
-            split: split.into(),
-            episodes: args.episodes,
-            seed: 0,
-            envs: args.envs,
-            noise: 0.0,
+            run: EpisodeOptions {
+                suite: "all".into(),
+                split: split.into(),
+                episodes: args.episodes,
+                seed: 0,
+                envs: args.envs,
+                noise: 0.0,
+            },
             record: (split == "seen").then(|| args.out.join("gifs")),
             record_episodes: 1,
             json: false,

@@ -8,26 +8,12 @@ use vla_tasks::runner::{
 };
 use vla_tasks::Language;
 
-use super::SimOptions;
+use super::{EpisodeOptions, SimOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Task family or `all`.
-    #[arg(long, default_value = "all")]
-    pub suite: String,
-    #[arg(long, default_value = "seen")]
-    pub split: String,
-    /// Episodes per family.
-    #[arg(long, default_value_t = 10)]
-    pub episodes: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Parallel environments.
-    #[arg(long, default_value_t = 1)]
-    pub envs: usize,
-    /// Gaussian action noise of the expert (m per step).
-    #[arg(long, default_value_t = 0.0)]
-    pub noise: f32,
+    #[command(flatten)]
+    pub run: EpisodeOptions,
     /// Record the first episodes of each family as GIFs into this directory (renders cameras).
     #[arg(long)]
     pub record: Option<PathBuf>,
@@ -66,16 +52,15 @@ pub fn human(report: &SuiteReport) -> String {
 }
 
 pub fn expert_report(args: &Args) -> anyhow::Result<SuiteReport> {
-    let (families, split) =
-        super::episode_args(&args.suite, &args.split, args.episodes, args.noise)?;
+    let (families, split) = args.run.validate()?;
     let mut config = args.sim.env_config()?;
     config.render_enabled = args.record.is_some();
     let robot = args.sim.robot()?;
     let lang = Language::builtin()?;
-    let specs = episode_specs(&families, split, args.episodes, args.seed);
+    let specs = episode_specs(&families, split, args.run.episodes, args.run.seed);
     let bar = super::progress(specs.len() as u64, "expert");
     let mut recorders: Vec<Option<(GifRecorder, String)>> =
-        (0..args.envs.max(1)).map(|_| None).collect();
+        (0..args.run.envs.max(1)).map(|_| None).collect();
     let mut successes = 0usize;
     let mut done = 0usize;
     let record_dir = args.record.clone();
@@ -84,11 +69,11 @@ pub fn expert_report(args: &Args) -> anyhow::Result<SuiteReport> {
     let outcomes = run_episodes(
         &specs,
         &RunSetup {
-            envs: args.envs,
+            envs: args.run.envs,
             config: &config,
             robot: &robot,
             language: &lang,
-            noise: args.noise,
+            noise: args.run.noise,
         },
         &mut ExpertAgent,
         &mut |event| {
@@ -145,5 +130,9 @@ pub fn expert_report(args: &Args) -> anyhow::Result<SuiteReport> {
     if let Some(e) = io_error {
         return Err(e);
     }
-    Ok(SuiteReport::from_outcomes(&args.suite, split, &outcomes))
+    Ok(SuiteReport::from_outcomes(
+        &args.run.suite,
+        split,
+        &outcomes,
+    ))
 }

@@ -102,19 +102,37 @@ pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Validate the arguments every episode-running command shares; returns families and split.
-pub fn episode_args(
-    suite: &str,
-    split: &str,
-    episodes: usize,
-    noise: f32,
-) -> anyhow::Result<(Vec<&'static str>, vla_tasks::Split)> {
-    let families = vla_tasks::parse_suite(suite)?;
-    let split: vla_tasks::Split = split.parse()?;
-    anyhow::ensure!(episodes > 0, "--episodes must be at least 1");
-    anyhow::ensure!(
-        noise.is_finite() && noise >= 0.0,
-        "--noise must be a finite, non-negative number"
-    );
-    Ok((families, split))
+/// Which episodes to run: the options `vla expert` and `vla collect` share.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EpisodeOptions {
+    /// Task family or `all`.
+    #[arg(long, default_value = "all")]
+    pub suite: String,
+    #[arg(long, default_value = "seen")]
+    pub split: String,
+    /// Episodes per family.
+    #[arg(long, default_value_t = 10)]
+    pub episodes: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Parallel environments.
+    #[arg(long, default_value_t = 1)]
+    pub envs: usize,
+    /// Gaussian action noise of the expert (m per step), for data diversity.
+    #[arg(long, default_value_t = 0.0)]
+    pub noise: f32,
+}
+
+impl EpisodeOptions {
+    /// Check the options; returns the families and the split.
+    pub fn validate(&self) -> anyhow::Result<(Vec<&'static str>, vla_tasks::Split)> {
+        let families = vla_tasks::parse_suite(&self.suite)?;
+        let split: vla_tasks::Split = self.split.parse()?;
+        anyhow::ensure!(self.episodes > 0, "--episodes must be at least 1");
+        anyhow::ensure!(
+            self.noise.is_finite() && self.noise >= 0.0,
+            "--noise must be a finite, non-negative number"
+        );
+        Ok((families, split))
+    }
 }
