@@ -8,6 +8,8 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/vla-target
 export XDG_RUNTIME_DIR ?= /tmp/vla-runtime-$(shell id -u)
 PYTHON ?= python3
 TORCH_VERSION := 2.13.0
+# Python Cyclone DDS: the independent DDS implementation of the ROS 2 interop test.
+CYCLONEDDS_VERSION := 11.0.1
 APT_PACKAGES := mesa-vulkan-drivers libvulkan1 xvfb xauth libx11-6 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6
 CARGO ?= cargo
 VLA := $(CARGO) run --quiet --bin vla --
@@ -28,6 +30,10 @@ apt:
 
 # .venv with torch==$(TORCH_VERSION); .venv/libtorch points at the wheel's libtorch (see .cargo/config.toml).
 venv: .venv/libtorch
+	@if ! .venv/bin/python -c "import cyclonedds" 2>/dev/null; then \
+	  echo "installing cyclonedds==$(CYCLONEDDS_VERSION) into .venv (ROS 2 interop test peer)"; \
+	  .venv/bin/pip install -q cyclonedds==$(CYCLONEDDS_VERSION); \
+	fi
 
 # Python lerobot for the dataset interoperability tests. It pins torch<2.11, so it lives in a
 # venv of its own, never in the .venv whose torch 2.13 tch links.
@@ -48,7 +54,7 @@ venv-lerobot:
 # libtorch's random generator is process-global, so the model crate's seeded tests run on one
 # test thread (the rest of the suite runs in parallel).
 test: setup
-	VLA_REQUIRE_LEROBOT=1 $(CARGO) test --workspace --no-fail-fast --exclude vla-model
+	VLA_REQUIRE_LEROBOT=1 VLA_REQUIRE_DDS=1 $(CARGO) test --workspace --no-fail-fast --exclude vla-model
 	$(CARGO) test -p vla-model --no-fail-fast -- --test-threads=1
 
 lint: setup

@@ -2,6 +2,7 @@
 //! stdout with `--json`; logs go to stderr through `tracing`.
 
 mod commands;
+mod plot;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,12 @@ enum Command {
     },
     /// Render one camera image of a task's first frame to PNG.
     Render(commands::render::Args),
+    /// Train a VLA policy on LeRobot datasets.
+    Train(commands::train::Args),
+    /// One action from a trained policy for an image and an instruction.
+    Act(commands::act::Args),
+    /// Closed-loop success of a trained policy on the task suite.
+    Eval(commands::eval::Args),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -40,6 +47,11 @@ enum Command {
     View(commands::view::Args),
     /// The main job on a fresh machine: run the experts and write rollout GIFs and a report.
     Demo(commands::demo::Args),
+    /// ROS 2: the policy bridge node and the simulator as a ROS 2 robot.
+    Ros {
+        #[command(subcommand)]
+        what: commands::ros::What,
+    },
 }
 
 fn main() {
@@ -47,7 +59,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,wgpu=error,naga=warn,bevy=warn")
+                tracing_subscriber::EnvFilter::new(
+                    "info,wgpu=error,naga=warn,bevy=warn,rustdds=warn,ros2_client=warn",
+                )
             }),
         )
         .init();
@@ -58,9 +72,13 @@ fn main() {
         Command::Collect(a) => commands::collect::run(a),
         Command::Dataset { what } => commands::dataset::run(what),
         Command::Render(a) => commands::render::run(a),
+        Command::Train(a) => commands::train::run(a),
+        Command::Act(a) => commands::act::run(a),
+        Command::Eval(a) => commands::eval::run(a),
         Command::Bench { what } => commands::bench::run(what),
         Command::View(a) => commands::view::run(a),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Ros { what } => commands::ros::run(what),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -46,6 +46,13 @@ pub trait Task: Send {
     fn evaluate(&self, cell: &Cell) -> Evaluation;
     /// The scripted expert's next action (privileged state).
     fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action;
+    /// The expert's action before injected noise, for the last [`Self::expert_action`] call
+    /// (taken once). Demonstrations record it as the label while the noisy action is what
+    /// runs (DART, Laskey et al. 2017): the data visits off-trajectory states, yet every
+    /// label says how to get back.
+    fn take_expert_label(&mut self) -> Option<Action> {
+        None
+    }
 }
 
 /// Settings of an environment, all declarable in TOML.
@@ -256,6 +263,11 @@ impl Env {
             }
         };
         Ok(self.task.expert_action(cell, controller))
+    }
+
+    /// The clean label of the last expert action (see [`Task::take_expert_label`]).
+    pub fn take_expert_label(&mut self) -> Option<Action> {
+        self.task.take_expert_label()
     }
 
     /// Advance physics by one control step (no rendering). Returns (reward, terminated,

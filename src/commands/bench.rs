@@ -14,6 +14,12 @@ pub enum What {
     Sim(SimArgs),
     /// Dataset write and read throughput (frames/s) with two 128×128 cameras.
     Dataset(DatasetArgs),
+    /// ROS 2 bridge: image-in to command-out latency minus model time, drops and backlog.
+    Ros(super::ros::BenchArgs),
+    /// One closed-loop policy step (encode both cameras, decode all action tokens): latency.
+    Policy(super::bench_model::PolicyArgs),
+    /// Training throughput (samples/s) of a model config on synthetic batches.
+    Train(super::bench_model::TrainArgs),
 }
 
 #[derive(clap::Args)]
@@ -72,6 +78,9 @@ pub fn run(what: What) -> anyhow::Result<()> {
     match what {
         What::Sim(a) => sim(a),
         What::Dataset(a) => dataset(a),
+        What::Ros(a) => super::ros::bench(a),
+        What::Policy(a) => super::bench_model::policy(a),
+        What::Train(a) => super::bench_model::train(a),
     }
 }
 

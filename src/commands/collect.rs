@@ -188,12 +188,13 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
         }
         match event {
             Event::Reset { slot, .. } => buffers[slot].clear(),
+            // The clean expert action is the label; with --noise the noisy one is what ran.
             Event::Step {
                 slot,
-                action,
+                label,
                 previous,
                 ..
-            } => buffers[slot].push((previous.clone(), *action)),
+            } => buffers[slot].push((previous.clone(), *label)),
             Event::Done { slot, outcome } => {
                 finished += 1;
                 successes += outcome.success as usize;

@@ -1,12 +1,17 @@
 //! One module per subcommand, plus what they share.
 
+pub mod act;
 pub mod bench;
+pub mod bench_model;
 pub mod collect;
 pub mod dataset;
 pub mod demo;
+pub mod eval;
 pub mod expert;
 pub mod render;
+pub mod ros;
 pub mod tasks;
+pub mod train;
 pub mod view;
 
 use std::path::PathBuf;

@@ -23,6 +23,8 @@ pub struct Common {
     /// Standard deviation of Gaussian noise added to expert actions (m per step).
     pub expert_noise: f32,
     pub noise_rng: ChaCha8Rng,
+    /// The expert's action before noise, kept until read (see [`Task::take_expert_label`]).
+    pub clean_action: Option<Action>,
 }
 
 impl Common {
@@ -31,6 +33,7 @@ impl Common {
     }
 
     fn finish(&mut self, mut action: Action) -> Action {
+        self.clean_action = Some(action);
         add_noise(&mut action, self.expert_noise, &mut self.noise_rng);
         action
     }
@@ -65,6 +68,10 @@ impl Pick {
 impl Task for Pick {
     fn family(&self) -> &str {
         "pick"
+    }
+
+    fn take_expert_label(&mut self) -> Option<Action> {
+        self.common.clean_action.take()
     }
 
     fn max_steps(&self) -> usize {
@@ -150,6 +157,10 @@ fn drop_into(cell: &Cell, bin: usize, object: usize) -> Drop {
 impl Task for Place {
     fn family(&self) -> &str {
         "place"
+    }
+
+    fn take_expert_label(&mut self) -> Option<Action> {
+        self.common.clean_action.take()
     }
 
     fn max_steps(&self) -> usize {
@@ -250,6 +261,10 @@ impl Stack {
 impl Task for Stack {
     fn family(&self) -> &str {
         "stack"
+    }
+
+    fn take_expert_label(&mut self) -> Option<Action> {
+        self.common.clean_action.take()
     }
 
     fn max_steps(&self) -> usize {
@@ -379,6 +394,10 @@ impl Sort {
 impl Task for Sort {
     fn family(&self) -> &str {
         "sort"
+    }
+
+    fn take_expert_label(&mut self) -> Option<Action> {
+        self.common.clean_action.take()
     }
 
     fn max_steps(&self) -> usize {

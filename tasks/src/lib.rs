@@ -23,6 +23,9 @@ pub enum TaskError {
     Data { file: String, cause: String },
     #[error("layout: {0}")]
     Layout(String),
+    /// The acting agent (e.g. a learned policy) failed.
+    #[error("agent: {0}")]
+    Agent(String),
     #[error(transparent)]
     Sim(#[from] vla_sim::SimError),
 }
@@ -53,6 +56,7 @@ pub fn make_task(
         split,
         expert_noise: noise,
         noise_rng: rand_chacha::ChaCha8Rng::seed_from_u64(noise_seed),
+        clean_action: None,
     };
     Ok(match family {
         "pick" => Box::new(families::Pick::new(common)),

@@ -38,6 +38,9 @@ pub struct Tally {
     pub episodes: usize,
     pub successes: usize,
     pub success_rate: f64,
+    /// 95 % Wilson score interval of the success rate `[low, high]`.
+    #[serde(default)]
+    pub wilson95: [f64; 2],
 }
 
 impl Tally {
@@ -45,7 +48,22 @@ impl Tally {
         self.episodes += 1;
         self.successes += success as usize;
         self.success_rate = self.successes as f64 / self.episodes as f64;
+        self.wilson95 = wilson_interval(self.successes, self.episodes, 1.959_964);
     }
+}
+
+/// Wilson score interval for `k` successes in `n` trials at `z` standard deviations: unlike
+/// the normal approximation it stays inside [0, 1] and is honest at 0 % or 100 %.
+pub fn wilson_interval(k: usize, n: usize, z: f64) -> [f64; 2] {
+    if n == 0 {
+        return [0.0, 1.0];
+    }
+    let n = n as f64;
+    let p = k as f64 / n;
+    let z2 = z * z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    [(centre - half).max(0.0), (centre + half).min(1.0)]
 }
 
 /// The report printed by `vla expert` / `vla eval`.
@@ -158,7 +176,11 @@ pub enum Event<'a> {
     Step {
         slot: usize,
         spec: &'a EpisodeSpec,
+        /// What was executed.
         action: &'a Action,
+        /// What to learn from: the expert's clean action when noise was injected, else
+        /// the executed action.
+        label: &'a Action,
         result: &'a StepResult,
         previous: &'a Observation,
     },
@@ -248,8 +270,14 @@ pub fn run(
             .filter_map(|s| slots[*s].as_ref().map(|x| &x.2))
             .collect();
         let actions = agent.act(&mut vec_env.envs, &active, &observations)?;
+        let labels: Vec<Option<Action>> = active
+            .iter()
+            .map(|i| vec_env.envs[*i].take_expert_label())
+            .collect();
         let results = vec_env.step_subset(&active, &actions)?;
-        for ((slot, action), result) in active.iter().zip(&actions).zip(results) {
+        for (((slot, action), label), result) in
+            active.iter().zip(&actions).zip(&labels).zip(results)
+        {
             let Some((spec, mut hasher, previous)) = slots[*slot].take() else {
                 continue;
             };
@@ -260,6 +288,7 @@ pub fn run(
                 slot: *slot,
                 spec: &spec,
                 action,
+                label: label.as_ref().unwrap_or(action),
                 result: &result,
                 previous: &previous,
             }) {
@@ -293,4 +322,23 @@ pub fn run(
     }
     outcomes.sort_by_key(|o| o.spec.index);
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod wilson_tests {
+    use super::wilson_interval;
+
+    #[test]
+    fn wilson_matches_known_values() {
+        // 8/10 at 95 %: [0.490, 0.943] (standard tables).
+        let [lo, hi] = wilson_interval(8, 10, 1.959_964);
+        assert!(
+            (lo - 0.4902).abs() < 1e-3 && (hi - 0.9433).abs() < 1e-3,
+            "{lo} {hi}"
+        );
+        let [lo, hi] = wilson_interval(0, 20, 1.959_964);
+        assert_eq!(lo, 0.0);
+        assert!((hi - 0.1611).abs() < 1e-3, "{hi}");
+        assert_eq!(wilson_interval(0, 0, 1.96), [0.0, 1.0]);
+    }
 }

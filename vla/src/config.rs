@@ -141,21 +141,9 @@ fn default_true() -> bool {
 
 impl VlaConfig {
     /// Reads and validates a TOML config; errors name the file and the offending field.
+    /// A `[train]` table (see [`crate::trainer::load_config_file`]) is ignored here.
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| VlaError::Config {
-            path: path.to_path_buf(),
-            message: format!("cannot read: {e}"),
-        })?;
-        let config: VlaConfig = toml::from_str(&text).map_err(|e| VlaError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        config.validate().map_err(|e| VlaError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Ok(config)
+        crate::trainer::load_config_file(path).map(|(model, _)| model)
     }
 
     /// Parses a TOML string (no file: errors carry the field only).

@@ -6,7 +6,8 @@
 //! ([`text_tokenizer`]). The LM then emits 7 action tokens, one per action dimension
 //! ([`action_tokenizer`]), decoded greedily with a KV cache and constrained to action ids
 //! ([`model`]). [`checkpoint`] saves/loads run directories, [`policy`] turns observations into
-//! [`vla_core::Action`]s, and [`train`] holds the optimisation step.
+//! [`vla_core::Action`]s, and [`train`] holds the optimisation step, [`data`] turns datasets into batches and
+//! [`trainer`] runs the training loop with validation, checkpoints and resumption.
 //!
 //! Parameter names follow Hugging Face (`vision_backbone.encoder.layer.0.attention.attention.query`,
 //! `language_model.model.layers.0.self_attn.q_proj`, …) so importing pretrained weights is a
@@ -15,6 +16,7 @@
 pub mod action_tokenizer;
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod layers;
 pub mod llama;
@@ -23,6 +25,7 @@ pub mod policy;
 pub mod projector;
 pub mod text_tokenizer;
 pub mod train;
+pub mod trainer;
 pub mod vit;
 
 pub use action_tokenizer::{ActionStats, ActionTokenizer, NormStats, StateStats};

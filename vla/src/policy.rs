@@ -74,6 +74,19 @@ impl Policy {
 
     /// Actions for several (observation, instruction) pairs in one batched forward pass.
     pub fn act_batch(&self, items: &[(&Observation, &str)]) -> Result<Vec<Action>> {
+        Ok(self
+            .act_batch_with_tokens(items)?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    /// Like [`Self::act_batch`], also returning the generated action token ids (for debug
+    /// topics and `vla act`).
+    pub fn act_batch_with_tokens(
+        &self,
+        items: &[(&Observation, &str)],
+    ) -> Result<Vec<(Vec<i64>, Action)>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -101,20 +114,26 @@ impl Policy {
             .collect::<Result<Vec<_>>>()?;
         let (ids, mask) = left_pad(&prompts, self.tokenizer.pad_id());
         let device = self.model.device();
-        let actions = self.model.generate_actions(
-            &images.to_device(device),
-            Some(&state.to_device(device)),
-            &ids.to_device(device),
-            &mask.to_device(device),
-        )?;
-        actions
-            .into_iter()
-            .map(|a| {
-                let action = Action::from_slice(&a).map_err(|e| VlaError::Input(e.to_string()))?;
+        let tokens = self
+            .model
+            .generate_action_tokens(
+                &images.to_device(device),
+                Some(&state.to_device(device)),
+                &ids.to_device(device),
+                &mask.to_device(device),
+            )?
+            .to_device(Device::Cpu);
+        let a = cfg.action.action_dim;
+        let flat: Vec<i64> = Vec::<i64>::try_from(tokens.flatten(0, 1))?;
+        flat.chunks(a)
+            .map(|row| {
+                let values = self.model.action_tokenizer().decode(row)?;
+                let action =
+                    Action::from_slice(&values).map_err(|e| VlaError::Input(e.to_string()))?;
                 action
                     .validate()
                     .map_err(|e| VlaError::Input(e.to_string()))?;
-                Ok(action)
+                Ok((row.to_vec(), action))
             })
             .collect()
     }

@@ -5,7 +5,8 @@
 //! that every entry point trains the same way.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, OptimizerConfig};
+use std::path::Path;
+
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, VlaError};
@@ -32,6 +33,12 @@ pub struct OptimConfig {
     pub grad_clip_norm: f64,
     /// Use bf16 activations on CUDA (ignored on CPU, where bf16 matmuls are slow).
     pub bf16_on_cuda: bool,
+    /// Width (in bins) of Gaussian soft targets over neighbouring action bins ("HL-Gauss",
+    /// Farebrother et al. 2024); 0 trains on hard one-hot targets. Plain cross-entropy gives
+    /// a prediction one bin off no credit at all, which makes small-data training of
+    /// fine-grained bins slow; the soft targets keep the bin ordering. The binary gripper
+    /// always uses hard targets.
+    pub label_sigma_bins: f64,
 }
 
 impl Default for OptimConfig {
@@ -47,6 +54,7 @@ impl Default for OptimConfig {
             eps: 1e-8,
             grad_clip_norm: 1.0,
             bf16_on_cuda: true,
+            label_sigma_bins: 0.0,
         }
     }
 }
@@ -80,9 +88,49 @@ pub struct StepStats {
     pub skipped: bool,
 }
 
+/// Cross-entropy against Gaussian soft targets centred on the true bins (hard targets for
+/// the gripper dimension).
+fn soft_target_loss(model: &VlaModel, logits: &Tensor, batch: &VlaBatch, sigma: f64) -> Tensor {
+    let bins = model.config().action.num_bins as i64;
+    let dims = model.config().action.action_dim as i64;
+    let device = logits.device();
+    let target = (batch.action_tokens.to_device(device) - model.action_tokenizer().token_offset())
+        .to_kind(Kind::Float)
+        .unsqueeze(-1); // [B, A, 1]
+    let grid = Tensor::arange(bins, (Kind::Float, device)).view([1, 1, bins]);
+    let mut weights = (-(grid - &target).square() / (2.0 * sigma * sigma)).exp();
+    if let Some(g) = model.config().action.gripper_dim {
+        let hard = target
+            .narrow(1, g as i64, 1)
+            .to_kind(Kind::Int64)
+            .squeeze_dim(-1);
+        let one_hot = hard.one_hot(bins).to_kind(Kind::Float);
+        let mask = Tensor::zeros([1, dims, 1], (Kind::Float, device));
+        let _ = mask.narrow(1, g as i64, 1).fill_(1.0);
+        weights = &weights * (1.0 - &mask) + one_hot.view([-1, 1, bins]) * &mask;
+    }
+    let weights = &weights / weights.sum_dim_intlist(-1, true, Kind::Float);
+    let log_probs = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+    -(weights * log_probs)
+        .sum_dim_intlist(-1, false, Kind::Float)
+        .mean(Kind::Float)
+}
+
+/// One trainable tensor with its AdamW moments.
+struct Param {
+    name: String,
+    tensor: Tensor,
+    decay: bool,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
 /// Owns the optimiser state for one model.
+///
+/// AdamW is implemented here rather than through `tch::nn::Optimizer` so that its moments can
+/// be saved and restored by name: `--resume` then continues bit for bit where a run stopped.
 pub struct TrainStep {
-    opt: nn::Optimizer,
+    params: Vec<Param>,
     config: OptimConfig,
     step: usize,
 }
@@ -92,6 +140,7 @@ impl std::fmt::Debug for TrainStep {
         f.debug_struct("TrainStep")
             .field("config", &self.config)
             .field("step", &self.step)
+            .field("params", &self.params.len())
             .finish()
     }
 }
@@ -106,21 +155,47 @@ impl TrainStep {
                 format!("{} must be > 0", config.lr),
             ));
         }
-        let mut opt = nn::AdamW {
-            beta1: config.beta1,
-            beta2: config.beta2,
-            wd: config.weight_decay,
-            eps: config.eps,
-            amsgrad: false,
-        }
-        .build(model.var_store(), config.lr_at(0))?;
-        opt.set_weight_decay_group(DECAY_GROUP, config.weight_decay);
-        opt.set_weight_decay_group(NO_DECAY_GROUP, 0.0);
+        let params = {
+            let vars = model
+                .var_store()
+                .variables_
+                .lock()
+                .map_err(|_| VlaError::Input("variable store lock poisoned".into()))?;
+            let group_of: std::collections::HashMap<usize, usize> = vars
+                .trainable_variables
+                .iter()
+                .map(|v| (v.tensor.data_ptr() as usize, v.group))
+                .collect();
+            let mut params: Vec<Param> = vars
+                .named_variables
+                .iter()
+                .filter_map(|(name, t)| {
+                    let group = *group_of.get(&(t.data_ptr() as usize))?;
+                    Some(Param {
+                        name: name.clone(),
+                        tensor: t.shallow_clone(),
+                        decay: group == DECAY_GROUP,
+                        exp_avg: t.zeros_like(),
+                        exp_avg_sq: t.zeros_like(),
+                    })
+                })
+                .collect();
+            params.sort_by(|a, b| a.name.cmp(&b.name));
+            if params.len() != vars.trainable_variables.len() {
+                return Err(VlaError::Input(format!(
+                    "optimiser found {} named trainable parameters of {}",
+                    params.len(),
+                    vars.trainable_variables.len()
+                )));
+            }
+            params
+        };
+        debug_assert_ne!(DECAY_GROUP, NO_DECAY_GROUP);
         if config.bf16_on_cuda && matches!(model.device(), Device::Cuda(_)) {
             model.set_compute_kind(Kind::BFloat16)?;
         }
         Ok(TrainStep {
-            opt,
+            params,
             config,
             step: 0,
         })
@@ -140,13 +215,28 @@ impl TrainStep {
         self.step = step;
     }
 
+    fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.tensor.zero_grad();
+        }
+    }
+
     /// Forward, backward, clip, update. Non-finite losses or gradients skip the update.
     pub fn step(&mut self, model: &VlaModel, batch: &VlaBatch) -> Result<StepStats> {
         let lr = self.config.lr_at(self.step);
-        self.opt.set_lr(lr);
-        self.opt.zero_grad();
+        self.zero_grad();
         let out = model.forward_train(batch)?;
-        out.loss.backward();
+        let train_loss = if self.config.label_sigma_bins > 0.0 {
+            soft_target_loss(
+                model,
+                &out.action_logits,
+                batch,
+                self.config.label_sigma_bins,
+            )
+        } else {
+            out.loss.shallow_clone()
+        };
+        train_loss.backward();
         let loss = out.loss.double_value(&[]);
         let accuracy = out.accuracy.double_value(&[]);
         let grad_norm = self.clip_gradients();
@@ -158,10 +248,10 @@ impl TrainStep {
                 grad_norm,
                 "non-finite loss/gradients, update skipped"
             );
-            self.opt.zero_grad();
         } else {
-            self.opt.step();
+            self.adamw_update(lr);
         }
+        self.zero_grad();
         let stats = StepStats {
             step: self.step,
             loss,
@@ -174,14 +264,92 @@ impl TrainStep {
         Ok(stats)
     }
 
+    /// AdamW (Loshchilov & Hutter): decoupled decay, bias-corrected moments.
+    fn adamw_update(&mut self, lr: f64) {
+        let c = &self.config;
+        let t = (self.step + 1) as i32;
+        let bias1 = 1.0 - c.beta1.powi(t);
+        let bias2 = 1.0 - c.beta2.powi(t);
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let g = p.tensor.grad();
+                if !g.defined() {
+                    continue;
+                }
+                if p.decay && c.weight_decay > 0.0 {
+                    let _ = p.tensor.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                }
+                let _ = p.exp_avg.g_mul_scalar_(c.beta1);
+                let _ = p.exp_avg.g_add_(&(&g * (1.0 - c.beta1)));
+                let _ = p.exp_avg_sq.g_mul_scalar_(c.beta2);
+                let _ = p.exp_avg_sq.g_add_(&(&g * &g * (1.0 - c.beta2)));
+                let denom = (&p.exp_avg_sq / bias2).sqrt() + c.eps;
+                let update = (&p.exp_avg / &denom) * (lr / bias1);
+                let _ = p.tensor.g_sub_(&update);
+            }
+        });
+    }
+
+    /// Saves the optimiser moments (safetensors, `exp_avg.NAME` / `exp_avg_sq.NAME`).
+    pub fn save_state(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let mut named: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len());
+        for p in &self.params {
+            named.push((
+                format!("exp_avg.{}", p.name),
+                p.exp_avg.to_device(Device::Cpu),
+            ));
+            named.push((
+                format!("exp_avg_sq.{}", p.name),
+                p.exp_avg_sq.to_device(Device::Cpu),
+            ));
+        }
+        let tmp = path.with_extension("safetensors.tmp");
+        Tensor::write_safetensors(&named, &tmp).map_err(|e| VlaError::checkpoint(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| VlaError::checkpoint(path, e))?;
+        Ok(())
+    }
+
+    /// Restores moments written by [`Self::save_state`]; every parameter must be present
+    /// with its shape.
+    pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let named = Tensor::read_safetensors(path).map_err(|e| VlaError::checkpoint(path, e))?;
+        let map: std::collections::HashMap<String, Tensor> = named.into_iter().collect();
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                for (prefix, dst) in [
+                    ("exp_avg", &mut p.exp_avg),
+                    ("exp_avg_sq", &mut p.exp_avg_sq),
+                ] {
+                    let key = format!("{prefix}.{}", p.name);
+                    let src = map.get(&key).ok_or_else(|| {
+                        VlaError::checkpoint(path, format!("missing optimiser tensor {key}"))
+                    })?;
+                    if src.size() != dst.size() {
+                        return Err(VlaError::checkpoint(
+                            path,
+                            format!(
+                                "{key} has shape {:?}, expected {:?}",
+                                src.size(),
+                                dst.size()
+                            ),
+                        ));
+                    }
+                    dst.copy_(&src.to_device(dst.device()).to_kind(dst.kind()));
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Global L2 norm of all gradients, scaled down in place to `grad_clip_norm` if larger.
     fn clip_gradients(&self) -> f64 {
         tch::no_grad(|| {
             let grads: Vec<Tensor> = self
-                .opt
-                .trainable_variables()
+                .params
                 .iter()
-                .map(Tensor::grad)
+                .map(|p| p.tensor.grad())
                 .filter(Tensor::defined)
                 .collect();
             if grads.is_empty() {

@@ -1,0 +1,579 @@
+//! `vla ros bridge|sim` and `vla bench ros`: the ROS 2 bridge with the VLA policy, the
+//! simulator as a ROS 2 robot, and the bridge's latency benchmark.
+//!
+//! The bridge crate knows nothing of libtorch; this module adapts [`Policy`] to its
+//! [`ActionSource`] trait (keeping the raw action tokens for the debug topic).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use serde::Serialize;
+use vla_core::{Action, Observation, STATE_DIM};
+use vla_model::policy::{observation_images, Policy};
+use vla_model::tch::{Device, Tensor};
+use vla_ros_bridge::bridge::TickRecord;
+use vla_ros_bridge::msg::{
+    CompressedImage, Header, Image, JointState, StringMsg, Time, TwistStamped,
+};
+use vla_ros_bridge::transport::{Publisher, Qos};
+use vla_ros_bridge::{
+    netns, ActionSource, Bridge, BridgeConfig, PolicyOutput, Ros2Transport, Transport,
+};
+
+use super::SimOptions;
+
+#[derive(clap::Subcommand)]
+pub enum What {
+    /// The policy bridge: cameras + instruction in, safe robot commands out.
+    Bridge(BridgeArgs),
+    /// The simulator as a ROS 2 robot: runs episodes, obeys the bridge's commands.
+    Sim(SimArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BridgeArgs {
+    /// Run directory of a trained policy (model.safetensors, config.json, tokenizer.json).
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// Bridge config (TOML), merged over the built-in ros_bridge/config/default.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override any config field: --set control.rate_hz=5 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Print the bridge's counters as JSON on exit.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SimArgs {
+    /// Task family (pick, place, stack, sort).
+    #[arg(long, default_value = "pick")]
+    pub suite: String,
+    #[arg(long, default_value = "seen")]
+    pub split: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 10)]
+    pub episodes: usize,
+    /// Step once per received command (slow policies, reproducible runs) instead of at --rate-hz.
+    #[arg(long)]
+    pub lockstep: bool,
+    /// Wall-clock stepping rate without --lockstep.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate_hz: f64,
+    /// With --lockstep: hold for one step when no command arrives within this time.
+    #[arg(long, default_value_t = 30.0)]
+    pub command_timeout_s: f64,
+    /// Topic names and gripper mapping come from the bridge config.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sim: SimOptions,
+}
+
+pub fn run(what: What) -> anyhow::Result<()> {
+    match what {
+        What::Bridge(a) => bridge(a),
+        What::Sim(a) => sim(a),
+    }
+}
+
+fn parse_device(s: &str) -> anyhow::Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| anyhow::anyhow!("--device {other:?}: expected cpu, cuda or cuda:N")),
+    }
+}
+
+/// The VLA policy as the bridge's action source.
+pub struct PolicySource {
+    policy: Policy,
+}
+
+impl PolicySource {
+    pub fn new(policy: Policy) -> Self {
+        PolicySource { policy }
+    }
+}
+
+impl ActionSource for PolicySource {
+    fn image_size(&self) -> u32 {
+        self.policy.model().config().vision.image_size as u32
+    }
+
+    /// The policy keeps no context between steps; nothing to forget.
+    fn reset(&mut self) {}
+
+    fn act(&mut self, obs: &Observation) -> anyhow::Result<PolicyOutput> {
+        let model = self.policy.model();
+        let size = self.image_size();
+        let device = model.device();
+        let images = observation_images(obs, size).unsqueeze(0).to_device(device);
+        let state = Tensor::from_slice(&obs.state)
+            .view([1, STATE_DIM as i64])
+            .to_device(device);
+        let tok = self.policy.tokenizer();
+        let prompt = tok.encode_prompt(&obs.instruction)?;
+        let (ids, mask) = vla_model::left_pad(&[prompt], tok.pad_id());
+        let tokens = model
+            .generate_action_tokens(
+                &images,
+                Some(&state),
+                &ids.to_device(device),
+                &mask.to_device(device),
+            )?
+            .to_device(Device::Cpu);
+        let flat = Vec::<i64>::try_from(tokens.flatten(0, 1))?;
+        let values = model.action_tokenizer().decode(&flat)?;
+        let action = Action::from_slice(&values)?;
+        Ok(PolicyOutput {
+            action,
+            tokens: flat,
+        })
+    }
+}
+
+/// Ctrl-C (and an optional time limit) set one flag the loops watch.
+fn stop_flag(seconds: Option<f64>) -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || s.store(true, Ordering::Relaxed))
+        .context("cannot install the Ctrl-C handler")?;
+    if let Some(secs) = seconds {
+        anyhow::ensure!(secs.is_finite() && secs > 0.0, "--seconds must be positive");
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            s.store(true, Ordering::Relaxed);
+        });
+    }
+    Ok(stop)
+}
+
+fn bridge(args: BridgeArgs) -> anyhow::Result<()> {
+    // First, so a Ctrl-C during the model load is not lost.
+    let stop = stop_flag(args.seconds)?;
+    let config = BridgeConfig::load(args.config.as_deref(), &args.set)?;
+    let device = parse_device(&args.device)?;
+    let policy = Policy::load(&args.ckpt, device)
+        .with_context(|| format!("cannot load the policy from {}", args.ckpt.display()))?;
+    let mut transport = Ros2Transport::new(&config.node.name)?;
+    let mut node = Bridge::new(&mut transport, config, Box::new(PolicySource::new(policy)))?;
+    node.run(&stop)?;
+    let stats = node.stats();
+    // The process ends here: skip tearing down DDS entities one by one (RustDDS logs
+    // spurious errors for readers still owned by reader threads).
+    std::mem::forget(node);
+    std::mem::forget(transport);
+    super::print_report(args.json, &stats, || {
+        format!(
+            "{} ticks, {} inferences ({:.1} ms mean), {} commands ({} holds), {} frames rejected",
+            stats.ticks,
+            stats.inferences,
+            stats.inference_ms_mean,
+            stats.commands,
+            stats.holds,
+            stats.frames_rejected
+        )
+    })
+}
+
+fn sim(args: SimArgs) -> anyhow::Result<()> {
+    let config = BridgeConfig::load(args.config.as_deref(), &args.set)?;
+    let families = vla_tasks::parse_suite(&args.suite)?;
+    anyhow::ensure!(
+        families.len() == 1,
+        "--suite must name one family (pick, place, stack or sort)"
+    );
+    anyhow::ensure!(args.episodes > 0, "--episodes must be at least 1");
+    anyhow::ensure!(
+        args.command_timeout_s.is_finite() && args.command_timeout_s > 0.0,
+        "--command-timeout-s must be positive"
+    );
+    let mut env = args.sim.env_config()?;
+    env.render_enabled = true;
+    let opts = vla_ros_bridge::sim_node::SimOptions {
+        family: families[0].to_string(),
+        split: args.split.parse()?,
+        seed: args.seed,
+        episodes: args.episodes,
+        lockstep: args.lockstep,
+        rate_hz: args.rate_hz,
+        command_timeout: Duration::from_secs_f64(args.command_timeout_s),
+        env,
+        robot: args.sim.robot()?,
+    };
+    let stop = stop_flag(None)?;
+    let mut transport = Ros2Transport::new("vla_sim")?;
+    let report = vla_ros_bridge::sim_node::run(&mut transport, &config, &opts, &stop)?;
+    std::mem::forget(transport);
+    super::print_report(args.json, &report, || super::expert::human(&report.suite))
+}
+
+// ---------------------------------------------------------------------------------------
+// vla bench ros
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Seconds per image format (raw and JPEG).
+    #[arg(long, default_value_t = 60.0)]
+    pub seconds: f64,
+    /// Camera rate (Hz) of front and wrist cameras.
+    #[arg(long, default_value_t = 30.0)]
+    pub camera_hz: f64,
+    #[arg(long, default_value_t = 640)]
+    pub width: u32,
+    #[arg(long, default_value_t = 480)]
+    pub height: u32,
+    /// JPEG quality for the compressed run.
+    #[arg(long, default_value_t = 90)]
+    pub jpeg_quality: u8,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize, Default, Clone)]
+struct Percentiles {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn percentiles(mut v: Vec<f64>) -> Percentiles {
+    if v.is_empty() {
+        return Percentiles::default();
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Percentiles {
+        p50: at(0.5),
+        p99: at(0.99),
+        max: v[v.len() - 1],
+    }
+}
+
+#[derive(Serialize)]
+struct ModeReport {
+    format: String,
+    bytes_per_frame: usize,
+    seconds: f64,
+    ticks_measured: usize,
+    /// Camera publish → command received, minus model time and minus the time the frame
+    /// waited for the fixed-rate tick: transport in + decode + resize + safety + transport out.
+    overhead_ms: Percentiles,
+    /// Camera publish → decoded frame ready in the bridge.
+    transport_in_ms: Percentiles,
+    /// Tick start → command received by the robot side, minus model time.
+    tick_to_command_ms: Percentiles,
+    /// Camera publish → command received (includes waiting for the 10 Hz tick).
+    end_to_end_ms: Percentiles,
+    model_ms: Percentiles,
+    frames_published: u64,
+    frames_received: u64,
+    /// Published but never delivered (best effort).
+    frames_lost: u64,
+    /// Delivered, then replaced by a newer frame before a tick used them (never queued).
+    frames_superseded: u64,
+    frames_rejected: u64,
+    /// Per tick: front frames published before the tick began that were newer than the
+    /// frame it used (in flight or queued somewhere).
+    backlog_max: u64,
+    backlog_mean: f64,
+    /// The bridge's own counters for the run.
+    bridge: vla_ros_bridge::BridgeStats,
+}
+
+#[derive(Serialize)]
+struct BenchReport {
+    camera_hz: f64,
+    control_hz: f64,
+    resolution: [u32; 2],
+    modes: Vec<ModeReport>,
+}
+
+/// Zero-cost policy: the benchmark measures the bridge, not the model.
+struct ConstSource;
+
+impl ActionSource for ConstSource {
+    fn image_size(&self) -> u32 {
+        224
+    }
+    fn reset(&mut self) {}
+    fn act(&mut self, _obs: &Observation) -> anyhow::Result<PolicyOutput> {
+        Ok(PolicyOutput {
+            action: Action::new([0.001, 0.0, 0.0], [0.0; 3], 0.0),
+            tokens: vec![],
+        })
+    }
+}
+
+fn wall_ns(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as f64
+}
+
+/// A synthetic camera picture with smooth regions and texture (JPEG sizes like a real scene).
+fn scene(w: u32, h: u32) -> vla_core::RgbImage {
+    vla_core::RgbImage::from_fn(w, h, |x, y| {
+        let n = ((x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503)) >> 7) as u8 & 15;
+        let r = (x * 255 / w.max(1)) as u8;
+        let g = (y * 255 / h.max(1)) as u8;
+        let b = if (x / 40 + y / 40) % 2 == 0 { 200 } else { 60 };
+        image::Rgb([r.saturating_add(n), g.saturating_add(n), b])
+    })
+}
+
+fn bench_mode(args: &BenchArgs, compressed: bool) -> anyhow::Result<ModeReport> {
+    let config = BridgeConfig::load(None, &args.set)?;
+    let topics = config.topics.clone();
+    let mut bridge_t = Ros2Transport::new("vla_bench_bridge")?;
+    let mut robot_t = Ros2Transport::new("vla_bench_robot")?;
+    let mut node = Bridge::new(&mut bridge_t, config.clone(), Box::new(ConstSource))?;
+    let records: Arc<Mutex<Vec<TickRecord>>> = Arc::new(Mutex::new(Vec::new()));
+    let r = records.clone();
+    node.set_probe(Box::new(move |rec: &TickRecord| {
+        if let Ok(mut v) = r.lock() {
+            v.push(rec.clone());
+        }
+    }));
+    // The robot side: receives commands (stamp → arrival), publishes cameras and joints.
+    let arrivals: Arc<Mutex<std::collections::HashMap<(i32, u32), SystemTime>>> =
+        Arc::new(Mutex::new(Default::default()));
+    let a = arrivals.clone();
+    robot_t.subscribe::<TwistStamped>(
+        &topics.twist,
+        Qos::reliable(100),
+        Box::new(move |m| {
+            if let (Ok(m), Ok(mut map)) = (m, a.lock()) {
+                map.insert(
+                    (m.header.stamp.sec, m.header.stamp.nanosec),
+                    SystemTime::now(),
+                );
+            }
+        }),
+    )?;
+    let instruction: Box<dyn Publisher<StringMsg>> =
+        robot_t.publisher(&topics.instruction, config.qos.instruction())?;
+    instruction.publish(StringMsg {
+        data: "pick up the red cube".into(),
+    })?;
+    let joints: Box<dyn Publisher<JointState>> =
+        robot_t.publisher(&topics.joint_states, config.qos.joint_states())?;
+    let js = vla_ros_bridge::sim_node::home_joint_state(&vla_sim::RobotDescription::default_arm()?)
+        .map_err(anyhow::Error::msg)?;
+    let img = scene(args.width, args.height);
+    let raw = vla_ros_bridge::image::encode_raw(&img, Header::now("cam"));
+    let jpeg = vla_ros_bridge::image::encode_jpeg(&img, args.jpeg_quality, Header::now("cam"))?;
+    let bytes = if compressed {
+        jpeg.data.len()
+    } else {
+        raw.data.len()
+    };
+    let (front_raw, wrist_raw): (Box<dyn Publisher<Image>>, Box<dyn Publisher<Image>>) = (
+        robot_t.publisher(&topics.front_image, config.qos.images())?,
+        robot_t.publisher(&topics.wrist_image, config.qos.images())?,
+    );
+    let (front_c, wrist_c): (
+        Box<dyn Publisher<CompressedImage>>,
+        Box<dyn Publisher<CompressedImage>>,
+    ) = (
+        robot_t.publisher(&topics.front_compressed, config.qos.images())?,
+        robot_t.publisher(&topics.wrist_compressed, config.qos.images())?,
+    );
+    // Let discovery settle before measuring.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(3) {
+        joints.publish(js.clone())?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let bridge_thread = std::thread::spawn(move || {
+        let r = node.run(&s);
+        (node.stats(), r)
+    });
+    let period = Duration::from_secs_f64(1.0 / args.camera_hz);
+    let mut published: Vec<f64> = Vec::new();
+    let start = Instant::now();
+    let mut next = start;
+    let mut last_js = start;
+    while start.elapsed() < Duration::from_secs_f64(args.seconds) {
+        let stamp = Time::now();
+        let header = Header {
+            stamp,
+            frame_id: "cam".into(),
+        };
+        if compressed {
+            let mut f = jpeg.clone();
+            f.header = header.clone();
+            front_c.publish(f.clone())?;
+            wrist_c.publish(f)?;
+        } else {
+            let mut f = raw.clone();
+            f.header = header.clone();
+            front_raw.publish(f.clone())?;
+            wrist_raw.publish(f)?;
+        }
+        published.push(stamp.as_nanos() as f64);
+        if last_js.elapsed() > Duration::from_millis(20) {
+            joints.publish(js.clone())?;
+            last_js = Instant::now();
+        }
+        next += period;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (stats, r) = bridge_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the bridge thread panicked"))?;
+    r?;
+    std::thread::sleep(Duration::from_millis(300));
+    // Mono ↔ wall: one offset measured now (same machine).
+    let (wall_now, mono_now) = (wall_ns(SystemTime::now()), Instant::now());
+    let wall_of = |i: Instant| wall_now - mono_now.saturating_duration_since(i).as_nanos() as f64;
+    let recs = records.lock().map(|v| v.clone()).unwrap_or_default();
+    // The twist is stamped just after the tick recorded `published_stamp`: match each tick
+    // to the first command stamped at or after it (ticks are 100 ms apart).
+    let mut arr: Vec<(f64, SystemTime)> = arrivals
+        .lock()
+        .map(|m| {
+            m.iter()
+                .map(|((s, ns), t)| (*s as f64 * 1e9 + *ns as f64, *t))
+                .collect()
+        })
+        .unwrap_or_default();
+    arr.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut overhead, mut tin, mut tick, mut total, mut model) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut backlog = Vec::new();
+    for rec in &recs {
+        let stamp = rec.published_stamp.as_nanos() as f64;
+        let i = arr.partition_point(|(s, _)| *s < stamp);
+        let Some((_, recv)) = arr.get(i).filter(|(s, _)| *s - stamp < 20e6) else {
+            continue;
+        };
+        let recv = wall_ns(*recv);
+        let pub_ns = rec.front_stamp.as_nanos() as f64;
+        let m = rec.model.as_nanos() as f64;
+        let ready = wall_of(rec.front_ready);
+        let tick_start = wall_of(rec.tick_start);
+        let wait = (tick_start - ready).max(0.0);
+        total.push((recv - pub_ns) / 1e6);
+        overhead.push((recv - pub_ns - m - wait) / 1e6);
+        tin.push((ready - pub_ns) / 1e6);
+        tick.push((recv - tick_start - m) / 1e6);
+        model.push(m / 1e6);
+        backlog.push(
+            published
+                .iter()
+                .filter(|p| **p > pub_ns && **p < tick_start)
+                .count() as u64,
+        );
+    }
+    let received = stats.frames_in_front;
+    let superseded = stats.frames_dropped / 2;
+    let rejected = stats.frames_rejected;
+    let n = published.len() as u64;
+    Ok(ModeReport {
+        format: if compressed {
+            format!("jpeg q{} {}x{}", args.jpeg_quality, args.width, args.height)
+        } else {
+            format!("raw rgb8 {}x{}", args.width, args.height)
+        },
+        bytes_per_frame: bytes,
+        seconds: args.seconds,
+        ticks_measured: overhead.len(),
+        overhead_ms: percentiles(overhead),
+        transport_in_ms: percentiles(tin),
+        tick_to_command_ms: percentiles(tick),
+        end_to_end_ms: percentiles(total),
+        model_ms: percentiles(model),
+        frames_published: n,
+        frames_received: received,
+        frames_lost: n.saturating_sub(received),
+        frames_superseded: superseded,
+        frames_rejected: rejected,
+        backlog_max: backlog.iter().copied().max().unwrap_or(0),
+        backlog_mean: if backlog.is_empty() {
+            0.0
+        } else {
+            backlog.iter().sum::<u64>() as f64 / backlog.len() as f64
+        },
+        bridge: stats,
+    })
+}
+
+/// `vla bench ros`: always inside its own network namespace (re-executes itself there).
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if std::env::var_os(netns::ISOLATED_ENV).is_none() {
+        netns::available()
+            .map_err(anyhow::Error::msg)
+            .context("vla bench ros runs DDS in its own network namespace")?;
+        let exe = std::env::current_exe()?;
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        let status = netns::command(&exe, &argv).status()?;
+        anyhow::ensure!(
+            status.success(),
+            "vla bench ros failed in its namespace ({status})"
+        );
+        return Ok(());
+    }
+    anyhow::ensure!(
+        args.seconds > 0.0 && args.camera_hz > 0.0 && args.width > 0 && args.height > 0,
+        "--seconds, --camera-hz, --width and --height must be positive"
+    );
+    let config = BridgeConfig::load(None, &args.set)?;
+    let mut modes = Vec::new();
+    for compressed in [false, true] {
+        tracing::info!(compressed, seconds = args.seconds, "measuring");
+        modes.push(bench_mode(&args, compressed)?);
+    }
+    let report = BenchReport {
+        camera_hz: args.camera_hz,
+        control_hz: config.control.rate_hz,
+        resolution: [args.width, args.height],
+        modes,
+    };
+    super::print_report(args.json, &report, || {
+        let mut s = String::new();
+        for m in &report.modes {
+            s += &format!(
+                "{:24} {:8} B  overhead p50 {:6.2} ms p99 {:6.2} ms  lost {} superseded {} backlog max {}\n",
+                m.format,
+                m.bytes_per_frame,
+                m.overhead_ms.p50,
+                m.overhead_ms.p99,
+                m.frames_lost,
+                m.frames_superseded,
+                m.backlog_max
+            );
+        }
+        s.trim_end().to_string()
+    })
+}

@@ -1,0 +1,225 @@
+//! `vla train`: train a VLA on LeRobot datasets (see `vla_model::trainer`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use vla_model::tch::Device;
+use vla_model::trainer::{self, TrainEvent, TrainOptions, TrainSummary};
+
+use crate::plot::{line_plot, Series};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// LeRobot v3.0 dataset directories (repeat for several).
+    #[arg(long, required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Run directory: checkpoints, metrics, plots.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model config with an optional `[train]` table.
+    #[arg(long, default_value = "vla/configs/tiny.toml")]
+    pub config: PathBuf,
+    /// Override `train.steps`.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Override `train.batch_size`.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override `train.optim.lr`.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Override `train.seed`.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Continue from the newest checkpoint in `--out`.
+    #[arg(long)]
+    pub resume: bool,
+    /// libtorch intra-op threads (default: libtorch's choice, one per core).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_device(s: &str) -> anyhow::Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(Device::Cuda(i)),
+            _ => anyhow::bail!("--device {other:?}: expected cpu, cuda or cuda:N"),
+        },
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let summary = train(&args)?;
+    super::print_report(args.json, &summary, || {
+        let mut s = format!(
+            "trained {} steps ({} → {}) in {:.0} s, {:.1} samples/s, {} parameters\n",
+            summary.steps - summary.start_step,
+            summary.start_step,
+            summary.steps,
+            summary.seconds,
+            summary.samples_per_s,
+            summary.params
+        );
+        if let Some(v) = &summary.final_val {
+            s += &format!(
+                "validation: loss {:.3}, token accuracy {:.1} %, L1 {:.4}, gripper {:.1} %\n",
+                v.loss,
+                100.0 * v.accuracy,
+                v.l1,
+                100.0 * v.gripper_accuracy
+            );
+        }
+        s + &format!("run: {}", summary.out.display())
+    })
+}
+
+/// Trains as `args` say; used by `vla train` and `vla demo`.
+pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
+    let (model, mut train_cfg) = trainer::load_config_file(&args.config)?;
+    if let Some(s) = args.steps {
+        train_cfg.steps = s;
+    }
+    if let Some(b) = args.batch_size {
+        train_cfg.batch_size = b;
+    }
+    if let Some(lr) = args.lr {
+        train_cfg.optim.lr = lr;
+    }
+    if let Some(seed) = args.seed {
+        train_cfg.seed = seed;
+    }
+    if let Some(t) = args.threads {
+        anyhow::ensure!(t > 0, "--threads must be at least 1");
+        vla_model::tch::set_num_threads(t);
+    }
+    let device = parse_device(&args.device)?;
+    let corpus = vla_tasks::Language::builtin()?.corpus();
+    let opts = TrainOptions {
+        data: args.data.clone(),
+        out: args.out.clone(),
+        model,
+        train: train_cfg.clone(),
+        device,
+        resume: args.resume,
+        corpus,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A second Ctrl-C (or a handler already installed) falls back to the default.
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: saving a checkpoint, then stopping (Ctrl-C again to abort)");
+        });
+    }
+    let load_bar = super::progress(0, "loading");
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let out = args.out.clone();
+    let mut on_event = |event: TrainEvent<'_>| -> bool {
+        match event {
+            TrainEvent::Loading { done, total } => {
+                load_bar.set_length(total as u64);
+                load_bar.set_position(done as u64);
+            }
+            TrainEvent::Started {
+                data,
+                params,
+                start_step,
+                total_steps,
+            } => {
+                load_bar.finish_and_clear();
+                tracing::info!(
+                    frames = data.frames,
+                    train_episodes = data.train_episodes,
+                    val_episodes = data.val_episodes,
+                    tasks = data.tasks,
+                    params,
+                    start_step,
+                    "training"
+                );
+                let b = super::progress(total_steps as u64, "train");
+                b.set_position(start_step as u64);
+                b.reset_eta();
+                bar = Some(b);
+            }
+            TrainEvent::Step {
+                stats,
+                samples_per_s,
+            } => {
+                if let Some(b) = &bar {
+                    b.set_position(stats.step as u64 + 1);
+                    b.set_message(format!(
+                        "loss {:.3} acc {:.0} % {:.0} samples/s",
+                        stats.loss,
+                        100.0 * stats.accuracy,
+                        samples_per_s
+                    ));
+                }
+            }
+            TrainEvent::Validated(v) => {
+                tracing::info!(
+                    step = v.step,
+                    loss = format!("{:.4}", v.loss),
+                    accuracy = format!("{:.3}", v.accuracy),
+                    l1 = format!("{:.5}", v.l1),
+                    gripper = format!("{:.3}", v.gripper_accuracy),
+                    "validation"
+                );
+                if let Err(e) = plot_losses(&out) {
+                    tracing::warn!("loss plot: {e:#}");
+                }
+            }
+            TrainEvent::Checkpoint { step, dir } => {
+                tracing::debug!(step, dir = %dir.display(), "checkpoint");
+            }
+        }
+        !stop.load(Ordering::SeqCst)
+    };
+    let summary = trainer::train(&opts, &mut on_event)
+        .with_context(|| format!("training into {}", args.out.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    plot_losses(&args.out)?;
+    Ok(summary)
+}
+
+/// `RUN/loss.png`: training loss (mean per log interval) and validation loss per step.
+pub fn plot_losses(run: &Path) -> anyhow::Result<()> {
+    let metrics = trainer::read_metrics(run)?;
+    let series = |kind: &str| -> Vec<(f64, f64)> {
+        metrics
+            .iter()
+            .filter(|m| m.get("kind").and_then(|k| k.as_str()) == Some(kind))
+            .filter_map(|m| Some((m.get("step")?.as_f64()?, m.get("loss")?.as_f64()?)))
+            .collect()
+    };
+    line_plot(
+        &run.join("loss.png"),
+        "action-token cross-entropy",
+        "step",
+        &[
+            Series {
+                label: "train",
+                color: [31, 119, 180],
+                points: series("train"),
+            },
+            Series {
+                label: "validation",
+                color: [214, 39, 40],
+                points: series("val"),
+            },
+        ],
+    )
+}

@@ -1,0 +1,193 @@
+//! The learning path of the command line end to end, at toy scale: collect → train → act →
+//! eval → bench, with the JSON each prints. (Whether the policy is *good* is the demo's job;
+//! here every command must work on real files and report the documented shape.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn vla(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vla"))
+        .args(args)
+        .env("VLA_TEST", "1")
+        .output()
+        .expect("runs vla")
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let out = vla(args);
+    assert!(
+        out.status.success(),
+        "vla {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vla-policy-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A model small enough to train a few steps in seconds.
+const TOY_CONFIG: &str = r#"
+[vision]
+image_size = 32
+patch_size = 16
+hidden_size = 32
+num_hidden_layers = 1
+num_attention_heads = 2
+intermediate_size = 64
+num_keypoints = 4
+
+[projector]
+hidden_size = 64
+
+[text]
+vocab_size = 400
+hidden_size = 32
+intermediate_size = 64
+num_hidden_layers = 1
+num_attention_heads = 2
+num_key_value_heads = 2
+max_position_embeddings = 128
+
+[action]
+
+[train]
+steps = 4
+batch_size = 4
+val_every = 2
+log_every = 1
+checkpoint_every = 2
+"#;
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+#[test]
+fn collect_train_act_eval_bench() {
+    let root = tmp("run");
+    std::fs::create_dir_all(&root).unwrap();
+    let data = root.join("data");
+    let run = root.join("run");
+    let config = root.join("toy.toml");
+    std::fs::write(&config, TOY_CONFIG).unwrap();
+
+    json(&[
+        "collect",
+        "--suite",
+        "pick",
+        "--episodes",
+        "2",
+        "--out",
+        s(&data),
+        "--json",
+    ]);
+    let train = json(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run),
+        "--config",
+        s(&config),
+        "--json",
+    ]);
+    assert_eq!(train["steps"], 4);
+    assert!(train["final_val"]["l1"].is_number(), "{train}");
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "loss.png",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing in the run directory");
+    }
+    // A finished run refuses to be overwritten, and --resume past the end is a no-op.
+    let again = vla(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run),
+        "--config",
+        s(&config),
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+
+    let png = root.join("front.png");
+    json(&["render", "--suite", "pick", "--out", s(&png), "--json"]);
+    let act = json(&[
+        "act",
+        "--ckpt",
+        s(&run),
+        "--image",
+        s(&png),
+        "--instruction",
+        "pick up the red cube",
+        "--json",
+    ]);
+    let tokens = act["tokens"].as_array().expect("tokens");
+    let action = act["action"].as_array().expect("action");
+    assert_eq!((tokens.len(), action.len()), (7, 7));
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t.as_i64().is_some_and(|t| (400..656).contains(&t))),
+        "{act}"
+    );
+
+    let eval = json(&[
+        "eval",
+        "--ckpt",
+        s(&run),
+        "--suite",
+        "pick",
+        "--episodes",
+        "1",
+        "--seed",
+        "1000",
+        "--json",
+    ]);
+    let pick = &eval["per_family"]["pick"];
+    assert_eq!(pick["episodes"], 1);
+    let ci = pick["wilson95"].as_array().expect("wilson95");
+    assert!(ci[0].as_f64().unwrap() <= ci[1].as_f64().unwrap());
+    assert!(run.join("eval/pick_seen.json").exists());
+    let gifs = std::fs::read_dir(run.join("eval/seen")).unwrap().count();
+    assert_eq!(gifs, 1, "one rollout GIF for one episode");
+
+    let bench = json(&[
+        "bench",
+        "policy",
+        "--ckpt",
+        s(&run),
+        "--steps",
+        "5",
+        "--json",
+    ]);
+    for key in ["params", "step_ms_p50", "step_ms_p99", "hz", "rss_mb"] {
+        assert!(bench[key].is_number(), "bench policy lacks {key}: {bench}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn act_rejects_bad_input_naming_it() {
+    let out = vla(&[
+        "act",
+        "--ckpt",
+        "/nonexistent/run",
+        "--image",
+        "x.png",
+        "--instruction",
+        "go",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/run"), "{err}");
+}

@@ -1,0 +1,113 @@
+//! End to end with a trained policy: `vla ros sim` (the simulator as a ROS 2 robot) and
+//! `vla ros bridge` in one network namespace reach the same success rate on `pick` as
+//! `vla eval` runs the same policy directly (within the 95 % interval of the difference).
+//!
+//! Needs a trained run directory in `VLA_E2E_CKPT`; prints "skipped" without one, fails
+//! without one when `VLA_REQUIRE_E2E=1`.
+
+mod ros_common;
+
+use std::process::Command;
+
+use ros_common::*;
+use vla_ros_bridge::netns;
+
+const TEST: &str = "ros_sim_and_bridge_match_direct_eval_on_pick";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn ros_sim_and_bridge_match_direct_eval_on_pick() {
+    let Some(ckpt) = std::env::var_os("VLA_E2E_CKPT") else {
+        if std::env::var("VLA_REQUIRE_E2E").as_deref() == Ok("1") {
+            panic!("{TEST}: VLA_REQUIRE_E2E=1 but VLA_E2E_CKPT is not set");
+        }
+        eprintln!("skipped {TEST}: set VLA_E2E_CKPT to a trained run directory");
+        return;
+    };
+    let ckpt = std::path::PathBuf::from(ckpt);
+    assert!(
+        ckpt.is_dir(),
+        "VLA_E2E_CKPT={} is not a directory",
+        ckpt.display()
+    );
+    if let Err(why) = netns::available() {
+        return netns::skip_or_fail(TEST, &why);
+    }
+    let episodes = env_usize("VLA_E2E_EPISODES", 20);
+    let seed = env_usize("VLA_E2E_SEED", 11);
+    let vla = env!("CARGO_BIN_EXE_vla");
+    let dir = temp_dir("e2e");
+
+    // Direct evaluation (no ROS): the reference success rate.
+    let out = Command::new(vla)
+        .args(["eval", "--ckpt"])
+        .arg(&ckpt)
+        .args(["--suite", "pick", "--split", "seen", "--seed"])
+        .arg(seed.to_string())
+        .args(["--episodes"])
+        .arg(episodes.to_string())
+        .arg("--json")
+        .output()
+        .expect("runs vla eval");
+    assert!(
+        out.status.success(),
+        "vla eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let direct: serde_json::Value = serde_json::from_slice(&out.stdout).expect("eval JSON");
+
+    // Through ROS 2: lock-step sim (one step per command) and a bridge that acts only on
+    // new frames, so a slow CPU changes the wall time, not the result.
+    let script = format!(
+        "{vla} ros sim --suite pick --split seen --seed {seed} --episodes {episodes} \
+           --lockstep --json > {dir}/sim.json 2> {dir}/sim.log & S=$!; \
+         {vla} ros bridge --ckpt {ckpt} --json --set control.require_new_frames=true \
+           --set control.model_deadline_s=5 --set control.watchdog_timeout_s=10 \
+           > {dir}/bridge.json 2> {dir}/bridge.log & B=$!; \
+         wait $S; R=$?; STOP_B; wait $B; kill $K 2>/dev/null; exit $R",
+        vla = sh_quote(vla),
+        ckpt = sh_quote(&ckpt.display().to_string()),
+        dir = sh_quote(&dir.display().to_string()),
+    );
+    let script = script.replace(
+        "STOP_B;",
+        // Ctrl-C until it is gone: a background job may not have its handler installed yet.
+        "( while kill -INT $B 2>/dev/null; do sleep 0.5; done ) & K=$!;",
+    );
+    let status = netns::shell(&script).status().expect("runs the namespace");
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    if !status.success() {
+        eprintln!(
+            "--- sim log ---\n{}\n--- bridge log ---\n{}",
+            read("sim.log"),
+            read("bridge.log")
+        );
+    }
+    assert!(status.success(), "ros sim + bridge failed ({status})");
+    let ros: serde_json::Value = serde_json::from_str(&read("sim.json")).expect("sim JSON");
+    eprintln!("bridge counters: {}", read("bridge.json"));
+    let n = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let (p_direct, p_ros) = (n(&direct, "success_rate"), n(&ros, "success_rate"));
+    let (n_direct, n_ros) = (n(&direct, "episodes"), n(&ros, "episodes"));
+    assert_eq!(n_ros as usize, episodes, "{ros}");
+    // 95 % interval of a difference of two proportions (pooled), plus half an episode.
+    let p = (p_direct * n_direct + p_ros * n_ros) / (n_direct + n_ros);
+    let se = (p * (1.0 - p) * (1.0 / n_direct + 1.0 / n_ros)).sqrt();
+    let tolerance = 1.96 * se + 0.5 / n_ros;
+    eprintln!(
+        "pick success: direct {p_direct:.3} ({n_direct} episodes), through ROS 2 {p_ros:.3} \
+         ({n_ros}); tolerance {tolerance:.3}"
+    );
+    assert!(
+        (p_direct - p_ros).abs() <= tolerance,
+        "success through ROS 2 ({p_ros:.3}) differs from direct eval ({p_direct:.3}) by more \
+         than {tolerance:.3}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,380 @@
+//! Training data: LeRobot v3.0 episodes held in memory as tensors, split by episode, turned
+//! into augmented [`VlaBatch`]es.
+//!
+//! Everything a batch needs is decoded once at load time (images as one `u8` tensor,
+//! prompts tokenised once per task string), so a training step costs an `index_select` and
+//! the augmentation, not PNG decoding.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+use vla_datasets::Dataset;
+
+use crate::error::{Result, VlaError};
+use crate::model::{left_pad, VlaBatch, VlaModel};
+use crate::policy::image_to_tensor;
+use crate::text_tokenizer::TextTokenizer;
+
+/// The camera keys, in the model's camera order (0 front, 1 wrist).
+pub const CAMERA_KEYS: [&str; 2] = ["observation.images.front", "observation.images.wrist"];
+
+/// Image augmentation applied to training batches (never to validation).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Random shift: pad by this many pixels (edge replicate) and crop back at a random
+    /// offset, per image (DrQ-style).
+    pub shift_px: i64,
+    /// Brightness factor drawn from `[1 - b, 1 + b]` per sample.
+    pub brightness: f64,
+    /// Contrast factor drawn from `[1 - c, 1 + c]` per sample.
+    pub contrast: f64,
+    /// Per-channel gain drawn from `[1 - s, 1 + s]` per sample (a cheap hue/saturation jitter).
+    pub channel_gain: f64,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig {
+            shift_px: 6,
+            brightness: 0.15,
+            contrast: 0.15,
+            channel_gain: 0.05,
+        }
+    }
+}
+
+/// Frames of one or more datasets, decoded into tensors.
+pub struct TrainingData {
+    /// `[N, 2, 3, S, S]` u8.
+    images: Tensor,
+    /// `[N, state_dim]` f32.
+    states: Tensor,
+    /// Continuous actions, one row per frame.
+    actions: Vec<Vec<f32>>,
+    /// Index into `tasks` per frame.
+    frame_task: Vec<usize>,
+    /// Distinct task strings (instructions).
+    tasks: Vec<String>,
+    /// Frame indices of the training and validation episodes.
+    train: Vec<usize>,
+    val: Vec<usize>,
+    /// Episodes per side, for reporting.
+    train_episodes: usize,
+    val_episodes: usize,
+    sources: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for TrainingData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainingData")
+            .field("frames", &self.actions.len())
+            .field("train_frames", &self.train.len())
+            .field("val_frames", &self.val.len())
+            .field("tasks", &self.tasks.len())
+            .finish()
+    }
+}
+
+/// What was loaded, for logs and reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct DataSummary {
+    pub sources: Vec<PathBuf>,
+    pub frames: usize,
+    pub train_frames: usize,
+    pub val_frames: usize,
+    pub train_episodes: usize,
+    pub val_episodes: usize,
+    pub tasks: usize,
+}
+
+impl TrainingData {
+    /// Loads every frame of `dirs`, resizing images to `image_size`, and splits each dataset
+    /// by episode (`val_fraction` of its episodes, seeded). `on_progress(done, total)` is called
+    /// as frames are decoded.
+    pub fn load(
+        dirs: &[PathBuf],
+        image_size: u32,
+        val_fraction: f64,
+        seed: u64,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        if dirs.is_empty() {
+            return Err(VlaError::Input("no dataset given (--data DIR)".into()));
+        }
+        let datasets: Vec<Dataset> = dirs
+            .iter()
+            .map(|d| {
+                Dataset::open(d)
+                    .map_err(|e| VlaError::Input(format!("dataset {}: {e}", d.display())))
+            })
+            .collect::<Result<_>>()?;
+        let total: usize = datasets.iter().map(Dataset::len).sum();
+        if total == 0 {
+            return Err(VlaError::Input("the datasets hold no frames".into()));
+        }
+        let mut image_rows: Vec<Tensor> = Vec::with_capacity(total);
+        let mut states: Vec<f32> = Vec::with_capacity(total * 13);
+        let mut actions = Vec::with_capacity(total);
+        let mut frame_task = Vec::with_capacity(total);
+        let mut task_ids: BTreeMap<String, usize> = BTreeMap::new();
+        let mut tasks = Vec::new();
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        let (mut train_episodes, mut val_episodes) = (0, 0);
+        let mut state_dim = None;
+        for (ds, dir) in datasets.iter().zip(dirs) {
+            check_features(ds, dir)?;
+            let (tr, va) = ds.split_episodes(val_fraction, seed);
+            train_episodes += tr.len();
+            val_episodes += va.len();
+            let offset = actions.len();
+            train.extend(ds.episode_frames(&tr).into_iter().map(|i| i + offset));
+            val.extend(ds.episode_frames(&va).into_iter().map(|i| i + offset));
+            let indices: Vec<usize> = (0..ds.len()).collect();
+            for chunk in indices.chunks(512) {
+                let frames = ds
+                    .frames(chunk)
+                    .map_err(|e| VlaError::Input(format!("dataset {}: {e}", dir.display())))?;
+                for f in frames {
+                    let cams: Vec<Tensor> = CAMERA_KEYS
+                        .iter()
+                        .map(|k| {
+                            f.images
+                                .get(*k)
+                                .map(|img| image_to_tensor(img, image_size))
+                                .ok_or_else(|| {
+                                    VlaError::Input(format!(
+                                        "dataset {}: frame {} has no image {k}",
+                                        dir.display(),
+                                        f.index
+                                    ))
+                                })
+                        })
+                        .collect::<Result<_>>()?;
+                    image_rows.push(Tensor::stack(&cams, 0));
+                    if *state_dim.get_or_insert(f.state.len()) != f.state.len() {
+                        return Err(VlaError::Input(format!(
+                            "dataset {}: frame {} has {} state values, earlier frames {}",
+                            dir.display(),
+                            f.index,
+                            f.state.len(),
+                            state_dim.unwrap_or(0)
+                        )));
+                    }
+                    if f.action.iter().chain(&f.state).any(|v| !v.is_finite()) {
+                        return Err(VlaError::Input(format!(
+                            "dataset {}: frame {} has a non-finite state or action",
+                            dir.display(),
+                            f.index
+                        )));
+                    }
+                    states.extend_from_slice(&f.state);
+                    actions.push(f.action);
+                    let next = tasks.len();
+                    let id = *task_ids.entry(f.task.clone()).or_insert(next);
+                    if id == next {
+                        tasks.push(f.task);
+                    }
+                    frame_task.push(id);
+                }
+                on_progress(actions.len(), total);
+            }
+        }
+        let state_dim = state_dim.unwrap_or(0) as i64;
+        Ok(TrainingData {
+            images: Tensor::stack(&image_rows, 0),
+            states: Tensor::from_slice(&states).view([actions.len() as i64, state_dim]),
+            actions,
+            frame_task,
+            tasks,
+            train,
+            val,
+            train_episodes,
+            val_episodes,
+            sources: dirs.to_vec(),
+        })
+    }
+
+    pub fn summary(&self) -> DataSummary {
+        DataSummary {
+            sources: self.sources.clone(),
+            frames: self.actions.len(),
+            train_frames: self.train.len(),
+            val_frames: self.val.len(),
+            train_episodes: self.train_episodes,
+            val_episodes: self.val_episodes,
+            tasks: self.tasks.len(),
+        }
+    }
+
+    /// Distinct instructions in the data.
+    pub fn tasks(&self) -> &[String] {
+        &self.tasks
+    }
+
+    /// Training-episode actions and states (for normalisation statistics).
+    pub fn train_actions_and_states(&self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let states = Vec::<f32>::try_from(
+            self.states
+                .index_select(0, &index_tensor(&self.train))
+                .flatten(0, 1),
+        )
+        .unwrap_or_default();
+        let dim = self.states.size().get(1).copied().unwrap_or(1).max(1) as usize;
+        (
+            self.train
+                .iter()
+                .map(|&i| self.actions[i].clone())
+                .collect(),
+            states.chunks(dim).map(<[f32]>::to_vec).collect(),
+        )
+    }
+
+    pub fn train_indices(&self) -> &[usize] {
+        &self.train
+    }
+
+    pub fn val_indices(&self) -> &[usize] {
+        &self.val
+    }
+
+    pub fn action(&self, index: usize) -> &[f32] {
+        &self.actions[index]
+    }
+
+    /// Builds a batch of the given frames; augments images when `augment` is given, with
+    /// parameters drawn from `rng` so a seed reproduces a run.
+    pub fn batch(
+        &self,
+        indices: &[usize],
+        model: &VlaModel,
+        tokenizer: &TextTokenizer,
+        prompts: &PromptCache,
+        augment: Option<(&AugmentConfig, &mut ChaCha8Rng)>,
+    ) -> Result<VlaBatch> {
+        let idx = index_tensor(indices);
+        let images = self.images.index_select(0, &idx);
+        let images = match augment {
+            Some((cfg, rng)) => augment_images(&images, cfg, rng),
+            None => images,
+        };
+        let actions: Vec<&[f32]> = indices
+            .iter()
+            .map(|&i| self.actions[i].as_slice())
+            .collect();
+        let action_tokens = model.encode_actions(&actions)?.to_device(tch::Device::Cpu);
+        let prompt_rows: Vec<Vec<i64>> = indices
+            .iter()
+            .map(|&i| prompts.ids(self.frame_task[i]).to_vec())
+            .collect();
+        let (prompt_ids, prompt_mask) = left_pad(&prompt_rows, tokenizer.pad_id());
+        Ok(VlaBatch {
+            images,
+            state: Some(self.states.index_select(0, &idx)),
+            prompt_ids,
+            prompt_mask,
+            action_tokens,
+        })
+    }
+}
+
+/// Prompt token ids per task string, encoded once.
+#[derive(Debug)]
+pub struct PromptCache {
+    ids: Vec<Vec<i64>>,
+}
+
+impl PromptCache {
+    pub fn new(data: &TrainingData, tokenizer: &TextTokenizer) -> Result<Self> {
+        Ok(PromptCache {
+            ids: data
+                .tasks
+                .iter()
+                .map(|t| tokenizer.encode_prompt(t))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    fn ids(&self, task: usize) -> &[i64] {
+        &self.ids[task]
+    }
+}
+
+fn index_tensor(indices: &[usize]) -> Tensor {
+    let v: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+    Tensor::from_slice(&v)
+}
+
+fn check_features(ds: &Dataset, dir: &Path) -> Result<()> {
+    for key in CAMERA_KEYS {
+        if !ds.image_keys().iter().any(|k| k == key) {
+            return Err(VlaError::Input(format!(
+                "dataset {}: no image feature {key:?} (has {:?})",
+                dir.display(),
+                ds.image_keys()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `[B, C, 3, H, W]` u8 → augmented float in `[0, 1]`.
+fn augment_images(images: &Tensor, cfg: &AugmentConfig, rng: &mut ChaCha8Rng) -> Tensor {
+    let size = images.size();
+    let (b, c, h, w) = (size[0], size[1], size[3], size[4]);
+    let mut x = images.to_kind(Kind::Float) / 255.0;
+    if cfg.shift_px > 0 {
+        let p = cfg.shift_px;
+        let padded = x.view([b * c, 3, h, w]).replication_pad2d([p, p, p, p]);
+        let crops: Vec<Tensor> = (0..b * c)
+            .map(|i| {
+                let dy = rng.random_range(0..=2 * p);
+                let dx = rng.random_range(0..=2 * p);
+                padded.get(i).narrow(1, dy, h).narrow(2, dx, w)
+            })
+            .collect();
+        x = Tensor::stack(&crops, 0).view([b, c, 3, h, w]);
+    }
+    let mut draw = |range: f64, per: i64| -> Tensor {
+        let v: Vec<f32> = (0..b * per)
+            .map(|_| 1.0 + rng.random_range(-range..=range) as f32)
+            .collect();
+        Tensor::from_slice(&v)
+    };
+    let brightness = draw(cfg.brightness, 1).view([b, 1, 1, 1, 1]);
+    let contrast = draw(cfg.contrast, 1).view([b, 1, 1, 1, 1]);
+    let gain = draw(cfg.channel_gain, 3).view([b, 1, 3, 1, 1]);
+    let mean = x.mean_dim([2i64, 3, 4].as_slice(), true, Kind::Float);
+    (((x - &mean) * contrast + mean) * brightness * gain).clamp(0.0, 1.0)
+}
+
+/// Deterministic per-step generator: the batch and augmentation of step `step` depend only
+/// on the run seed and the step, so a resumed run draws exactly what the original would have.
+pub fn step_rng(seed: u64, step: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(step as u64 + 1);
+    rng
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn augmentation_keeps_shape_and_range_and_is_seeded() {
+        crate::test_setup();
+        let images = Tensor::randint(256, [4, 2, 3, 32, 32], (Kind::Uint8, tch::Device::Cpu));
+        let cfg = AugmentConfig::default();
+        let a = augment_images(&images, &cfg, &mut step_rng(3, 7));
+        let b = augment_images(&images, &cfg, &mut step_rng(3, 7));
+        let c = augment_images(&images, &cfg, &mut step_rng(3, 8));
+        assert_eq!(a.size(), [4, 2, 3, 32, 32]);
+        assert!(a.equal(&b));
+        assert!(!a.equal(&c));
+        assert!(a.max().double_value(&[]) <= 1.0 && a.min().double_value(&[]) >= 0.0);
+    }
+}

@@ -1,0 +1,543 @@
+//! The training loop behind `vla train`: data → batches → [`TrainStep`], with validation,
+//! JSON-lines metrics, checkpoints and exact resumption.
+//!
+//! Run directory layout:
+//!
+//! ```text
+//! RUN/config.json, tokenizer.json, model.safetensors   latest weights (what `--ckpt RUN` loads)
+//! RUN/train.json                                        model + training config, data sources
+//! RUN/metrics.jsonl                                     one JSON object per log / validation
+//! RUN/checkpoints/step_NNNNNNN/                          weights + optimizer.safetensors + state.json
+//! ```
+//!
+//! `state.json` is written last in a checkpoint directory: a checkpoint without it is
+//! incomplete and ignored by `--resume`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind};
+
+use crate::action_tokenizer::NormStats;
+use crate::checkpoint::{load_run, save_run};
+use crate::config::VlaConfig;
+use crate::data::{step_rng, AugmentConfig, DataSummary, PromptCache, TrainingData};
+use crate::error::{Result, VlaError};
+use crate::model::VlaModel;
+use crate::text_tokenizer::TextTokenizer;
+use crate::train::{OptimConfig, StepStats, TrainStep};
+
+/// The `[train]` table of a config file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Fraction of each dataset's episodes held out for validation.
+    pub val_fraction: f64,
+    /// Validate every this many steps (and at the end).
+    pub val_every: usize,
+    /// At most this many validation frames (a fixed, evenly spaced subset).
+    pub val_frames: usize,
+    pub log_every: usize,
+    pub checkpoint_every: usize,
+    /// Keep this many most recent checkpoints.
+    pub keep_checkpoints: usize,
+    pub optim: OptimConfig,
+    pub augment: AugmentConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 3000,
+            batch_size: 32,
+            seed: 0,
+            val_fraction: 0.05,
+            val_every: 250,
+            val_frames: 512,
+            log_every: 25,
+            checkpoint_every: 500,
+            keep_checkpoints: 2,
+            optim: OptimConfig::default(),
+            augment: AugmentConfig::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("train.steps", self.steps),
+            ("train.batch_size", self.batch_size),
+            ("train.val_every", self.val_every),
+            ("train.log_every", self.log_every),
+            ("train.checkpoint_every", self.checkpoint_every),
+            ("train.keep_checkpoints", self.keep_checkpoints),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(VlaError::invalid(field, "must be > 0"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return Err(VlaError::invalid(
+                "train.val_fraction",
+                format!("{} must be in [0, 1)", self.val_fraction),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a config file holding the model tables and an optional `[train]` table.
+pub fn load_config_file(path: impl AsRef<Path>) -> Result<(VlaConfig, TrainConfig)> {
+    let path = path.as_ref();
+    let err = |message: String| VlaError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e| err(format!("invalid TOML: {e}")))?;
+    let train = match table.remove("train") {
+        Some(t) => t
+            .try_into::<TrainConfig>()
+            .map_err(|e| err(format!("[train]: {e}")))?,
+        None => TrainConfig::default(),
+    };
+    let model_text = toml::to_string(&table).map_err(|e| err(e.to_string()))?;
+    let model = VlaConfig::from_toml_str(&model_text).map_err(|e| err(e.to_string()))?;
+    train.validate().map_err(|e| err(e.to_string()))?;
+    Ok((model, train))
+}
+
+/// Everything `vla train` was asked to do.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub data: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub model: VlaConfig,
+    pub train: TrainConfig,
+    pub device: Device,
+    pub resume: bool,
+    /// Instructions the text tokenizer is trained on (besides the datasets' own tasks).
+    pub corpus: Vec<String>,
+}
+
+/// Validation metrics on held-out episodes (teacher-forced, as OpenVLA reports them).
+#[derive(Clone, Debug, Serialize)]
+pub struct ValStats {
+    pub step: usize,
+    pub loss: f64,
+    /// Action-token accuracy.
+    pub accuracy: f64,
+    /// Mean absolute error of decoded translation/rotation deltas (m and rad).
+    pub l1: f64,
+    /// Fraction of frames whose gripper command is right.
+    pub gripper_accuracy: f64,
+    pub frames: usize,
+}
+
+/// What the loop reports while it runs; returning `false` from the callback stops training
+/// after a checkpoint (Ctrl-C).
+pub enum TrainEvent<'a> {
+    Loading {
+        done: usize,
+        total: usize,
+    },
+    Started {
+        data: &'a DataSummary,
+        params: i64,
+        start_step: usize,
+        total_steps: usize,
+    },
+    Step {
+        stats: &'a StepStats,
+        samples_per_s: f64,
+    },
+    Validated(&'a ValStats),
+    Checkpoint {
+        step: usize,
+        dir: &'a Path,
+    },
+}
+
+/// Final summary (also printed by `vla train --json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub out: PathBuf,
+    pub params: i64,
+    pub data: DataSummary,
+    pub start_step: usize,
+    pub steps: usize,
+    pub interrupted: bool,
+    pub seconds: f64,
+    pub samples_per_s: f64,
+    pub final_train_loss: Option<f64>,
+    pub final_val: Option<ValStats>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointState {
+    step: usize,
+}
+
+const CHECKPOINTS: &str = "checkpoints";
+const METRICS: &str = "metrics.jsonl";
+
+/// Runs (or resumes) training.
+pub fn train(
+    opts: &TrainOptions,
+    on_event: &mut dyn FnMut(TrainEvent<'_>) -> bool,
+) -> Result<TrainSummary> {
+    let started = Instant::now();
+    let mut train_cfg = opts.train.clone();
+    train_cfg.validate()?;
+    train_cfg.optim.total_steps = train_cfg.steps;
+    let resume_from = if opts.resume {
+        latest_checkpoint(&opts.out)?
+    } else {
+        None
+    };
+    if !opts.resume && latest_checkpoint(&opts.out)?.is_some() {
+        return Err(VlaError::Input(format!(
+            "{} already holds a training run: pass --resume to continue it, or choose another --out",
+            opts.out.display()
+        )));
+    }
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| VlaError::checkpoint(&opts.out, format!("cannot create: {e}")))?;
+
+    let data = TrainingData::load(
+        &opts.data,
+        opts.model.vision.image_size as u32,
+        train_cfg.val_fraction,
+        train_cfg.seed,
+        &mut |done, total| {
+            on_event(TrainEvent::Loading { done, total });
+        },
+    )?;
+    if data.train_indices().is_empty() {
+        return Err(VlaError::Input(
+            "no training frames after the validation split".into(),
+        ));
+    }
+    let summary = data.summary();
+
+    let (mut model, tokenizer, start_step) = match &resume_from {
+        Some((step, dir)) => {
+            let (model, tok) = load_run(dir, opts.device)?;
+            tracing::info!(step, dir = %dir.display(), "resuming");
+            (model, tok, *step)
+        }
+        None => {
+            let (actions, states) = data.train_actions_and_states();
+            let stats = NormStats::from_data(&actions, &states, &opts.model)?;
+            let mut corpus: Vec<String> = opts.corpus.clone();
+            corpus.extend(data.tasks().iter().cloned());
+            let tok = TextTokenizer::train_for_instructions(&corpus, opts.model.text.vocab_size)?;
+            let model = VlaModel::new(
+                opts.model.clone(),
+                stats,
+                opts.device,
+                train_cfg.seed as i64,
+            )?;
+            (model, tok, 0)
+        }
+    };
+    let mut step_fn = TrainStep::new(&mut model, train_cfg.optim.clone())?;
+    if let Some((step, dir)) = &resume_from {
+        step_fn.load_state(dir.join("optimizer.safetensors"))?;
+        step_fn.set_step(*step);
+    }
+    write_train_json(opts, &train_cfg, &summary)?;
+    let mut metrics = open_metrics(&opts.out, start_step)?;
+    let prompts = PromptCache::new(&data, &tokenizer)?;
+    let val_subset = evenly_spaced(data.val_indices(), train_cfg.val_frames);
+
+    if !on_event(TrainEvent::Started {
+        data: &summary,
+        params: model.num_parameters(),
+        start_step,
+        total_steps: train_cfg.steps,
+    }) {
+        return Err(VlaError::Input(
+            "training cancelled before it started".into(),
+        ));
+    }
+
+    let train_idx = data.train_indices();
+    let mut interrupted = false;
+    let mut last_loss = None;
+    let mut final_val = None;
+    let mut window = Instant::now();
+    let mut window_samples = 0usize;
+    let loop_start = Instant::now();
+    let mut samples = 0usize;
+    let mut step = start_step;
+    while step < train_cfg.steps {
+        let mut rng = step_rng(train_cfg.seed, step);
+        let indices: Vec<usize> = (0..train_cfg.batch_size)
+            .map(|_| train_idx[rng.random_range(0..train_idx.len())])
+            .collect();
+        let batch = data
+            .batch(
+                &indices,
+                &model,
+                &tokenizer,
+                &prompts,
+                Some((&train_cfg.augment, &mut rng)),
+            )?
+            .to_device(opts.device);
+        let stats = step_fn.step(&model, &batch)?;
+        step += 1;
+        samples += indices.len();
+        window_samples += indices.len();
+        last_loss = Some(stats.loss);
+        let mut keep_going = true;
+        if step % train_cfg.log_every == 0 || step == train_cfg.steps {
+            let sps = window_samples as f64 / window.elapsed().as_secs_f64().max(1e-9);
+            window = Instant::now();
+            window_samples = 0;
+            write_metric(
+                &mut metrics,
+                &serde_json::json!({
+                    "kind": "train", "step": step, "loss": stats.loss, "accuracy": stats.accuracy,
+                    "lr": stats.lr, "grad_norm": stats.grad_norm, "samples_per_s": sps,
+                    "elapsed_s": started.elapsed().as_secs_f64(),
+                }),
+                &opts.out,
+            )?;
+            keep_going &= on_event(TrainEvent::Step {
+                stats: &stats,
+                samples_per_s: sps,
+            });
+        }
+        if !val_subset.is_empty() && (step % train_cfg.val_every == 0 || step == train_cfg.steps) {
+            let val = validate(
+                &data,
+                &val_subset,
+                &model,
+                &tokenizer,
+                &prompts,
+                &train_cfg,
+                step,
+            )?;
+            write_metric(
+                &mut metrics,
+                &serde_json::json!({
+                    "kind": "val", "step": step, "loss": val.loss, "accuracy": val.accuracy,
+                    "l1": val.l1, "gripper_accuracy": val.gripper_accuracy,
+                    "elapsed_s": started.elapsed().as_secs_f64(),
+                }),
+                &opts.out,
+            )?;
+            keep_going &= on_event(TrainEvent::Validated(&val));
+            final_val = Some(val);
+        }
+        let last = step == train_cfg.steps;
+        if !keep_going || last || step % train_cfg.checkpoint_every == 0 {
+            let dir = save_checkpoint(&opts.out, step, &model, &tokenizer, &step_fn, &train_cfg)?;
+            on_event(TrainEvent::Checkpoint { step, dir: &dir });
+        }
+        if !keep_going {
+            interrupted = true;
+            break;
+        }
+    }
+    if step == start_step && resume_from.is_none() {
+        save_run(&opts.out, &model, &tokenizer)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(TrainSummary {
+        out: opts.out.clone(),
+        params: model.num_parameters(),
+        data: summary,
+        start_step,
+        steps: step,
+        interrupted,
+        seconds,
+        samples_per_s: samples as f64 / loop_start.elapsed().as_secs_f64().max(1e-9),
+        final_train_loss: last_loss,
+        final_val,
+    })
+}
+
+fn validate(
+    data: &TrainingData,
+    subset: &[usize],
+    model: &VlaModel,
+    tokenizer: &TextTokenizer,
+    prompts: &PromptCache,
+    cfg: &TrainConfig,
+    step: usize,
+) -> Result<ValStats> {
+    let tok = model.action_tokenizer();
+    let gripper = model.config().action.gripper_dim;
+    let (mut loss, mut acc, mut l1, mut grip) = (0.0, 0.0, 0.0, 0.0);
+    let mut l1_count = 0usize;
+    tch::no_grad(|| -> Result<()> {
+        for chunk in subset.chunks(cfg.batch_size.max(1)) {
+            let batch = data
+                .batch(chunk, model, tokenizer, prompts, None)?
+                .to_device(model.device());
+            let out = model.forward_train(&batch)?;
+            let n = chunk.len() as f64;
+            loss += out.loss.double_value(&[]) * n;
+            acc += out.accuracy.double_value(&[]) * n;
+            let predicted: Vec<i64> = Vec::<i64>::try_from(
+                out.predicted
+                    .to_device(Device::Cpu)
+                    .to_kind(Kind::Int64)
+                    .flatten(0, 1),
+            )?;
+            for (row, &i) in predicted.chunks(tok.action_dim()).zip(chunk) {
+                let decoded = tok.decode(row)?;
+                let truth = data.action(i);
+                for (d, (p, t)) in decoded.iter().zip(truth).enumerate() {
+                    if Some(d) == gripper {
+                        grip += ((*p > 0.5) == (*t > 0.5)) as u8 as f64;
+                    } else {
+                        l1 += (p - t).abs() as f64;
+                        l1_count += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let n = subset.len() as f64;
+    Ok(ValStats {
+        step,
+        loss: loss / n,
+        accuracy: acc / n,
+        l1: l1 / l1_count.max(1) as f64,
+        gripper_accuracy: grip / n,
+        frames: subset.len(),
+    })
+}
+
+/// Up to `n` indices spread evenly over `all` (deterministic).
+fn evenly_spaced(all: &[usize], n: usize) -> Vec<usize> {
+    if all.len() <= n {
+        return all.to_vec();
+    }
+    (0..n).map(|k| all[k * all.len() / n]).collect()
+}
+
+fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
+    out.join(CHECKPOINTS).join(format!("step_{step:07}"))
+}
+
+/// The newest complete checkpoint (one with `state.json`), if any.
+pub fn latest_checkpoint(out: &Path) -> Result<Option<(usize, PathBuf)>> {
+    let dir = out.join(CHECKPOINTS);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(VlaError::checkpoint(&dir, format!("cannot list: {e}"))),
+    };
+    let mut best: Option<(usize, PathBuf)> = None;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(text) = std::fs::read_to_string(path.join("state.json")) else {
+            continue;
+        };
+        let Ok(state) = serde_json::from_str::<CheckpointState>(&text) else {
+            tracing::warn!(dir = %path.display(), "ignoring checkpoint with unreadable state.json");
+            continue;
+        };
+        if best.as_ref().is_none_or(|(s, _)| state.step > *s) {
+            best = Some((state.step, path));
+        }
+    }
+    Ok(best)
+}
+
+fn save_checkpoint(
+    out: &Path,
+    step: usize,
+    model: &VlaModel,
+    tokenizer: &TextTokenizer,
+    step_fn: &TrainStep,
+    cfg: &TrainConfig,
+) -> Result<PathBuf> {
+    let dir = checkpoint_dir(out, step);
+    save_run(&dir, model, tokenizer)?;
+    step_fn.save_state(dir.join("optimizer.safetensors"))?;
+    let state = serde_json::to_string(&CheckpointState { step })
+        .map_err(|e| VlaError::checkpoint(&dir, e))?;
+    let state_path = dir.join("state.json");
+    std::fs::write(&state_path, state).map_err(|e| VlaError::checkpoint(&state_path, e))?;
+    // The latest weights also live at the top of the run, where `--ckpt RUN` finds them.
+    save_run(out, model, tokenizer)?;
+    // Prune old checkpoints (keep the newest `keep_checkpoints`).
+    if let Ok(entries) = std::fs::read_dir(out.join(CHECKPOINTS)) {
+        let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        dirs.sort();
+        let excess = dirs.len().saturating_sub(cfg.keep_checkpoints);
+        for old in dirs.into_iter().take(excess) {
+            if old != dir {
+                let _ = std::fs::remove_dir_all(&old);
+            }
+        }
+    }
+    Ok(dir)
+}
+
+fn write_train_json(opts: &TrainOptions, cfg: &TrainConfig, data: &DataSummary) -> Result<()> {
+    let path = opts.out.join("train.json");
+    let value = serde_json::json!({
+        "model": opts.model,
+        "train": cfg,
+        "data": data,
+        "device": format!("{:?}", opts.device),
+    });
+    let text = serde_json::to_string_pretty(&value).map_err(|e| VlaError::checkpoint(&path, e))?;
+    std::fs::write(&path, text).map_err(|e| VlaError::checkpoint(&path, e))
+}
+
+/// Opens `metrics.jsonl` for appending; on resume, drops lines past the resumed step (they
+/// came from work after the checkpoint that is being redone).
+fn open_metrics(out: &Path, start_step: usize) -> Result<std::fs::File> {
+    let path = out.join(METRICS);
+    let kept: String = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                    .is_some_and(|s| (s as usize) <= start_step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect(),
+        Err(_) => String::new(),
+    };
+    std::fs::write(&path, kept).map_err(|e| VlaError::checkpoint(&path, e))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(|e| VlaError::checkpoint(&path, e))
+}
+
+fn write_metric(file: &mut std::fs::File, value: &serde_json::Value, out: &Path) -> Result<()> {
+    writeln!(file, "{value}").map_err(|e| VlaError::checkpoint(out.join(METRICS), e))
+}
+
+/// Reads `metrics.jsonl` back (for plots and reports).
+pub fn read_metrics(out: &Path) -> Result<Vec<serde_json::Value>> {
+    let path = out.join(METRICS);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| VlaError::checkpoint(&path, format!("cannot read: {e}")))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
