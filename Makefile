@@ -14,7 +14,7 @@ APT_PACKAGES := mesa-vulkan-drivers libvulkan1 xvfb xauth libx11-6 libxkbcommon-
 CARGO ?= cargo
 VLA := $(CARGO) run --quiet --bin vla --
 
-.PHONY: setup apt venv venv-lerobot test lint demo bench clean-runs
+.PHONY: setup apt venv venv-lerobot test test-e2e lint demo bench clean-runs
 
 setup: apt venv venv-lerobot
 	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
@@ -57,6 +57,11 @@ test: setup
 	VLA_REQUIRE_LEROBOT=1 VLA_REQUIRE_DDS=1 $(CARGO) test --workspace --no-fail-fast --exclude vla-model
 	$(CARGO) test -p vla-model --no-fail-fast -- --test-threads=1
 
+# The whole path through ROS 2 with the demo's trained policy: `vla ros sim` + `vla ros bridge`
+# must match `vla eval` on pick. Needs `make demo` first (CI runs both).
+test-e2e: setup
+	VLA_REQUIRE_DDS=1 VLA_REQUIRE_E2E=1 VLA_E2E_CKPT=$(CURDIR)/runs/demo/run $(CARGO) test --test ros_e2e -- --nocapture
+
 lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -67,6 +72,8 @@ demo: setup
 bench: setup
 	$(VLA) bench sim --envs 1 --steps 300
 	$(VLA) bench sim --envs 2 --steps 300
+	$(VLA) bench train --config vla/configs/tiny.toml
+	$(VLA) bench policy $$( [ -d runs/demo/run ] && echo --ckpt runs/demo/run )
 
 clean-runs:
 	rm -rf runs
