@@ -1,23 +1,8 @@
 //! The `vla` command line end to end: JSON reports, reproducibility, clear errors.
 
-use std::process::Command;
+mod common;
 
-fn vla(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vla"))
-        .args(args)
-        .output()
-        .expect("runs vla")
-}
-
-fn json(args: &[&str]) -> serde_json::Value {
-    let out = vla(args);
-    assert!(
-        out.status.success(),
-        "vla {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
-}
+use common::{json, vla};
 
 #[test]
 fn expert_report_has_the_documented_shape_and_a_stable_digest() {

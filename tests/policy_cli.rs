@@ -2,26 +2,11 @@
 //! eval → bench, with the JSON each prints. (Whether the policy is *good* is the demo's job;
 //! here every command must work on real files and report the documented shape.)
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn vla(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vla"))
-        .args(args)
-        .env("VLA_TEST", "1")
-        .output()
-        .expect("runs vla")
-}
-
-fn json(args: &[&str]) -> serde_json::Value {
-    let out = vla(args);
-    assert!(
-        out.status.success(),
-        "vla {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
-}
+use common::{json, vla};
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vla-policy-cli-{}-{name}", std::process::id()));

@@ -86,13 +86,12 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
     let robot = args.sim.robot()?;
     let lang = Language::builtin()?;
     let specs = episode_specs(&families, split, args.run.episodes, args.run.seed);
-    let bar = super::progress(specs.len() as u64, &format!("eval {}", split.as_str()));
+    let mut bar = super::SuccessBar::new(specs.len() as u64, &format!("eval {}", split.as_str()));
     let slots = args.run.envs.max(1);
     let mut recorders: Vec<Option<GifRecorder>> = (0..slots).map(|_| None).collect();
     // (successes saved, failures saved) per family.
     let mut saved: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let wanted = args.gifs;
-    let (mut done, mut successes) = (0usize, 0usize);
     let mut io_error: Option<anyhow::Error> = None;
     let outcomes = run_episodes(
         &specs,
@@ -125,13 +124,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
                     }
                 }
                 Event::Done { slot, outcome } => {
-                    done += 1;
-                    successes += outcome.success as usize;
-                    bar.inc(1);
-                    bar.set_message(format!(
-                        "success {:.0} %",
-                        100.0 * successes as f64 / done as f64
-                    ));
+                    bar.finished(outcome.success);
                     if let Some(r) = recorders[slot].take() {
                         let count = saved.entry(outcome.spec.family.clone()).or_default();
                         let (n, tag) = if outcome.success {
@@ -156,7 +149,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
             true
         },
     )?;
-    bar.finish_and_clear();
+    bar.bar.finish_and_clear();
     if let Some(e) = io_error {
         return Err(e);
     }

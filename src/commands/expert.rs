@@ -58,11 +58,9 @@ pub fn expert_report(args: &Args) -> anyhow::Result<SuiteReport> {
     let robot = args.sim.robot()?;
     let lang = Language::builtin()?;
     let specs = episode_specs(&families, split, args.run.episodes, args.run.seed);
-    let bar = super::progress(specs.len() as u64, "expert");
+    let mut bar = super::SuccessBar::new(specs.len() as u64, "expert");
     let mut recorders: Vec<Option<(GifRecorder, String)>> =
         (0..args.run.envs.max(1)).map(|_| None).collect();
-    let mut successes = 0usize;
-    let mut done = 0usize;
     let record_dir = args.record.clone();
     let record_n = args.record_episodes;
     let mut io_error: Option<anyhow::Error> = None;
@@ -99,13 +97,7 @@ pub fn expert_report(args: &Args) -> anyhow::Result<SuiteReport> {
                     }
                 }
                 Event::Done { slot, outcome } => {
-                    done += 1;
-                    successes += outcome.success as usize;
-                    bar.inc(1);
-                    bar.set_message(format!(
-                        "success {:.0} %",
-                        100.0 * successes as f64 / done as f64
-                    ));
+                    bar.finished(outcome.success);
                     if let (Some((r, name)), Some(dir)) =
                         (recorders[slot].take(), record_dir.as_ref())
                     {
@@ -126,7 +118,7 @@ pub fn expert_report(args: &Args) -> anyhow::Result<SuiteReport> {
             true
         },
     )?;
-    bar.finish_and_clear();
+    bar.bar.finish_and_clear();
     if let Some(e) = io_error {
         return Err(e);
     }

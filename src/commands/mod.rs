@@ -107,6 +107,34 @@ pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// A progress bar over episodes that shows the running success rate.
+pub struct SuccessBar {
+    pub bar: indicatif::ProgressBar,
+    done: usize,
+    successes: usize,
+}
+
+impl SuccessBar {
+    pub fn new(total: u64, what: &str) -> Self {
+        SuccessBar {
+            bar: progress(total, what),
+            done: 0,
+            successes: 0,
+        }
+    }
+
+    /// Counts one finished episode.
+    pub fn finished(&mut self, success: bool) {
+        self.done += 1;
+        self.successes += success as usize;
+        self.bar.inc(1);
+        self.bar.set_message(format!(
+            "success {:.0} %",
+            100.0 * self.successes as f64 / self.done as f64
+        ));
+    }
+}
+
 /// Which episodes to run: the options `vla expert` and `vla collect` share.
 #[derive(clap::Args, Clone, Debug)]
 pub struct EpisodeOptions {

@@ -14,6 +14,10 @@ pub const MAX_STEP: f64 = 0.025;
 pub const MAX_TURN: f64 = 0.12;
 /// Height of the carry and approach moves above the table (m).
 pub const CARRY_Z: f64 = 0.20;
+/// Approach funnel: height above the grasp allowed per metre of misalignment, and how
+/// many metres of misalignment one radian of finger yaw error counts as.
+pub const FUNNEL_SLOPE: f64 = 4.0;
+pub const FUNNEL_YAW_M_PER_RAD: f64 = 0.05;
 
 /// A waypoint: tool position, yaw of the finger axis, gripper closed?
 #[derive(Clone, Copy, Debug)]
@@ -164,7 +168,15 @@ impl PickPlace {
             let (wp, tolerance, min_steps) = match self.phase {
                 Phase::Approach => {
                     self.yaw = grasp_yaw(cell, self.object, controller);
-                    let z = (grasp_z(cell, self.object) + 0.10).max(tool.z.min(CARRY_Z));
+                    let gz = grasp_z(cell, self.object);
+                    let high = (gz + 0.10).max(tool.z.min(CARRY_Z));
+                    // A funnel: the better the fingers line up over the object, the lower
+                    // they may go, so the descent blends into the alignment instead of
+                    // following a hover that ends on a 6 mm threshold. A learned policy
+                    // cannot see that threshold and hovers; it can imitate a funnel.
+                    let misalignment = (obj.xy() - tool.xy()).norm()
+                        + FUNNEL_YAW_M_PER_RAD * wrap(self.yaw - current_yaw(controller)).abs();
+                    let z = high.min(gz + FUNNEL_SLOPE * misalignment).max(gz);
                     (
                         Waypoint {
                             position: Vector3::new(obj.x, obj.y, z),
