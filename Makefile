@@ -56,11 +56,19 @@ venv-lerobot:
 test: setup
 	VLA_REQUIRE_LEROBOT=1 VLA_REQUIRE_DDS=1 $(CARGO) test --workspace --no-fail-fast --exclude vla-model
 	$(CARGO) test -p vla-model --no-fail-fast -- --test-threads=1
+	$(MAKE) --no-print-directory test-e2e
 
-# The whole path through ROS 2 with the demo's trained policy: `vla ros sim` + `vla ros bridge`
-# must match `vla eval` on pick. Needs `make demo` first (CI runs both).
+# The whole path through ROS 2 with a trained policy: `vla ros sim` + `vla ros bridge` must
+# match `vla eval` on pick. The policy is a small one trained here (20 pick demonstrations,
+# 300 steps, a few minutes), cached in runs/e2e; E2E_RUN=runs/demo/run uses the demo's.
+E2E_RUN ?= runs/e2e/run
 test-e2e: setup
-	VLA_REQUIRE_DDS=1 VLA_REQUIRE_E2E=1 VLA_E2E_CKPT=$(CURDIR)/runs/demo/run $(CARGO) test --test ros_e2e -- --nocapture
+	@if [ ! -f $(E2E_RUN)/model.safetensors ]; then \
+	  rm -rf runs/e2e && \
+	  $(VLA) collect --suite pick --episodes 20 --envs 2 --noise 0.004 --out runs/e2e/data && \
+	  $(VLA) train --data runs/e2e/data --out $(E2E_RUN) --steps 300; \
+	fi
+	VLA_REQUIRE_DDS=1 VLA_REQUIRE_E2E=1 VLA_E2E_CKPT=$(CURDIR)/$(E2E_RUN) $(CARGO) test --test ros_e2e -- --nocapture
 
 lint: setup
 	$(CARGO) fmt --all --check
