@@ -7,7 +7,7 @@ use serde::Serialize;
 use vla_model::tch::{Device, Kind, Tensor};
 use vla_model::{left_pad, NormStats, Policy, TextTokenizer, TrainStep, VlaBatch, VlaModel};
 
-use super::train::parse_device;
+use super::train::{parse_device, set_threads};
 
 #[derive(clap::Args)]
 pub struct PolicyArgs {
@@ -90,14 +90,6 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-fn set_threads(threads: Option<i32>) -> anyhow::Result<()> {
-    if let Some(t) = threads {
-        anyhow::ensure!(t > 0, "--threads must be at least 1");
-        vla_model::tch::set_num_threads(t);
-    }
-    Ok(())
 }
 
 fn fresh_model(

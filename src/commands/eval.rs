@@ -71,10 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Runs the evaluation and writes `OUT/{suite}_{split}.json` and the GIFs.
 pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
     let (families, split) = args.run.validate()?;
-    if let Some(t) = args.threads {
-        anyhow::ensure!(t > 0, "--threads must be at least 1");
-        vla_model::tch::set_num_threads(t);
-    }
+    super::train::set_threads(args.threads)?;
     let policy = Policy::load(&args.ckpt, parse_device(&args.device)?)
         .with_context(|| format!("loading the policy from {}", args.ckpt.display()))?;
     let out_dir = args.out.clone().unwrap_or_else(|| args.ckpt.join("eval"));

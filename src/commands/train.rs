@@ -57,6 +57,15 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
     }
 }
 
+/// Applies `--threads` (libtorch intra-op threads) when given.
+pub fn set_threads(threads: Option<i32>) -> anyhow::Result<()> {
+    if let Some(t) = threads {
+        anyhow::ensure!(t > 0, "--threads must be at least 1");
+        vla_model::tch::set_num_threads(t);
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let summary = train(&args)?;
     super::print_report(args.json, &summary, || {
@@ -97,10 +106,7 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
     if let Some(seed) = args.seed {
         train_cfg.seed = seed;
     }
-    if let Some(t) = args.threads {
-        anyhow::ensure!(t > 0, "--threads must be at least 1");
-        vla_model::tch::set_num_threads(t);
-    }
+    set_threads(args.threads)?;
     let device = parse_device(&args.device)?;
     let corpus = vla_tasks::Language::builtin()?.corpus();
     let opts = TrainOptions {
