@@ -136,8 +136,22 @@ fn collect_train_act_eval_bench() {
         "1",
         "--seed",
         "1000",
+        "--trace",
+        s(&root.join("trace.jsonl")),
         "--json",
     ]);
+    // The trace has a line per control step with the expert's view of the same state.
+    let trace = std::fs::read_to_string(root.join("trace.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = trace
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        assert_eq!(line["action"].as_array().map(Vec::len), Some(7), "{line}");
+        assert_eq!(line["expert"].as_array().map(Vec::len), Some(7), "{line}");
+        assert_eq!(line["state"].as_array().map(Vec::len), Some(13), "{line}");
+    }
     let pick = &eval["per_family"]["pick"];
     assert_eq!(pick["episodes"], 1);
     let ci = pick["wilson95"].as_array().expect("wilson95");
@@ -158,6 +172,42 @@ fn collect_train_act_eval_bench() {
     for key in ["params", "step_ms_p50", "step_ms_p99", "hz", "rss_mb"] {
         assert!(bench[key].is_number(), "bench policy lacks {key}: {bench}");
     }
+
+    // DAgger round: the policy drives, the expert labels, every episode is kept; then a
+    // fine-tuning run starts from the first run's weights.
+    let dagger = root.join("dagger");
+    let collected = json(&[
+        "collect",
+        "--suite",
+        "pick",
+        "--episodes",
+        "2",
+        "--seed",
+        "7",
+        "--policy",
+        s(&run),
+        "--expert-share",
+        "0.5",
+        "--out",
+        s(&dagger),
+        "--json",
+    ]);
+    assert_eq!(collected["episodes_written"], 2, "{collected}");
+    let tuned = json(&[
+        "train",
+        "--data",
+        s(&data),
+        "--data",
+        s(&dagger),
+        "--init",
+        s(&run),
+        "--out",
+        s(&root.join("tuned")),
+        "--config",
+        s(&config),
+        "--json",
+    ]);
+    assert_eq!(tuned["steps"], 4, "{tuned}");
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -13,12 +13,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use vla_core::{Action, Observation};
 use vla_datasets::{DatasetSpec, DatasetWriter, FrameRecord, ImageSize};
-use vla_tasks::runner::{episode_specs, run as run_episodes, Event, ExpertAgent, RunSetup};
+use vla_tasks::runner::{episode_specs, run as run_episodes, Agent, Event, ExpertAgent, RunSetup};
 use vla_tasks::Language;
 
+use super::eval::PolicyAgent;
 use super::{EpisodeOptions, SimOptions};
 
 #[derive(clap::Args, Clone)]
@@ -33,6 +36,17 @@ pub struct Args {
     /// Continue a dataset this command started (same arguments).
     #[arg(long)]
     pub resume: bool,
+    /// DAgger: let this trained policy act, and record what the expert would have done in
+    /// the states the policy reaches. Every episode is kept (the failures are the point).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// With `--policy`: probability that a step runs the expert's action instead (DAgger's
+    /// β), so that later phases of the task are reached too.
+    #[arg(long, default_value_t = 0.0)]
+    pub expert_share: f64,
+    /// Device for `--policy`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -98,6 +112,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
     let (families, split) = args.run.validate()?;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.expert_share),
+        "--expert-share must be in [0, 1], got {}",
+        args.expert_share
+    );
+    anyhow::ensure!(
+        args.policy.is_some() || args.expert_share == 0.0,
+        "--expert-share needs --policy"
+    );
+    let policy = match &args.policy {
+        Some(dir) => Some(
+            vla_model::Policy::load(dir, super::train::parse_device(&args.device)?)
+                .with_context(|| format!("loading the policy from {}", dir.display()))?,
+        ),
+        None => None,
+    };
     let mut config = args.sim.env_config()?;
     config.render_enabled = true;
     let robot = args.sim.robot()?;
@@ -182,7 +212,18 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
         language: &lang,
         noise: args.run.noise,
     };
-    run_episodes(&specs, &setup, &mut ExpertAgent, &mut |event| {
+    let mut expert = ExpertAgent;
+    let mut dagger = policy.as_ref().map(|p| PolicyAgent {
+        query_expert: true,
+        expert_share: args.expert_share,
+        rng: ChaCha8Rng::seed_from_u64(args.run.seed ^ 0xDA66E7),
+        ..PolicyAgent::new(p)
+    });
+    let agent: &mut dyn Agent = match dagger.as_mut() {
+        Some(d) => d,
+        None => &mut expert,
+    };
+    run_episodes(&specs, &setup, agent, &mut |event| {
         if failure.is_some() {
             return false;
         }
@@ -198,7 +239,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
             Event::Done { slot, outcome } => {
                 finished += 1;
                 successes += outcome.success as usize;
-                let keep = outcome.success || args.keep_failures;
+                let keep = outcome.success || args.keep_failures || args.policy.is_some();
                 let episode = std::mem::take(&mut buffers[slot]);
                 if keep {
                     let fps = config.sim.control_hz as f32;

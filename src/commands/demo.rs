@@ -127,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: None,
         device: args.device.clone(),
         resume: false,
+        init: None,
         threads: None,
         json: false,
     };
@@ -214,6 +215,9 @@ fn collect_cached(args: &Args, family: &str, episodes: usize, dir: &Path) -> any
         out: dir.to_path_buf(),
         keep_failures: false,
         resume,
+        policy: None,
+        expert_share: 0.0,
+        device: args.device.clone(),
         json: false,
         sim: args.sim.clone(),
     })?;
@@ -300,6 +304,7 @@ fn eval_cached(
         },
         gifs: 1,
         out: None,
+        trace: None,
         device: args.device.clone(),
         threads: None,
         json: false,

@@ -3,9 +3,12 @@
 //! failures per family under `RUN/eval/`.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use vla_core::{Action, Observation};
 use vla_model::Policy;
 use vla_sim::record::GifRecorder;
@@ -29,6 +32,11 @@ pub struct Args {
     /// Where GIFs and the report go (default: RUN/eval).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write one JSON line per control step: the policy's action, what the scripted expert
+    /// would have done in the same state, and the end-effector state. Shows *where* a
+    /// policy departs from the demonstrations.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// libtorch intra-op threads.
@@ -42,24 +50,64 @@ pub struct Args {
 
 /// The trained policy as an episode-runner agent: one batched forward pass for every
 /// environment that needs an action this step.
+///
+/// It can also ask each environment's scripted expert what it would do in the same state
+/// (the runner reports that as the step's label), and hand a share of the steps to the
+/// expert: that is DAgger's data collection (Ross et al., 2011), where the policy visits
+/// its own mistakes and the expert labels how to recover from them.
 pub struct PolicyAgent<'a> {
     pub policy: &'a Policy,
+    /// Query the expert every step (its clean action becomes the step's label).
+    pub query_expert: bool,
+    /// Probability that a step executes the expert's action instead of the policy's
+    /// (DAgger's β); needs `query_expert`.
+    pub expert_share: f64,
+    pub rng: ChaCha8Rng,
+}
+
+impl<'a> PolicyAgent<'a> {
+    /// Only the policy acts; the expert is not consulted.
+    pub fn new(policy: &'a Policy) -> Self {
+        PolicyAgent {
+            policy,
+            query_expert: false,
+            expert_share: 0.0,
+            rng: ChaCha8Rng::seed_from_u64(0),
+        }
+    }
 }
 
 impl Agent for PolicyAgent<'_> {
     fn act(
         &mut self,
-        _envs: &mut [Env],
-        _active: &[usize],
+        envs: &mut [Env],
+        active: &[usize],
         observations: &[&Observation],
     ) -> Result<Vec<Action>, TaskError> {
+        let expert: Vec<Action> = if self.query_expert {
+            active
+                .iter()
+                .map(|i| envs[*i].expert_action().map_err(TaskError::from))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         let items: Vec<(&Observation, &str)> = observations
             .iter()
             .map(|o| (*o, o.instruction.as_str()))
             .collect();
-        self.policy
+        let mut actions = self
+            .policy
             .act_batch(&items)
-            .map_err(|e| TaskError::Agent(format!("policy: {e}")))
+            .map_err(|e| TaskError::Agent(format!("policy: {e}")))?;
+        if self.expert_share > 0.0 {
+            for (action, expert) in actions.iter_mut().zip(&expert) {
+                if self.rng.random::<f64>() < self.expert_share {
+                    *action = *expert;
+                }
+            }
+        }
+        Ok(actions)
     }
 }
 
@@ -88,6 +136,13 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
     let mut recorders: Vec<Option<GifRecorder>> = (0..slots).map(|_| None).collect();
     // (successes saved, failures saved) per family.
     let mut saved: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut trace = match &args.trace {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create the trace {}", path.display()))?,
+        )),
+        None => None,
+    };
     let wanted = args.gifs;
     let mut io_error: Option<anyhow::Error> = None;
     let outcomes = run_episodes(
@@ -99,7 +154,10 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
             language: &lang,
             noise: 0.0,
         },
-        &mut PolicyAgent { policy: &policy },
+        &mut PolicyAgent {
+            query_expert: trace.is_some(),
+            ..PolicyAgent::new(&policy)
+        },
         &mut |event| {
             match event {
                 Event::Reset {
@@ -115,9 +173,30 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
                         r
                     });
                 }
-                Event::Step { slot, result, .. } => {
+                Event::Step {
+                    slot,
+                    spec,
+                    action,
+                    label,
+                    result,
+                    previous,
+                } => {
                     if let Some(r) = recorders[slot].as_mut() {
                         r.push(&result.observation);
+                    }
+                    if let Some(w) = trace.as_mut() {
+                        let line = serde_json::json!({
+                            "family": spec.family,
+                            "index": spec.index,
+                            "step": result.info.step,
+                            "state": previous.state,
+                            "action": action.0,
+                            "expert": label.0,
+                            "success": result.success,
+                        });
+                        if let Err(e) = writeln!(w, "{line}") {
+                            io_error.get_or_insert(e.into());
+                        }
                     }
                 }
                 Event::Done { slot, outcome } => {
@@ -147,6 +226,11 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
         },
     )?;
     bar.bar.finish_and_clear();
+    if let Some(w) = trace.as_mut() {
+        if let Err(e) = w.flush() {
+            io_error.get_or_insert(e.into());
+        }
+    }
     if let Some(e) = io_error {
         return Err(e);
     }

@@ -39,6 +39,10 @@ pub struct Args {
     /// Continue from the newest checkpoint in `--out`.
     #[arg(long)]
     pub resume: bool,
+    /// Fine-tune: start from this run's weights, tokenizer and action statistics, with a
+    /// fresh optimiser and schedule (e.g. a DAgger round on aggregated data).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// libtorch intra-op threads (default: libtorch's choice, one per core).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -116,6 +120,7 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
         train: train_cfg.clone(),
         device,
         resume: args.resume,
+        init: args.init.clone(),
         corpus,
     };
     let stop = Arc::new(AtomicBool::new(false));

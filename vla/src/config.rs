@@ -37,6 +37,14 @@ pub struct VisionConfig {
     /// soft-argmax coordinates make positions linearly readable (Levine et al., 2016).
     #[serde(default)]
     pub num_keypoints: usize,
+    /// Early-convolution stem (Xiao et al., 2021, "Early convolutions help transformers see
+    /// better"): output channels of 3x3 stride-2 convolutions run before the patch
+    /// projection, which then covers `patch_size / 2^len` stem pixels. Empty (the default)
+    /// is the plain HF patchify stem. With a stem, keypoints are read from its
+    /// finer feature map rather than from the patch grid, so 3-pixel objects localise
+    /// to a pixel instead of a 16-pixel patch.
+    #[serde(default)]
+    pub stem_channels: Vec<usize>,
     /// Per-channel normalisation applied to [0, 1] pixels.
     #[serde(default = "default_mean")]
     pub image_mean: [f32; 3],
@@ -223,6 +231,19 @@ impl VlaConfig {
                 ),
             ));
         }
+        let stem_stride = 1usize << v.stem_channels.len().min(16);
+        if v.stem_channels.len() > 8
+            || v.stem_channels.contains(&0)
+            || !v.patch_size.is_multiple_of(stem_stride)
+        {
+            return Err(VlaError::invalid(
+                "vision.stem_channels",
+                format!(
+                    "{:?}: need at most 8 non-zero widths whose total stride {stem_stride} divides vision.patch_size {}",
+                    v.stem_channels, v.patch_size
+                ),
+            ));
+        }
         if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(VlaError::invalid(
                 "vision.hidden_size",
@@ -299,6 +320,7 @@ impl VlaConfig {
                 use_cls_token: false,
                 num_cameras: 2,
                 num_keypoints: 4,
+                stem_channels: vec![8],
                 image_mean: default_mean(),
                 image_std: default_std(),
             },
@@ -354,6 +376,14 @@ mod tests {
         bad.vision.patch_size = 5;
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("vision.image_size"), "{err}");
+
+        // A stem whose stride does not divide the patch (8 / 2^4) is refused by name.
+        let mut bad = VlaConfig::test_tiny();
+        bad.vision.stem_channels = vec![8, 8, 8, 8];
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("vision.stem_channels"), "{err}");
+        bad.vision.stem_channels = vec![0];
+        assert!(bad.validate().is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

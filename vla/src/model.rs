@@ -8,8 +8,10 @@
 //! ```
 //!
 //! The keypoint token (optional, `vision.num_keypoints`) carries the spatial soft-argmax
-//! coordinates of learned per-patch keypoint logits for every camera; it is what lets a
-//! from-scratch model learn object positions in minutes (see [`crate::config::VisionConfig`]).
+//! coordinates of learned keypoint logits for every camera — per pixel of the conv stem's
+//! feature map when the ViT has one (`vision.stem_channels`), per patch otherwise; it is what
+//! lets a from-scratch model learn object positions in minutes (see
+//! [`crate::config::VisionConfig`]).
 //!
 //! The hidden state at the last prompt token predicts `a0`, the one at `a_i` predicts
 //! `a_{i+1}`. Prompts are left-padded so every sample's actions sit at the same positions;
@@ -102,7 +104,7 @@ pub struct VlaModel {
     /// patch came from (both share the ViT and its position embeddings).
     camera_embeddings: Tensor,
     projector: MlpProjector,
-    /// `keypoint_head` (ViT width → K logits per patch) and `keypoint_projector`
+    /// `keypoint_head` (stem or ViT width → K logits per location) and `keypoint_projector`
     /// (2·K·cameras coordinates → LM width), when `vision.num_keypoints > 0`.
     keypoints: Option<(Linear, MlpProjector)>,
     proprio_projector: Option<MlpProjector>,
@@ -197,7 +199,8 @@ impl VlaModel {
             (
                 Linear::new(
                     &root.sub("keypoint_head"),
-                    v.hidden_size,
+                    // Read from the conv stem's finer map when there is one.
+                    v.stem_channels.last().copied().unwrap_or(v.hidden_size),
                     v.num_keypoints,
                     true,
                 ),
@@ -373,7 +376,7 @@ impl VlaModel {
         }
         let device = self.device();
         let pixels = self.preprocess_images(images)?;
-        let patches = self.vision.forward(&pixels); // [B*C, N, Dv]
+        let (patches, stem_features) = self.vision.forward_with_features(&pixels); // [B*C, N, Dv]
         let (_, n, dv) = patches.size3()?;
         let c = self.config.vision.num_cameras as i64;
         let cams = self
@@ -383,11 +386,20 @@ impl VlaModel {
         let vision = (patches.view([b, c, n, dv]) + cams).view([b, c * n, dv]);
         let mut parts = vec![self.projector.forward(&vision)];
         if let Some((head, proj)) = &self.keypoints {
-            let (gh, gw) = (
-                images.size()[3] / self.config.vision.patch_size as i64,
-                images.size()[4] / self.config.vision.patch_size as i64,
-            );
-            let coords = spatial_soft_argmax(&head.forward(&patches), gh, gw); // [B*C, K, 2]
+            let coords = match &stem_features {
+                Some(f) => {
+                    let (n, ch, fh, fw) = f.size4()?;
+                    let per_pixel = f.view([n, ch, fh * fw]).transpose(1, 2);
+                    spatial_soft_argmax(&head.forward(&per_pixel), fh, fw)
+                }
+                None => {
+                    let (gh, gw) = (
+                        images.size()[3] / self.config.vision.patch_size as i64,
+                        images.size()[4] / self.config.vision.patch_size as i64,
+                    );
+                    spatial_soft_argmax(&head.forward(&patches), gh, gw)
+                }
+            }; // [B*C, K, 2]
             let flat = coords.reshape([b, -1]).to_kind(self.compute_kind);
             parts.push(proj.forward(&flat).unsqueeze(1));
         }

@@ -126,6 +126,9 @@ pub struct TrainOptions {
     pub train: TrainConfig,
     pub device: Device,
     pub resume: bool,
+    /// Start from this run's weights, tokenizer and statistics (fine-tuning, e.g. a DAgger
+    /// round on aggregated data) with a fresh optimiser and schedule. Ignored on resume.
+    pub init: Option<PathBuf>,
     /// Instructions the text tokenizer is trained on (besides the datasets' own tasks).
     pub corpus: Vec<String>,
 }
@@ -230,13 +233,24 @@ pub fn train(
     }
     let summary = data.summary();
 
-    let (mut model, tokenizer, start_step) = match &resume_from {
-        Some((step, dir)) => {
+    let (mut model, tokenizer, start_step) = match (&resume_from, &opts.init) {
+        (Some((step, dir)), _) => {
             let (model, tok) = load_run(dir, opts.device)?;
             tracing::info!(step, dir = %dir.display(), "resuming");
             (model, tok, *step)
         }
-        None => {
+        (None, Some(dir)) => {
+            let (model, tok) = load_run(dir, opts.device)?;
+            if model.config() != &opts.model {
+                tracing::warn!(
+                    init = %dir.display(),
+                    "the --init run's model config differs from --config; using the run's"
+                );
+            }
+            tracing::info!(init = %dir.display(), "fine-tuning from");
+            (model, tok, 0)
+        }
+        (None, None) => {
             let (actions, states) = data.train_actions_and_states();
             let stats = NormStats::from_data(&actions, &states, &opts.model)?;
             let mut corpus: Vec<String> = opts.corpus.clone();

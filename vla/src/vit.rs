@@ -35,9 +35,34 @@ pub fn sincos_2d(grid: i64, d: i64) -> Tensor {
     table
 }
 
-/// `embeddings.*`: conv patch projection, optional CLS token, learned position embeddings.
+/// `embeddings.patch_embeddings.stem.N`: a 3x3 stride-2 convolution followed by GELU.
+#[derive(Debug)]
+pub struct StemConv {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl StemConv {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        x.conv2d(
+            &self.weight.to_kind(kind),
+            Some(&self.bias.to_kind(kind)),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            1,
+        )
+        .gelu("none")
+    }
+}
+
+/// `embeddings.*`: optional conv stem, conv patch projection, optional CLS token, learned
+/// position embeddings.
 #[derive(Debug)]
 pub struct VitEmbeddings {
+    /// Early convolutions (empty for the plain HF patchify stem).
+    pub stem: Vec<StemConv>,
     /// `embeddings.patch_embeddings.projection.{weight,bias}`, weight `[D, C, P, P]`.
     pub projection_weight: Tensor,
     pub projection_bias: Tensor,
@@ -45,6 +70,7 @@ pub struct VitEmbeddings {
     pub cls_token: Option<Tensor>,
     /// `embeddings.position_embeddings` `[1, (1 +) G*G, D]` for the native grid `G`.
     pub position_embeddings: Tensor,
+    /// Kernel and stride of the projection, in stem-output pixels.
     patch_size: i64,
     grid: i64,
 }
@@ -52,13 +78,38 @@ pub struct VitEmbeddings {
 impl VitEmbeddings {
     pub fn new(p: &Path, cfg: &VisionConfig) -> Self {
         let d = cfg.hidden_size as i64;
-        let ps = cfg.patch_size as i64;
         let grid = (cfg.image_size / cfg.patch_size) as i64;
+        let stem_path = sub_path(p, "patch_embeddings.stem");
+        let mut in_channels = cfg.num_channels;
+        let stem = cfg
+            .stem_channels
+            .iter()
+            .enumerate()
+            .map(|(i, &out)| {
+                let q = stem_path.sub(i);
+                let conv = StemConv {
+                    weight: q.set_group(DECAY_GROUP).var(
+                        "weight",
+                        &[out as i64, in_channels as i64, 3, 3],
+                        // He-style gain for the GELU that follows.
+                        tch::nn::Init::Randn {
+                            mean: 0.0,
+                            stdev: (2.0 / (9 * in_channels) as f64).sqrt(),
+                        },
+                    ),
+                    bias: q.set_group(NO_DECAY_GROUP).zeros("bias", &[out as i64]),
+                };
+                in_channels = out;
+                conv
+            })
+            .collect::<Vec<_>>();
+        // The projection covers what is left of the patch after the stem's downsampling.
+        let ps = (cfg.patch_size >> stem.len()) as i64;
         let proj = sub_path(p, "patch_embeddings.projection");
-        let fan_in = cfg.num_channels * cfg.patch_size * cfg.patch_size;
+        let fan_in = in_channels * (ps * ps) as usize;
         let projection_weight = proj.set_group(DECAY_GROUP).var(
             "weight",
-            &[d, cfg.num_channels as i64, ps, ps],
+            &[d, in_channels as i64, ps, ps],
             lecun_init(fan_in),
         );
         let projection_bias = proj.set_group(NO_DECAY_GROUP).zeros("bias", &[d]);
@@ -78,6 +129,7 @@ impl VitEmbeddings {
         }
         let position_embeddings = np.var_copy("position_embeddings", &table.to_device(np.device()));
         VitEmbeddings {
+            stem,
             projection_weight,
             projection_bias,
             cls_token,
@@ -114,8 +166,18 @@ impl VitEmbeddings {
 
     /// `[N, C, H, W]` normalised pixels → `[N, (1 +) gh*gw, D]` tokens.
     pub fn forward(&self, pixels: &Tensor) -> Tensor {
+        self.forward_with_features(pixels).0
+    }
+
+    /// As [`Self::forward`], also returning the stem's last feature map `[N, C', H', W']`
+    /// (`None` without a stem).
+    pub fn forward_with_features(&self, pixels: &Tensor) -> (Tensor, Option<Tensor>) {
         let kind = pixels.kind();
-        let x = pixels.conv2d(
+        let mut features = None;
+        for conv in &self.stem {
+            features = Some(conv.forward(features.as_ref().unwrap_or(pixels)));
+        }
+        let x = features.as_ref().unwrap_or(pixels).conv2d(
             &self.projection_weight.to_kind(kind),
             Some(&self.projection_bias.to_kind(kind)),
             [self.patch_size, self.patch_size],
@@ -128,7 +190,10 @@ impl VitEmbeddings {
         if let Some(cls) = &self.cls_token {
             x = Tensor::cat(&[cls.to_kind(kind).expand([n, 1, d], false), x], 1);
         }
-        x + self.position_embeddings_for(gh, gw).to_kind(kind)
+        (
+            x + self.position_embeddings_for(gh, gw).to_kind(kind),
+            features,
+        )
     }
 }
 
@@ -241,17 +306,23 @@ impl VitModel {
 
     /// `[N, C, H, W]` normalised pixels → `[N, gh*gw, D]` patch tokens (CLS dropped).
     pub fn forward(&self, pixels: &Tensor) -> Tensor {
-        let mut x = self.embeddings.forward(pixels);
+        self.forward_with_features(pixels).0
+    }
+
+    /// Patch tokens and the conv stem's feature map (see [`VitEmbeddings`]).
+    pub fn forward_with_features(&self, pixels: &Tensor) -> (Tensor, Option<Tensor>) {
+        let (mut x, features) = self.embeddings.forward_with_features(pixels);
         for layer in &self.layers {
             x = layer.forward(&x);
         }
         let x = self.layernorm.forward(&x);
-        if self.has_cls {
+        let tokens = if self.has_cls {
             let t = x.size()[1];
             x.narrow(1, 1, t - 1)
         } else {
             x
-        }
+        };
+        (tokens, features)
     }
 }
 
@@ -310,5 +381,37 @@ mod tests {
         assert!(vs
             .variables()
             .contains_key("embeddings.patch_embeddings.projection.weight"));
+    }
+
+    #[test]
+    fn conv_stem_downsamples_before_the_projection() {
+        crate::test_setup();
+        let mut cfg = VlaConfig::test_tiny().vision;
+        cfg.stem_channels = vec![4, 6];
+        let vs = VarStore::new(Device::Cpu);
+        let vit = VitModel::new(&vs.root(), &cfg);
+        let vars = vs.variables();
+        assert_eq!(
+            vars["embeddings.patch_embeddings.stem.1.weight"].size(),
+            vec![6, 4, 3, 3]
+        );
+        // Patch 8 after a stride-4 stem: the projection covers 2x2 stem pixels.
+        assert_eq!(
+            vars["embeddings.patch_embeddings.projection.weight"].size(),
+            vec![16, 6, 2, 2]
+        );
+        let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let (tokens, features) = vit.forward_with_features(&x);
+        assert_eq!(tokens.size(), vec![2, 4, 16]);
+        assert_eq!(features.map(|f| f.size()), Some(vec![2, 6, 4, 4]));
+        // Without a stem there is no feature map and the projection is the whole patch.
+        cfg.stem_channels.clear();
+        let vs = VarStore::new(Device::Cpu);
+        let plain = VitModel::new(&vs.root(), &cfg);
+        assert!(plain.forward_with_features(&x).1.is_none());
+        assert_eq!(
+            vs.variables()["embeddings.patch_embeddings.projection.weight"].size(),
+            vec![16, 3, 8, 8]
+        );
     }
 }

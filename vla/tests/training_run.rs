@@ -84,6 +84,7 @@ fn options(data: &Path, out: &Path, steps: usize, resume: bool) -> TrainOptions 
         train,
         device: Device::Cpu,
         resume,
+        init: None,
         corpus: vec!["put the red cube in the blue bin".into()],
     }
 }
