@@ -45,6 +45,11 @@ pub struct VisionConfig {
     /// to a pixel instead of a 16-pixel patch.
     #[serde(default)]
     pub stem_channels: Vec<usize>,
+    /// FiLM (as RT-1's FiLM-EfficientNet): the mean embedding of the prompt scales and shifts
+    /// the stem's feature map, so the keypoints and patches can single out the object the
+    /// instruction names before the LM sees them. Needs a stem.
+    #[serde(default)]
+    pub film: bool,
     /// Per-channel normalisation applied to [0, 1] pixels.
     #[serde(default = "default_mean")]
     pub image_mean: [f32; 3],
@@ -98,6 +103,13 @@ pub struct ActionConfig {
     /// Feed the proprioceptive state to the LM as one extra token.
     #[serde(default = "default_true")]
     pub use_proprio: bool,
+    /// Weight of an auxiliary training loss (0 = off, and no head): from the hidden state
+    /// that predicts the first action token, regress where the episode's grasp will happen
+    /// (the end-effector x, y when the expert first closes the gripper, read from the
+    /// demonstration itself). Dense supervision for "which object does the instruction
+    /// mean, and where is it" — the action loss alone teaches that slowly.
+    #[serde(default)]
+    pub grasp_aux_weight: f64,
 }
 
 /// Whole-model configuration (`configs/*.toml`, and `config` inside a run's `config.json`).
@@ -244,6 +256,21 @@ impl VlaConfig {
                 ),
             ));
         }
+        if !(self.action.grasp_aux_weight.is_finite() && self.action.grasp_aux_weight >= 0.0) {
+            return Err(VlaError::invalid(
+                "action.grasp_aux_weight",
+                format!(
+                    "{} must be a finite weight >= 0",
+                    self.action.grasp_aux_weight
+                ),
+            ));
+        }
+        if v.film && v.stem_channels.is_empty() {
+            return Err(VlaError::invalid(
+                "vision.film",
+                "FiLM modulates the conv stem: set vision.stem_channels too",
+            ));
+        }
         if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(VlaError::invalid(
                 "vision.hidden_size",
@@ -321,6 +348,7 @@ impl VlaConfig {
                 num_cameras: 2,
                 num_keypoints: 4,
                 stem_channels: vec![8],
+                film: true,
                 image_mean: default_mean(),
                 image_std: default_std(),
             },
@@ -342,6 +370,7 @@ impl VlaConfig {
                 gripper_dim: Some(6),
                 state_dim: 13,
                 use_proprio: true,
+                grasp_aux_weight: 0.5,
             },
         }
     }

@@ -17,6 +17,9 @@ use vla_datasets::Dataset;
 use crate::error::{Result, VlaError};
 use crate::model::{left_pad, VlaBatch, VlaModel};
 use crate::policy::image_to_tensor;
+
+/// The gripper command is the last action dimension (`[dx, dy, dz, droll, dpitch, dyaw, gripper]`).
+const GRIPPER_DIM: usize = vla_core::ACTION_DIM - 1;
 use crate::text_tokenizer::TextTokenizer;
 
 /// The camera keys, in the model's camera order (0 front, 1 wrist).
@@ -58,6 +61,9 @@ pub struct TrainingData {
     actions: Vec<Vec<f32>>,
     /// Index into `tasks` per frame.
     frame_task: Vec<usize>,
+    /// Per frame before its episode's first gripper close: the end-effector (x, y) at that
+    /// close, i.e. where the grasp happens (target of the auxiliary grasp loss).
+    grasp_xy: Vec<Option<[f32; 2]>>,
     /// Distinct task strings (instructions).
     tasks: Vec<String>,
     /// Frame indices of the training and validation episodes.
@@ -121,6 +127,7 @@ impl TrainingData {
         let mut states: Vec<f32> = Vec::with_capacity(total * 13);
         let mut actions = Vec::with_capacity(total);
         let mut frame_task = Vec::with_capacity(total);
+        let mut grasp_xy: Vec<Option<[f32; 2]>> = Vec::with_capacity(total);
         let mut task_ids: BTreeMap<String, usize> = BTreeMap::new();
         let mut tasks = Vec::new();
         let (mut train, mut val) = (Vec::new(), Vec::new());
@@ -183,9 +190,30 @@ impl TrainingData {
                 }
                 on_progress(actions.len(), total);
             }
+            grasp_xy.resize(actions.len(), None);
+            let sd = state_dim.unwrap_or(0);
+            let xy = vla_core::StateLayout::EE_POSITION.start;
+            for episode in tr.iter().chain(&va) {
+                let frames: Vec<usize> = ds
+                    .episode_frames(&[*episode])
+                    .into_iter()
+                    .map(|i| i + offset)
+                    .collect();
+                let close = frames
+                    .iter()
+                    .position(|&i| actions[i].get(GRIPPER_DIM).is_some_and(|g| *g > 0.5));
+                if let (Some(c), true) = (close, sd > xy + 1) {
+                    let at = frames[c] * sd + xy;
+                    let target = [states[at], states[at + 1]];
+                    for &i in &frames[..c] {
+                        grasp_xy[i] = Some(target);
+                    }
+                }
+            }
         }
         let state_dim = state_dim.unwrap_or(0) as i64;
         Ok(TrainingData {
+            grasp_xy,
             images: Tensor::stack(&image_rows, 0),
             states: Tensor::from_slice(&states).view([actions.len() as i64, state_dim]),
             actions,
@@ -244,6 +272,22 @@ impl TrainingData {
 
     pub fn action(&self, index: usize) -> &[f32] {
         &self.actions[index]
+    }
+
+    /// Auxiliary grasp targets of the given frames: `[B, 2]` (x, y) and the `[B]` mask of
+    /// frames that have one.
+    pub fn grasp_targets(&self, indices: &[usize]) -> (Tensor, Tensor) {
+        let mut xy = Vec::with_capacity(indices.len() * 2);
+        let mut mask = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let g = self.grasp_xy.get(i).copied().flatten();
+            xy.extend_from_slice(&g.unwrap_or([0.0, 0.0]));
+            mask.push(if g.is_some() { 1.0f32 } else { 0.0 });
+        }
+        (
+            Tensor::from_slice(&xy).view([indices.len() as i64, 2]),
+            Tensor::from_slice(&mask),
+        )
     }
 
     /// Builds a batch of the given frames; augments images when `augment` is given, with

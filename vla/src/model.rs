@@ -28,7 +28,7 @@ use tch::{Device, Kind, Tensor};
 use crate::action_tokenizer::{ActionTokenizer, NormStats};
 use crate::config::VlaConfig;
 use crate::error::{Result, VlaError};
-use crate::layers::{normal_init, Linear, NO_DECAY_GROUP};
+use crate::layers::{normal_init, Linear, DECAY_GROUP, NO_DECAY_GROUP};
 use crate::llama::Llama;
 use crate::projector::MlpProjector;
 use crate::vit::VitModel;
@@ -92,6 +92,8 @@ pub struct TrainOutput {
     pub predicted: Tensor,
     /// Fraction of action tokens predicted exactly (scalar f32 tensor).
     pub accuracy: Tensor,
+    /// `[B, D]` hidden state at the last prompt token (the one that predicts `a0`).
+    pub prompt_hidden: Tensor,
 }
 
 /// The vision-language-action model.
@@ -107,6 +109,12 @@ pub struct VlaModel {
     /// `keypoint_head` (stem or ViT width → K logits per location) and `keypoint_projector`
     /// (2·K·cameras coordinates → LM width), when `vision.num_keypoints > 0`.
     keypoints: Option<(Linear, MlpProjector)>,
+    /// `film_generator`: pooled prompt embedding → per-channel (scale, shift) of the stem
+    /// features, when `vision.film`. Zero-initialised, so training starts unconditioned.
+    film: Option<Linear>,
+    /// `grasp_head`: prompt hidden state → normalised grasp (x, y), for the auxiliary loss
+    /// (`action.grasp_aux_weight > 0`); unused when acting.
+    grasp_head: Option<Linear>,
     proprio_projector: Option<MlpProjector>,
     lm: Llama,
     action_tokenizer: ActionTokenizer,
@@ -212,6 +220,18 @@ impl VlaModel {
                 ),
             )
         });
+        let film = v.film.then(|| {
+            let channels = v.stem_channels.last().copied().unwrap_or(0) as i64;
+            let p = root.sub("film_generator");
+            Linear {
+                weight: p
+                    .set_group(DECAY_GROUP)
+                    .zeros("weight", &[2 * channels, t.hidden_size as i64]),
+                bias: Some(p.set_group(NO_DECAY_GROUP).zeros("bias", &[2 * channels])),
+            }
+        });
+        let grasp_head = (config.action.grasp_aux_weight > 0.0)
+            .then(|| Linear::new(&root.sub("grasp_head"), t.hidden_size, 2, true));
         let proprio_projector = config.action.use_proprio.then(|| {
             MlpProjector::new(
                 &root.sub("proprio_projector"),
@@ -260,6 +280,8 @@ impl VlaModel {
             camera_embeddings,
             projector,
             keypoints,
+            film,
+            grasp_head,
             proprio_projector,
             lm,
             action_tokenizer,
@@ -375,10 +397,52 @@ impl VlaModel {
             return Err(VlaError::Input("empty batch".into()));
         }
         let device = self.device();
+        let ps = prompt_ids.size();
+        if ps.len() != 2 || ps[0] != b || prompt_mask.size() != ps {
+            return Err(VlaError::Input(format!(
+                "prompt ids {:?} / mask {:?} do not match batch size {b}",
+                ps,
+                prompt_mask.size()
+            )));
+        }
+        let ids = prompt_ids.to_device(device).to_kind(Kind::Int64);
+        if ps[1] > 0 {
+            let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+            let v = self.config.text.vocab_size as i64;
+            if lo < 0 || hi >= v {
+                return Err(VlaError::Input(format!(
+                    "prompt ids span {lo}..={hi}, outside the text vocabulary 0..{v}"
+                )));
+            }
+        }
+        let text = self.lm.embed(&ids, self.compute_kind);
+        let prompt_valid = prompt_mask.to_device(device).to_kind(Kind::Bool);
+
         let pixels = self.preprocess_images(images)?;
-        let (patches, stem_features) = self.vision.forward_with_features(&pixels); // [B*C, N, Dv]
-        let (_, n, dv) = patches.size3()?;
         let c = self.config.vision.num_cameras as i64;
+        let film = self.film.as_ref().map(|generator| {
+            // Masked mean of the prompt embeddings → (scale, shift) per stem channel, the
+            // same for every camera of a sample.
+            let w = prompt_valid.to_kind(Kind::Float).unsqueeze(-1);
+            let pooled = (text.to_kind(Kind::Float) * &w).sum_dim_intlist(1i64, false, Kind::Float)
+                / w.sum_dim_intlist(1i64, false, Kind::Float).clamp_min(1.0);
+            let gb = generator.forward(&pooled.to_kind(self.compute_kind)); // [B, 2C']
+            let ch = gb.size()[1] / 2;
+            let per_image = |t: Tensor| {
+                t.unsqueeze(1)
+                    .expand([b, c, ch], false)
+                    .reshape([b * c, ch, 1, 1])
+            };
+            (
+                per_image(gb.narrow(1, 0, ch)),
+                per_image(gb.narrow(1, ch, ch)),
+            )
+        });
+        let (patches, stem_features) = self.vision.forward_modulated(&pixels, |f| match &film {
+            Some((scale, shift)) => f * (scale + 1.0) + shift,
+            None => f,
+        }); // [B*C, N, Dv]
+        let (_, n, dv) = patches.size3()?;
         let cams = self
             .camera_embeddings
             .to_kind(self.compute_kind)
@@ -420,31 +484,13 @@ impl VlaModel {
             parts.push(proj.forward(&s.to_kind(self.compute_kind)).unsqueeze(1));
         }
 
-        let ps = prompt_ids.size();
-        if ps.len() != 2 || ps[0] != b || prompt_mask.size() != ps {
-            return Err(VlaError::Input(format!(
-                "prompt ids {:?} / mask {:?} do not match batch size {b}",
-                ps,
-                prompt_mask.size()
-            )));
-        }
-        let ids = prompt_ids.to_device(device).to_kind(Kind::Int64);
-        if ps[1] > 0 {
-            let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
-            let v = self.config.text.vocab_size as i64;
-            if lo < 0 || hi >= v {
-                return Err(VlaError::Input(format!(
-                    "prompt ids span {lo}..={hi}, outside the text vocabulary 0..{v}"
-                )));
-            }
-        }
-        parts.push(self.lm.embed(&ids, self.compute_kind));
+        parts.push(text);
         let embeds = Tensor::cat(&parts, 1);
         let n_prefix = embeds.size()[1] - ps[1];
         let mask = Tensor::cat(
             &[
                 Tensor::ones([b, n_prefix], (Kind::Bool, device)),
-                prompt_mask.to_device(device).to_kind(Kind::Bool),
+                prompt_valid,
             ],
             1,
         );
@@ -472,6 +518,30 @@ impl VlaModel {
             )));
         }
         Ok(t)
+    }
+
+    /// The auxiliary grasp loss (weighted, see `ActionConfig::grasp_aux_weight`): squared
+    /// error of the predicted grasp (x, y), normalised like the end-effector state, over the
+    /// frames where `mask [B]` is set. `None` when the model has no grasp head.
+    pub fn grasp_loss(
+        &self,
+        out: &TrainOutput,
+        grasp_xy: &Tensor,
+        mask: &Tensor,
+    ) -> Option<Tensor> {
+        let head = self.grasp_head.as_ref()?;
+        let device = self.device();
+        let xy = vla_core::StateLayout::EE_POSITION.start as i64;
+        let mean = self.state_mean.narrow(0, xy, 2);
+        let std = self.state_std.narrow(0, xy, 2);
+        let target = (grasp_xy.to_device(device).to_kind(Kind::Float) - mean) / std;
+        let predicted = head.forward(&out.prompt_hidden).to_kind(Kind::Float);
+        let m = mask.to_device(device).to_kind(Kind::Float);
+        let per_frame = (predicted - target)
+            .square()
+            .sum_dim_intlist(-1, false, Kind::Float);
+        let loss = (per_frame * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0);
+        Some(loss * self.config.action.grasp_aux_weight)
     }
 
     /// Action-vocabulary logits for hidden states `[B, T, D]` → `[B, T, num_bins]`.
@@ -530,6 +600,7 @@ impl VlaModel {
             .to_kind(Kind::Float)
             .mean(Kind::Float);
         Ok(TrainOutput {
+            prompt_hidden: hidden.select(1, p - 1),
             loss,
             action_logits: logits,
             predicted: predicted_bins + self.action_tokenizer.token_offset(),
@@ -742,6 +813,31 @@ mod tests {
         let w = "language_model.model.layers.0.self_attn.q_proj.weight";
         assert!(va[w].equal(&vb[w]));
         assert!(!va[w].equal(&vc[w]));
+    }
+
+    #[test]
+    fn grasp_loss_is_masked_and_reaches_the_vision_stem() {
+        crate::test_setup();
+        let model = tiny_model(3);
+        let b = batch(&model, 2);
+        let out = model.forward_train(&b).unwrap();
+        let xy = Tensor::from_slice(&[0.4f32, 0.1, 0.5, -0.2]).view([2, 2]);
+        let none = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+        let masked = model.grasp_loss(&out, &xy, &none).unwrap();
+        assert_eq!(masked.double_value(&[]), 0.0);
+        let all = Tensor::ones([2], (Kind::Float, Device::Cpu));
+        let loss = model.grasp_loss(&out, &xy, &all).unwrap();
+        assert!(loss.double_value(&[]) > 0.0);
+        loss.backward();
+        let stem = &model.var_store().variables()
+            ["vision_backbone.embeddings.patch_embeddings.stem.0.weight"];
+        assert!(stem.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        // Without the weight there is no head and no loss.
+        let mut cfg = VlaConfig::test_tiny();
+        cfg.action.grasp_aux_weight = 0.0;
+        let plain = VlaModel::new(cfg, model.norm_stats().clone(), Device::Cpu, 3).unwrap();
+        let out = plain.forward_train(&batch(&plain, 2)).unwrap();
+        assert!(plain.grasp_loss(&out, &xy, &all).is_none());
     }
 
     #[test]

@@ -223,9 +223,21 @@ impl TrainStep {
 
     /// Forward, backward, clip, update. Non-finite losses or gradients skip the update.
     pub fn step(&mut self, model: &VlaModel, batch: &VlaBatch) -> Result<StepStats> {
+        self.step_with_grasp(model, batch, None)
+    }
+
+    /// As [`Self::step`], adding the auxiliary grasp loss when `grasp` (`[B, 2]` targets,
+    /// `[B]` mask) is given and the model has a grasp head.
+    pub fn step_with_grasp(
+        &mut self,
+        model: &VlaModel,
+        batch: &VlaBatch,
+        grasp: Option<(&Tensor, &Tensor)>,
+    ) -> Result<StepStats> {
         let lr = self.config.lr_at(self.step);
         self.zero_grad();
         let out = model.forward_train(batch)?;
+        let aux = grasp.and_then(|(xy, mask)| model.grasp_loss(&out, xy, mask));
         let train_loss = if self.config.label_sigma_bins > 0.0 {
             soft_target_loss(
                 model,
@@ -235,6 +247,10 @@ impl TrainStep {
             )
         } else {
             out.loss.shallow_clone()
+        };
+        let train_loss = match &aux {
+            Some(a) => train_loss + a,
+            None => train_loss,
         };
         train_loss.backward();
         let loss = out.loss.double_value(&[]);

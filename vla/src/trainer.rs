@@ -309,7 +309,8 @@ pub fn train(
                 Some((&train_cfg.augment, &mut rng)),
             )?
             .to_device(opts.device);
-        let stats = step_fn.step(&model, &batch)?;
+        let (grasp_xy, grasp_mask) = data.grasp_targets(&indices);
+        let stats = step_fn.step_with_grasp(&model, &batch, Some((&grasp_xy, &grasp_mask)))?;
         step += 1;
         samples += indices.len();
         window_samples += indices.len();

@@ -166,18 +166,25 @@ impl VitEmbeddings {
 
     /// `[N, C, H, W]` normalised pixels → `[N, (1 +) gh*gw, D]` tokens.
     pub fn forward(&self, pixels: &Tensor) -> Tensor {
-        self.forward_with_features(pixels).0
+        match self.stem(pixels) {
+            Some(features) => self.tokens(&features),
+            None => self.tokens(pixels),
+        }
     }
 
-    /// As [`Self::forward`], also returning the stem's last feature map `[N, C', H', W']`
-    /// (`None` without a stem).
-    pub fn forward_with_features(&self, pixels: &Tensor) -> (Tensor, Option<Tensor>) {
-        let kind = pixels.kind();
-        let mut features = None;
+    /// The conv stem's last feature map `[N, C', H', W']` (`None` without a stem).
+    pub fn stem(&self, pixels: &Tensor) -> Option<Tensor> {
+        let mut features: Option<Tensor> = None;
         for conv in &self.stem {
             features = Some(conv.forward(features.as_ref().unwrap_or(pixels)));
         }
-        let x = features.as_ref().unwrap_or(pixels).conv2d(
+        features
+    }
+
+    /// Patch tokens from the stem's output (or from pixels without a stem).
+    pub fn tokens(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x = x.conv2d(
             &self.projection_weight.to_kind(kind),
             Some(&self.projection_bias.to_kind(kind)),
             [self.patch_size, self.patch_size],
@@ -190,10 +197,7 @@ impl VitEmbeddings {
         if let Some(cls) = &self.cls_token {
             x = Tensor::cat(&[cls.to_kind(kind).expand([n, 1, d], false), x], 1);
         }
-        (
-            x + self.position_embeddings_for(gh, gw).to_kind(kind),
-            features,
-        )
+        x + self.position_embeddings_for(gh, gw).to_kind(kind)
     }
 }
 
@@ -311,7 +315,18 @@ impl VitModel {
 
     /// Patch tokens and the conv stem's feature map (see [`VitEmbeddings`]).
     pub fn forward_with_features(&self, pixels: &Tensor) -> (Tensor, Option<Tensor>) {
-        let (mut x, features) = self.embeddings.forward_with_features(pixels);
+        self.forward_modulated(pixels, |f| f)
+    }
+
+    /// As [`Self::forward_with_features`], with `modulate` applied to the stem's feature map
+    /// before the patch projection (FiLM conditioning); unused without a stem.
+    pub fn forward_modulated(
+        &self,
+        pixels: &Tensor,
+        modulate: impl FnOnce(Tensor) -> Tensor,
+    ) -> (Tensor, Option<Tensor>) {
+        let features = self.embeddings.stem(pixels).map(modulate);
+        let mut x = self.embeddings.tokens(features.as_ref().unwrap_or(pixels));
         for layer in &self.layers {
             x = layer.forward(&x);
         }

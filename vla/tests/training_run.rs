@@ -179,3 +179,27 @@ fn config_errors_name_the_file_and_field() {
     assert_eq!(train.batch_size, 32);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn grasp_targets_come_from_the_first_gripper_close() {
+    let dir = tmp("grasp");
+    write_dataset(&dir);
+    let data =
+        vla_model::data::TrainingData::load(&[dir.clone()], 32, 0.0, 0, &mut |_, _| {}).unwrap();
+    let indices: Vec<usize> = (0..24).collect();
+    let (xy, mask) = data.grasp_targets(&indices);
+    let mask = Vec::<f32>::try_from(mask).unwrap();
+    let xy = Vec::<f32>::try_from(xy.flatten(0, 1)).unwrap();
+    for i in 0..24 {
+        // The gripper closes at t = 3, where ee_x = 0.03: frames before it learn that spot.
+        let before_close = i % 6 < 3;
+        assert_eq!(mask[i], if before_close { 1.0 } else { 0.0 }, "frame {i}");
+        if before_close {
+            assert!(
+                (xy[2 * i] - 0.03).abs() < 1e-6 && xy[2 * i + 1] == 0.0,
+                "frame {i}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
