@@ -74,12 +74,48 @@ fn parse_counts(flag: &str, text: &str) -> anyhow::Result<Vec<(String, usize)>> 
         .collect()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize, Clone, Copy, Default)]
 struct StageTimes {
     collect_s: f64,
     train_s: f64,
     eval_s: f64,
     total_s: f64,
+}
+
+impl StageTimes {
+    /// A reused stage takes milliseconds; anything longer did real work.
+    const WORK_S: f64 = 2.0;
+
+    /// Times of the stages that did work now, and for reused stages the time they took when
+    /// they ran (kept in `OUT/stage_times.json`), so a cached rerun still reports what a
+    /// fresh run costs. Returns the merged times and whether any stage was reused.
+    fn merge_with_recorded(self, out: &Path) -> anyhow::Result<(StageTimes, bool)> {
+        let path = out.join("stage_times.json");
+        let recorded: StageTimes = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let pick = |now: f64, before: f64| {
+            if now >= Self::WORK_S || before == 0.0 {
+                (now, false)
+            } else {
+                (before, true)
+            }
+        };
+        let (collect_s, c) = pick(self.collect_s, recorded.collect_s);
+        let (train_s, t) = pick(self.train_s, recorded.train_s);
+        let (eval_s, e) = pick(self.eval_s, recorded.eval_s);
+        let overhead = (self.total_s - self.collect_s - self.train_s - self.eval_s).max(0.0);
+        let merged = StageTimes {
+            collect_s,
+            train_s,
+            eval_s,
+            total_s: collect_s + train_s + eval_s + overhead,
+        };
+        std::fs::write(&path, serde_json::to_string_pretty(&merged)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok((merged, c || t || e))
+    }
 }
 
 #[derive(Serialize)]
@@ -147,12 +183,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let eval_s = t.elapsed().as_secs_f64();
-    let times = StageTimes {
+    let (times, reused) = StageTimes {
         collect_s,
         train_s,
         eval_s,
         total_s: started.elapsed().as_secs_f64(),
-    };
+    }
+    .merge_with_recorded(&args.out)?;
 
     let md = report_markdown(
         &args,
@@ -161,6 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &unseen,
         &train_summary,
         &times,
+        reused,
         &demos,
     );
     let path = args.out.join("report.md");
@@ -236,9 +274,20 @@ fn collect_cached(args: &Args, family: &str, episodes: usize, dir: &Path) -> any
 
 /// Trains unless the run already reached its step count; resumes an unfinished run.
 fn train_cached(mut args: super::train::Args) -> anyhow::Result<serde_json::Value> {
-    let (_, cfg) = vla_model::trainer::load_config_file(&args.config)?;
+    let (model_cfg, cfg) = vla_model::trainer::load_config_file(&args.config)?;
     let steps = args.steps.unwrap_or(cfg.steps);
     let summary_path = args.out.join("train_summary.json");
+    // A run trained with another model config (the config file changed since) is stale.
+    let trained_with = vla_model::RunConfig::load(args.out.join("config.json")).ok();
+    if trained_with.is_some_and(|run| run.config != model_cfg) {
+        tracing::warn!(
+            "{} was trained with another model config than {}: training again",
+            args.out.display(),
+            args.config.display()
+        );
+        std::fs::remove_dir_all(&args.out)
+            .with_context(|| format!("cannot clear the stale run {}", args.out.display()))?;
+    }
     if let Some((step, _)) = vla_model::trainer::latest_checkpoint(&args.out)? {
         if step >= steps {
             if let Some(v) = std::fs::read_to_string(&summary_path)
@@ -349,6 +398,7 @@ fn report_markdown(
     unseen: &[SuiteReport],
     train: &serde_json::Value,
     times: &StageTimes,
+    reused: bool,
     demos: &[(String, usize)],
 ) -> String {
     let mut md = String::from("# VLA demo report\n\n");
@@ -382,11 +432,16 @@ fn report_markdown(
     }
     let _ = writeln!(
         md,
-        "## Time\n\ncollect {:.0} s, train {:.0} s, evaluate {:.0} s; total {:.1} min (cached stages count as reused).\n",
+        "## Time\n\ncollect {:.0} s, train {:.0} s, evaluate {:.0} s; total {:.1} min{}.\n",
         times.collect_s,
         times.train_s,
         times.eval_s,
-        times.total_s / 60.0
+        times.total_s / 60.0,
+        if reused {
+            " (stages reused from the cache are counted at the time they took when they ran)"
+        } else {
+            ""
+        }
     );
     md += "## Rollouts (front | wrist camera)\n\n";
     for split in ["seen", "unseen"] {

@@ -185,7 +185,8 @@ fn grasp_targets_come_from_the_first_gripper_close() {
     let dir = tmp("grasp");
     write_dataset(&dir);
     let data =
-        vla_model::data::TrainingData::load(&[dir.clone()], 32, 0.0, 0, &mut |_, _| {}).unwrap();
+        vla_model::data::TrainingData::load(std::slice::from_ref(&dir), 32, 0.0, 0, &mut |_, _| {})
+            .unwrap();
     let indices: Vec<usize> = (0..24).collect();
     let (xy, mask) = data.grasp_targets(&indices);
     let mask = Vec::<f32>::try_from(mask).unwrap();
