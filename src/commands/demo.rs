@@ -80,6 +80,9 @@ struct StageTimes {
     train_s: f64,
     eval_s: f64,
     total_s: f64,
+    /// Some stage was reused from the cache (its time is the one recorded when it ran).
+    #[serde(default)]
+    reused: bool,
 }
 
 impl StageTimes {
@@ -88,8 +91,8 @@ impl StageTimes {
 
     /// Times of the stages that did work now, and for reused stages the time they took when
     /// they ran (kept in `OUT/stage_times.json`), so a cached rerun still reports what a
-    /// fresh run costs. Returns the merged times and whether any stage was reused.
-    fn merge_with_recorded(self, out: &Path) -> anyhow::Result<(StageTimes, bool)> {
+    /// fresh run costs.
+    fn merge_with_recorded(self, out: &Path) -> anyhow::Result<StageTimes> {
         let path = out.join("stage_times.json");
         let recorded: StageTimes = std::fs::read_to_string(&path)
             .ok()
@@ -111,10 +114,11 @@ impl StageTimes {
             train_s,
             eval_s,
             total_s: collect_s + train_s + eval_s + overhead,
+            reused: c || t || e,
         };
         std::fs::write(&path, serde_json::to_string_pretty(&merged)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok((merged, c || t || e))
+        Ok(merged)
     }
 }
 
@@ -183,11 +187,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let eval_s = t.elapsed().as_secs_f64();
-    let (times, reused) = StageTimes {
+    let times = StageTimes {
         collect_s,
         train_s,
         eval_s,
         total_s: started.elapsed().as_secs_f64(),
+        reused: false,
     }
     .merge_with_recorded(&args.out)?;
 
@@ -198,7 +203,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &unseen,
         &train_summary,
         &times,
-        reused,
         &demos,
     );
     let path = args.out.join("report.md");
@@ -398,7 +402,6 @@ fn report_markdown(
     unseen: &[SuiteReport],
     train: &serde_json::Value,
     times: &StageTimes,
-    reused: bool,
     demos: &[(String, usize)],
 ) -> String {
     let mut md = String::from("# VLA demo report\n\n");
@@ -437,7 +440,7 @@ fn report_markdown(
         times.train_s,
         times.eval_s,
         times.total_s / 60.0,
-        if reused {
+        if times.reused {
             " (stages reused from the cache are counted at the time they took when they ran)"
         } else {
             ""
