@@ -203,12 +203,48 @@ pub fn decode_compressed(msg: &CompressedImage) -> Result<RgbImage, ImageError> 
 }
 
 /// Resize to `size × size` (bilinear, as the policy's own preprocessing) unless it already is.
+///
+/// A camera frame many times the policy's size (640×480 → 64×64) is first averaged down by an
+/// integer factor that leaves at least twice the target size, so the bilinear filter's last
+/// step still sees what it sees in training (128 → 64 in the simulator). The bilinear filter's
+/// cost grows with the scale factor; a block average costs one add per source byte.
 pub fn fit(img: RgbImage, size: u32) -> RgbImage {
     if size == 0 || (img.width() == size && img.height() == size) {
-        img
-    } else {
-        resize(&img, size, size, FilterType::Triangle)
+        return img;
     }
+    let factor = (img.width().min(img.height()) / size) / 2;
+    let img = if factor >= 2 {
+        box_downscale(&img, factor)
+    } else {
+        img
+    };
+    resize(&img, size, size, FilterType::Triangle)
+}
+
+/// Mean of each `factor × factor` block (the right and bottom remainders are dropped).
+fn box_downscale(img: &RgbImage, factor: u32) -> RgbImage {
+    let (w, h) = (img.width() / factor, img.height() / factor);
+    let src = img.as_raw();
+    let stride = img.width() as usize * 3;
+    let f = factor as usize;
+    let area = (f * f) as u32;
+    let mut out = Vec::with_capacity(w as usize * h as usize * 3);
+    let mut sums = vec![0u32; w as usize * 3];
+    for by in 0..h as usize {
+        sums.iter_mut().for_each(|s| *s = 0);
+        for row in src[by * f * stride..].chunks_exact(stride).take(f) {
+            for (bx, sum) in sums.chunks_exact_mut(3).enumerate() {
+                for px in row[bx * f * 3..(bx + 1) * f * 3].chunks_exact(3) {
+                    sum[0] += u32::from(px[0]);
+                    sum[1] += u32::from(px[1]);
+                    sum[2] += u32::from(px[2]);
+                }
+            }
+        }
+        out.extend(sums.iter().map(|s| ((s + area / 2) / area) as u8));
+    }
+    // The buffer has exactly w*h*3 bytes, so this cannot fail; fall back to a plain resize.
+    RgbImage::from_raw(w, h, out).unwrap_or_else(|| resize(img, w, h, FilterType::Triangle))
 }
 
 /// Encode RGB8 as a raw `sensor_msgs/Image` (rgb8, tightly packed).
@@ -374,5 +410,37 @@ mod tests {
     fn fit_resizes_to_the_policy_size() {
         assert_eq!(fit(sample(64, 48), 32).dimensions(), (32, 32));
         assert_eq!(fit(sample(32, 32), 32).dimensions(), (32, 32));
+        // A large frame takes the block-average path and still lands near the plain filter.
+        // A smooth scene with a 40-px red "object", like a camera frame.
+        let big = RgbImage::from_fn(640, 480, |x, y| {
+            if (300..340).contains(&x) && (200..240).contains(&y) {
+                image::Rgb([220, 30, 30])
+            } else {
+                image::Rgb([(x * 255 / 640) as u8, (y * 255 / 480) as u8, 128])
+            }
+        });
+        let fast = fit(big.clone(), 64);
+        let plain = resize(&big, 64, 64, FilterType::Triangle);
+        assert_eq!(fast.dimensions(), (64, 64));
+        let diff: f64 = fast
+            .as_raw()
+            .iter()
+            .zip(plain.as_raw())
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+            .sum::<f64>()
+            / fast.as_raw().len() as f64;
+        assert!(diff < 2.0, "mean difference {diff}");
+    }
+
+    #[test]
+    fn box_downscale_averages_blocks() {
+        let mut img = RgbImage::new(4, 2);
+        for (x, y, p) in img.enumerate_pixels_mut() {
+            *p = image::Rgb([if x < 2 { 10 } else { 30 }, (y * 100) as u8, 7]);
+        }
+        let small = box_downscale(&img, 2);
+        assert_eq!(small.dimensions(), (2, 1));
+        assert_eq!(small.get_pixel(0, 0).0, [10, 50, 7]);
+        assert_eq!(small.get_pixel(1, 0).0, [30, 50, 7]);
     }
 }
