@@ -134,17 +134,20 @@ pub fn decode_raw(msg: &Image) -> Result<RgbImage, ImageError> {
     })
 }
 
-/// The cheap checks of [`decode_compressed`]: known format, data present, and the codec's
-/// magic bytes (JPEG `FF D8`, PNG `89 50 4E 47`).
-pub fn validate_compressed(msg: &CompressedImage) -> Result<(), ImageError> {
+/// The codec a `CompressedImage` names in `format` (JPEG or PNG) and its magic bytes; an
+/// unknown format or empty data is an error.
+fn compressed_codec(
+    msg: &CompressedImage,
+) -> Result<(image::ImageFormat, &'static [u8]), ImageError> {
     let format = msg.format.to_ascii_lowercase();
-    let magic: &[u8] = if format.contains("jpeg") || format.contains("jpg") {
-        &[0xFF, 0xD8]
-    } else if format.contains("png") {
-        &[0x89, 0x50, 0x4E, 0x47]
-    } else {
-        return Err(ImageError::UnknownFormat(msg.format.clone()));
-    };
+    let codec: (image::ImageFormat, &'static [u8]) =
+        if format.contains("jpeg") || format.contains("jpg") {
+            (image::ImageFormat::Jpeg, &[0xFF, 0xD8])
+        } else if format.contains("png") {
+            (image::ImageFormat::Png, &[0x89, 0x50, 0x4E, 0x47])
+        } else {
+            return Err(ImageError::UnknownFormat(msg.format.clone()));
+        };
     if msg.data.is_empty() {
         return Err(ImageError::Empty {
             width: 0,
@@ -152,6 +155,13 @@ pub fn validate_compressed(msg: &CompressedImage) -> Result<(), ImageError> {
             bytes: 0,
         });
     }
+    Ok(codec)
+}
+
+/// The cheap checks of [`decode_compressed`]: known format, data present, and the codec's
+/// magic bytes (JPEG `FF D8`, PNG `89 50 4E 47`).
+pub fn validate_compressed(msg: &CompressedImage) -> Result<(), ImageError> {
+    let (_, magic) = compressed_codec(msg)?;
     if !msg.data.starts_with(magic) {
         return Err(ImageError::Undecodable {
             format: msg.format.clone(),
@@ -166,21 +176,7 @@ pub fn validate_compressed(msg: &CompressedImage) -> Result<(), ImageError> {
 /// `format` follows image_transport: `jpeg`, `png`, or `rgb8; jpeg compressed bgr8`; the
 /// codec is taken from the format and must match the data's magic bytes.
 pub fn decode_compressed(msg: &CompressedImage) -> Result<RgbImage, ImageError> {
-    let format = msg.format.to_ascii_lowercase();
-    let wanted = if format.contains("jpeg") || format.contains("jpg") {
-        image::ImageFormat::Jpeg
-    } else if format.contains("png") {
-        image::ImageFormat::Png
-    } else {
-        return Err(ImageError::UnknownFormat(msg.format.clone()));
-    };
-    if msg.data.is_empty() {
-        return Err(ImageError::Empty {
-            width: 0,
-            height: 0,
-            bytes: 0,
-        });
-    }
+    let (wanted, _) = compressed_codec(msg)?;
     let undecodable = |cause: String| ImageError::Undecodable {
         format: msg.format.clone(),
         cause,

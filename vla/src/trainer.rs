@@ -309,8 +309,11 @@ pub fn train(
                 Some((&train_cfg.augment, &mut rng)),
             )?
             .to_device(opts.device);
-        let (grasp_xy, grasp_mask) = data.grasp_targets(&indices);
-        let stats = step_fn.step_with_grasp(&model, &batch, Some((&grasp_xy, &grasp_mask)))?;
+        // Auxiliary targets only for a model that has the grasp loss (no per-step work else).
+        let grasp =
+            (model.config().action.grasp_aux_weight > 0.0).then(|| data.grasp_targets(&indices));
+        let stats =
+            step_fn.step_with_grasp(&model, &batch, grasp.as_ref().map(|(xy, mask)| (xy, mask)))?;
         step += 1;
         samples += indices.len();
         window_samples += indices.len();

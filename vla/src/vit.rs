@@ -310,16 +310,11 @@ impl VitModel {
 
     /// `[N, C, H, W]` normalised pixels → `[N, gh*gw, D]` patch tokens (CLS dropped).
     pub fn forward(&self, pixels: &Tensor) -> Tensor {
-        self.forward_with_features(pixels).0
+        self.forward_modulated(pixels, |f| f).0
     }
 
-    /// Patch tokens and the conv stem's feature map (see [`VitEmbeddings`]).
-    pub fn forward_with_features(&self, pixels: &Tensor) -> (Tensor, Option<Tensor>) {
-        self.forward_modulated(pixels, |f| f)
-    }
-
-    /// As [`Self::forward_with_features`], with `modulate` applied to the stem's feature map
-    /// before the patch projection (FiLM conditioning); unused without a stem.
+    /// Patch tokens and the conv stem's feature map (`None` without a stem), with
+    /// `modulate` applied to that map before the patch projection (FiLM conditioning).
     pub fn forward_modulated(
         &self,
         pixels: &Tensor,
@@ -416,14 +411,14 @@ mod tests {
             vec![16, 6, 2, 2]
         );
         let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
-        let (tokens, features) = vit.forward_with_features(&x);
+        let (tokens, features) = vit.forward_modulated(&x, |f| f);
         assert_eq!(tokens.size(), vec![2, 4, 16]);
         assert_eq!(features.map(|f| f.size()), Some(vec![2, 6, 4, 4]));
         // Without a stem there is no feature map and the projection is the whole patch.
         cfg.stem_channels.clear();
         let vs = VarStore::new(Device::Cpu);
         let plain = VitModel::new(&vs.root(), &cfg);
-        assert!(plain.forward_with_features(&x).1.is_none());
+        assert!(plain.forward_modulated(&x, |f| f).1.is_none());
         assert_eq!(
             vs.variables()["embeddings.patch_embeddings.projection.weight"].size(),
             vec![16, 3, 8, 8]

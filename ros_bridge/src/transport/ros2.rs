@@ -31,11 +31,7 @@ impl Ros2Transport {
     }
 
     pub fn with_domain(name: &str, domain_id: u16) -> Result<Self, TransportError> {
-        let setup = |cause: String| TransportError::Setup {
-            what: "ROS 2 node",
-            topic: name.to_string(),
-            cause,
-        };
+        let setup = |cause: String| setup_error("ROS 2 node", name, cause);
         let participant = DomainParticipantBuilder::new(domain_id)
             .build()
             .map_err(|e| setup(format!("DDS participant in domain {domain_id}: {e:?}")))?;
@@ -79,11 +75,7 @@ impl Ros2Transport {
         topic: &str,
         qos: &QosProfile,
     ) -> Result<ros2_client::dds::rustdds::Topic, TransportError> {
-        let setup = |cause: String| TransportError::Setup {
-            what,
-            topic: topic.to_string(),
-            cause,
-        };
+        let setup = |cause: String| setup_error(what, topic, cause);
         let name = Name::parse(topic).map_err(|e| setup(format!("bad topic name: {e:?}")))?;
         let type_name = if M::KIND == "msg" {
             MessageTypeName::new(M::PACKAGE, M::NAME)
@@ -108,6 +100,15 @@ impl Drop for Ros2Transport {
 }
 
 /// Our QoS in ros2-client terms.
+/// A node, topic, publisher, subscription or thread that could not be set up.
+fn setup_error(what: &'static str, topic: &str, cause: String) -> TransportError {
+    TransportError::Setup {
+        what,
+        topic: topic.to_string(),
+        cause,
+    }
+}
+
 pub fn profile(q: Qos) -> QosProfile {
     let mut p = QosProfile::subscription_default();
     p.reliability = match q.reliability {
@@ -168,11 +169,7 @@ impl Transport for Ros2Transport {
         let inner = self
             .node
             .create_publisher::<M>(&t, Some(profile))
-            .map_err(|e| TransportError::Setup {
-                what: "publisher",
-                topic: topic.to_string(),
-                cause: format!("{e:?}"),
-            })?;
+            .map_err(|e| setup_error("publisher", topic, format!("{e:?}")))?;
         Ok(Box::new(Ros2Publisher {
             inner,
             topic: topic.to_string(),
@@ -190,11 +187,7 @@ impl Transport for Ros2Transport {
         let sub = self
             .node
             .create_subscription::<M>(&t, Some(profile))
-            .map_err(|e| TransportError::Setup {
-                what: "subscription",
-                topic: topic.to_string(),
-                cause: format!("{e:?}"),
-            })?;
+            .map_err(|e| setup_error("subscription", topic, format!("{e:?}")))?;
         let stop = self.stop.clone();
         let name = topic.to_string();
         std::thread::Builder::new()
@@ -217,11 +210,7 @@ impl Transport for Ros2Transport {
                     }
                 })
             })
-            .map_err(|e| TransportError::Setup {
-                what: "subscription thread",
-                topic: topic.to_string(),
-                cause: e.to_string(),
-            })?;
+            .map_err(|e| setup_error("subscription thread", topic, e.to_string()))?;
         Ok(())
     }
 }
