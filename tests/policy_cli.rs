@@ -125,6 +125,20 @@ fn collect_train_act_eval_bench() {
             .all(|t| t.as_i64().is_some_and(|t| (400..656).contains(&t))),
         "{act}"
     );
+    // A state with negative values (as every real state has) parses as the value of --state.
+    let with_state = json(&[
+        "act",
+        "--ckpt",
+        s(&run),
+        "--image",
+        s(&png),
+        "--instruction",
+        "pick up the red cube",
+        "--state",
+        "-0.1,0.2,-0.3,0.4,-0.5,0.6,0.04,0.45,-0.02,0.25,-3.1,0.0,1.5",
+        "--json",
+    ]);
+    assert_eq!(with_state["action"].as_array().map(Vec::len), Some(7));
 
     let eval = json(&[
         "eval",

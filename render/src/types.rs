@@ -127,31 +127,7 @@ pub struct Body {
     pub pose: Pose,
 }
 
-/// A pinhole camera in the world frame (Z-up, metres), given as look-at so that both fixed
-/// cameras and wrist cameras (computed from the gripper pose) are easy to express.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CameraView {
-    /// Optical centre.
-    pub eye: [f32; 3],
-    /// A point the optical axis passes through.
-    pub target: [f32; 3],
-    /// Approximate image-up direction (need not be orthogonal to the view direction).
-    pub up: [f32; 3],
-    /// Vertical field of view in degrees, in (0, 180).
-    pub fov_y_deg: f32,
-}
-
-impl CameraView {
-    /// Camera at `eye` looking at `target` with world +Z as image up.
-    pub fn look_at(eye: [f32; 3], target: [f32; 3], fov_y_deg: f32) -> Self {
-        CameraView {
-            eye,
-            target,
-            up: [0.0, 0.0, 1.0],
-            fov_y_deg,
-        }
-    }
-}
+pub use vla_core::CameraView;
 
 /// Per-scene lighting, so that domain randomisation can vary it per environment.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -26,10 +26,15 @@ pub struct Args {
     #[arg(long)]
     instruction: String,
     /// Proprioceptive state, comma-separated (see `vla tasks`); default: the training mean.
-    #[arg(long)]
+    /// Values may be negative (`--state -0.1,0.2,…`).
+    #[arg(long, allow_hyphen_values = true)]
     state: Option<String>,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Write what the grounding heads look at (models with `vision.grounding_heads`): one row
+    /// per camera, the model's input and each head's heat map with its soft-argmax marked.
+    #[arg(long)]
+    grounding_png: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -41,6 +46,9 @@ struct ActReport {
     action: Vec<f32>,
     action_names: Vec<&'static str>,
     latency_ms: f64,
+    /// Per camera, per grounding head: the soft-argmax (x, y) in pixels of the model's input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grounding_px: Option<Vec<Vec<[f32; 2]>>>,
 }
 
 fn load_image(path: &Path) -> anyhow::Result<vla_core::RgbImage> {
@@ -101,7 +109,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut out = policy.act_batch_with_tokens(&[(&obs, args.instruction.as_str())])?;
     let latency_ms = t.elapsed().as_secs_f64() * 1e3;
     let (tokens, action) = out.pop().context("the policy returned no action")?;
+    let grounding_px = match &args.grounding_png {
+        Some(path) => Some(write_grounding_png(&policy, &obs, &args.instruction, path)?),
+        None => None,
+    };
     let report = ActReport {
+        grounding_px,
         instruction: args.instruction,
         tokens,
         action: action.0.to_vec(),
@@ -132,4 +145,75 @@ pub fn first_observation(family: &str, seed: u64) -> anyhow::Result<Observation>
     let mut vec_env = VecEnv::new(vec![env])?;
     let mut obs = vec_env.reset(&[seed])?;
     obs.pop().context("the environment returned no observation")
+}
+
+/// Draws the grounding heat maps (see `Args::grounding_png`) and returns the soft-argmax
+/// points in pixels of the model's input.
+fn write_grounding_png(
+    policy: &Policy,
+    obs: &Observation,
+    instruction: &str,
+    path: &Path,
+) -> anyhow::Result<Vec<Vec<[f32; 2]>>> {
+    use image::{imageops, Rgb, RgbImage};
+    let (maps, coords) = policy.grounding_maps(obs, instruction)?.context(
+        "--grounding-png: this model has no grounding heads (vision.grounding_heads = 0)",
+    )?;
+    let size = policy.model().config().vision.image_size as u32;
+    let [cams, heads, gh, gw] = <[i64; 4]>::try_from(maps.size())
+        .map_err(|s| anyhow::anyhow!("heat maps of shape {s:?}"))?;
+    let maps = Vec::<f32>::try_from(maps.flatten(0, -1))?;
+    let coords = Vec::<f32>::try_from(coords.flatten(0, -1))?;
+    const PANEL: u32 = 128;
+    let mut canvas = RgbImage::new(PANEL * (1 + heads as u32), PANEL * cams as u32);
+    let mut points = Vec::new();
+    for (c, cam) in [&obs.front, &obs.wrist]
+        .into_iter()
+        .enumerate()
+        .take(cams as usize)
+    {
+        let input = imageops::resize(cam, size, size, imageops::FilterType::Triangle);
+        let shown = imageops::resize(&input, PANEL, PANEL, imageops::FilterType::Nearest);
+        imageops::replace(&mut canvas, &shown, 0, (c as u32 * PANEL) as i64);
+        let mut cam_points = Vec::new();
+        for h in 0..heads as usize {
+            let offset = (c * heads as usize + h) * (gh * gw) as usize;
+            let map = &maps[offset..offset + (gh * gw) as usize];
+            let peak = map.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
+            let mut panel = shown.clone();
+            for (x, y, p) in panel.enumerate_pixels_mut() {
+                let (mx, my) = (x * gw as u32 / PANEL, y * gh as u32 / PANEL);
+                let heat = map[(my * gw as u32 + mx) as usize] / peak;
+                let mix = |v: u8, target: f32| (v as f32 * 0.35 + target * 0.65 * heat) as u8;
+                *p = Rgb([mix(p[0], 255.0), mix(p[1], 220.0), mix(p[2], 40.0)]);
+            }
+            // Soft-argmax grid coordinates (-1 = first cell centre) → pixels.
+            let at = (c * heads as usize + h) * 2;
+            let to_px = |v: f32, cells: i64| {
+                ((v + 1.0) / 2.0 * (cells - 1) as f32 + 0.5) * size as f32 / cells as f32
+            };
+            let (px, py) = (to_px(coords[at], gw), to_px(coords[at + 1], gh));
+            cam_points.push([px, py]);
+            let scale = PANEL as f32 / size as f32;
+            let (cx, cy) = ((px * scale) as i64, (py * scale) as i64);
+            for d in -6i64..=6 {
+                for (x, y) in [(cx + d, cy), (cx, cy + d)] {
+                    if (0..PANEL as i64).contains(&x) && (0..PANEL as i64).contains(&y) {
+                        panel.put_pixel(x as u32, y as u32, Rgb([0, 255, 255]));
+                    }
+                }
+            }
+            imageops::replace(
+                &mut canvas,
+                &panel,
+                (PANEL * (1 + h as u32)) as i64,
+                (c as u32 * PANEL) as i64,
+            );
+        }
+        points.push(cam_points);
+    }
+    canvas
+        .save(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(points)
 }

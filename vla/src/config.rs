@@ -50,6 +50,11 @@ pub struct VisionConfig {
     /// instruction names before the LM sees them. Needs a stem.
     #[serde(default)]
     pub film: bool,
+    /// Language-conditioned spatial readouts (see [`crate::grounding`]): heads whose
+    /// instruction-chosen heat maps over the stem give the (x, y) of what the instruction
+    /// names, in every camera, as one extra LM token (0 disables). Needs a stem.
+    #[serde(default)]
+    pub grounding_heads: usize,
     /// Per-channel normalisation applied to [0, 1] pixels.
     #[serde(default = "default_mean")]
     pub image_mean: [f32; 3],
@@ -103,13 +108,21 @@ pub struct ActionConfig {
     /// Feed the proprioceptive state to the LM as one extra token.
     #[serde(default = "default_true")]
     pub use_proprio: bool,
-    /// Weight of an auxiliary training loss (0 = off, and no head): from the hidden state
-    /// that predicts the first action token, regress where the episode's grasp will happen
-    /// (the end-effector x, y when the expert first closes the gripper, read from the
-    /// demonstration itself). Dense supervision for "which object does the instruction
-    /// mean, and where is it" — the action loss alone teaches that slowly.
+    /// Which state values that token carries (indices into the state; empty = all). The
+    /// end-effector pose lets a behaviour-cloned policy copy its own past motion (it has
+    /// drifted from home in the direction it was going) instead of looking at the scene —
+    /// the "copycat" shortcut of Wen et al. (2020). Keeping only the gripper opening and the
+    /// height leaves the horizontal direction to vision.
     #[serde(default)]
-    pub grasp_aux_weight: f64,
+    pub proprio_indices: Vec<usize>,
+    /// Weight of an auxiliary training loss (0 = off): from the grounding readouts' front
+    /// camera coordinates, regress where the demonstration will grasp (head 0: end-effector
+    /// x, y at the first gripper close) and release (head 1: at the first opening after it),
+    /// read from the demonstration itself. Dense supervision for "which object (and which
+    /// bin) does the instruction mean, and where is it" — the action loss alone teaches that
+    /// slowly. Needs `vision.grounding_heads`.
+    #[serde(default, alias = "grasp_aux_weight")]
+    pub target_aux_weight: f64,
 }
 
 /// Whole-model configuration (`configs/*.toml`, and `config` inside a run's `config.json`).
@@ -159,6 +172,17 @@ fn default_true() -> bool {
     true
 }
 
+impl ActionConfig {
+    /// Number of state values the proprioception token carries.
+    pub fn proprio_width(&self) -> usize {
+        if self.proprio_indices.is_empty() {
+            self.state_dim
+        } else {
+            self.proprio_indices.len()
+        }
+    }
+}
+
 impl VlaConfig {
     /// Reads and validates a TOML config; errors name the file and the offending field.
     /// A `[train]` table (see [`crate::trainer::load_config_file`]) is ignored here.
@@ -201,6 +225,7 @@ impl VlaConfig {
     pub fn num_prefix_tokens(&self) -> usize {
         self.vision.num_cameras * self.patches_per_camera()
             + usize::from(self.vision.num_keypoints > 0)
+            + usize::from(self.vision.grounding_heads > 0)
             + usize::from(self.action.use_proprio)
     }
 
@@ -256,12 +281,33 @@ impl VlaConfig {
                 ),
             ));
         }
-        if !(self.action.grasp_aux_weight.is_finite() && self.action.grasp_aux_weight >= 0.0) {
+        if !(a.target_aux_weight.is_finite() && a.target_aux_weight >= 0.0) {
             return Err(VlaError::invalid(
-                "action.grasp_aux_weight",
+                "action.target_aux_weight",
+                format!("{} must be a finite weight >= 0", a.target_aux_weight),
+            ));
+        }
+        if a.target_aux_weight > 0.0 && v.grounding_heads == 0 {
+            return Err(VlaError::invalid(
+                "action.target_aux_weight",
+                "the target loss reads the grounding readouts: set vision.grounding_heads too",
+            ));
+        }
+        if v.grounding_heads > 8 || (v.grounding_heads > 0 && v.stem_channels.is_empty()) {
+            return Err(VlaError::invalid(
+                "vision.grounding_heads",
                 format!(
-                    "{} must be a finite weight >= 0",
-                    self.action.grasp_aux_weight
+                    "{}: at most 8 heads, and they read the conv stem: set vision.stem_channels too",
+                    v.grounding_heads
+                ),
+            ));
+        }
+        if let Some(&i) = a.proprio_indices.iter().find(|&&i| i >= a.state_dim) {
+            return Err(VlaError::invalid(
+                "action.proprio_indices",
+                format!(
+                    "index {i} is outside the state (action.state_dim = {})",
+                    a.state_dim
                 ),
             ));
         }
@@ -349,6 +395,7 @@ impl VlaConfig {
                 num_keypoints: 4,
                 stem_channels: vec![8],
                 film: true,
+                grounding_heads: 2,
                 image_mean: default_mean(),
                 image_std: default_std(),
             },
@@ -370,7 +417,8 @@ impl VlaConfig {
                 gripper_dim: Some(6),
                 state_dim: 13,
                 use_proprio: true,
-                grasp_aux_weight: 0.5,
+                proprio_indices: vec![6, 9],
+                target_aux_weight: 0.5,
             },
         }
     }
@@ -413,6 +461,21 @@ mod tests {
         assert!(err.contains("vision.stem_channels"), "{err}");
         bad.vision.stem_channels = vec![0];
         assert!(bad.validate().is_err());
+
+        // Grounding reads the stem; the target loss reads the grounding.
+        let mut bad = VlaConfig::test_tiny();
+        bad.vision.stem_channels.clear();
+        bad.vision.film = false;
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("vision.grounding_heads"), "{err}");
+        let mut bad = VlaConfig::test_tiny();
+        bad.action.proprio_indices = vec![6, 13];
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("action.proprio_indices"), "{err}");
+        let mut bad = VlaConfig::test_tiny();
+        bad.vision.grounding_heads = 0;
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("action.target_aux_weight"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -51,6 +51,41 @@ impl Default for AugmentConfig {
     }
 }
 
+/// Where the auxiliary grounding targets come from in the images: the front camera's pose,
+/// to project the demonstration's grasp and release points into it, and the weight of the
+/// heat-map loss that asks the grounding heads to look there (0 = off). The default camera
+/// is the simulator's (`vla_sim::CameraConfig::default`; a test keeps the two equal).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroundingTargets {
+    pub front_camera: vla_core::CameraView,
+    pub map_weight: f64,
+}
+
+impl Default for GroundingTargets {
+    fn default() -> Self {
+        GroundingTargets {
+            front_camera: vla_core::CameraView::look_at([1.12, 0.0, 0.62], [0.42, 0.0, 0.0], 45.0),
+            map_weight: 0.0,
+        }
+    }
+}
+
+/// Auxiliary targets are given only while the end effector is at least this far (m) from
+/// the spot: once the gripper is over the object, a readout that tracks the gripper would
+/// predict the grasp without ever finding the object the instruction names (measured: the
+/// heat maps settled on the gripper and the image's top edge, not on objects).
+pub const MIN_TARGET_DISTANCE: f32 = 0.08;
+
+/// Where the end effector will be at an episode's next grasp or release.
+#[derive(Clone, Copy, Debug)]
+struct EventTarget {
+    /// End-effector (x, y, z) at the event.
+    position: [f32; 3],
+    /// The end effector is at least [`MIN_TARGET_DISTANCE`] from it (horizontally).
+    far: bool,
+}
+
 /// Frames of one or more datasets, decoded into tensors.
 pub struct TrainingData {
     /// `[N, 2, 3, S, S]` u8.
@@ -61,9 +96,10 @@ pub struct TrainingData {
     actions: Vec<Vec<f32>>,
     /// Index into `tasks` per frame.
     frame_task: Vec<usize>,
-    /// Per frame before its episode's first gripper close: the end-effector (x, y) at that
-    /// close, i.e. where the grasp happens (target of the auxiliary grasp loss).
-    grasp_xy: Vec<Option<[f32; 2]>>,
+    /// Per frame before its episode's first gripper close: the end-effector (x, y, z) at that
+    /// close, i.e. where the grasp happens, and at the first opening after it, where the
+    /// release happens (targets of the auxiliary grounding losses; `None` once passed).
+    targets: Vec<[Option<EventTarget>; 2]>,
     /// Distinct task strings (instructions).
     tasks: Vec<String>,
     /// Frame indices of the training and validation episodes.
@@ -127,7 +163,7 @@ impl TrainingData {
         let mut states: Vec<f32> = Vec::with_capacity(total * 13);
         let mut actions = Vec::with_capacity(total);
         let mut frame_task = Vec::with_capacity(total);
-        let mut grasp_xy: Vec<Option<[f32; 2]>> = Vec::with_capacity(total);
+        let mut targets: Vec<[Option<EventTarget>; 2]> = Vec::with_capacity(total);
         let mut task_ids: BTreeMap<String, usize> = BTreeMap::new();
         let mut tasks = Vec::new();
         let (mut train, mut val) = (Vec::new(), Vec::new());
@@ -190,7 +226,7 @@ impl TrainingData {
                 }
                 on_progress(actions.len(), total);
             }
-            grasp_xy.resize(actions.len(), None);
+            targets.resize(actions.len(), [None; 2]);
             let sd = state_dim.unwrap_or(0);
             let xy = vla_core::StateLayout::EE_POSITION.start;
             for episode in tr.iter().chain(&va) {
@@ -199,21 +235,38 @@ impl TrainingData {
                     .into_iter()
                     .map(|i| i + offset)
                     .collect();
-                let close = frames
+                if sd <= xy + 2 {
+                    continue;
+                }
+                let closed = |i: usize| actions[i].get(GRIPPER_DIM).is_some_and(|g| *g > 0.5);
+                let Some(close) = frames.iter().position(|&i| closed(i)) else {
+                    continue;
+                };
+                let release = frames[close..]
                     .iter()
-                    .position(|&i| actions[i].get(GRIPPER_DIM).is_some_and(|g| *g > 0.5));
-                if let (Some(c), true) = (close, sd > xy + 1) {
-                    let at = frames[c] * sd + xy;
-                    let target = [states[at], states[at + 1]];
-                    for &i in &frames[..c] {
-                        grasp_xy[i] = Some(target);
+                    .position(|&i| !closed(i))
+                    .map(|r| close + r);
+                for (head, end) in [Some(close), release].into_iter().enumerate() {
+                    let Some(end) = end else { continue };
+                    let at = frames[end] * sd + xy;
+                    let position = [states[at], states[at + 1], states[at + 2]];
+                    for &i in &frames[..end] {
+                        // Near the spot, where the gripper is in the image already says
+                        // where the spot is; only frames farther away teach grounding
+                        // by regression.
+                        let ee = [states[i * sd + xy], states[i * sd + xy + 1]];
+                        let d = (ee[0] - position[0]).hypot(ee[1] - position[1]);
+                        targets[i][head] = Some(EventTarget {
+                            position,
+                            far: d >= MIN_TARGET_DISTANCE,
+                        });
                     }
                 }
             }
         }
         let state_dim = state_dim.unwrap_or(0) as i64;
         Ok(TrainingData {
-            grasp_xy,
+            targets,
             images: Tensor::stack(&image_rows, 0),
             states: Tensor::from_slice(&states).view([actions.len() as i64, state_dim]),
             actions,
@@ -274,19 +327,59 @@ impl TrainingData {
         &self.actions[index]
     }
 
-    /// Auxiliary grasp targets of the given frames: `[B, 2]` (x, y) and the `[B]` mask of
-    /// frames that have one.
-    pub fn grasp_targets(&self, indices: &[usize]) -> (Tensor, Tensor) {
-        let mut xy = Vec::with_capacity(indices.len() * 2);
-        let mut mask = Vec::with_capacity(indices.len());
+    /// Auxiliary targets of the given frames for `heads` grounding heads: `[B, H, 2]`
+    /// end-effector (x, y) where the episode will next grasp (head 0) and release (head 1),
+    /// and the `[B, H]` mask of those that exist (none for heads ≥ 2, none once passed, none
+    /// while the end effector is within [`MIN_TARGET_DISTANCE`] of the spot).
+    pub fn target_locations(&self, indices: &[usize], heads: usize) -> (Tensor, Tensor) {
+        let mut xy = Vec::with_capacity(indices.len() * heads * 2);
+        let mut mask = Vec::with_capacity(indices.len() * heads);
         for &i in indices {
-            let g = self.grasp_xy.get(i).copied().flatten();
-            xy.extend_from_slice(&g.unwrap_or([0.0, 0.0]));
-            mask.push(if g.is_some() { 1.0f32 } else { 0.0 });
+            for head in 0..heads {
+                let t = self.target(i, head).filter(|t| t.far);
+                let p = t.map_or([0.0; 3], |t| t.position);
+                xy.extend_from_slice(&p[..2]);
+                mask.push(if t.is_some() { 1.0f32 } else { 0.0 });
+            }
         }
+        let (b, h) = (indices.len() as i64, heads as i64);
         (
-            Tensor::from_slice(&xy).view([indices.len() as i64, 2]),
-            Tensor::from_slice(&mask),
+            Tensor::from_slice(&xy).view([b, h, 2]),
+            Tensor::from_slice(&mask).view([b, h]),
+        )
+    }
+
+    fn target(&self, frame: usize, head: usize) -> Option<EventTarget> {
+        self.targets
+            .get(frame)
+            .and_then(|t| t.get(head).copied().flatten())
+    }
+
+    /// Where the next grasp (head 0) and release (head 1) points appear in the front
+    /// camera: `[B, H, 2]` (x, y) in `[0, 1]` of the image (x right, y down) and the `[B, H]`
+    /// mask of those that exist and project into the image.
+    pub fn target_pixels(
+        &self,
+        indices: &[usize],
+        heads: usize,
+        camera: &vla_core::CameraView,
+    ) -> (Tensor, Tensor) {
+        let mut xy = Vec::with_capacity(indices.len() * heads * 2);
+        let mut mask = Vec::with_capacity(indices.len() * heads);
+        for &i in indices {
+            for head in 0..heads {
+                let px = self
+                    .target(i, head)
+                    .and_then(|t| camera.project(t.position))
+                    .filter(|p| p.iter().all(|v| (0.0..=1.0).contains(v)));
+                xy.extend_from_slice(&px.unwrap_or([0.0, 0.0]));
+                mask.push(if px.is_some() { 1.0f32 } else { 0.0 });
+            }
+        }
+        let (b, h) = (indices.len() as i64, heads as i64);
+        (
+            Tensor::from_slice(&xy).view([b, h, 2]),
+            Tensor::from_slice(&mask).view([b, h]),
         )
     }
 

@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod grounding;
 pub mod layers;
 pub mod llama;
 pub mod model;
@@ -35,7 +36,7 @@ pub use error::{Result, VlaError};
 pub use model::{left_pad, TrainOutput, VlaBatch, VlaModel};
 pub use policy::Policy;
 pub use text_tokenizer::{prompt, TextTokenizer};
-pub use train::{OptimConfig, StepStats, TrainStep};
+pub use train::{AuxTargets, OptimConfig, StepStats, TrainStep};
 
 /// Re-exported so downstream crates use the same `tch` (devices, tensors) as this crate.
 pub use tch;

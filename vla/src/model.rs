@@ -3,15 +3,16 @@
 //! Sequence fed to the LM, per sample:
 //!
 //! ```text
-//! [front patches][wrist patches][keypoints][state] [pad… BOS prompt…] [a0 … a5]
-//!  └─ C·N vision tokens ──────┘ └── 1 ──┘ └ 1 ┘   └ left-padded L ┘   └ teacher-forced ┘
+//! [front patches][wrist patches][keypoints][grounding][state] [pad… BOS prompt…] [a0 … a5]
+//!  └─ C·N vision tokens ──────┘ └── 1 ──┘ └─── 1 ───┘ └ 1 ┘   └ left-padded L ┘   └ teacher-forced ┘
 //! ```
 //!
 //! The keypoint token (optional, `vision.num_keypoints`) carries the spatial soft-argmax
 //! coordinates of learned keypoint logits for every camera — per pixel of the conv stem's
 //! feature map when the ViT has one (`vision.stem_channels`), per patch otherwise; it is what
 //! lets a from-scratch model learn object positions in minutes (see
-//! [`crate::config::VisionConfig`]).
+//! [`crate::config::VisionConfig`]). The grounding token (optional, `vision.grounding_heads`)
+//! carries the coordinates of what the instruction names (see [`crate::grounding`]).
 //!
 //! The hidden state at the last prompt token predicts `a0`, the one at `a_i` predicts
 //! `a_{i+1}`. Prompts are left-padded so every sample's actions sit at the same positions;
@@ -19,7 +20,8 @@
 //!
 //! Parameter names (HF-style, so importing pretrained weights is a name map):
 //! `vision_backbone.*` (HF `ViTModel`), `camera_embeddings.weight`, `projector.fc{1,2}`,
-//! `keypoint_head`, `keypoint_projector.fc{1,2}`, `proprio_projector.fc{1,2}`, `language_model.model.*` / `language_model.lm_head`
+//! `keypoint_head`, `keypoint_projector.fc{1,2}`, `film_generator`, `grounding.*`,
+//! `proprio_projector.fc{1,2}`, `language_model.model.*` / `language_model.lm_head`
 //! (HF `LlamaForCausalLM`).
 
 use tch::nn::VarStore;
@@ -28,6 +30,7 @@ use tch::{Device, Kind, Tensor};
 use crate::action_tokenizer::{ActionTokenizer, NormStats};
 use crate::config::VlaConfig;
 use crate::error::{Result, VlaError};
+use crate::grounding::Grounding;
 use crate::layers::{normal_init, Linear, DECAY_GROUP, NO_DECAY_GROUP};
 use crate::llama::Llama;
 use crate::projector::MlpProjector;
@@ -92,9 +95,15 @@ pub struct TrainOutput {
     pub predicted: Tensor,
     /// Fraction of action tokens predicted exactly (scalar f32 tensor).
     pub accuracy: Tensor,
-    /// `[B, D]` hidden state at the last prompt token (the one that predicts `a0`).
-    pub prompt_hidden: Tensor,
+    /// `[B*C, H, 2]` grounding readout coordinates, when the model has grounding heads.
+    pub grounding: Option<Tensor>,
+    /// `[B*C, H, h, w]` the grounding heat maps (log-probabilities), likewise.
+    pub grounding_log_maps: Option<Tensor>,
 }
+
+/// The LM input in front of the actions: embeddings `[B, P, D]`, their validity mask `[B, P]`,
+/// and the grounding heads' coordinates and log heat maps when the model has them.
+type Prefix = (Tensor, Tensor, Option<(Tensor, Tensor)>);
 
 /// The vision-language-action model.
 #[derive(Debug)]
@@ -112,9 +121,8 @@ pub struct VlaModel {
     /// `film_generator`: pooled prompt embedding → per-channel (scale, shift) of the stem
     /// features, when `vision.film`. Zero-initialised, so training starts unconditioned.
     film: Option<Linear>,
-    /// `grasp_head`: prompt hidden state → normalised grasp (x, y), for the auxiliary loss
-    /// (`action.grasp_aux_weight > 0`); unused when acting.
-    grasp_head: Option<Linear>,
+    /// `grounding.*`: instruction-conditioned heat maps over the stem (`vision.grounding_heads`).
+    grounding: Option<Grounding>,
     proprio_projector: Option<MlpProjector>,
     lm: Llama,
     action_tokenizer: ActionTokenizer,
@@ -130,7 +138,7 @@ pub struct VlaModel {
 
 /// Expected patch-grid coordinates under a softmax over patches: `logits [N, gh*gw, K]` →
 /// `[N, K, 2]` (x, y) in `[-1, 1]`, computed in f32.
-fn spatial_soft_argmax(logits: &Tensor, gh: i64, gw: i64) -> Tensor {
+pub(crate) fn spatial_soft_argmax(logits: &Tensor, gh: i64, gw: i64) -> Tensor {
     let device = logits.device();
     let opts = (Kind::Float, device);
     let attn = logits.to_kind(Kind::Float).softmax(1, Kind::Float); // [N, P, K]
@@ -230,12 +238,11 @@ impl VlaModel {
                 bias: Some(p.set_group(NO_DECAY_GROUP).zeros("bias", &[2 * channels])),
             }
         });
-        let grasp_head = (config.action.grasp_aux_weight > 0.0)
-            .then(|| Linear::new(&root.sub("grasp_head"), t.hidden_size, 2, true));
+        let grounding = Grounding::new(&root.sub("grounding"), &config);
         let proprio_projector = config.action.use_proprio.then(|| {
             MlpProjector::new(
                 &root.sub("proprio_projector"),
-                config.action.state_dim,
+                config.action.proprio_width(),
                 t.hidden_size,
                 t.hidden_size,
             )
@@ -281,7 +288,7 @@ impl VlaModel {
             projector,
             keypoints,
             film,
-            grasp_head,
+            grounding,
             proprio_projector,
             lm,
             action_tokenizer,
@@ -384,14 +391,16 @@ impl VlaModel {
         Ok(((x - &self.image_mean) / &self.image_std).to_kind(self.compute_kind))
     }
 
-    /// Vision (+ state) + prompt embeddings `[B, P, D]` and their validity mask `[B, P]`.
+    /// Vision (+ state) + prompt embeddings `[B, P, D]`, their validity mask `[B, P]` and,
+    /// when the model has grounding heads, their coordinates `[B*C, H, 2]` and heat maps
+    /// `[B*C, H, h, w]` (log-probabilities).
     fn embed_prefix(
         &self,
         images: &Tensor,
         state: Option<&Tensor>,
         prompt_ids: &Tensor,
         prompt_mask: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<Prefix> {
         let b = images.size().first().copied().unwrap_or(0);
         if b == 0 {
             return Err(VlaError::Input("empty batch".into()));
@@ -420,24 +429,35 @@ impl VlaModel {
 
         let pixels = self.preprocess_images(images)?;
         let c = self.config.vision.num_cameras as i64;
-        let film = self.film.as_ref().map(|generator| {
-            // Masked mean of the prompt embeddings → (scale, shift) per stem channel, the
-            // same for every camera of a sample.
+        // Masked mean of the prompt embeddings, standardised: what FiLM and the grounding
+        // queries read. Embeddings start at N(0, 0.02); unnormalised, the mean is ~0.01 per
+        // element and the layers reading it learn ~100x slower than everything else.
+        let pooled = (self.film.is_some() || self.grounding.is_some()).then(|| {
             let w = prompt_valid.to_kind(Kind::Float).unsqueeze(-1);
-            let pooled = (text.to_kind(Kind::Float) * &w).sum_dim_intlist(1i64, false, Kind::Float)
-                / w.sum_dim_intlist(1i64, false, Kind::Float).clamp_min(1.0);
-            let gb = generator.forward(&pooled.to_kind(self.compute_kind)); // [B, 2C']
-            let ch = gb.size()[1] / 2;
-            let per_image = |t: Tensor| {
-                t.unsqueeze(1)
-                    .expand([b, c, ch], false)
-                    .reshape([b * c, ch, 1, 1])
-            };
-            (
-                per_image(gb.narrow(1, 0, ch)),
-                per_image(gb.narrow(1, ch, ch)),
-            )
+            let sum = (text.to_kind(Kind::Float) * &w).sum_dim_intlist(1i64, false, Kind::Float);
+            let mean = sum / w.sum_dim_intlist(1i64, false, Kind::Float).clamp_min(1.0);
+            let d = mean.size().last().copied().unwrap_or(1);
+            mean.layer_norm([d], None::<Tensor>, None::<Tensor>, 1e-5, false)
+                .to_kind(self.compute_kind)
         });
+        let film = self
+            .film
+            .as_ref()
+            .zip(pooled.as_ref())
+            .map(|(generator, pooled)| {
+                // (scale, shift) per stem channel, the same for every camera of a sample.
+                let gb = generator.forward(pooled); // [B, 2C']
+                let ch = gb.size()[1] / 2;
+                let per_image = |t: Tensor| {
+                    t.unsqueeze(1)
+                        .expand([b, c, ch], false)
+                        .reshape([b * c, ch, 1, 1])
+                };
+                (
+                    per_image(gb.narrow(1, 0, ch)),
+                    per_image(gb.narrow(1, ch, ch)),
+                )
+            });
         let (patches, stem_features) = self.vision.forward_modulated(&pixels, |f| match &film {
             Some((scale, shift)) => f * (scale + 1.0) + shift,
             None => f,
@@ -467,6 +487,14 @@ impl VlaModel {
             let flat = coords.reshape([b, -1]).to_kind(self.compute_kind);
             parts.push(proj.forward(&flat).unsqueeze(1));
         }
+        let grounding = match (&self.grounding, &stem_features, &pooled) {
+            (Some(g), Some(stem), Some(pooled)) => {
+                let (coords, maps) = g.locate(pooled, stem);
+                parts.push(g.token(&coords, self.compute_kind));
+                Some((coords, maps))
+            }
+            _ => None,
+        };
 
         if let Some(proj) = &self.proprio_projector {
             let sd = self.config.action.state_dim as i64;
@@ -481,6 +509,13 @@ impl VlaModel {
             }
             let s =
                 (state.to_device(device).to_kind(Kind::Float) - &self.state_mean) / &self.state_std;
+            let keep = &self.config.action.proprio_indices;
+            let s = if keep.is_empty() {
+                s
+            } else {
+                let idx: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
+                s.index_select(1, &Tensor::from_slice(&idx).to_device(device))
+            };
             parts.push(proj.forward(&s.to_kind(self.compute_kind)).unsqueeze(1));
         }
 
@@ -494,7 +529,7 @@ impl VlaModel {
             ],
             1,
         );
-        Ok((embeds, mask))
+        Ok((embeds, mask, grounding))
     }
 
     fn check_action_tokens(&self, tokens: &Tensor, b: i64) -> Result<Tensor> {
@@ -520,28 +555,49 @@ impl VlaModel {
         Ok(t)
     }
 
-    /// The auxiliary grasp loss (weighted, see `ActionConfig::grasp_aux_weight`): squared
-    /// error of the predicted grasp (x, y), normalised like the end-effector state, over the
-    /// frames where `mask [B]` is set. `None` when the model has no grasp head.
-    pub fn grasp_loss(
+    /// The auxiliary target loss (weighted, see `ActionConfig::target_aux_weight`): squared
+    /// error of every grounding head's predicted table (x, y), normalised like the
+    /// end-effector state, against `targets [B, H, 2]` (raw metres) where `mask [B, H]` is
+    /// set. `None` when the model has no grounding heads or the weight is 0.
+    pub fn target_loss(
         &self,
         out: &TrainOutput,
-        grasp_xy: &Tensor,
+        targets: &Tensor,
         mask: &Tensor,
     ) -> Option<Tensor> {
-        let head = self.grasp_head.as_ref()?;
+        let weight = self.config.action.target_aux_weight;
+        let (grounding, coords) = self.grounding.as_ref().zip(out.grounding.as_ref())?;
+        if weight <= 0.0 {
+            return None;
+        }
         let device = self.device();
         let xy = vla_core::StateLayout::EE_POSITION.start as i64;
         let mean = self.state_mean.narrow(0, xy, 2);
         let std = self.state_std.narrow(0, xy, 2);
-        let target = (grasp_xy.to_device(device).to_kind(Kind::Float) - mean) / std;
-        let predicted = head.forward(&out.prompt_hidden).to_kind(Kind::Float);
+        let target = (targets.to_device(device).to_kind(Kind::Float) - mean) / std;
+        let predicted = grounding.predict_targets(coords);
         let m = mask.to_device(device).to_kind(Kind::Float);
-        let per_frame = (predicted - target)
+        let per_head = (predicted - target)
             .square()
             .sum_dim_intlist(-1, false, Kind::Float);
-        let loss = (per_frame * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0);
-        Some(loss * self.config.action.grasp_aux_weight)
+        let loss = (per_head * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0);
+        Some(loss * weight)
+    }
+
+    /// The heat-map loss of the grounding heads (see [`Grounding::map_loss`]), times
+    /// `weight`; `None` without grounding heads or with a zero weight.
+    pub fn target_map_loss(
+        &self,
+        out: &TrainOutput,
+        pixels: &Tensor,
+        mask: &Tensor,
+        weight: f64,
+    ) -> Option<Tensor> {
+        let (grounding, maps) = self
+            .grounding
+            .as_ref()
+            .zip(out.grounding_log_maps.as_ref())?;
+        (weight > 0.0).then(|| grounding.map_loss(maps, pixels, mask) * weight)
     }
 
     /// Action-vocabulary logits for hidden states `[B, T, D]` → `[B, T, num_bins]`.
@@ -567,7 +623,7 @@ impl VlaModel {
     pub fn forward_train(&self, batch: &VlaBatch) -> Result<TrainOutput> {
         let b = batch.images.size().first().copied().unwrap_or(0);
         let targets = self.check_action_tokens(&batch.action_tokens, b)?;
-        let (prefix, prefix_mask) = self.embed_prefix(
+        let (prefix, prefix_mask, grounding) = self.embed_prefix(
             &batch.images,
             batch.state.as_ref(),
             &batch.prompt_ids,
@@ -600,7 +656,8 @@ impl VlaModel {
             .to_kind(Kind::Float)
             .mean(Kind::Float);
         Ok(TrainOutput {
-            prompt_hidden: hidden.select(1, p - 1),
+            grounding_log_maps: grounding.as_ref().map(|(_, maps)| maps.shallow_clone()),
+            grounding: grounding.map(|(coords, _)| coords),
             loss,
             action_logits: logits,
             predicted: predicted_bins + self.action_tokenizer.token_offset(),
@@ -618,7 +675,7 @@ impl VlaModel {
         prompt_mask: &Tensor,
     ) -> Result<Tensor> {
         tch::no_grad(|| {
-            let (prefix, mask) = self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
+            let (prefix, mask, _) = self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
             let b = prefix.size()[0];
             let p = prefix.size()[1];
             let mut cache = self.lm.new_cache();
@@ -639,6 +696,31 @@ impl VlaModel {
                 tokens.push(tok);
             }
             Ok(Tensor::cat(&tokens, 1))
+        })
+    }
+
+    /// What the grounding heads look at: `[B, C, H, h, w]` heat maps over the stem (f32,
+    /// each map sums to 1) and `[B, C, H, 2]` their soft-argmax (x, y) in `[-1, 1]`; `None`
+    /// for a model without grounding heads. For inspection (`vla act --grounding-png`).
+    pub fn grounding_maps(
+        &self,
+        images: &Tensor,
+        state: Option<&Tensor>,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let c = self.config.vision.num_cameras as i64;
+        let heads = self.config.vision.grounding_heads as i64;
+        tch::no_grad(|| {
+            let (_, _, grounding) = self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
+            Ok(grounding.map(|(coords, maps)| {
+                let s = maps.size();
+                let b = s[0] / c;
+                (
+                    maps.exp().view([b, c, heads, s[2], s[3]]),
+                    coords.to_kind(Kind::Float).view([b, c, heads, 2]),
+                )
+            }))
         })
     }
 
@@ -705,6 +787,9 @@ mod tests {
             "projector.fc1.weight",
             "keypoint_head.weight",
             "keypoint_projector.fc1.weight",
+            "grounding.query.weight",
+            "grounding.projector.fc2.weight",
+            "grounding.target_head.fc1.bias",
             "proprio_projector.fc2.bias",
             "language_model.model.embed_tokens.weight",
             "language_model.model.layers.1.self_attn.k_proj.weight",
@@ -816,28 +901,41 @@ mod tests {
     }
 
     #[test]
-    fn grasp_loss_is_masked_and_reaches_the_vision_stem() {
+    fn target_loss_is_masked_and_reaches_the_query_and_the_stem() {
         crate::test_setup();
         let model = tiny_model(3);
         let b = batch(&model, 2);
         let out = model.forward_train(&b).unwrap();
-        let xy = Tensor::from_slice(&[0.4f32, 0.1, 0.5, -0.2]).view([2, 2]);
-        let none = Tensor::zeros([2], (Kind::Float, Device::Cpu));
-        let masked = model.grasp_loss(&out, &xy, &none).unwrap();
+        let coords = out.grounding.as_ref().unwrap();
+        assert_eq!(coords.size(), [2 * 2, 2, 2]); // [B*C, H, 2]
+        assert!(coords.abs().max().double_value(&[]) <= 1.0);
+        let xy = Tensor::from_slice(&[0.4f32, 0.1, 0.3, 0.2, 0.5, -0.2, 0.6, 0.0]).view([2, 2, 2]);
+        let none = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
+        let masked = model.target_loss(&out, &xy, &none).unwrap();
         assert_eq!(masked.double_value(&[]), 0.0);
-        let all = Tensor::ones([2], (Kind::Float, Device::Cpu));
-        let loss = model.grasp_loss(&out, &xy, &all).unwrap();
+        let all = Tensor::ones([2, 2], (Kind::Float, Device::Cpu));
+        let loss = model.target_loss(&out, &xy, &all).unwrap();
         assert!(loss.double_value(&[]) > 0.0);
         loss.backward();
-        let stem = &model.var_store().variables()
-            ["vision_backbone.embeddings.patch_embeddings.stem.0.weight"];
-        assert!(stem.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
-        // Without the weight there is no head and no loss.
+        let vars = model.var_store().variables();
+        for name in [
+            "vision_backbone.embeddings.patch_embeddings.stem.0.weight",
+            "grounding.query.weight",
+            "language_model.model.embed_tokens.weight",
+        ] {
+            assert!(
+                vars[name].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{name}"
+            );
+        }
+        // Without grounding heads there is no readout and no loss.
         let mut cfg = VlaConfig::test_tiny();
-        cfg.action.grasp_aux_weight = 0.0;
+        cfg.vision.grounding_heads = 0;
+        cfg.action.target_aux_weight = 0.0;
         let plain = VlaModel::new(cfg, model.norm_stats().clone(), Device::Cpu, 3).unwrap();
         let out = plain.forward_train(&batch(&plain, 2)).unwrap();
-        assert!(plain.grasp_loss(&out, &xy, &all).is_none());
+        assert!(out.grounding.is_none());
+        assert!(plain.target_loss(&out, &xy, &all).is_none());
     }
 
     #[test]

@@ -81,15 +81,8 @@ impl Policy {
             .collect())
     }
 
-    /// Like [`Self::act_batch`], also returning the generated action token ids (for debug
-    /// topics and `vla act`).
-    pub fn act_batch_with_tokens(
-        &self,
-        items: &[(&Observation, &str)],
-    ) -> Result<Vec<(Vec<i64>, Action)>> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// The model's inputs for a batch: images, states, prompt ids and mask (on its device).
+    fn inputs(&self, items: &[(&Observation, &str)]) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         let cfg = self.model.config();
         if cfg.vision.num_cameras != 2 {
             return Err(VlaError::Input(format!(
@@ -114,14 +107,47 @@ impl Policy {
             .collect::<Result<Vec<_>>>()?;
         let (ids, mask) = left_pad(&prompts, self.tokenizer.pad_id());
         let device = self.model.device();
+        Ok((
+            images.to_device(device),
+            state.to_device(device),
+            ids.to_device(device),
+            mask.to_device(device),
+        ))
+    }
+
+    /// The grounding heads' heat maps `[C, H, h, w]` and coordinates `[C, H, 2]` for one
+    /// observation (CPU, f32); `None` when the model has no grounding heads.
+    pub fn grounding_maps(
+        &self,
+        obs: &Observation,
+        instruction: &str,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let (images, state, ids, mask) = self.inputs(&[(obs, instruction)])?;
+        Ok(self
+            .model
+            .grounding_maps(&images, Some(&state), &ids, &mask)?
+            .map(|(maps, coords)| {
+                (
+                    maps.select(0, 0).to_device(Device::Cpu),
+                    coords.select(0, 0).to_device(Device::Cpu),
+                )
+            }))
+    }
+
+    /// Like [`Self::act_batch`], also returning the generated action token ids (for debug
+    /// topics and `vla act`).
+    pub fn act_batch_with_tokens(
+        &self,
+        items: &[(&Observation, &str)],
+    ) -> Result<Vec<(Vec<i64>, Action)>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cfg = self.model.config();
+        let (images, state, ids, mask) = self.inputs(items)?;
         let tokens = self
             .model
-            .generate_action_tokens(
-                &images.to_device(device),
-                Some(&state.to_device(device)),
-                &ids.to_device(device),
-                &mask.to_device(device),
-            )?
+            .generate_action_tokens(&images, Some(&state), &ids, &mask)?
             .to_device(Device::Cpu);
         let a = cfg.action.action_dim;
         let flat: Vec<i64> = Vec::<i64>::try_from(tokens.flatten(0, 1))?;

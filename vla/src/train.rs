@@ -86,6 +86,22 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// The update was skipped because the loss or gradients were not finite.
     pub skipped: bool,
+    /// The weighted auxiliary target (regression) loss, when there was one.
+    pub target_loss: Option<f64>,
+    /// The weighted auxiliary heat-map loss, when there was one.
+    pub map_loss: Option<f64>,
+}
+
+/// Targets of the auxiliary grounding losses for one batch (see
+/// [`crate::data::TrainingData::target_locations`] and `target_pixels`).
+#[derive(Debug, Default)]
+pub struct AuxTargets {
+    /// `[B, H, 2]` table (x, y) and `[B, H]` mask, for the regression loss.
+    pub locations: Option<(Tensor, Tensor)>,
+    /// `[B, H, 2]` front-image (x, y) in `[0, 1]` and `[B, H]` mask, for the heat-map loss.
+    pub pixels: Option<(Tensor, Tensor)>,
+    /// Weight of the heat-map loss.
+    pub map_weight: f64,
 }
 
 /// Cross-entropy against Gaussian soft targets centred on the true bins (hard targets for
@@ -223,21 +239,33 @@ impl TrainStep {
 
     /// Forward, backward, clip, update. Non-finite losses or gradients skip the update.
     pub fn step(&mut self, model: &VlaModel, batch: &VlaBatch) -> Result<StepStats> {
-        self.step_with_grasp(model, batch, None)
+        self.step_with_targets(model, batch, &AuxTargets::default())
     }
 
-    /// As [`Self::step`], adding the auxiliary grasp loss when `grasp` (`[B, 2]` targets,
-    /// `[B]` mask) is given and the model has a grasp head.
-    pub fn step_with_grasp(
+    /// As [`Self::step`], adding the auxiliary grounding losses whose targets are given
+    /// (when the model has grounding heads).
+    pub fn step_with_targets(
         &mut self,
         model: &VlaModel,
         batch: &VlaBatch,
-        grasp: Option<(&Tensor, &Tensor)>,
+        targets: &AuxTargets,
     ) -> Result<StepStats> {
         let lr = self.config.lr_at(self.step);
         self.zero_grad();
         let out = model.forward_train(batch)?;
-        let aux = grasp.and_then(|(xy, mask)| model.grasp_loss(&out, xy, mask));
+        let regression = targets
+            .locations
+            .as_ref()
+            .and_then(|(xy, mask)| model.target_loss(&out, xy, mask));
+        let map = targets
+            .pixels
+            .as_ref()
+            .and_then(|(px, mask)| model.target_map_loss(&out, px, mask, targets.map_weight));
+        let aux = match (&regression, &map) {
+            (Some(r), Some(m)) => Some(r + m),
+            (Some(a), None) | (None, Some(a)) => Some(a.shallow_clone()),
+            (None, None) => None,
+        };
         let train_loss = if self.config.label_sigma_bins > 0.0 {
             soft_target_loss(
                 model,
@@ -275,6 +303,8 @@ impl TrainStep {
             lr,
             grad_norm,
             skipped,
+            target_loss: regression.as_ref().map(|a| a.double_value(&[])),
+            map_loss: map.as_ref().map(|a| a.double_value(&[])),
         };
         self.step += 1;
         Ok(stats)

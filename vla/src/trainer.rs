@@ -24,11 +24,13 @@ use tch::{Device, Kind};
 use crate::action_tokenizer::NormStats;
 use crate::checkpoint::{load_run, save_run};
 use crate::config::VlaConfig;
-use crate::data::{step_rng, AugmentConfig, DataSummary, PromptCache, TrainingData};
+use crate::data::{
+    step_rng, AugmentConfig, DataSummary, GroundingTargets, PromptCache, TrainingData,
+};
 use crate::error::{Result, VlaError};
 use crate::model::VlaModel;
 use crate::text_tokenizer::TextTokenizer;
-use crate::train::{OptimConfig, StepStats, TrainStep};
+use crate::train::{AuxTargets, OptimConfig, StepStats, TrainStep};
 
 /// The `[train]` table of a config file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,8 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     pub optim: OptimConfig,
     pub augment: AugmentConfig,
+    /// How the data teaches the grounding heads (`vision.grounding_heads`).
+    pub grounding: GroundingTargets,
 }
 
 impl Default for TrainConfig {
@@ -65,6 +69,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             optim: OptimConfig::default(),
             augment: AugmentConfig::default(),
+            grounding: GroundingTargets::default(),
         }
     }
 }
@@ -88,6 +93,13 @@ impl TrainConfig {
             return Err(VlaError::invalid(
                 "train.val_fraction",
                 format!("{} must be in [0, 1)", self.val_fraction),
+            ));
+        }
+        let w = self.grounding.map_weight;
+        if !(w.is_finite() && w >= 0.0) {
+            return Err(VlaError::invalid(
+                "train.grounding.map_weight",
+                format!("{w} must be a finite weight >= 0"),
             ));
         }
         Ok(())
@@ -309,11 +321,18 @@ pub fn train(
                 Some((&train_cfg.augment, &mut rng)),
             )?
             .to_device(opts.device);
-        // Auxiliary targets only for a model that has the grasp loss (no per-step work else).
-        let grasp =
-            (model.config().action.grasp_aux_weight > 0.0).then(|| data.grasp_targets(&indices));
-        let stats =
-            step_fn.step_with_grasp(&model, &batch, grasp.as_ref().map(|(xy, mask)| (xy, mask)))?;
+        // Auxiliary targets only for a model that has those losses (no per-step work else).
+        let cfg = model.config();
+        let heads = cfg.vision.grounding_heads;
+        let map_weight = train_cfg.grounding.map_weight;
+        let targets = AuxTargets {
+            locations: (cfg.action.target_aux_weight > 0.0 && heads > 0)
+                .then(|| data.target_locations(&indices, heads)),
+            pixels: (map_weight > 0.0 && heads > 0)
+                .then(|| data.target_pixels(&indices, heads, &train_cfg.grounding.front_camera)),
+            map_weight,
+        };
+        let stats = step_fn.step_with_targets(&model, &batch, &targets)?;
         step += 1;
         samples += indices.len();
         window_samples += indices.len();
@@ -323,15 +342,18 @@ pub fn train(
             let sps = window_samples as f64 / window.elapsed().as_secs_f64().max(1e-9);
             window = Instant::now();
             window_samples = 0;
-            write_metric(
-                &mut metrics,
-                &serde_json::json!({
-                    "kind": "train", "step": step, "loss": stats.loss, "accuracy": stats.accuracy,
-                    "lr": stats.lr, "grad_norm": stats.grad_norm, "samples_per_s": sps,
-                    "elapsed_s": started.elapsed().as_secs_f64(),
-                }),
-                &opts.out,
-            )?;
+            let mut record = serde_json::json!({
+                "kind": "train", "step": step, "loss": stats.loss, "accuracy": stats.accuracy,
+                "lr": stats.lr, "grad_norm": stats.grad_norm, "samples_per_s": sps,
+                "elapsed_s": started.elapsed().as_secs_f64(),
+            });
+            if let Some(t) = stats.target_loss {
+                record["target_loss"] = t.into();
+            }
+            if let Some(t) = stats.map_loss {
+                record["map_loss"] = t.into();
+            }
+            write_metric(&mut metrics, &record, &opts.out)?;
             keep_going &= on_event(TrainEvent::Step {
                 stats: &stats,
                 samples_per_s: sps,

@@ -43,7 +43,7 @@ fn write_dataset(dir: &Path) {
                 }
             }
             let mut state = [0.0f32; 13];
-            state[7] = t as f32 * 0.01;
+            state[7] = t as f32 * 0.05;
             let obs = Observation {
                 front: img.clone(),
                 wrist: img,
@@ -52,7 +52,12 @@ fn write_dataset(dir: &Path) {
                 instruction: task.into(),
             };
             let v = (x as f32 - 14.0) / 14.0 * 0.02;
-            let action = Action::new([v, -v, 0.01], [0.0, 0.0, 0.0], (t >= 3) as u8 as f32);
+            // Closes at t = 3, opens again at t = 5.
+            let action = Action::new(
+                [v, -v, 0.01],
+                [0.0, 0.0, 0.0],
+                (t == 3 || t == 4) as u8 as f32,
+            );
             w.add_frame(FrameRecord {
                 observation: &obs,
                 action,
@@ -181,26 +186,35 @@ fn config_errors_name_the_file_and_field() {
 }
 
 #[test]
-fn grasp_targets_come_from_the_first_gripper_close() {
-    let dir = tmp("grasp");
+fn targets_come_from_the_first_gripper_close_and_the_release_after_it() {
+    let dir = tmp("targets");
     write_dataset(&dir);
     let data =
         vla_model::data::TrainingData::load(std::slice::from_ref(&dir), 32, 0.0, 0, &mut |_, _| {})
             .unwrap();
     let indices: Vec<usize> = (0..24).collect();
-    let (xy, mask) = data.grasp_targets(&indices);
-    let mask = Vec::<f32>::try_from(mask).unwrap();
-    let xy = Vec::<f32>::try_from(xy.flatten(0, 1)).unwrap();
+    let (xy, mask) = data.target_locations(&indices, 3);
+    assert_eq!(xy.size(), [24, 3, 2]);
+    let mask = Vec::<f32>::try_from(mask.flatten(0, 1)).unwrap();
+    let xy = Vec::<f32>::try_from(xy.flatten(0, 2)).unwrap();
     for i in 0..24 {
-        // The gripper closes at t = 3, where ee_x = 0.03: frames before it learn that spot.
-        let before_close = i % 6 < 3;
-        assert_eq!(mask[i], if before_close { 1.0 } else { 0.0 }, "frame {i}");
-        if before_close {
-            assert!(
-                (xy[2 * i] - 0.03).abs() < 1e-6 && xy[2 * i + 1] == 0.0,
-                "frame {i}"
-            );
+        let t = i % 6;
+        // Head 0: the gripper closes at t = 3, where ee_x = 0.15; head 1: it opens at t = 5
+        // (ee_x = 0.25); head 2 has no target. Frames before each event learn that spot,
+        // unless they are within 8 cm of it (ee_x moves 5 cm per frame).
+        for (head, event, x) in [(0, 3, 0.15f32), (1, 5, 0.25)] {
+            let m = mask[3 * i + head];
+            let taught = t + 1 < event;
+            assert_eq!(m, if taught { 1.0 } else { 0.0 }, "frame {i} head {head}");
+            if taught {
+                let at = 6 * i + 2 * head;
+                assert!(
+                    (xy[at] - x).abs() < 1e-6 && xy[at + 1] == 0.0,
+                    "frame {i} head {head}"
+                );
+            }
         }
+        assert_eq!(mask[3 * i + 2], 0.0);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

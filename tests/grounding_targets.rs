@@ -1,0 +1,86 @@
+//! The grounding heads' heat-map targets (vla `train.grounding`) project demonstration
+//! points into the front image with a pinhole camera that must be the simulator's: this
+//! checks that the two agree and that a projected object lands on its own pixels.
+
+use vla_model::data::GroundingTargets;
+use vla_sim::visual::CameraConfig;
+use vla_sim::{Env, EnvConfig, RobotDescription, VecEnv};
+use vla_tasks::{make_task, Language, Split};
+
+fn rgb(c: [u8; 3]) -> [f32; 3] {
+    c.map(f32::from)
+}
+
+#[test]
+fn projected_objects_land_on_their_own_pixels() {
+    assert_eq!(
+        GroundingTargets::default().front_camera,
+        CameraConfig::default().front([0.0; 3]),
+        "vla's default grounding camera must be the simulator's front camera"
+    );
+    let lang = Language::builtin().unwrap();
+    let config = EnvConfig {
+        render_enabled: true,
+        ..EnvConfig::default()
+    };
+    let mut checked = 0;
+    for seed in [3u64, 4] {
+        let env = Env::new(
+            make_task("pick", Split::Seen, &lang, 0.0, seed).unwrap(),
+            config.clone(),
+            RobotDescription::default_arm().unwrap(),
+        );
+        let mut envs = VecEnv::new(vec![env]).unwrap();
+        let obs = envs.reset(&[seed]).unwrap().pop().unwrap();
+        let env = &envs.envs[0];
+        let [front, _] = env.camera_views().unwrap();
+        let cell = env.cell().unwrap();
+        let (w, h) = (obs.front.width() as i64, obs.front.height() as i64);
+        // Most of the image is table: its median colour.
+        let table = {
+            let mut chans: [Vec<f32>; 3] = Default::default();
+            for c in obs.front.pixels() {
+                let q = rgb(c.0);
+                for k in 0..3 {
+                    chans[k].push(q[k]);
+                }
+            }
+            chans.map(|mut v| {
+                v.sort_by(f32::total_cmp);
+                v[v.len() / 2]
+            })
+        };
+        for (i, object) in cell.objects.iter().enumerate() {
+            let t = cell.object_pose(i).translation;
+            let p = [t.x as f32, t.y as f32, t.z as f32];
+            let want = object.spec.rgb.map(|v| v * 255.0);
+            let at = front.project(p).unwrap();
+            let default_at = GroundingTargets::default().front_camera.project(p).unwrap();
+            // Camera jitter moves the view by ~1.5 cm: at most a couple of pixels.
+            let shift =
+                ((at[0] - default_at[0]) * w as f32).hypot((at[1] - default_at[1]) * h as f32);
+            assert!(
+                shift < 3.0,
+                "seed {seed} object {i}: default camera off by {shift} px"
+            );
+            let (x, y) = ((at[0] * w as f32) as i64, (at[1] * h as f32) as i64);
+            let dist = |a: [f32; 3], b: [f32; 3]| {
+                (0..3).map(|k| (a[k] - b[k]).powi(2)).sum::<f32>().sqrt()
+            };
+            // The projected pixel shows the object, not the table: its colour is nearer the
+            // object's than the table's (shading darkens the object, so no exact match).
+            let c = obs
+                .front
+                .get_pixel(x.clamp(0, w - 1) as u32, y.clamp(0, h - 1) as u32)
+                .0;
+            let got = rgb(c);
+            assert!(
+                dist(got, want) < dist(got, table),
+                "seed {seed} object {i} ({}) at pixel ({x}, {y}) looks like the table: {c:?}",
+                object.spec.color_name
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6);
+}

@@ -1,0 +1,201 @@
+//! Language-conditioned spatial readout: "where, in each camera, is what the instruction names?"
+//!
+//! Each of `H` heads turns the pooled prompt embedding into a query over the conv stem's
+//! channels; its dot product with every stem pixel is a heat map whose soft-argmax is the
+//! (x, y) of the best match (a "red" query lights up red pixels). The coordinates of every head
+//! in every camera go to the LM as one token. This is the inductive bias that CLIPort-style
+//! pick-and-place models get from predicting pixel heat maps: the colour word selects image
+//! locations directly, instead of the LM having to learn that lookup through attention from
+//! a few hundred demonstrations (which, trained from scratch here, it did not).
+//!
+//! During training an auxiliary head (`target_head`) maps the front camera's coordinates to
+//! the table position where the demonstration will grasp (head 0) and release (head 1); those
+//! positions also go into the token. A heat-map loss asks each head's front-camera map to
+//! peak where that point appears in the image (projected through the known camera), so the
+//! readout is told directly what to look for (see [`crate::data::TrainingData::target_pixels`]).
+//!
+//! Parameter names: `grounding.query`, `grounding.log_temperature.weight`, `grounding.projector.fc{1,2}`, `grounding.target_head.fc{1,2}`.
+
+use tch::nn::Path;
+use tch::{Kind, Tensor};
+
+use crate::config::VlaConfig;
+use crate::layers::{Linear, NO_DECAY_GROUP};
+use crate::projector::MlpProjector;
+
+#[derive(Debug)]
+pub struct Grounding {
+    /// Pooled prompt embedding → `H` queries over the stem channels.
+    query: Linear,
+    /// `grounding.log_temperature` `[H]`: learned sharpness of each heat map. A 1-pixel object
+    /// among 256 stem pixels only moves the soft-argmax onto itself when its logit stands
+    /// ~8 above the background; learning that through the query's scale alone was slow.
+    log_temperature: Tensor,
+    /// Coordinates of all heads in all cameras, and the table positions `target_head` reads
+    /// from them → one LM token.
+    projector: MlpProjector,
+    /// Front-camera coordinates of all heads → table (x, y) per head, normalised like the
+    /// end-effector state; used only by the auxiliary loss.
+    target_head: MlpProjector,
+    heads: i64,
+    channels: i64,
+    cameras: i64,
+}
+
+impl Grounding {
+    /// `None` unless `vision.grounding_heads > 0` (which validation ties to a conv stem).
+    pub fn new(p: &Path, config: &VlaConfig) -> Option<Self> {
+        let v = &config.vision;
+        let heads = v.grounding_heads;
+        let channels = *v.stem_channels.last()?;
+        if heads == 0 {
+            return None;
+        }
+        let text = config.text.hidden_size;
+        let coords = 2 * heads * v.num_cameras + 2 * heads;
+        Some(Grounding {
+            query: Linear::new(&p.sub("query"), text, heads * channels, true),
+            // Starts 4x sharper than a plain scaled dot product.
+            log_temperature: p.sub("log_temperature").set_group(NO_DECAY_GROUP).var(
+                "weight",
+                &[heads as i64],
+                tch::nn::Init::Const(4f64.ln()),
+            ),
+            projector: MlpProjector::new(&p.sub("projector"), coords, text, text),
+            target_head: MlpProjector::new(&p.sub("target_head"), 2 * heads, 64, 2 * heads),
+            heads: heads as i64,
+            channels: channels as i64,
+            cameras: v.num_cameras as i64,
+        })
+    }
+
+    pub fn heads(&self) -> i64 {
+        self.heads
+    }
+
+    /// `pooled [B, Dt]` prompt embedding and `stem [B*C, Cs, h, w]` features → `[B*C, H, 2]`
+    /// soft-argmax (x, y) in `[-1, 1]` per camera and head, and the heat maps themselves as
+    /// log-probabilities `[B*C, H, h, w]` (both f32).
+    pub fn locate(&self, pooled: &Tensor, stem: &Tensor) -> (Tensor, Tensor) {
+        let (n, ch, h, w) = stem.size4().unwrap_or((0, self.channels, 0, 0));
+        let b = n / self.cameras;
+        let q = self
+            .query
+            .forward(pooled)
+            .view([b, 1, self.heads, ch])
+            .expand([b, self.cameras, self.heads, ch], false)
+            .reshape([n, self.heads, ch]);
+        let scale = self
+            .log_temperature
+            .exp()
+            .to_kind(q.kind())
+            .view([1, self.heads, 1])
+            / (ch as f64).sqrt();
+        let logits = q.bmm(&stem.view([n, ch, h * w])) * scale; // [N, H, P]
+        let coords = super::model::spatial_soft_argmax(&logits.transpose(1, 2), h, w);
+        let maps = logits
+            .to_kind(Kind::Float)
+            .log_softmax(-1, Kind::Float)
+            .view([n, self.heads, h, w]);
+        (coords, maps)
+    }
+
+    /// Cross-entropy of the front camera's heat maps (`log_maps [B*C, H, h, w]`) against a
+    /// Gaussian (σ = one stem pixel) around `pixels [B, H, 2]` ((x, y) in `[0, 1]` of the
+    /// image), averaged over the heads where `mask [B, H]` is set. Teaches each head to look
+    /// at where the demonstration's grasp or release point is in the image.
+    pub fn map_loss(&self, log_maps: &Tensor, pixels: &Tensor, mask: &Tensor) -> Tensor {
+        let (n, heads, h, w) = log_maps.size4().unwrap_or((0, self.heads, 1, 1));
+        let b = n / self.cameras;
+        let device = log_maps.device();
+        let opts = (Kind::Float, device);
+        let front = log_maps.view([b, self.cameras, heads, h * w]).select(1, 0); // [B, H, P]
+                                                                                 // Cell centres in stem-pixel units; targets scaled to the same units.
+        let cx = (Tensor::arange(w, opts) + 0.5).view([1, 1, 1, w]);
+        let cy = (Tensor::arange(h, opts) + 0.5).view([1, 1, h, 1]);
+        let px = pixels.to_device(device).to_kind(Kind::Float);
+        let tx = (px.select(2, 0) * w as f64).view([b, heads, 1, 1]);
+        let ty = (px.select(2, 1) * h as f64).view([b, heads, 1, 1]);
+        let d2 = (cx - tx).square() + (cy - ty).square(); // [B, H, h, w]
+        let target = (d2 * -0.5).view([b, heads, h * w]).softmax(-1, Kind::Float);
+        let ce = -(target * front).sum_dim_intlist(-1, false, Kind::Float); // [B, H]
+        let m = mask.to_device(device).to_kind(Kind::Float);
+        (ce * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0)
+    }
+
+    /// `coords [B*C, H, 2]` → `[B, 1, D]` token. It carries the image coordinates and the
+    /// table positions the target head reads from them, in the units of the normalised
+    /// end-effector state, so "where to go" relative to the gripper is a difference the LM
+    /// does not have to learn to compute from pixels.
+    pub fn token(&self, coords: &Tensor, kind: Kind) -> Tensor {
+        let n = coords.size().first().copied().unwrap_or(0);
+        let b = n / self.cameras;
+        let table = self.predict_targets(coords).reshape([b, -1]);
+        let flat = Tensor::cat(&[coords.reshape([b, -1]).to_kind(Kind::Float), table], 1);
+        self.projector.forward(&flat.to_kind(kind)).unsqueeze(1)
+    }
+
+    /// `coords [B*C, H, 2]` → `[B, H, 2]` predicted table (x, y) of every head, normalised,
+    /// from the front camera (camera 0), whose pose is fixed so pixels map to the table.
+    pub fn predict_targets(&self, coords: &Tensor) -> Tensor {
+        let n = coords.size().first().copied().unwrap_or(0);
+        let b = n / self.cameras;
+        let front = coords
+            .view([b, self.cameras, self.heads * 2])
+            .select(1, 0)
+            .to_kind(Kind::Float);
+        self.target_head
+            .forward(&front)
+            .to_kind(Kind::Float)
+            .view([b, self.heads, 2])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::VarStore;
+    use tch::Device;
+
+    #[test]
+    fn map_loss_prefers_maps_peaked_at_the_target_and_is_masked() {
+        let cfg = VlaConfig::test_tiny();
+        let vs = VarStore::new(Device::Cpu);
+        let g = Grounding::new(&vs.root(), &cfg).expect("test_tiny has grounding heads");
+        let (h, w) = (4i64, 4i64);
+        // One sample, two cameras, two heads; the target of head 0 is the centre of the
+        // cell in column 3, row 1 of the front camera.
+        let pixels = Tensor::from_slice(&[3.5f32 / 4.0, 1.5 / 4.0, 0.5, 0.5]).view([1, 2, 2]);
+        let head0 = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]);
+        let loss = |logits: &Tensor, mask: &Tensor| {
+            let log_maps = logits.view([2, 2, h * w]).log_softmax(-1, Kind::Float);
+            g.map_loss(&log_maps.view([2, 2, h, w]), &pixels, mask)
+                .double_value(&[])
+        };
+        let uniform = Tensor::zeros([2, 2, h, w], (Kind::Float, Device::Cpu));
+        // Front camera, head 0: a Gaussian bump (σ = one cell) centred on cell (x, y).
+        let bump = |x: f64, y: f64| {
+            let opts = (Kind::Float, Device::Cpu);
+            let cx = (Tensor::arange(w, opts) + 0.5).view([1, w]);
+            let cy = (Tensor::arange(h, opts) + 0.5).view([h, 1]);
+            let map = ((cx - x).square() + (cy - y).square()) * -0.5;
+            let logits = uniform.copy();
+            logits.get(0).get(0).copy_(&map);
+            logits
+        };
+        let at_target = bump(3.5, 1.5);
+        let elsewhere = bump(0.5, 3.5);
+        let (u, t, e) = (
+            loss(&uniform, &head0),
+            loss(&at_target, &head0),
+            loss(&elsewhere, &head0),
+        );
+        assert!(t < u && u < e, "at target {t}, uniform {u}, elsewhere {e}");
+        // The wrist camera's maps do not count; a masked head costs nothing.
+        let wrist_peak = uniform.copy();
+        let _ = wrist_peak.get(1).get(0).get(0).get(0).fill_(6.0);
+        assert!((loss(&wrist_peak, &head0) - u).abs() < 1e-9);
+        let none = Tensor::zeros([1, 2], (Kind::Float, Device::Cpu));
+        assert_eq!(loss(&elsewhere, &none), 0.0);
+    }
+}
