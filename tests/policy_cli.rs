@@ -24,6 +24,8 @@ num_hidden_layers = 1
 num_attention_heads = 2
 intermediate_size = 64
 num_keypoints = 4
+stem_channels = [8, 8]
+grounding_heads = 2
 
 [projector]
 hidden_size = 64
@@ -38,6 +40,8 @@ num_key_value_heads = 2
 max_position_embeddings = 128
 
 [action]
+proprio_indices = [6, 9]
+target_aux_weight = 1.0
 
 [train]
 steps = 4
@@ -45,6 +49,9 @@ batch_size = 4
 val_every = 2
 log_every = 1
 checkpoint_every = 2
+
+[train.grounding]
+map_weight = 1.0
 "#;
 
 fn s(p: &Path) -> &str {
@@ -106,16 +113,21 @@ fn collect_train_act_eval_bench() {
 
     let png = root.join("front.png");
     json(&["render", "--suite", "pick", "--out", s(&png), "--json"]);
-    let act = json(&[
-        "act",
-        "--ckpt",
-        s(&run),
-        "--image",
-        s(&png),
-        "--instruction",
-        "pick up the red cube",
-        "--json",
-    ]);
+    let act_with = |extra: &[&str]| {
+        let mut args = vec![
+            "act",
+            "--ckpt",
+            s(&run),
+            "--image",
+            s(&png),
+            "--instruction",
+            "pick up the red cube",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json(&args)
+    };
+    let act = act_with(&[]);
     let tokens = act["tokens"].as_array().expect("tokens");
     let action = act["action"].as_array().expect("action");
     assert_eq!((tokens.len(), action.len()), (7, 7));
@@ -125,20 +137,23 @@ fn collect_train_act_eval_bench() {
             .all(|t| t.as_i64().is_some_and(|t| (400..656).contains(&t))),
         "{act}"
     );
-    // A state with negative values (as every real state has) parses as the value of --state.
-    let with_state = json(&[
-        "act",
-        "--ckpt",
-        s(&run),
-        "--image",
-        s(&png),
-        "--instruction",
-        "pick up the red cube",
+    // A state with negative values (as every real state has) parses as the value of --state;
+    // the grounding heads' maps are drawn, and their points reported, per camera and head.
+    let maps = root.join("grounding.png");
+    let with_state = act_with(&[
         "--state",
         "-0.1,0.2,-0.3,0.4,-0.5,0.6,0.04,0.45,-0.02,0.25,-3.1,0.0,1.5",
-        "--json",
+        "--grounding-png",
+        s(&maps),
     ]);
     assert_eq!(with_state["action"].as_array().map(Vec::len), Some(7));
+    let points = with_state["grounding_px"].as_array().expect("grounding_px");
+    assert_eq!(points.len(), 2, "{with_state}");
+    assert!(points
+        .iter()
+        .all(|cam| cam.as_array().map(Vec::len) == Some(2)));
+    let drawn = image::open(&maps).expect("grounding PNG").to_rgb8();
+    assert_eq!((drawn.width(), drawn.height()), (3 * 128, 2 * 128));
 
     let eval = json(&[
         "eval",
