@@ -124,6 +124,8 @@ pub struct VlaModel {
     /// `grounding.*`: instruction-conditioned heat maps over the stem (`vision.grounding_heads`).
     grounding: Option<Grounding>,
     proprio_projector: Option<MlpProjector>,
+    /// `action.proprio_indices` as an index tensor on the model's device (`None` = all).
+    proprio_index: Option<Tensor>,
     lm: Llama,
     action_tokenizer: ActionTokenizer,
     norm_stats: NormStats,
@@ -275,7 +277,13 @@ impl VlaModel {
                 config.action.num_bins as i64,
             ])
             .to_device(device);
+        let keep = &config.action.proprio_indices;
+        let proprio_index = (!keep.is_empty()).then(|| {
+            let idx: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
+            Tensor::from_slice(&idx).to_device(device)
+        });
         let model = VlaModel {
+            proprio_index,
             state_mean: f32s(&norm_stats.state.mean),
             state_std: f32s(&norm_stats.state.std),
             image_mean: f32s(&v.image_mean).view([1, 3, 1, 1]),
@@ -509,12 +517,9 @@ impl VlaModel {
             }
             let s =
                 (state.to_device(device).to_kind(Kind::Float) - &self.state_mean) / &self.state_std;
-            let keep = &self.config.action.proprio_indices;
-            let s = if keep.is_empty() {
-                s
-            } else {
-                let idx: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
-                s.index_select(1, &Tensor::from_slice(&idx).to_device(device))
+            let s = match &self.proprio_index {
+                Some(idx) => s.index_select(1, idx),
+                None => s,
             };
             parts.push(proj.forward(&s.to_kind(self.compute_kind)).unsqueeze(1));
         }
