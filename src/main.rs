@@ -55,12 +55,14 @@ enum Command {
 }
 
 fn main() {
+    // RustDDS warns once per UDP datagram over a size threshold, i.e. for every fragment of
+    // every camera frame (hundreds per second): silenced, as writing them costs latency.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new(
-                    "info,wgpu=error,naga=warn,bevy=warn,rustdds=warn,ros2_client=warn",
+                    "info,wgpu=error,naga=warn,bevy=warn,rustdds=warn,rustdds::network::udp_sender=error,ros2_client=warn",
                 )
             }),
         )

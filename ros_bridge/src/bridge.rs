@@ -18,7 +18,7 @@ use serde::Serialize;
 use vla_core::{Action, Observation, RgbImage, STATE_DIM};
 
 use crate::config::{BridgeConfig, MotionOutput};
-use crate::image::{decode_compressed, decode_raw, fit, ImageError};
+use crate::image::{decode_compressed_fit, decode_raw_fit, ImageError};
 use crate::msg::{
     Bool, CompressedImage, DiagnosticArray, DiagnosticStatus, Header, Image, Int32MultiArray,
     JointState, KeyValue, MultiArrayLayout, StringMsg, Time,
@@ -287,9 +287,11 @@ impl Shared {
             };
             let t0 = Instant::now();
             match msg {
-                Some(Encoded::Raw(m)) => me.frame(camera, decode_raw(&m), m.header.stamp),
+                Some(Encoded::Raw(m)) => {
+                    me.frame(camera, decode_raw_fit(&m, me.size), m.header.stamp)
+                }
                 Some(Encoded::Compressed(m)) => {
-                    me.frame(camera, decode_compressed(&m), m.header.stamp)
+                    me.frame(camera, decode_compressed_fit(&m, me.size), m.header.stamp)
                 }
                 None => continue,
             }
@@ -309,9 +311,10 @@ impl Shared {
             .all(|p| p.slot.lock().map(|s| s.is_none()).unwrap_or(true))
     }
 
+    /// Store a decoded frame, already at the policy's size.
     fn frame(&self, camera: Camera, decoded: Result<RgbImage, ImageError>, stamp: Time) {
         let image = match decoded {
-            Ok(img) => fit(img, self.size),
+            Ok(img) => img,
             Err(e) => return self.reject(camera, &e),
         };
         let ready = Instant::now();

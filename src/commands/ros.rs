@@ -248,6 +248,10 @@ pub struct BenchArgs {
     /// JPEG quality for the compressed run.
     #[arg(long, default_value_t = 90)]
     pub jpeg_quality: u8,
+    /// Input size of the (zero-cost) policy, i.e. what frames are resized to: 224 as
+    /// OpenVLA's ViT, 64 as `vla/configs/tiny.toml`.
+    #[arg(long, default_value_t = 224)]
+    pub policy_size: u32,
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     #[arg(long)]
@@ -310,15 +314,17 @@ struct BenchReport {
     camera_hz: f64,
     control_hz: f64,
     resolution: [u32; 2],
+    /// Side of the square policy input every frame is resized to.
+    policy_size: u32,
     modes: Vec<ModeReport>,
 }
 
-/// Zero-cost policy: the benchmark measures the bridge, not the model.
-struct ConstSource;
+/// Zero-cost policy of a given input size: the benchmark measures the bridge, not the model.
+struct ConstSource(u32);
 
 impl ActionSource for ConstSource {
     fn image_size(&self) -> u32 {
-        224
+        self.0
     }
     fn reset(&mut self) {}
     fn act(&mut self, _obs: &Observation) -> anyhow::Result<PolicyOutput> {
@@ -351,7 +357,11 @@ fn bench_mode(args: &BenchArgs, compressed: bool) -> anyhow::Result<ModeReport> 
     let topics = config.topics.clone();
     let mut bridge_t = Ros2Transport::new("vla_bench_bridge")?;
     let mut robot_t = Ros2Transport::new("vla_bench_robot")?;
-    let mut node = Bridge::new(&mut bridge_t, config.clone(), Box::new(ConstSource))?;
+    let mut node = Bridge::new(
+        &mut bridge_t,
+        config.clone(),
+        Box::new(ConstSource(args.policy_size)),
+    )?;
     let records: Arc<Mutex<Vec<TickRecord>>> = Arc::new(Mutex::new(Vec::new()));
     let r = records.clone();
     node.set_probe(Box::new(move |rec: &TickRecord| {
@@ -545,8 +555,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     anyhow::ensure!(
-        args.seconds > 0.0 && args.camera_hz > 0.0 && args.width > 0 && args.height > 0,
-        "--seconds, --camera-hz, --width and --height must be positive"
+        args.seconds > 0.0
+            && args.camera_hz > 0.0
+            && args.width > 0
+            && args.height > 0
+            && (1..=4096).contains(&args.policy_size),
+        "--seconds, --camera-hz, --width, --height and --policy-size must be positive \
+         (--policy-size at most 4096)"
     );
     let config = BridgeConfig::load(None, &args.set)?;
     let mut modes = Vec::new();
@@ -558,6 +573,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         camera_hz: args.camera_hz,
         control_hz: config.control.rate_hz,
         resolution: [args.width, args.height],
+        policy_size: args.policy_size,
         modes,
     };
     super::print_report(args.json, &report, || {
