@@ -61,6 +61,8 @@ struct Progress {
     episodes: usize,
     seed: u64,
     noise: f32,
+    #[serde(default)]
+    push: f32,
     /// Spec indices whose episode is flushed into the dataset, or was dropped as a failure.
     settled: BTreeSet<usize>,
 }
@@ -142,12 +144,16 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
         anyhow::ensure!(
             progress.suite == args.run.suite
                 && progress.split == args.run.split
-                && progress.seed == args.run.seed,
-            "--resume: {} was collected with --suite {} --split {} --seed {}",
+                && progress.seed == args.run.seed
+                && progress.noise == args.run.noise
+                && progress.push == args.run.push,
+            "--resume: {} was collected with --suite {} --split {} --seed {} --noise {} --push {}",
             args.out.display(),
             progress.suite,
             progress.split,
-            progress.seed
+            progress.seed,
+            progress.noise,
+            progress.push
         );
         (DatasetWriter::open_resume(&args.out)?, progress)
     } else {
@@ -171,6 +177,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
             episodes: args.run.episodes,
             seed: args.run.seed,
             noise: args.run.noise,
+            push: args.run.push,
             settled: BTreeSet::new(),
         };
         progress.save(&args.out)?;
@@ -210,7 +217,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
         config: &config,
         robot: &robot,
         language: &lang,
-        noise: args.run.noise,
+        noise: args.run.expert_noise(),
     };
     let mut expert = ExpertAgent;
     let mut dagger = policy.as_ref().map(|p| PolicyAgent {

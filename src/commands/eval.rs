@@ -152,7 +152,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
             config: &config,
             robot: &robot,
             language: &lang,
-            noise: 0.0,
+            noise: vla_tasks::ExpertNoise::NONE,
         },
         &mut PolicyAgent {
             query_expert: trace.is_some(),

@@ -71,7 +71,7 @@ pub fn expert_report(args: &Args) -> anyhow::Result<SuiteReport> {
             config: &config,
             robot: &robot,
             language: &lang,
-            noise: args.run.noise,
+            noise: args.run.expert_noise(),
         },
         &mut ExpertAgent,
         &mut |event| {

@@ -154,9 +154,21 @@ pub struct EpisodeOptions {
     /// Gaussian action noise of the expert (m per step), for data diversity.
     #[arg(long, default_value_t = 0.0)]
     pub noise: f32,
+    /// Speed (m per step) of occasional pushes off the expert's path while its fingers are
+    /// open, so the data shows recoveries from centimetres off (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    pub push: f32,
 }
 
 impl EpisodeOptions {
+    /// The expert noise these options ask for.
+    pub fn expert_noise(&self) -> vla_tasks::ExpertNoise {
+        vla_tasks::ExpertNoise {
+            sigma: self.noise,
+            push: self.push,
+        }
+    }
+
     /// Check the options; returns the families and the split.
     pub fn validate(&self) -> anyhow::Result<(Vec<&'static str>, vla_tasks::Split)> {
         let families = vla_tasks::parse_suite(&self.suite)?;
@@ -165,6 +177,11 @@ impl EpisodeOptions {
         anyhow::ensure!(
             self.noise.is_finite() && self.noise >= 0.0,
             "--noise must be a finite, non-negative number"
+        );
+        anyhow::ensure!(
+            self.push.is_finite() && (0.0..=0.05).contains(&self.push),
+            "--push must be a speed in [0, 0.05] m per step, got {}",
+            self.push
         );
         Ok((families, split))
     }

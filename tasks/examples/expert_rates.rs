@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             config: &config,
             robot: &RobotDescription::default_arm()?,
             language: &lang,
-            noise: 0.0,
+            noise: vla_tasks::ExpertNoise::NONE,
         },
         &mut ExpertAgent,
         &mut |e| {

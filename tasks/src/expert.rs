@@ -93,6 +93,81 @@ pub fn grasp_z(cell: &Cell, object: usize) -> f64 {
     centre.min(spec.height as f64 * 0.5 + 0.005).max(0.018)
 }
 
+/// How the executed expert action departs from the expert's clean one while collecting
+/// (the clean action stays the label, as in DART, Laskey et al. 2017).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ExpertNoise {
+    /// Gaussian noise per step (m; twice that in rad for rotations).
+    pub sigma: f32,
+    /// Speed of the occasional pushes off the path while the fingers are open (m per
+    /// step; see [`Pushes`]). 0 = none.
+    pub push: f32,
+}
+
+impl ExpertNoise {
+    pub const NONE: ExpertNoise = ExpertNoise {
+        sigma: 0.0,
+        push: 0.0,
+    };
+}
+
+impl From<f32> for ExpertNoise {
+    fn from(sigma: f32) -> Self {
+        ExpertNoise { sigma, push: 0.0 }
+    }
+}
+
+/// Probability per open-finger step that a push starts, and its length in steps.
+pub const PUSH_START: f64 = 0.08;
+pub const PUSH_STEPS: usize = 4;
+
+/// Pushes off the expert's path: now and then, for [`PUSH_STEPS`] steps, the hand is driven
+/// sideways in a random horizontal direction (and turned) instead of following the expert.
+///
+/// A learned policy misses by centimetres; the expert, never off by more than its own
+/// tolerances, shows no way back from there. Gaussian noise large enough to cover that
+/// keeps the expert from ever meeting its 3 mm descent tolerance, and shakes a held
+/// object loose; pushes are rare, only while the fingers are open, and then the expert
+/// recovers undisturbed — so the data holds centimetre-scale recoveries.
+#[derive(Clone, Debug, Default)]
+pub struct Pushes {
+    left: usize,
+    direction: [f32; 2],
+    turn: f32,
+}
+
+impl Pushes {
+    /// Push `action` (whose clean form is `clean`) if a push is under way or starts now.
+    /// With pushes on, draws the same random numbers every step, so episodes stay
+    /// reproducible; with them off, none (the Gaussian noise stream is unchanged).
+    pub fn apply(&mut self, action: &mut Action, clean: &Action, speed: f32, rng: &mut ChaCha8Rng) {
+        if speed <= 0.0 {
+            return;
+        }
+        let (start, angle, turn): (f64, f32, f32) = (
+            rng.random(),
+            rng.random_range(0.0..std::f32::consts::TAU),
+            rng.random_range(-1.0..1.0),
+        );
+        if clean.0[6] > 0.5 {
+            self.left = 0;
+            return;
+        }
+        if self.left == 0 && start < PUSH_START {
+            self.left = PUSH_STEPS;
+            self.direction = [angle.cos(), angle.sin()];
+            self.turn = turn * MAX_TURN as f32 * 0.5;
+        }
+        if self.left > 0 {
+            self.left -= 1;
+            action.0[0] = self.direction[0] * speed;
+            action.0[1] = self.direction[1] * speed;
+            action.0[2] = 0.0;
+            action.0[5] = self.turn;
+        }
+    }
+}
+
 /// Gaussian action noise for data diversity (translation and rotation only).
 pub fn add_noise(action: &mut Action, sigma: f32, rng: &mut ChaCha8Rng) {
     if sigma <= 0.0 {
@@ -304,5 +379,69 @@ impl PickPlace {
                 Phase::Retreat | Phase::Done => Phase::Done,
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn pushed(speed: f32, closed: bool, seed: u64) -> Vec<Action> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut pushes = Pushes::default();
+        let clean = Action::new(
+            [0.01, 0.0, -0.005],
+            [0.0; 3],
+            if closed { 1.0 } else { 0.0 },
+        );
+        (0..400)
+            .map(|_| {
+                let mut a = clean;
+                pushes.apply(&mut a, &clean, speed, &mut rng);
+                a
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pushes_are_rare_fixed_length_sideways_and_only_with_open_fingers() {
+        let clean = Action::new([0.01, 0.0, -0.005], [0.0; 3], 0.0);
+        let actions = pushed(0.01, false, 3);
+        let is_push: Vec<bool> = actions.iter().map(|a| a.0 != clean.0).collect();
+        let pushed_steps = is_push.iter().filter(|p| **p).count();
+        // Starts with probability PUSH_START per free step, each PUSH_STEPS long.
+        assert!(
+            (40..=200).contains(&pushed_steps),
+            "{pushed_steps} of 400 steps pushed"
+        );
+        // Runs come in multiples of PUSH_STEPS (two pushes may follow each other); the
+        // last one may be cut off by the end of the sequence.
+        let mut run = 0;
+        let complete = is_push.len() - is_push.iter().rev().take_while(|p| **p).count();
+        for p in is_push[..complete].iter().chain([&false]) {
+            if *p {
+                run += 1;
+            } else {
+                assert_eq!(run % PUSH_STEPS, 0, "a push of {run} steps");
+                run = 0;
+            }
+        }
+        for a in actions.iter().filter(|a| a.0 != clean.0) {
+            let speed = a.0[0].hypot(a.0[1]);
+            assert!((speed - 0.01).abs() < 1e-6, "horizontal speed {speed}");
+            assert_eq!(a.0[2], 0.0, "pushes are horizontal");
+            assert!(a.0[5].abs() <= MAX_TURN as f32 * 0.5);
+            assert_eq!(a.0[6], 0.0, "the gripper command is never pushed");
+        }
+        // Holding an object: never pushed. Off: nothing changes.
+        let held = Action::new([0.01, 0.0, -0.005], [0.0; 3], 1.0);
+        assert!(pushed(0.01, true, 3).iter().all(|a| a.0 == held.0));
+        assert!(pushed(0.0, false, 3).iter().all(|a| a.0 == clean.0));
+        // Reproducible from the seed, and the seed matters.
+        let again = pushed(0.01, false, 3);
+        assert!(actions.iter().zip(&again).all(|(a, b)| a.0 == b.0));
+        let other = pushed(0.01, false, 4);
+        assert!(actions.iter().zip(&other).any(|(a, b)| a.0 != b.0));
     }
 }

@@ -8,7 +8,7 @@ use vla_sim::{
     Cell, Controller, Evaluation, ObjectKind, ObjectSpec, ReceptacleSpec, SimError, Task,
 };
 
-use crate::expert::{add_noise, Drop, PickPlace};
+use crate::expert::{add_noise, Drop, ExpertNoise, PickPlace, Pushes};
 use crate::language::{Language, Novelty, Referents, Split};
 use crate::layout;
 
@@ -20,9 +20,10 @@ pub const LIFT_HEIGHT: f64 = 0.05;
 pub struct Common {
     pub language: Language,
     pub split: Split,
-    /// Standard deviation of Gaussian noise added to expert actions (m per step).
-    pub expert_noise: f32,
+    /// How executed expert actions depart from the clean ones (Gaussian noise, pushes).
+    pub expert_noise: ExpertNoise,
     pub noise_rng: ChaCha8Rng,
+    pub pushes: Pushes,
     /// The expert's action before noise, kept until read (see [`Task::take_expert_label`]).
     pub clean_action: Option<Action>,
 }
@@ -32,9 +33,16 @@ impl Common {
         (self.split == Split::Unseen).then(|| self.language.draw_novelty(rng, family))
     }
 
-    fn finish(&mut self, mut action: Action) -> Action {
-        self.clean_action = Some(action);
-        add_noise(&mut action, self.expert_noise, &mut self.noise_rng);
+    fn finish(&mut self, clean: Action) -> Action {
+        self.clean_action = Some(clean);
+        let mut action = clean;
+        add_noise(&mut action, self.expert_noise.sigma, &mut self.noise_rng);
+        self.pushes.apply(
+            &mut action,
+            &clean,
+            self.expert_noise.push,
+            &mut self.noise_rng,
+        );
         action
     }
 }

@@ -7,6 +7,7 @@ pub mod language;
 pub mod layout;
 pub mod runner;
 
+pub use expert::ExpertNoise;
 pub use language::{Language, Split};
 use rand::SeedableRng;
 
@@ -42,20 +43,21 @@ pub fn parse_suite(suite: &str) -> Result<Vec<&'static str>, TaskError> {
         .ok_or_else(|| TaskError::UnknownFamily(suite.to_string()))
 }
 
-/// Build a task instance of a family for a split. `noise` is the expert's action noise (m);
-/// `noise_seed` seeds it.
+/// Build a task instance of a family for a split. `noise` is how the expert's executed
+/// actions depart from its labels (a plain `f32` is Gaussian σ in m); `noise_seed` seeds it.
 pub fn make_task(
     family: &str,
     split: Split,
     language: &Language,
-    noise: f32,
+    noise: impl Into<ExpertNoise>,
     noise_seed: u64,
 ) -> Result<Box<dyn vla_sim::Task>, TaskError> {
     let common = families::Common {
         language: language.clone(),
         split,
-        expert_noise: noise,
+        expert_noise: noise.into(),
         noise_rng: rand_chacha::ChaCha8Rng::seed_from_u64(noise_seed),
+        pushes: Default::default(),
         clean_action: None,
     };
     Ok(match family {

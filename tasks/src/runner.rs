@@ -198,8 +198,8 @@ pub struct RunSetup<'a> {
     pub config: &'a EnvConfig,
     pub robot: &'a RobotDescription,
     pub language: &'a Language,
-    /// Expert action noise (m per step).
-    pub noise: f32,
+    /// How the expert's executed actions depart from its labels.
+    pub noise: crate::ExpertNoise,
 }
 
 /// Run the episodes. `on_event` sees every reset, step and end; return `false` from it to

@@ -6,6 +6,17 @@ use vla_tasks::runner::{episode_specs, run, ExpertAgent, RunSetup, SuiteReport};
 use vla_tasks::{parse_suite, Language, Split, FAMILIES};
 
 fn report(suite: &str, split: Split, n: usize, seed: u64, k: usize) -> (SuiteReport, Vec<String>) {
+    report_with(suite, split, n, seed, k, vla_tasks::ExpertNoise::NONE)
+}
+
+fn report_with(
+    suite: &str,
+    split: Split,
+    n: usize,
+    seed: u64,
+    k: usize,
+    noise: vla_tasks::ExpertNoise,
+) -> (SuiteReport, Vec<String>) {
     let families = parse_suite(suite).unwrap();
     let config = EnvConfig {
         render_enabled: false,
@@ -21,7 +32,7 @@ fn report(suite: &str, split: Split, n: usize, seed: u64, k: usize) -> (SuiteRep
             config: &config,
             robot: &robot,
             language: &lang,
-            noise: 0.0,
+            noise,
         },
         &mut ExpertAgent,
         &mut |_| true,
@@ -57,6 +68,19 @@ fn same_seed_same_digest_whatever_the_parallelism() {
     let (c, _) = report("pick", Split::Seen, 3, 100, 1);
     assert_eq!(a.digest, b.digest);
     assert_ne!(a.digest, c.digest);
+}
+
+#[test]
+fn pushed_experts_are_reproducible_and_pushed() {
+    let pushes = vla_tasks::ExpertNoise {
+        sigma: 0.004,
+        push: 0.01,
+    };
+    let (a, _) = report_with("pick", Split::Seen, 2, 7, 1, pushes);
+    let (b, _) = report_with("pick", Split::Seen, 2, 7, 2, pushes);
+    let (c, _) = report_with("pick", Split::Seen, 2, 7, 1, pushes.sigma.into());
+    assert_eq!(a.digest, b.digest, "same seed, same pushes");
+    assert_ne!(a.digest, c.digest, "the pushes change what runs");
 }
 
 #[test]
