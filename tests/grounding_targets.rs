@@ -1,6 +1,7 @@
 //! The grounding heads' heat-map targets (vla `train.grounding`) project demonstration
-//! points into the front image with a pinhole camera that must be the simulator's: this
-//! checks that the two agree and that a projected object lands on its own pixels.
+//! points into the front image, and into the wrist image from each frame's end-effector
+//! state, with pinhole cameras that must be the simulator's: this checks that they agree
+//! and that a projected object lands on its own pixels.
 
 use vla_model::data::GroundingTargets;
 use vla_sim::visual::CameraConfig;
@@ -83,4 +84,79 @@ fn projected_objects_land_on_their_own_pixels() {
         }
     }
     assert!(checked >= 6);
+}
+
+#[test]
+fn the_wrist_camera_rebuilt_from_the_state_is_the_simulators() {
+    let mount = GroundingTargets::default().wrist_camera;
+    let sim = CameraConfig::default();
+    assert_eq!(
+        (mount.eye, mount.target, mount.fov_y_deg),
+        (sim.wrist_eye, sim.wrist_target, sim.wrist_fov_deg),
+        "vla's default wrist mount must be the simulator's"
+    );
+    let lang = Language::builtin().unwrap();
+    let config = EnvConfig {
+        render_enabled: true,
+        ..EnvConfig::default()
+    };
+    let mut checked = 0;
+    for seed in [3u64, 4] {
+        let env = Env::new(
+            make_task("pick", Split::Seen, &lang, 0.0, seed).unwrap(),
+            config.clone(),
+            RobotDescription::default_arm().unwrap(),
+        );
+        let mut envs = VecEnv::new(vec![env]).unwrap();
+        let mut obs = envs.reset(&[seed]).unwrap().pop().unwrap();
+        // Let the expert bring the gripper over its object (turning it as it goes), so the
+        // object fills part of the wrist image.
+        for _ in 0..10 {
+            let action = envs.envs[0].expert_action().unwrap();
+            obs = envs.step(&[action]).unwrap().pop().unwrap().observation;
+        }
+        let env = &envs.envs[0];
+        let [_, wrist] = env.camera_views().unwrap();
+        let rebuilt = mount.view(&obs.state).unwrap();
+        let close = |a: [f32; 3], b: [f32; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 2e-3);
+        assert!(
+            close(rebuilt.eye, wrist.eye) && close(rebuilt.target, wrist.target),
+            "seed {seed}: rebuilt {rebuilt:?} vs simulator {wrist:?}"
+        );
+        let cell = env.cell().unwrap();
+        let (w, h) = (obs.wrist.width() as f32, obs.wrist.height() as f32);
+        for (i, object) in cell.objects.iter().enumerate() {
+            let t = cell.object_pose(i).translation;
+            let p = [t.x as f32, t.y as f32, t.z as f32];
+            let (Some(a), Some(b)) = (wrist.project(p), rebuilt.project(p)) else {
+                continue;
+            };
+            let shift = ((a[0] - b[0]) * w).hypot((a[1] - b[1]) * h);
+            assert!(shift < 1.0, "seed {seed} object {i}: {shift} px apart");
+            if !b.iter().all(|v| (0.05..0.95).contains(v)) {
+                continue;
+            }
+            // In view: the projected centre shows the object's colour, more than any other
+            // object's (the table and the gripper differ from all of them).
+            let c = rgb(obs.wrist.get_pixel((b[0] * w) as u32, (b[1] * h) as u32).0);
+            let dist = |o: &vla_sim::cell::SimObject| {
+                let want = o.spec.rgb.map(|v| v * 255.0);
+                (0..3).map(|k| (c[k] - want[k]).powi(2)).sum::<f32>()
+            };
+            let nearest = cell
+                .objects
+                .iter()
+                .enumerate()
+                .min_by(|x, y| dist(x.1).total_cmp(&dist(y.1)))
+                .map(|(k, _)| k);
+            assert_eq!(
+                nearest,
+                Some(i),
+                "seed {seed}: wrist pixel of object {i} ({}) shows {c:?}",
+                object.spec.color_name
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "objects in the wrist view: {checked}");
 }

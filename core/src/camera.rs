@@ -49,6 +49,39 @@ impl CameraView {
         }
     }
 
+    /// A camera fixed to a moving frame, as the wrist camera to the tool: `eye` and `target`
+    /// in that frame, whose pose is `position` and roll/pitch/yaw `rpy` (extrinsic X, Y, Z:
+    /// the state vector's `ee_*` entries). Image up is the frame's −X axis, as the
+    /// simulator mounts its wrist camera.
+    pub fn mounted(
+        position: [f32; 3],
+        rpy: [f32; 3],
+        eye: [f32; 3],
+        target: [f32; 3],
+        fov_y_deg: f32,
+    ) -> Self {
+        let [r, p, y] = rpy;
+        let (sr, cr, sp, cp, sy, cy) = (r.sin(), r.cos(), p.sin(), p.cos(), y.sin(), y.cos());
+        // R = Rz(yaw) · Ry(pitch) · Rx(roll), rows.
+        let m = [
+            [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+            [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+            [-sp, cp * sr, cp * cr],
+        ];
+        let rotate = |v: [f32; 3]| [dot(m[0], v), dot(m[1], v), dot(m[2], v)];
+        let place = |v: [f32; 3]| {
+            let w = rotate(v);
+            [position[0] + w[0], position[1] + w[1], position[2] + w[2]]
+        };
+        let x = rotate([1.0, 0.0, 0.0]);
+        CameraView {
+            eye: place(eye),
+            target: place(target),
+            up: [-x[0], -x[1], -x[2]],
+            fov_y_deg,
+        }
+    }
+
     /// Where world point `p` appears in a square image: `[x, y]` in `[0, 1]` (x to the
     /// right, y down, (0, 0) the top-left corner of the top-left pixel), or `None` when it
     /// is behind the camera or the view is degenerate. Points outside the field of view
@@ -89,5 +122,36 @@ mod tests {
             .project([1.0, 0.0, 2.0])
             .unwrap();
         assert!(edge[1].abs() < 1e-6, "{edge:?}");
+    }
+
+    #[test]
+    fn a_mounted_camera_follows_its_frame() {
+        // Identity pose: the mount points are the world points.
+        let cam = CameraView::mounted([0.0; 3], [0.0; 3], [1.0, 2.0, 3.0], [0.0, 0.0, 1.0], 60.0);
+        assert_eq!(
+            (cam.eye, cam.target, cam.up),
+            ([1.0, 2.0, 3.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0])
+        );
+        // Yaw by 90°: the frame's X is world Y; then translated.
+        let cam = CameraView::mounted(
+            [0.5, 0.0, 0.2],
+            [0.0, 0.0, std::f32::consts::FRAC_PI_2],
+            [0.1, 0.0, 0.0],
+            [0.0, 0.0, 0.1],
+            60.0,
+        );
+        let close = |a: [f32; 3], b: [f32; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        assert!(close(cam.eye, [0.5, 0.1, 0.2]), "{:?}", cam.eye);
+        assert!(close(cam.target, [0.5, 0.0, 0.3]), "{:?}", cam.target);
+        assert!(close(cam.up, [0.0, -1.0, 0.0]), "{:?}", cam.up);
+        // Roll by 180° (tool pointing down): the frame's Z is world −Z.
+        let down = CameraView::mounted(
+            [0.0; 3],
+            [std::f32::consts::PI, 0.0, 0.0],
+            [0.0; 3],
+            [0.0, 0.0, 1.0],
+            60.0,
+        );
+        assert!(close(down.target, [0.0, 0.0, -1.0]), "{:?}", down.target);
     }
 }

@@ -51,15 +51,21 @@ impl Default for AugmentConfig {
     }
 }
 
-/// Where the auxiliary grounding targets come from in the images: the front camera's pose,
-/// to project the demonstration's grasp and release points into it, and the weight of the
-/// heat-map loss that asks the grounding heads to look there (0 = off). The default camera
-/// is the simulator's (`vla_sim::CameraConfig::default`; a test keeps the two equal).
+/// Where the auxiliary grounding targets come from in the images: the cameras' poses, to
+/// project the demonstration's grasp and release points into them, and the weights of the
+/// heat-map losses that ask the grounding heads to look there (0 = off). The default
+/// cameras are the simulator's (`vla_sim::CameraConfig::default`; a test keeps them equal).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GroundingTargets {
     pub front_camera: vla_core::CameraView,
+    /// Heat-map loss of the front camera.
     pub map_weight: f64,
+    /// The wrist camera, in the tool frame: its view follows each frame's end-effector pose.
+    pub wrist_camera: MountedCamera,
+    /// Heat-map loss of the wrist camera, where the object is ~10× larger than in the front
+    /// view: the fine alignment the front camera's 4-pixel stem cells cannot give.
+    pub wrist_map_weight: f64,
 }
 
 impl Default for GroundingTargets {
@@ -67,7 +73,39 @@ impl Default for GroundingTargets {
         GroundingTargets {
             front_camera: vla_core::CameraView::look_at([1.12, 0.0, 0.62], [0.42, 0.0, 0.0], 45.0),
             map_weight: 0.0,
+            wrist_camera: MountedCamera {
+                eye: [0.09, 0.0, -0.08],
+                target: [0.0, 0.0, 0.10],
+                fov_y_deg: 75.0,
+            },
+            wrist_map_weight: 0.0,
         }
+    }
+}
+
+/// A camera fixed to the tool, as `vla_sim::CameraConfig`'s wrist camera: eye and target in
+/// the tool frame (tool Z out of the gripper), vertical field of view.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountedCamera {
+    pub eye: [f32; 3],
+    pub target: [f32; 3],
+    pub fov_y_deg: f32,
+}
+
+impl MountedCamera {
+    /// Its view in a state vector's end-effector pose (`None` for a state too short).
+    pub fn view(&self, state: &[f32]) -> Option<vla_core::CameraView> {
+        use vla_core::StateLayout;
+        let p = state.get(StateLayout::EE_POSITION)?;
+        let r = state.get(StateLayout::EE_RPY)?;
+        Some(vla_core::CameraView::mounted(
+            [p[0], p[1], p[2]],
+            [r[0], r[1], r[2]],
+            self.eye,
+            self.target,
+            self.fov_y_deg,
+        ))
     }
 }
 
@@ -364,13 +402,39 @@ impl TrainingData {
         heads: usize,
         camera: &vla_core::CameraView,
     ) -> (Tensor, Tensor) {
+        self.target_pixels_in(indices, heads, |_| Some(*camera))
+    }
+
+    /// [`Self::target_pixels`] in the wrist camera, whose view follows each frame's
+    /// end-effector pose.
+    pub fn wrist_target_pixels(
+        &self,
+        indices: &[usize],
+        heads: usize,
+        camera: &MountedCamera,
+    ) -> (Tensor, Tensor) {
+        let dim = self.states.size().get(1).copied().unwrap_or(0);
+        self.target_pixels_in(indices, heads, |i| {
+            let row = self.states.narrow(0, i as i64, 1).view([dim]);
+            camera.view(&Vec::<f32>::try_from(row).ok()?)
+        })
+    }
+
+    fn target_pixels_in(
+        &self,
+        indices: &[usize],
+        heads: usize,
+        view_of: impl Fn(usize) -> Option<vla_core::CameraView>,
+    ) -> (Tensor, Tensor) {
         let mut xy = Vec::with_capacity(indices.len() * heads * 2);
         let mut mask = Vec::with_capacity(indices.len() * heads);
         for &i in indices {
+            let view = view_of(i);
             for head in 0..heads {
                 let px = self
                     .target(i, head)
-                    .and_then(|t| camera.project(t.position))
+                    .zip(view.as_ref())
+                    .and_then(|(t, camera)| camera.project(t.position))
                     .filter(|p| p.iter().all(|v| (0.0..=1.0).contains(v)));
                 xy.extend_from_slice(&px.unwrap_or([0.0, 0.0]));
                 mask.push(if px.is_some() { 1.0f32 } else { 0.0 });

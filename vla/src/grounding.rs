@@ -100,17 +100,27 @@ impl Grounding {
         (coords, maps)
     }
 
-    /// Cross-entropy of the front camera's heat maps (`log_maps [B*C, H, h, w]`) against a
-    /// Gaussian (σ = one stem pixel) around `pixels [B, H, 2]` ((x, y) in `[0, 1]` of the
-    /// image), averaged over the heads where `mask [B, H]` is set. Teaches each head to look
-    /// at where the demonstration's grasp or release point is in the image.
-    pub fn map_loss(&self, log_maps: &Tensor, pixels: &Tensor, mask: &Tensor) -> Tensor {
+    /// Cross-entropy of one camera's heat maps (`log_maps [B*C, H, h, w]`; camera 0 is the
+    /// front, 1 the wrist) against a Gaussian (σ = one stem pixel) around `pixels [B, H, 2]`
+    /// ((x, y) in `[0, 1]` of the image), averaged over the heads where `mask [B, H]` is
+    /// set. Teaches each head to look at where the demonstration's grasp or release point
+    /// is in the image.
+    pub fn map_loss(
+        &self,
+        log_maps: &Tensor,
+        pixels: &Tensor,
+        mask: &Tensor,
+        camera: usize,
+    ) -> Tensor {
         let (n, heads, h, w) = log_maps.size4().unwrap_or((0, self.heads, 1, 1));
         let b = n / self.cameras;
         let device = log_maps.device();
         let opts = (Kind::Float, device);
-        let front = log_maps.view([b, self.cameras, heads, h * w]).select(1, 0); // [B, H, P]
-                                                                                 // Cell centres in stem-pixel units; targets scaled to the same units.
+        let camera = (camera as i64).clamp(0, (self.cameras - 1).max(0));
+        let maps = log_maps
+            .view([b, self.cameras, heads, h * w])
+            .select(1, camera); // [B, H, P]
+                                // Cell centres in stem-pixel units; targets scaled to the same units.
         let cx = (Tensor::arange(w, opts) + 0.5).view([1, 1, 1, w]);
         let cy = (Tensor::arange(h, opts) + 0.5).view([1, 1, h, 1]);
         let px = pixels.to_device(device).to_kind(Kind::Float);
@@ -118,7 +128,7 @@ impl Grounding {
         let ty = (px.select(2, 1) * h as f64).view([b, heads, 1, 1]);
         let d2 = (cx - tx).square() + (cy - ty).square(); // [B, H, h, w]
         let target = (d2 * -0.5).view([b, heads, h * w]).softmax(-1, Kind::Float);
-        let ce = -(target * front).sum_dim_intlist(-1, false, Kind::Float); // [B, H]
+        let ce = -(target * maps).sum_dim_intlist(-1, false, Kind::Float); // [B, H]
         let m = mask.to_device(device).to_kind(Kind::Float);
         (ce * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0)
     }
@@ -167,11 +177,12 @@ mod tests {
         // cell in column 3, row 1 of the front camera.
         let pixels = Tensor::from_slice(&[3.5f32 / 4.0, 1.5 / 4.0, 0.5, 0.5]).view([1, 2, 2]);
         let head0 = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]);
-        let loss = |logits: &Tensor, mask: &Tensor| {
+        let loss_in = |logits: &Tensor, mask: &Tensor, camera: usize| {
             let log_maps = logits.view([2, 2, h * w]).log_softmax(-1, Kind::Float);
-            g.map_loss(&log_maps.view([2, 2, h, w]), &pixels, mask)
+            g.map_loss(&log_maps.view([2, 2, h, w]), &pixels, mask, camera)
                 .double_value(&[])
         };
+        let loss = |logits: &Tensor, mask: &Tensor| loss_in(logits, mask, 0);
         let uniform = Tensor::zeros([2, 2, h, w], (Kind::Float, Device::Cpu));
         // Front camera, head 0: a Gaussian bump (σ = one cell) centred on cell (x, y).
         let bump = |x: f64, y: f64| {
@@ -191,10 +202,18 @@ mod tests {
             loss(&elsewhere, &head0),
         );
         assert!(t < u && u < e, "at target {t}, uniform {u}, elsewhere {e}");
-        // The wrist camera's maps do not count; a masked head costs nothing.
+        // The wrist camera's maps do not count for the front loss, and the other way round;
+        // a masked head costs nothing.
         let wrist_peak = uniform.copy();
         let _ = wrist_peak.get(1).get(0).get(0).get(0).fill_(6.0);
         assert!((loss(&wrist_peak, &head0) - u).abs() < 1e-9);
+        assert!((loss_in(&at_target, &head0, 1) - u).abs() < 1e-9);
+        let wrist_at_target = uniform.copy();
+        wrist_at_target
+            .get(1)
+            .get(0)
+            .copy_(&at_target.get(0).get(0));
+        assert!((loss_in(&wrist_at_target, &head0, 1) - t).abs() < 1e-9);
         let none = Tensor::zeros([1, 2], (Kind::Float, Device::Cpu));
         assert_eq!(loss(&elsewhere, &none), 0.0);
     }

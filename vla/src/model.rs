@@ -589,20 +589,21 @@ impl VlaModel {
         Some(loss * weight)
     }
 
-    /// The heat-map loss of the grounding heads (see [`Grounding::map_loss`]), times
-    /// `weight`; `None` without grounding heads or with a zero weight.
+    /// The heat-map loss of the grounding heads in one camera (0 front, 1 wrist; see
+    /// [`Grounding::map_loss`]), times `weight`; `None` without grounding heads or with a
+    /// zero weight.
     pub fn target_map_loss(
         &self,
         out: &TrainOutput,
-        pixels: &Tensor,
-        mask: &Tensor,
+        (pixels, mask): (&Tensor, &Tensor),
+        camera: usize,
         weight: f64,
     ) -> Option<Tensor> {
         let (grounding, maps) = self
             .grounding
             .as_ref()
             .zip(out.grounding_log_maps.as_ref())?;
-        (weight > 0.0).then(|| grounding.map_loss(maps, pixels, mask) * weight)
+        (weight > 0.0).then(|| grounding.map_loss(maps, pixels, mask, camera) * weight)
     }
 
     /// Action-vocabulary logits for hidden states `[B, T, D]` → `[B, T, num_bins]`.

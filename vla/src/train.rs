@@ -102,6 +102,9 @@ pub struct AuxTargets {
     pub pixels: Option<(Tensor, Tensor)>,
     /// Weight of the heat-map loss.
     pub map_weight: f64,
+    /// The same in the wrist camera, and its weight.
+    pub wrist_pixels: Option<(Tensor, Tensor)>,
+    pub wrist_map_weight: f64,
 }
 
 /// Cross-entropy against Gaussian soft targets centred on the true bins (hard targets for
@@ -257,10 +260,18 @@ impl TrainStep {
             .locations
             .as_ref()
             .and_then(|(xy, mask)| model.target_loss(&out, xy, mask));
-        let map = targets
+        let front_map = targets
             .pixels
             .as_ref()
-            .and_then(|(px, mask)| model.target_map_loss(&out, px, mask, targets.map_weight));
+            .and_then(|(px, m)| model.target_map_loss(&out, (px, m), 0, targets.map_weight));
+        let wrist_map = targets
+            .wrist_pixels
+            .as_ref()
+            .and_then(|(px, m)| model.target_map_loss(&out, (px, m), 1, targets.wrist_map_weight));
+        let map = match (front_map, wrist_map) {
+            (Some(f), Some(w)) => Some(f + w),
+            (f, w) => f.or(w),
+        };
         let aux = match (&regression, &map) {
             (Some(r), Some(m)) => Some(r + m),
             (Some(a), None) | (None, Some(a)) => Some(a.shallow_clone()),

@@ -95,12 +95,19 @@ impl TrainConfig {
                 format!("{} must be in [0, 1)", self.val_fraction),
             ));
         }
-        let w = self.grounding.map_weight;
-        if !(w.is_finite() && w >= 0.0) {
-            return Err(VlaError::invalid(
-                "train.grounding.map_weight",
-                format!("{w} must be a finite weight >= 0"),
-            ));
+        for (field, w) in [
+            ("train.grounding.map_weight", self.grounding.map_weight),
+            (
+                "train.grounding.wrist_map_weight",
+                self.grounding.wrist_map_weight,
+            ),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(VlaError::invalid(
+                    field,
+                    format!("{w} must be a finite weight >= 0"),
+                ));
+            }
         }
         Ok(())
     }
@@ -325,12 +332,17 @@ pub fn train(
         let cfg = model.config();
         let heads = cfg.vision.grounding_heads;
         let map_weight = train_cfg.grounding.map_weight;
+        let wrist_map_weight = train_cfg.grounding.wrist_map_weight;
         let targets = AuxTargets {
             locations: (cfg.action.target_aux_weight > 0.0 && heads > 0)
                 .then(|| data.target_locations(&indices, heads)),
             pixels: (map_weight > 0.0 && heads > 0)
                 .then(|| data.target_pixels(&indices, heads, &train_cfg.grounding.front_camera)),
             map_weight,
+            wrist_pixels: (wrist_map_weight > 0.0 && heads > 0).then(|| {
+                data.wrist_target_pixels(&indices, heads, &train_cfg.grounding.wrist_camera)
+            }),
+            wrist_map_weight,
         };
         let stats = step_fn.step_with_targets(&model, &batch, &targets)?;
         step += 1;

@@ -216,5 +216,38 @@ fn targets_come_from_the_first_gripper_close_and_the_release_after_it() {
         }
         assert_eq!(mask[3 * i + 2], 0.0);
     }
+    // In the wrist camera: each frame's own view, rebuilt from its end-effector state.
+    let mount = vla_model::data::GroundingTargets::default().wrist_camera;
+    let (px, mask) = data.wrist_target_pixels(&indices, 3, &mount);
+    assert_eq!(px.size(), [24, 3, 2]);
+    let mask = Vec::<f32>::try_from(mask.flatten(0, 1)).unwrap();
+    let px = Vec::<f32>::try_from(px.flatten(0, 2)).unwrap();
+    let mut seen = 0;
+    for i in 0..24 {
+        let t = i % 6;
+        let mut state = [0.0f32; 13];
+        state[7] = t as f32 * 0.05;
+        let view = mount.view(&state).unwrap();
+        for (head, event, x) in [(0, 3, 0.15f32), (1, 5, 0.25)] {
+            if mask[3 * i + head] == 0.0 {
+                continue;
+            }
+            assert!(
+                t <= event,
+                "frame {i} head {head}: no target after the event"
+            );
+            let want = view.project([x, 0.0, 0.0]).unwrap();
+            let at = 6 * i + 2 * head;
+            assert!(
+                (px[at] - want[0]).abs() < 1e-5 && (px[at + 1] - want[1]).abs() < 1e-5,
+                "frame {i} head {head}: {:?} vs {want:?}",
+                &px[at..at + 2]
+            );
+            assert!(want.iter().all(|v| (0.0..=1.0).contains(v)));
+            seen += 1;
+        }
+        assert_eq!(mask[3 * i + 2], 0.0);
+    }
+    assert!(seen > 0, "no target in any wrist view");
     let _ = std::fs::remove_dir_all(&dir);
 }
