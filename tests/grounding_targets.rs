@@ -12,6 +12,23 @@ fn rgb(c: [u8; 3]) -> [f32; 3] {
     c.map(f32::from)
 }
 
+/// A rendered `pick` scene of one environment, just reset.
+fn pick_scene(seed: u64) -> (VecEnv, vla_core::Observation) {
+    let lang = Language::builtin().unwrap();
+    let config = EnvConfig {
+        render_enabled: true,
+        ..EnvConfig::default()
+    };
+    let env = Env::new(
+        make_task("pick", Split::Seen, &lang, 0.0, seed).unwrap(),
+        config,
+        RobotDescription::default_arm().unwrap(),
+    );
+    let mut envs = VecEnv::new(vec![env]).unwrap();
+    let obs = envs.reset(&[seed]).unwrap().pop().unwrap();
+    (envs, obs)
+}
+
 #[test]
 fn projected_objects_land_on_their_own_pixels() {
     assert_eq!(
@@ -19,20 +36,9 @@ fn projected_objects_land_on_their_own_pixels() {
         CameraConfig::default().front([0.0; 3]),
         "vla's default grounding camera must be the simulator's front camera"
     );
-    let lang = Language::builtin().unwrap();
-    let config = EnvConfig {
-        render_enabled: true,
-        ..EnvConfig::default()
-    };
     let mut checked = 0;
     for seed in [3u64, 4] {
-        let env = Env::new(
-            make_task("pick", Split::Seen, &lang, 0.0, seed).unwrap(),
-            config.clone(),
-            RobotDescription::default_arm().unwrap(),
-        );
-        let mut envs = VecEnv::new(vec![env]).unwrap();
-        let obs = envs.reset(&[seed]).unwrap().pop().unwrap();
+        let (envs, obs) = pick_scene(seed);
         let env = &envs.envs[0];
         let [front, _] = env.camera_views().unwrap();
         let cell = env.cell().unwrap();
@@ -95,20 +101,9 @@ fn the_wrist_camera_rebuilt_from_the_state_is_the_simulators() {
         (sim.wrist_eye, sim.wrist_target, sim.wrist_fov_deg),
         "vla's default wrist mount must be the simulator's"
     );
-    let lang = Language::builtin().unwrap();
-    let config = EnvConfig {
-        render_enabled: true,
-        ..EnvConfig::default()
-    };
     let mut checked = 0;
     for seed in [3u64, 4] {
-        let env = Env::new(
-            make_task("pick", Split::Seen, &lang, 0.0, seed).unwrap(),
-            config.clone(),
-            RobotDescription::default_arm().unwrap(),
-        );
-        let mut envs = VecEnv::new(vec![env]).unwrap();
-        let mut obs = envs.reset(&[seed]).unwrap().pop().unwrap();
+        let (mut envs, mut obs) = pick_scene(seed);
         // Let the expert bring the gripper over its object (turning it as it goes), so the
         // object fills part of the wrist image.
         for _ in 0..10 {

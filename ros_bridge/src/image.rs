@@ -449,6 +449,27 @@ mod tests {
         })
     }
 
+    /// A smooth 640×480 scene with a 40-px red "object", like a camera frame.
+    fn camera_frame() -> RgbImage {
+        RgbImage::from_fn(640, 480, |x, y| {
+            if (300..340).contains(&x) && (200..240).contains(&y) {
+                image::Rgb([220, 30, 30])
+            } else {
+                image::Rgb([(x * 255 / 640) as u8, (y * 255 / 480) as u8, 128])
+            }
+        })
+    }
+
+    fn mean_abs_difference(a: &RgbImage, b: &RgbImage) -> f64 {
+        let sum: f64 = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
+            .sum();
+        sum / a.as_raw().len().max(1) as f64
+    }
+
     fn raw(img: &RgbImage, encoding: &str, pad: u32) -> Image {
         let (w, h) = img.dimensions();
         let c: u32 = match encoding {
@@ -576,24 +597,12 @@ mod tests {
         // A large frame takes the area path and lands near the triangle filter, which
         // averages over the same footprint with tapered weights. A smooth scene with a
         // 40-px red "object", like a camera frame.
-        let big = RgbImage::from_fn(640, 480, |x, y| {
-            if (300..340).contains(&x) && (200..240).contains(&y) {
-                image::Rgb([220, 30, 30])
-            } else {
-                image::Rgb([(x * 255 / 640) as u8, (y * 255 / 480) as u8, 128])
-            }
-        });
+        let big = camera_frame();
         for size in [64, 224] {
             let fast = fit(big.clone(), size);
             let plain = resize(&big, size, size, FilterType::Triangle);
             assert_eq!(fast.dimensions(), (size, size));
-            let diff: f64 = fast
-                .as_raw()
-                .iter()
-                .zip(plain.as_raw())
-                .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
-                .sum::<f64>()
-                / fast.as_raw().len() as f64;
+            let diff = mean_abs_difference(&fast, &plain);
             assert!(diff < 2.0, "{size}: mean difference {diff}");
         }
     }
@@ -626,13 +635,7 @@ mod tests {
 
     #[test]
     fn reduced_jpeg_decoding_matches_full_decoding_then_fit() {
-        let img = RgbImage::from_fn(640, 480, |x, y| {
-            if (300..340).contains(&x) && (200..240).contains(&y) {
-                image::Rgb([220, 30, 30])
-            } else {
-                image::Rgb([(x * 255 / 640) as u8, (y * 255 / 480) as u8, 128])
-            }
-        });
+        let img = camera_frame();
         let jpeg = encode_jpeg(&img, 90, Header::default()).expect("encodes");
         for size in [64, 100, 224, 480] {
             // The reduced-scale path itself, not the fallback to a full decode.
@@ -643,13 +646,7 @@ mod tests {
             let reduced = decode_compressed_fit(&jpeg, size).expect("decodes");
             let full = fit(decode_compressed(&jpeg).expect("decodes"), size);
             assert_eq!(reduced.dimensions(), (size, size));
-            let diff: f64 = reduced
-                .as_raw()
-                .iter()
-                .zip(full.as_raw())
-                .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
-                .sum::<f64>()
-                / full.as_raw().len() as f64;
+            let diff = mean_abs_difference(&reduced, &full);
             assert!(diff < 2.0, "{size}: mean difference {diff}");
         }
         // Smaller than the policy's input: the general path enlarges it.
