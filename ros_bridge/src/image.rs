@@ -305,14 +305,9 @@ fn decode_jpeg_reduced(msg: &CompressedImage, size: u32) -> Result<Option<RgbIma
             pixels.len()
         )));
     }
-    if w == size && h == size {
-        return Ok(match layout.0 {
-            3 => RgbImage::from_raw(w, h, pixels),
-            _ => None,
-        });
-    }
-    // Area resampling at any factor: a lossy JPEG cannot match the training preprocessing
-    // bit for bit anyway, and the triangle filter from 320×240 to 224 would cost 4 ms.
+    // Area resampling at any factor (at 1:1 it is an exact copy, grey expanded to RGB): a
+    // lossy JPEG cannot match the training preprocessing bit for bit anyway, and the
+    // triangle filter from 320×240 to 224 would cost 4 ms.
     Ok(area_resize(
         &pixels,
         [w, h],
@@ -388,6 +383,7 @@ fn area_resize(
     // Vertical pass.
     let mut out = Vec::with_capacity(n * n * 3);
     let mut acc = vec![0u32; n * 3];
+    let (one, half) = (AREA_ONE * AREA_ONE, AREA_ONE * AREA_ONE / 2);
     for (first, weights) in &rows {
         acc.iter_mut().for_each(|a| *a = 0);
         for (k, wt) in weights.iter().enumerate() {
@@ -396,10 +392,9 @@ fn area_resize(
                 *a += wt * s;
             }
         }
-        let half = AREA_ONE * AREA_ONE / 2;
         out.extend(
             acc.iter()
-                .map(|a| (a.saturating_add(half) / (AREA_ONE * AREA_ONE)).min(255) as u8),
+                .map(|a| (a.saturating_add(half) / one).min(255) as u8),
         );
     }
     RgbImage::from_raw(size, size, out)

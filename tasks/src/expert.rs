@@ -137,10 +137,11 @@ pub struct Pushes {
 }
 
 impl Pushes {
-    /// Push `action` (whose clean form is `clean`) if a push is under way or starts now.
-    /// With pushes on, draws the same random numbers every step, so episodes stay
-    /// reproducible; with them off, none (the Gaussian noise stream is unchanged).
-    pub fn apply(&mut self, action: &mut Action, clean: &Action, speed: f32, rng: &mut ChaCha8Rng) {
+    /// Push `action` if a push is under way or starts now, unless its gripper command is
+    /// closed (noise never touches that command, so it is the expert's own). With pushes
+    /// on, draws the same random numbers every step, so episodes stay reproducible; with
+    /// them off, none (the Gaussian noise stream is unchanged).
+    pub fn apply(&mut self, action: &mut Action, speed: f32, rng: &mut ChaCha8Rng) {
         if speed <= 0.0 {
             return;
         }
@@ -149,7 +150,7 @@ impl Pushes {
             rng.random_range(0.0..std::f32::consts::TAU),
             rng.random_range(-1.0..1.0),
         );
-        if clean.0[6] > 0.5 {
+        if action.0[6] > 0.5 {
             self.left = 0;
             return;
         }
@@ -398,7 +399,7 @@ mod tests {
         (0..400)
             .map(|_| {
                 let mut a = clean;
-                pushes.apply(&mut a, &clean, speed, &mut rng);
+                pushes.apply(&mut a, speed, &mut rng);
                 a
             })
             .collect()

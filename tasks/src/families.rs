@@ -33,16 +33,11 @@ impl Common {
         (self.split == Split::Unseen).then(|| self.language.draw_novelty(rng, family))
     }
 
-    fn finish(&mut self, clean: Action) -> Action {
-        self.clean_action = Some(clean);
-        let mut action = clean;
+    fn finish(&mut self, mut action: Action) -> Action {
+        self.clean_action = Some(action);
         add_noise(&mut action, self.expert_noise.sigma, &mut self.noise_rng);
-        self.pushes.apply(
-            &mut action,
-            &clean,
-            self.expert_noise.push,
-            &mut self.noise_rng,
-        );
+        let push = self.expert_noise.push;
+        self.pushes.apply(&mut action, push, &mut self.noise_rng);
         action
     }
 }

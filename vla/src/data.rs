@@ -402,7 +402,7 @@ impl TrainingData {
         heads: usize,
         camera: &vla_core::CameraView,
     ) -> (Tensor, Tensor) {
-        self.target_pixels_in(indices, heads, |_| Some(*camera))
+        self.target_pixels_in(indices, heads, &vec![Some(*camera); indices.len()])
     }
 
     /// [`Self::target_pixels`] in the wrist camera, whose view follows each frame's
@@ -413,23 +413,25 @@ impl TrainingData {
         heads: usize,
         camera: &MountedCamera,
     ) -> (Tensor, Tensor) {
-        let dim = self.states.size().get(1).copied().unwrap_or(0);
-        self.target_pixels_in(indices, heads, |i| {
-            let row = self.states.narrow(0, i as i64, 1).view([dim]);
-            camera.view(&Vec::<f32>::try_from(row).ok()?)
-        })
+        // The batch's states in one copy from the tensor, then one view per frame.
+        let dim = self.states.size().get(1).copied().unwrap_or(1).max(1) as usize;
+        let states = self.states.index_select(0, &index_tensor(indices));
+        let states = Vec::<f32>::try_from(states.flatten(0, -1)).unwrap_or_default();
+        let mut views: Vec<_> = states.chunks(dim).map(|s| camera.view(s)).collect();
+        views.resize(indices.len(), None);
+        self.target_pixels_in(indices, heads, &views)
     }
 
+    /// Projections of the frames' targets through `views` (one per index; `None`: no view).
     fn target_pixels_in(
         &self,
         indices: &[usize],
         heads: usize,
-        view_of: impl Fn(usize) -> Option<vla_core::CameraView>,
+        views: &[Option<vla_core::CameraView>],
     ) -> (Tensor, Tensor) {
         let mut xy = Vec::with_capacity(indices.len() * heads * 2);
         let mut mask = Vec::with_capacity(indices.len() * heads);
-        for &i in indices {
-            let view = view_of(i);
+        for (&i, view) in indices.iter().zip(views) {
             for head in 0..heads {
                 let px = self
                     .target(i, head)

@@ -117,10 +117,11 @@ impl Grounding {
         let device = log_maps.device();
         let opts = (Kind::Float, device);
         let camera = (camera as i64).clamp(0, (self.cameras - 1).max(0));
+        // [B, H, P]
         let maps = log_maps
             .view([b, self.cameras, heads, h * w])
-            .select(1, camera); // [B, H, P]
-                                // Cell centres in stem-pixel units; targets scaled to the same units.
+            .select(1, camera);
+        // Cell centres in stem-pixel units; targets scaled to the same units.
         let cx = (Tensor::arange(w, opts) + 0.5).view([1, 1, 1, w]);
         let cy = (Tensor::arange(h, opts) + 0.5).view([1, 1, h, 1]);
         let px = pixels.to_device(device).to_kind(Kind::Float);

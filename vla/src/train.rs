@@ -107,6 +107,13 @@ pub struct AuxTargets {
     pub wrist_map_weight: f64,
 }
 
+/// The sum of the loss terms that are there (`None` when none is).
+fn sum_present<'a>(terms: impl IntoIterator<Item = Option<&'a Tensor>>) -> Option<Tensor> {
+    terms.into_iter().flatten().fold(None, |sum, t| {
+        Some(sum.map_or_else(|| t.shallow_clone(), |s| s + t))
+    })
+}
+
 /// Cross-entropy against Gaussian soft targets centred on the true bins (hard targets for
 /// the gripper dimension).
 fn soft_target_loss(model: &VlaModel, logits: &Tensor, batch: &VlaBatch, sigma: f64) -> Tensor {
@@ -268,15 +275,8 @@ impl TrainStep {
             .wrist_pixels
             .as_ref()
             .and_then(|(px, m)| model.target_map_loss(&out, (px, m), 1, targets.wrist_map_weight));
-        let map = match (front_map, wrist_map) {
-            (Some(f), Some(w)) => Some(f + w),
-            (f, w) => f.or(w),
-        };
-        let aux = match (&regression, &map) {
-            (Some(r), Some(m)) => Some(r + m),
-            (Some(a), None) | (None, Some(a)) => Some(a.shallow_clone()),
-            (None, None) => None,
-        };
+        let map = sum_present([front_map.as_ref(), wrist_map.as_ref()]);
+        let aux = sum_present([regression.as_ref(), map.as_ref()]);
         let train_loss = if self.config.label_sigma_bins > 0.0 {
             soft_target_loss(
                 model,
