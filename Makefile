@@ -10,6 +10,8 @@ PYTHON ?= python3
 TORCH_VERSION := 2.13.0
 # Python Cyclone DDS: the independent DDS implementation of the ROS 2 interop test.
 CYCLONEDDS_VERSION := 11.0.1
+# Python lerobot, the dataset interoperability test peer.
+LEROBOT_VERSION := 0.4.4
 APT_PACKAGES := mesa-vulkan-drivers libvulkan1 xvfb xauth libx11-6 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6
 CARGO ?= cargo
 VLA := $(CARGO) run --quiet --bin vla --
@@ -28,28 +30,26 @@ apt:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-# .venv with torch==$(TORCH_VERSION); .venv/libtorch points at the wheel's libtorch (see .cargo/config.toml).
-venv: .venv/libtorch
-	@if ! .venv/bin/python -c "import cyclonedds" 2>/dev/null; then \
-	  echo "installing cyclonedds==$(CYCLONEDDS_VERSION) into .venv (ROS 2 interop test peer)"; \
-	  .venv/bin/pip install -q cyclonedds==$(CYCLONEDDS_VERSION); \
-	fi
+# The Python environments live in a cache outside the clone, keyed by their pinned versions
+# (scripts/ensure-venv), so a fresh clone or CI run reuses one install of several gigabytes;
+# `.venv` and `.venv-lerobot` are links to them. Set VENV_CACHE to put them elsewhere.
+VENV_CACHE ?= $(HOME)/.cache/vla-venvs
+TORCH_VENV := $(VENV_CACHE)/torch-$(TORCH_VERSION)-cyclonedds-$(CYCLONEDDS_VERSION)
+LEROBOT_VENV := $(VENV_CACHE)/lerobot-$(LEROBOT_VERSION)
+
+# .venv: torch==$(TORCH_VERSION), whose libtorch tch links (.venv/libtorch points at the wheel's
+# libtorch, see .cargo/config.toml), and Python Cyclone DDS, the ROS 2 interop test peer.
+venv:
+	@PYTHON=$(PYTHON) scripts/ensure-venv .venv $(TORCH_VENV) 9 \
+	  "import torch, cyclonedds, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" \
+	  torch==$(TORCH_VERSION) cyclonedds==$(CYCLONEDDS_VERSION)
+	@ln -sfn "$$(.venv/bin/python -W ignore -c 'import torch, os; print(os.path.dirname(os.path.realpath(torch.__file__)))')" .venv/libtorch
 
 # Python lerobot for the dataset interoperability tests. It pins torch<2.11, so it lives in a
 # venv of its own, never in the .venv whose torch 2.13 tch links.
-LEROBOT_VERSION := 0.4.4
 venv-lerobot:
-	@if ! .venv-lerobot/bin/python -c "import lerobot" 2>/dev/null; then \
-	  echo "creating .venv-lerobot with lerobot==$(LEROBOT_VERSION)"; \
-	  $(PYTHON) -m venv .venv-lerobot && .venv-lerobot/bin/pip install -q --upgrade pip && .venv-lerobot/bin/pip install -q lerobot==$(LEROBOT_VERSION); \
-	fi
-
-.venv/libtorch:
-	@if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null; then \
-	  echo "creating .venv with torch==$(TORCH_VERSION) (about 5 GB)"; \
-	  $(PYTHON) -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q torch==$(TORCH_VERSION); \
-	fi
-	ln -sfn "$$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')" .venv/libtorch
+	@PYTHON=$(PYTHON) scripts/ensure-venv .venv-lerobot $(LEROBOT_VENV) 12 \
+	  "import lerobot" lerobot==$(LEROBOT_VERSION)
 
 # libtorch's random generator is process-global, so the model crate's seeded tests run on one
 # test thread (the rest of the suite runs in parallel).
