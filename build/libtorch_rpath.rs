@@ -16,7 +16,10 @@ fn main() {
     let lib = lib.canonicalize().unwrap_or(lib);
     // The rpath is the resolved directory (stable across clones that share one venv cache), so
     // LIBTORCH staying the same does not mean the rpath still holds: rerun if the library moves.
-    println!("cargo:rerun-if-changed={}", lib.join("libtorch_cpu.so").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        lib.join("libtorch_cpu.so").display()
+    );
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());
