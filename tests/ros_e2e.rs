@@ -52,6 +52,8 @@ fn ros_sim_and_bridge_match_direct_eval_on_pick() {
         .arg(seed.to_string())
         .args(["--episodes"])
         .arg(episodes.to_string())
+        .arg("--trace")
+        .arg(dir.join("trace.jsonl"))
         .arg("--json")
         .output()
         .expect("runs vla eval");
@@ -109,5 +111,66 @@ fn ros_sim_and_bridge_match_direct_eval_on_pick() {
         "success through ROS 2 ({p_ros:.3}) differs from direct eval ({p_direct:.3}) by more \
          than {tolerance:.3}"
     );
+    first_actions_agree(&ckpt, &dir.join("trace.jsonl"), &ros, episodes);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The success rates agree trivially when the policy is weak (0 of 20 either way), so
+/// compare what the policy did: on each episode's first frame both paths see the same
+/// scene and instruction, so the tokens the bridge published (its debug topic, recorded by
+/// `vla ros sim`) must decode to the action direct evaluation took. A colour-swapped,
+/// flipped or differently resized image, a garbled instruction or a wrong proprioceptive
+/// state changes them.
+fn first_actions_agree(
+    ckpt: &std::path::Path,
+    trace: &std::path::Path,
+    ros: &serde_json::Value,
+    episodes: usize,
+) {
+    let run = vla_model::RunConfig::load(ckpt.join("config.json")).expect("the run's config");
+    let tokenizer = vla_model::ActionTokenizer::new(&run.config, run.norm_stats.action)
+        .expect("the run's action tokenizer");
+    let text = std::fs::read_to_string(trace).expect("the direct evaluation's trace");
+    let mut direct: Vec<Option<Vec<f64>>> = vec![None; episodes];
+    for line in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).expect("trace JSON");
+        if row["step"].as_u64() == Some(1) {
+            let i = row["index"].as_u64().expect("episode index") as usize;
+            let action = row["action"].as_array().expect("action");
+            direct[i] = Some(action.iter().filter_map(|v| v.as_f64()).collect());
+        }
+    }
+    let lines = ros["per_episode"].as_array().expect("per-episode lines");
+    assert_eq!(lines.len(), episodes, "{ros}");
+    let mut same = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let tokens: Vec<i64> = line["first_tokens"]
+            .as_array()
+            .unwrap_or_else(|| panic!("episode {i}: no first tokens recorded: {line}"))
+            .iter()
+            .filter_map(|t| t.as_i64())
+            .collect();
+        let through_ros = tokenizer.decode(&tokens).expect("valid action tokens");
+        let direct = direct[i]
+            .as_ref()
+            .unwrap_or_else(|| panic!("episode {i}: no first step in the trace"));
+        let equal = direct.len() == through_ros.len()
+            && direct
+                .iter()
+                .zip(&through_ros)
+                .all(|(a, b)| (a - *b as f64).abs() <= 1e-6 * (1.0 + a.abs()));
+        if equal {
+            same += 1;
+        } else {
+            eprintln!("episode {i}: first action direct {direct:?}, through ROS 2 {through_ros:?}");
+        }
+    }
+    eprintln!("first action identical through ROS 2 in {same} of {episodes} episodes");
+    // Proprioception arrives as joint angles and goes through forward kinematics in the
+    // bridge: a float-rounding difference may flip a token at a bin edge now and then.
+    assert!(
+        same * 10 >= episodes * 9,
+        "the first action through ROS 2 matched direct evaluation in only {same} of {episodes} \
+         episodes"
+    );
 }

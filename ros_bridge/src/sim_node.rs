@@ -24,10 +24,10 @@ use vla_tasks::{make_task, Language, Split};
 use crate::config::{BridgeConfig, GripperOutput};
 use crate::image::encode_raw;
 use crate::msg::{
-    Bool, Float64MultiArray, GripperCommand, Header, JointState, JointTrajectory, StringMsg,
-    TwistStamped,
+    Bool, Float64MultiArray, GripperCommand, Header, Int32MultiArray, JointState, JointTrajectory,
+    StringMsg, TwistStamped,
 };
-use crate::transport::{Publisher, Transport};
+use crate::transport::{Publisher, Qos, Transport};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -60,6 +60,9 @@ struct Commands {
     joints: Vec<f64>,
     gripper_closed: bool,
     rejected: u64,
+    /// Action-token messages received on the bridge's debug topic, and the latest one.
+    tokens_seq: u64,
+    tokens: Vec<i32>,
 }
 
 /// One episode's line in the report.
@@ -69,6 +72,12 @@ pub struct EpisodeLine {
     pub instruction: String,
     pub success: bool,
     pub steps: usize,
+    /// Lock-step only: the raw action tokens the bridge published with the episode's first
+    /// command (its debug topic). Safety limits reshape the commands themselves, but these
+    /// are the policy's own output on the first frame: a direct evaluation of the same
+    /// checkpoint and seed must produce the same ones, whatever the policy's success rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_tokens: Option<Vec<i32>>,
 }
 
 /// `vla expert --json`'s report plus per-episode lines and command counts.
@@ -170,7 +179,34 @@ fn subscribe_commands<T: Transport>(
         )?,
         GripperOutput::None => {}
     }
+    let c = cmds.clone();
+    t.subscribe::<Int32MultiArray>(
+        &config.topics.action_tokens,
+        Qos::reliable(10),
+        Box::new(move |m| {
+            if let (Ok(m), Ok(mut c)) = (m, c.lock()) {
+                c.tokens = m.data;
+                c.tokens_seq += 1;
+            }
+        }),
+    )?;
     Ok(cmds)
+}
+
+/// Tokens published after `seen` on the debug topic (they follow the command: up to 100 ms).
+fn wait_for_tokens(cmds: &Mutex<Commands>, seen: u64, stop: &AtomicBool) -> Option<Vec<i32>> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(100) && !stop.load(Ordering::Relaxed) {
+        if let Some(t) = cmds
+            .lock()
+            .ok()
+            .and_then(|c| (c.tokens_seq > seen).then(|| c.tokens.clone()))
+        {
+            return Some(t);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
 }
 
 /// Joint names and positions as a `JointState` (arm joints, then the driven finger).
@@ -315,11 +351,13 @@ pub fn run<T: Transport>(
         hasher.update(spec.seed.to_le_bytes());
         hasher.update(instruction.as_bytes());
         let mut next = Instant::now() + period;
+        let mut first_tokens = None;
+        let mut first_step = true;
         loop {
             if stop.load(Ordering::Relaxed) {
                 break 'episodes;
             }
-            let seen = cmds.lock().map(|c| c.seq).unwrap_or(0);
+            let (seen, tokens_seen) = cmds.lock().map(|c| (c.seq, c.tokens_seq)).unwrap_or((0, 0));
             if let Some(js) = joint_state(&venv.envs[0], &opts.robot) {
                 out.joints.publish(js)?;
             }
@@ -338,6 +376,9 @@ pub fn run<T: Transport>(
                 }
                 // The gripper travels on its own topic: give it a moment to land.
                 std::thread::sleep(Duration::from_millis(3));
+                if std::mem::take(&mut first_step) {
+                    first_tokens = wait_for_tokens(&cmds, tokens_seen, stop);
+                }
                 cmds.lock()
                     .ok()
                     .and_then(|c| (c.seq > seen).then_some(c.latest).flatten())
@@ -395,6 +436,7 @@ pub fn run<T: Transport>(
                     instruction: instruction.clone(),
                     success: result.success,
                     steps: result.info.step,
+                    first_tokens: first_tokens.take(),
                 });
                 outcomes.push(EpisodeOutcome {
                     spec: spec.clone(),
