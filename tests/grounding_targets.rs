@@ -14,18 +14,22 @@ fn rgb(c: [u8; 3]) -> [f32; 3] {
 
 /// A rendered `pick` scene of one environment, just reset.
 fn pick_scene(seed: u64) -> (VecEnv, vla_core::Observation) {
-    let lang = Language::builtin().unwrap();
+    let lang = Language::builtin().expect("the built-in instruction templates");
     let config = EnvConfig {
         render_enabled: true,
         ..EnvConfig::default()
     };
     let env = Env::new(
-        make_task("pick", Split::Seen, &lang, 0.0, seed).unwrap(),
+        make_task("pick", Split::Seen, &lang, 0.0, seed).expect("a pick task"),
         config,
-        RobotDescription::default_arm().unwrap(),
+        RobotDescription::default_arm().expect("the built-in arm"),
     );
-    let mut envs = VecEnv::new(vec![env]).unwrap();
-    let obs = envs.reset(&[seed]).unwrap().pop().unwrap();
+    let mut envs = VecEnv::new(vec![env]).expect("a rendering environment");
+    let obs = envs
+        .reset(&[seed])
+        .expect("reset")
+        .pop()
+        .expect("one observation per environment");
     (envs, obs)
 }
 
@@ -107,18 +111,23 @@ fn the_wrist_camera_rebuilt_from_the_state_is_the_simulators() {
         // Let the expert bring the gripper over its object (turning it as it goes), so the
         // object fills part of the wrist image.
         for _ in 0..10 {
-            let action = envs.envs[0].expert_action().unwrap();
-            obs = envs.step(&[action]).unwrap().pop().unwrap().observation;
+            let action = envs.envs[0].expert_action().expect("the expert's action");
+            obs = envs
+                .step(&[action])
+                .expect("step")
+                .pop()
+                .expect("one result per environment")
+                .observation;
         }
         let env = &envs.envs[0];
-        let [_, wrist] = env.camera_views().unwrap();
-        let rebuilt = mount.view(&obs.state).unwrap();
+        let [_, wrist] = env.camera_views().expect("camera views after reset");
+        let rebuilt = mount.view(&obs.state).expect("a wrist view from the state");
         let close = |a: [f32; 3], b: [f32; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 2e-3);
         assert!(
             close(rebuilt.eye, wrist.eye) && close(rebuilt.target, wrist.target),
             "seed {seed}: rebuilt {rebuilt:?} vs simulator {wrist:?}"
         );
-        let cell = env.cell().unwrap();
+        let cell = env.cell().expect("the cell after reset");
         let (w, h) = (obs.wrist.width() as f32, obs.wrist.height() as f32);
         for (i, object) in cell.objects.iter().enumerate() {
             let t = cell.object_pose(i).translation;

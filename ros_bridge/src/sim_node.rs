@@ -193,20 +193,24 @@ fn subscribe_commands<T: Transport>(
     Ok(cmds)
 }
 
-/// Tokens published after `seen` on the debug topic (they follow the command: up to 100 ms).
-fn wait_for_tokens(cmds: &Mutex<Commands>, seen: u64, stop: &AtomicBool) -> Option<Vec<i32>> {
+/// Polls the received commands every millisecond until `ready` yields something, `timeout`
+/// passes or `stop` is set (lock-step waits for commands and for their tokens).
+fn wait_for<T>(
+    cmds: &Mutex<Commands>,
+    timeout: Duration,
+    stop: &AtomicBool,
+    ready: impl Fn(&Commands) -> Option<T>,
+) -> Option<T> {
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_millis(100) && !stop.load(Ordering::Relaxed) {
-        if let Some(t) = cmds
-            .lock()
-            .ok()
-            .and_then(|c| (c.tokens_seq > seen).then(|| c.tokens.clone()))
-        {
-            return Some(t);
+    loop {
+        if let Some(v) = cmds.lock().ok().and_then(|c| ready(&c)) {
+            return Some(v);
+        }
+        if t0.elapsed() > timeout || stop.load(Ordering::Relaxed) {
+            return None;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    None
 }
 
 /// Joint names and positions as a `JointState` (arm joints, then the driven finger).
@@ -366,18 +370,16 @@ pub fn run<T: Transport>(
             out.wrist
                 .publish(encode_raw(&obs.wrist, Header::now("wrist_camera")))?;
             let motion = if opts.lockstep {
-                let t0 = Instant::now();
-                loop {
-                    let got = cmds.lock().map(|c| c.seq > seen).unwrap_or(false);
-                    if got || t0.elapsed() > opts.command_timeout || stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                wait_for(&cmds, opts.command_timeout, stop, |c| {
+                    (c.seq > seen).then_some(())
+                });
                 // The gripper travels on its own topic: give it a moment to land.
                 std::thread::sleep(Duration::from_millis(3));
                 if std::mem::take(&mut first_step) {
-                    first_tokens = wait_for_tokens(&cmds, tokens_seen, stop);
+                    // The bridge publishes the tokens just after the command.
+                    first_tokens = wait_for(&cmds, Duration::from_millis(100), stop, |c| {
+                        (c.tokens_seq > tokens_seen).then(|| c.tokens.clone())
+                    });
                 }
                 cmds.lock()
                     .ok()

@@ -220,14 +220,14 @@ fn targets_come_from_the_first_gripper_close_and_the_release_after_it() {
     let mount = vla_model::data::GroundingTargets::default().wrist_camera;
     let (px, mask) = data.wrist_target_pixels(&indices, 3, &mount);
     assert_eq!(px.size(), [24, 3, 2]);
-    let mask = Vec::<f32>::try_from(mask.flatten(0, 1)).unwrap();
-    let px = Vec::<f32>::try_from(px.flatten(0, 2)).unwrap();
+    let mask = Vec::<f32>::try_from(mask.flatten(0, 1)).expect("f32 mask");
+    let px = Vec::<f32>::try_from(px.flatten(0, 2)).expect("f32 pixels");
     let mut seen = 0;
     for i in 0..24 {
         let t = i % 6;
         let mut state = [0.0f32; 13];
         state[7] = t as f32 * 0.05;
-        let view = mount.view(&state).unwrap();
+        let view = mount.view(&state).expect("a wrist view from the state");
         for (head, event, x) in [(0, 3, 0.15f32), (1, 5, 0.25)] {
             if mask[3 * i + head] == 0.0 {
                 continue;
@@ -236,7 +236,9 @@ fn targets_come_from_the_first_gripper_close_and_the_release_after_it() {
                 t <= event,
                 "frame {i} head {head}: no target after the event"
             );
-            let want = view.project([x, 0.0, 0.0]).unwrap();
+            let want = view
+                .project([x, 0.0, 0.0])
+                .expect("a table point in front of the camera");
             let at = 6 * i + 2 * head;
             assert!(
                 (px[at] - want[0]).abs() < 1e-5 && (px[at + 1] - want[1]).abs() < 1e-5,
