@@ -60,7 +60,7 @@ test: setup
 
 # The whole path through ROS 2 with a trained policy: `vla ros sim` + `vla ros bridge` must
 # match `vla eval` on pick. The policy is a small one trained here (20 pick demonstrations,
-# 300 steps, a few minutes), cached in runs/e2e; E2E_RUN=runs/demo/run uses the demo's.
+# 300 steps, a few minutes), cached in runs/e2e; E2E_RUN=runs/demo/policy uses the demo's.
 E2E_RUN ?= runs/e2e/run
 test-e2e: setup
 	@if [ ! -f $(E2E_RUN)/model.safetensors ]; then \
@@ -81,7 +81,7 @@ bench: setup
 	$(VLA) bench sim --envs 1 --steps 300
 	$(VLA) bench sim --envs 2 --steps 300
 	$(VLA) bench train --config vla/configs/tiny.toml
-	$(VLA) bench policy $$( [ -d runs/demo/run ] && echo --ckpt runs/demo/run )
+	$(VLA) bench policy $$( [ -d runs/demo/policy ] && echo --ckpt runs/demo/policy )
 
 clean-runs:
 	rm -rf runs

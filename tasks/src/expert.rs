@@ -7,17 +7,25 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use vla_core::Action;
 use vla_sim::kinematics::tool_down;
-use vla_sim::{Cell, Controller, ObjectKind};
+use vla_sim::{Cell, Controller};
 
 /// Largest translation per control step (m) and rotation (rad) the experts command.
 pub const MAX_STEP: f64 = 0.025;
 pub const MAX_TURN: f64 = 0.12;
 /// Height of the carry and approach moves above the table (m).
 pub const CARRY_Z: f64 = 0.20;
-/// Approach funnel: height above the grasp allowed per metre of misalignment, and how
-/// many metres of misalignment one radian of finger yaw error counts as.
+/// Approach funnel: height above the grasp allowed per metre of misalignment.
 pub const FUNNEL_SLOPE: f64 = 4.0;
-pub const FUNNEL_YAW_M_PER_RAD: f64 = 0.05;
+/// The fingers count as settled on the object once they are this close to its width (m);
+/// the lift starts then, and the fingers count as open after a release this close to fully
+/// open. Ending these phases on what the gripper reading shows, not after a fixed number of
+/// steps, keeps one label per observation: with a 4-step hold, the last hold steps and the
+/// first lift step looked identical (fingers settled, tool still), and a cloned policy that
+/// closed a few millimetres high held there for the rest of the episode (5 of 38 failed
+/// `pick` episodes of the DAgger checkpoint).
+pub const SETTLE_MARGIN: f64 = 0.005;
+/// Longest wait for the fingers to close or open (steps).
+pub const MAX_GRIPPER_STEPS: usize = 8;
 
 /// A waypoint: tool position, yaw of the finger axis, gripper closed?
 #[derive(Clone, Copy, Debug)]
@@ -52,38 +60,10 @@ pub fn toward(controller: &Controller, wp: &Waypoint) -> (Action, f64) {
     (action, dist + 0.05 * angle)
 }
 
-/// Finger yaw that grasps an object across a pair of faces, closest to the current yaw.
-pub fn grasp_yaw(cell: &Cell, object: usize, controller: &Controller) -> f64 {
-    let pose = cell.object_pose(object);
-    let current = current_yaw(controller);
-    match cell.objects[object].spec.kind {
-        ObjectKind::Cube => {
-            let (_, _, yaw) = pose.rotation.euler_angles();
-            // Faces repeat every 90°: pick the representative closest to the current yaw.
-            let quarter = std::f64::consts::FRAC_PI_2;
-            let k = ((current - yaw) / quarter).round();
-            wrap(yaw + k * quarter)
-        }
-        _ => current,
-    }
-}
-
 /// Yaw of the finger axis of the commanded pose.
 pub fn current_yaw(controller: &Controller) -> f64 {
     let rot: UnitQuaternion<f64> = controller.target.rotation * tool_down(0.0).inverse();
     rot.euler_angles().2
-}
-
-fn wrap(a: f64) -> f64 {
-    let two_pi = std::f64::consts::TAU;
-    let mut a = a % two_pi;
-    if a > std::f64::consts::PI {
-        a -= two_pi;
-    }
-    if a < -std::f64::consts::PI {
-        a += two_pi;
-    }
-    a
 }
 
 /// Grasp height of the tool centre for an object (its middle, not too close to the table).
@@ -217,6 +197,8 @@ pub struct PickPlace {
     yaw: f64,
     hold_xy: [f64; 2],
     attempts: usize,
+    /// Gripper opening at the previous action (m), to tell when the fingers stop moving.
+    last_opening: f64,
 }
 
 impl PickPlace {
@@ -229,6 +211,7 @@ impl PickPlace {
             yaw: 0.0,
             hold_xy: [0.0; 2],
             attempts: 0,
+            last_opening: f64::NAN,
         }
     }
 
@@ -240,18 +223,40 @@ impl PickPlace {
     pub fn act(&mut self, cell: &Cell, controller: &Controller) -> Action {
         let obj = cell.object_pose(self.object).translation.vector;
         let tool = controller.target.translation.vector;
+        let opening = cell.robot.gripper_opening(&cell.world);
+        let fully_open = 2.0 * cell.robot.finger_range().1;
+        let width = cell.objects[self.object].spec.size as f64;
+        // Fingers that moved less than a millimetre since the last action have stopped (once
+        // they have started to close: on an object held wider than its width).
+        let stopped = (self.last_opening - opening).abs() < 0.001;
+        self.last_opening = opening;
+        // When a learned policy drives (DAgger) it may close on the object before this
+        // expert would have: a held object is lifted, not let go to start the approach over.
+        if matches!(self.phase, Phase::Approach | Phase::Descend)
+            && controller.gripper_closed
+            && cell.is_grasped(self.object)
+        {
+            self.hold_xy = [tool.x, tool.y];
+            self.counter = 0;
+            self.phase = Phase::Lift;
+        }
         loop {
-            let (wp, tolerance, min_steps) = match self.phase {
+            let (wp, tolerance) = match self.phase {
                 Phase::Approach => {
-                    self.yaw = grasp_yaw(cell, self.object, controller);
+                    // The wrist does not turn to the object's faces: the open fingers (8 cm)
+                    // take a 4 cm cube at any yaw (5.7 cm diagonal) and square it up as they
+                    // close. Expert success is unchanged without the turn (40 episodes per
+                    // family, noise 0.004: pick 36 vs 36, stack 38 vs 37), and the turn was an
+                    // action the policy had to read off a few pixels; it never learned it
+                    // (no turn in any of the 17 of 50 `pick` episodes that needed one).
+                    self.yaw = current_yaw(controller);
                     let gz = grasp_z(cell, self.object);
                     let high = (gz + 0.10).max(tool.z.min(CARRY_Z));
                     // A funnel: the better the fingers line up over the object, the lower
                     // they may go, so the descent blends into the alignment instead of
                     // following a hover that ends on a 6 mm threshold. A learned policy
                     // cannot see that threshold and hovers; it can imitate a funnel.
-                    let misalignment = (obj.xy() - tool.xy()).norm()
-                        + FUNNEL_YAW_M_PER_RAD * wrap(self.yaw - current_yaw(controller)).abs();
+                    let misalignment = (obj.xy() - tool.xy()).norm();
                     let z = high.min(gz + FUNNEL_SLOPE * misalignment).max(gz);
                     (
                         Waypoint {
@@ -260,7 +265,6 @@ impl PickPlace {
                             closed: false,
                         },
                         0.006,
-                        0,
                     )
                 }
                 Phase::Descend => {
@@ -272,7 +276,6 @@ impl PickPlace {
                             closed: false,
                         },
                         0.003,
-                        0,
                     )
                 }
                 Phase::Close => {
@@ -284,7 +287,6 @@ impl PickPlace {
                             closed: true,
                         },
                         f64::INFINITY,
-                        4,
                     )
                 }
                 Phase::Lift => {
@@ -296,7 +298,6 @@ impl PickPlace {
                             closed: true,
                         },
                         0.01,
-                        0,
                     )
                 }
                 Phase::Carry => {
@@ -308,7 +309,6 @@ impl PickPlace {
                             closed: true,
                         },
                         0.006,
-                        0,
                     )
                 }
                 Phase::Lower => {
@@ -323,7 +323,6 @@ impl PickPlace {
                             closed: true,
                         },
                         0.004,
-                        0,
                     )
                 }
                 Phase::Release => (
@@ -333,7 +332,6 @@ impl PickPlace {
                         closed: false,
                     },
                     f64::INFINITY,
-                    4,
                 ),
                 Phase::Retreat | Phase::Done => {
                     let p = Vector3::new(tool.x, tool.y, CARRY_Z);
@@ -345,12 +343,25 @@ impl PickPlace {
                             closed: hold,
                         },
                         0.01,
-                        0,
                     )
                 }
             };
             let (action, error) = toward(controller, &wp);
-            let reached = error < tolerance && self.counter >= min_steps;
+            let reached = match self.phase {
+                // At least one step with the new command, then until the fingers settle: on
+                // the object's width, or stopped after they started to close (they may pause
+                // for a step before moving).
+                Phase::Close => {
+                    (self.counter >= 1 && opening <= width + SETTLE_MARGIN)
+                        || (opening < fully_open - 2.0 * SETTLE_MARGIN && stopped)
+                        || self.counter >= MAX_GRIPPER_STEPS
+                }
+                Phase::Release => {
+                    (self.counter >= 1 && opening >= fully_open - SETTLE_MARGIN)
+                        || self.counter >= MAX_GRIPPER_STEPS
+                }
+                _ => error < tolerance,
+            };
             if !reached || self.phase == Phase::Done {
                 self.counter += 1;
                 return action;

@@ -1,9 +1,9 @@
 //! The suite end to end without cameras: experts succeed, episodes are reproducible,
 //! splits keep their held-out words apart.
 
-use vla_sim::{EnvConfig, RobotDescription};
+use vla_sim::{Env, EnvConfig, RobotDescription};
 use vla_tasks::runner::{episode_specs, run, ExpertAgent, RunSetup, SuiteReport};
-use vla_tasks::{parse_suite, Language, Split, FAMILIES};
+use vla_tasks::{make_task, parse_suite, Language, Split, FAMILIES};
 
 fn report(suite: &str, split: Split, n: usize, seed: u64, k: usize) -> (SuiteReport, Vec<String>) {
     report_with(suite, split, n, seed, k, vla_tasks::ExpertNoise::NONE)
@@ -124,4 +124,44 @@ fn bad_names_are_clear_errors() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("v.toml"), "{e}");
+}
+
+/// The expert never waits with closed, settled fingers: its hold-while-closing ends when the
+/// fingers settle, so a still tool with still, closed fingers always gets the lift, never
+/// "wait". A fixed wait gave identical observations two labels, and the cloned policy
+/// learned to wait for ever.
+#[test]
+fn expert_never_waits_on_a_settled_gripper() {
+    let lang = Language::builtin().expect("built-in vocabulary parses");
+    let robot = RobotDescription::default_arm().expect("built-in arm loads");
+    let config = EnvConfig {
+        render_enabled: false,
+        ..Default::default()
+    };
+    let mut grasps = 0;
+    for seed in 0..4u64 {
+        let task = make_task("place", Split::Seen, &lang, 0.0, seed).expect("place task");
+        let mut env = Env::new(task, config.clone(), robot.clone());
+        env.reset_physics(seed).expect("reset");
+        let mut last_opening = f32::NAN;
+        let mut last_closed = false;
+        while !env.is_done() {
+            let opening = env.cell().expect("cell after reset").proprio_state()[6];
+            let action = env.expert_action().expect("expert action");
+            let still_tool = action.delta_position().iter().all(|d| d.abs() < 1e-3);
+            let still_fingers = (opening - last_opening).abs() < 1e-3;
+            // Closed on something: the fingers have left the fully open position.
+            let holding_closed = action.gripper_closed() && last_closed && opening < 0.07;
+            assert!(
+                !(still_tool && still_fingers && holding_closed),
+                "seed {seed}, step {}: expert waits with settled fingers (opening {opening})",
+                env.info().step
+            );
+            grasps += usize::from(action.gripper_closed() && !last_closed);
+            last_opening = opening;
+            last_closed = action.gripper_closed();
+            env.step_physics(&action).expect("step");
+        }
+    }
+    assert!(grasps >= 4, "every episode closes the gripper ({grasps})");
 }
