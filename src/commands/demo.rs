@@ -62,7 +62,7 @@ pub struct Args {
     #[arg(long, default_value = "pick=50,place=40,stack=10,sort=10")]
     eval_seen: String,
     /// Evaluation episodes per family on the unseen split.
-    #[arg(long, default_value = "pick=20,place=20,stack=5,sort=5")]
+    #[arg(long, default_value = "pick=10,place=10,stack=5,sort=5")]
     eval_unseen: String,
     /// Parallel environments for collection and evaluation.
     #[arg(long, default_value_t = 2)]

@@ -246,9 +246,10 @@ impl PickPlace {
                     // The wrist does not turn to the object's faces: the open fingers (8 cm)
                     // take a 4 cm cube at any yaw (5.7 cm diagonal) and square it up as they
                     // close. Expert success is unchanged without the turn (40 episodes per
-                    // family, noise 0.004: pick 36 vs 36, stack 38 vs 37), and the turn was an
-                    // action the policy had to read off a few pixels; it never learned it
-                    // (no turn in any of the 17 of 50 `pick` episodes that needed one).
+                    // family at noise 0.004, before → after all of this session's changes:
+                    // pick 36 → 36, place 40 → 40, stack 37 → 37, sort 37 → 38), and the turn
+                    // was an action the policy had to read off a few pixels; it never learned
+                    // it (no turn in any of the 17 of 50 `pick` episodes that needed one).
                     self.yaw = current_yaw(controller);
                     let gz = grasp_z(cell, self.object);
                     let high = (gz + 0.10).max(tool.z.min(CARRY_Z));
