@@ -108,8 +108,8 @@ fn the_wrist_camera_rebuilt_from_the_state_is_the_simulators() {
     let mut checked = 0;
     for seed in [3u64, 4] {
         let (mut envs, mut obs) = pick_scene(seed);
-        // Let the expert bring the gripper over its object (turning it as it goes), so the
-        // object fills part of the wrist image.
+        // Let the expert bring the gripper over its object, so the object fills part of the
+        // wrist image.
         for _ in 0..10 {
             let action = envs.envs[0].expert_action().expect("the expert's action");
             obs = envs

@@ -206,21 +206,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // 2. Training.
     let t = Instant::now();
     let run_dir = args.out.join("run");
-    let train_args = super::train::Args {
-        data: data_dirs.clone(),
-        out: run_dir.clone(),
-        config: args.config.clone(),
-        steps: args.steps,
-        batch_size: None,
-        lr: None,
-        seed: None,
-        device: args.device.clone(),
-        resume: false,
-        init: None,
-        threads: None,
-        json: false,
-    };
-    let train_summary = train_cached(train_args)?;
+    let train_summary = train_cached(training(&args, &data_dirs, &run_dir, args.steps, None))?;
     let train_s = t.elapsed().as_secs_f64();
 
     // 3. DAgger: the policy drives, the expert labels, fine-tune on everything so far.
@@ -275,20 +261,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             std::fs::remove_dir_all(&next)
                 .with_context(|| format!("cannot clear the stale run {}", next.display()))?;
         }
-        let train = train_cached(super::train::Args {
-            data: data_dirs.clone(),
-            out: next.clone(),
-            config: args.config.clone(),
-            steps: Some(args.dagger_steps),
-            batch_size: None,
-            lr: None,
-            seed: None,
-            device: args.device.clone(),
-            resume: false,
-            init: Some(run_dir.clone()),
-            threads: None,
-            json: false,
-        })?;
+        let train = train_cached(training(
+            &args,
+            &data_dirs,
+            &next,
+            Some(args.dagger_steps),
+            Some(&run_dir),
+        ))?;
         rounds.push(DaggerRound {
             round,
             collected,
@@ -445,6 +424,30 @@ fn collect_cached(
         report.frames_per_s
     );
     Ok(Some(report))
+}
+
+/// `vla train` arguments for a demo run: from scratch, or fine-tuned from `init`.
+fn training(
+    args: &Args,
+    data: &[PathBuf],
+    out: &Path,
+    steps: Option<usize>,
+    init: Option<&Path>,
+) -> super::train::Args {
+    super::train::Args {
+        data: data.to_vec(),
+        out: out.to_path_buf(),
+        config: args.config.clone(),
+        steps,
+        batch_size: None,
+        lr: None,
+        seed: None,
+        device: args.device.clone(),
+        resume: false,
+        init: init.map(Path::to_path_buf),
+        threads: None,
+        json: false,
+    }
 }
 
 /// Trains unless the run already reached its step count; resumes an unfinished run.
