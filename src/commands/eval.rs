@@ -37,6 +37,10 @@ pub struct Args {
     /// policy departs from the demonstrations.
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Decoding temperature of the action tokens: 0 is greedy; above 0 each token is sampled
+    /// (libtorch's generator seeded from `--seed`, so a run repeats).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// libtorch intra-op threads.
@@ -121,7 +125,10 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
     let (families, split) = args.run.validate()?;
     super::train::set_threads(args.threads)?;
     let policy = Policy::load(&args.ckpt, parse_device(&args.device)?)
-        .with_context(|| format!("loading the policy from {}", args.ckpt.display()))?;
+        .with_context(|| format!("loading the policy from {}", args.ckpt.display()))?
+        .with_temperature(args.temperature)
+        .context("--temperature")?;
+    tch::manual_seed(args.run.seed as i64);
     let out_dir = args.out.clone().unwrap_or_else(|| args.ckpt.join("eval"));
     let gif_dir = out_dir.join(split.as_str());
     std::fs::create_dir_all(&gif_dir)

@@ -123,6 +123,14 @@ pub struct ActionConfig {
     /// slowly. Needs `vision.grounding_heads`.
     #[serde(default, alias = "grasp_aux_weight")]
     pub target_aux_weight: f64,
+    /// Also give the LM every grounding head's predicted table (x, y) *minus the end
+    /// effector's* (x, y) from the state: "where the named object or bin is, relative to the
+    /// gripper", the quantity an expert's move is made of. Without it the LM has the targets
+    /// but not the gripper's horizontal position (left out of `proprio_indices` against the
+    /// copycat shortcut) and must find the gripper in the images. Needs the target loss
+    /// (`target_aux_weight > 0`) and proprioception (`use_proprio`).
+    #[serde(default)]
+    pub relative_targets: bool,
 }
 
 /// Whole-model configuration (`configs/*.toml`, and `config` inside a run's `config.json`).
@@ -293,6 +301,19 @@ impl VlaConfig {
                 "the target loss reads the grounding readouts: set vision.grounding_heads too",
             ));
         }
+        if a.relative_targets
+            && (a.target_aux_weight <= 0.0
+                || !a.use_proprio
+                || a.state_dim < vla_core::StateLayout::EE_POSITION.end)
+        {
+            return Err(VlaError::invalid(
+                "action.relative_targets",
+                format!(
+                    "reads the target head's table positions and the end effector's (x, y) from the state: set action.target_aux_weight > 0, action.use_proprio and action.state_dim >= {}",
+                    vla_core::StateLayout::EE_POSITION.end
+                ),
+            ));
+        }
         if v.grounding_heads > 8 || (v.grounding_heads > 0 && v.stem_channels.is_empty()) {
             return Err(VlaError::invalid(
                 "vision.grounding_heads",
@@ -419,6 +440,7 @@ impl VlaConfig {
                 use_proprio: true,
                 proprio_indices: vec![6, 9],
                 target_aux_weight: 0.5,
+                relative_targets: true,
             },
         }
     }
@@ -476,6 +498,16 @@ mod tests {
         bad.vision.grounding_heads = 0;
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("action.target_aux_weight"), "{err}");
+        // Relative targets subtract the end effector's position from the target head's.
+        for unset in [
+            |c: &mut VlaConfig| c.action.target_aux_weight = 0.0,
+            |c: &mut VlaConfig| c.action.use_proprio = false,
+        ] {
+            let mut bad = VlaConfig::test_tiny();
+            unset(&mut bad);
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains("action.relative_targets"), "{err}");
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 }

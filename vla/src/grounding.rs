@@ -13,6 +13,8 @@
 //! positions also go into the token. A heat-map loss asks each head's front-camera map to
 //! peak where that point appears in the image (projected through the known camera), so the
 //! readout is told directly what to look for (see [`crate::data::TrainingData::target_pixels`]).
+//! With `action.relative_targets` the token also carries those positions minus the end
+//! effector's: the offset to the object or bin, which is what an expert's move is made of.
 //!
 //! Parameter names: `grounding.query`, `grounding.log_temperature.weight`, `grounding.projector.fc{1,2}`, `grounding.target_head.fc{1,2}`.
 
@@ -40,6 +42,8 @@ pub struct Grounding {
     heads: i64,
     channels: i64,
     cameras: i64,
+    /// The token also carries target − end effector (`action.relative_targets`).
+    relative: bool,
 }
 
 impl Grounding {
@@ -52,7 +56,8 @@ impl Grounding {
             return None;
         }
         let text = config.text.hidden_size;
-        let coords = 2 * heads * v.num_cameras + 2 * heads;
+        let relative = config.action.relative_targets;
+        let coords = 2 * heads * v.num_cameras + 2 * heads * (1 + relative as usize);
         Some(Grounding {
             query: Linear::new(&p.sub("query"), text, heads * channels, true),
             // Starts 4x sharper than a plain scaled dot product.
@@ -66,6 +71,7 @@ impl Grounding {
             heads: heads as i64,
             channels: channels as i64,
             cameras: v.num_cameras as i64,
+            relative,
         })
     }
 
@@ -136,13 +142,26 @@ impl Grounding {
 
     /// `coords [B*C, H, 2]` → `[B, 1, D]` token. It carries the image coordinates and the
     /// table positions the target head reads from them, in the units of the normalised
-    /// end-effector state, so "where to go" relative to the gripper is a difference the LM
-    /// does not have to learn to compute from pixels.
-    pub fn token(&self, coords: &Tensor, kind: Kind) -> Tensor {
+    /// end-effector state. With relative targets, `ee_xy [B, 2]` is the normalised
+    /// end-effector (x, y) and the token also carries each target minus it, so "where to go"
+    /// relative to the gripper is an input, not a difference the LM must learn to compute.
+    pub fn token(&self, coords: &Tensor, ee_xy: Option<&Tensor>, kind: Kind) -> Tensor {
         let n = coords.size().first().copied().unwrap_or(0);
         let b = n / self.cameras;
-        let table = self.predict_targets(coords).reshape([b, -1]);
-        let flat = Tensor::cat(&[coords.reshape([b, -1]).to_kind(Kind::Float), table], 1);
+        let table = self.predict_targets(coords); // [B, H, 2]
+        let mut parts = vec![
+            coords.reshape([b, -1]).to_kind(Kind::Float),
+            table.reshape([b, -1]),
+        ];
+        if self.relative {
+            let offset = match ee_xy {
+                Some(ee) => &table - ee.to_kind(Kind::Float).view([b, 1, 2]),
+                // Validation ties relative targets to a state; without one, no offset.
+                None => table.zeros_like(),
+            };
+            parts.push(offset.reshape([b, -1]));
+        }
+        let flat = Tensor::cat(&parts, 1);
         self.projector.forward(&flat.to_kind(kind)).unsqueeze(1)
     }
 

@@ -43,17 +43,40 @@ pub fn observation_images(obs: &Observation, size: u32) -> Tensor {
 pub struct Policy {
     model: VlaModel,
     tokenizer: TextTokenizer,
+    /// Decoding temperature: 0 is greedy (the default), above 0 samples each action token.
+    temperature: f64,
 }
 
 impl Policy {
     /// Loads a run directory written by [`crate::checkpoint::save_run`].
     pub fn load(run_dir: impl AsRef<Path>, device: Device) -> Result<Self> {
         let (model, tokenizer) = load_run(run_dir, device)?;
-        Ok(Policy { model, tokenizer })
+        Ok(Policy {
+            model,
+            tokenizer,
+            temperature: 0.0,
+        })
     }
 
     pub fn from_parts(model: VlaModel, tokenizer: TextTokenizer) -> Self {
-        Policy { model, tokenizer }
+        Policy {
+            model,
+            tokenizer,
+            temperature: 0.0,
+        }
+    }
+
+    /// Sample action tokens at `temperature` instead of taking the most likely (0). A greedy
+    /// policy that sees the same image twice does the same thing twice, so a state where it
+    /// commands no motion holds it for good; sampling can leave it.
+    pub fn with_temperature(mut self, temperature: f64) -> Result<Self> {
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(VlaError::Input(format!(
+                "temperature {temperature} must be a finite number >= 0"
+            )));
+        }
+        self.temperature = temperature;
+        Ok(self)
     }
 
     pub fn model(&self) -> &VlaModel {
@@ -147,7 +170,7 @@ impl Policy {
         let (images, state, ids, mask) = self.inputs(items)?;
         let tokens = self
             .model
-            .generate_action_tokens(&images, Some(&state), &ids, &mask)?
+            .sample_action_tokens(&images, Some(&state), &ids, &mask, self.temperature)?
             .to_device(Device::Cpu);
         let a = cfg.action.action_dim;
         let flat: Vec<i64> = Vec::<i64>::try_from(tokens.flatten(0, 1))?;
