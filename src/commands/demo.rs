@@ -60,6 +60,7 @@ pub struct Args {
     dagger_steps: usize,
     /// Peak learning rate of the DAgger fine-tuning (default: the config's `train.optim.lr`).
     /// Measured: 5e-4 instead of the tiny config's 2e-3 gave 2/50 `pick` against 20/50.
+    /// Cached rounds are reused whatever rate trained them: change it with `--fresh`.
     #[arg(long)]
     dagger_lr: Option<f64>,
     /// Evaluation episodes per family on the seen split, as `family=episodes,…`.
