@@ -844,9 +844,12 @@ mod tests {
             .generate_action_tokens(&b.images, b.state.as_ref(), &b.prompt_ids, &b.prompt_mask)
             .unwrap();
         assert_eq!(toks.size(), vec![3, 7]);
-        // Gripper step is constrained to its two bins, the rest to action tokens.
-        let v: Vec<i64> = Vec::try_from(toks.flatten(0, 1)).unwrap();
-        for (i, t) in v.iter().enumerate() {
+        assert_constrained(&Vec::try_from(toks.flatten(0, 1)).unwrap());
+    }
+
+    /// Rows of 7 token ids: the gripper step is one of its two bins, the rest action tokens.
+    fn assert_constrained(tokens: &[i64]) {
+        for (i, t) in tokens.iter().enumerate() {
             assert!((300..556).contains(t), "{t}");
             if i % 7 == 6 {
                 assert!(*t == 300 || *t == 555, "gripper token {t}");
@@ -1002,12 +1005,7 @@ mod tests {
         let hot = run(100.0, 2);
         assert_eq!(run(100.0, 2), hot, "the same seed draws the same tokens");
         assert_ne!(hot, greedy, "a hot sample leaves the argmax");
-        for (i, h) in hot.iter().enumerate() {
-            assert!((300..556).contains(h), "{h}");
-            if i % 7 == 6 {
-                assert!(*h == 300 || *h == 555, "gripper token {h}");
-            }
-        }
+        assert_constrained(&hot);
     }
 
     #[test]
