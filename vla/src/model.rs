@@ -844,7 +844,7 @@ mod tests {
             .generate_action_tokens(&b.images, b.state.as_ref(), &b.prompt_ids, &b.prompt_mask)
             .unwrap();
         assert_eq!(toks.size(), vec![3, 7]);
-        assert_constrained(&Vec::try_from(toks.flatten(0, 1)).unwrap());
+        assert_constrained(&Vec::try_from(toks.flatten(0, 1)).expect("i64 tokens"));
     }
 
     /// Rows of 7 token ids: the gripper step is one of its two bins, the rest action tokens.

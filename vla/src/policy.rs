@@ -51,11 +51,7 @@ impl Policy {
     /// Loads a run directory written by [`crate::checkpoint::save_run`].
     pub fn load(run_dir: impl AsRef<Path>, device: Device) -> Result<Self> {
         let (model, tokenizer) = load_run(run_dir, device)?;
-        Ok(Policy {
-            model,
-            tokenizer,
-            temperature: 0.0,
-        })
+        Ok(Self::from_parts(model, tokenizer))
     }
 
     pub fn from_parts(model: VlaModel, tokenizer: TextTokenizer) -> Self {
