@@ -126,9 +126,8 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
     super::train::set_threads(args.threads)?;
     let policy = Policy::load(&args.ckpt, parse_device(&args.device)?)
         .with_context(|| format!("loading the policy from {}", args.ckpt.display()))?
-        .with_temperature(args.temperature)
+        .with_temperature(args.temperature, args.run.seed)
         .context("--temperature")?;
-    tch::manual_seed(args.run.seed as i64);
     let out_dir = args.out.clone().unwrap_or_else(|| args.ckpt.join("eval"));
     let gif_dir = out_dir.join(split.as_str());
     std::fs::create_dir_all(&gif_dir)

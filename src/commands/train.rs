@@ -185,6 +185,8 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
                     accuracy = format!("{:.3}", v.accuracy),
                     l1 = format!("{:.5}", v.l1),
                     gripper = format!("{:.3}", v.gripper_accuracy),
+                    target_far_cm = ?v.target_error_far_cm,
+                    target_near_cm = ?v.target_error_near_cm,
                     "validation"
                 );
                 if let Err(e) = plot_losses(&out) {

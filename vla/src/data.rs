@@ -134,9 +134,9 @@ pub struct TrainingData {
     actions: Vec<Vec<f32>>,
     /// Index into `tasks` per frame.
     frame_task: Vec<usize>,
-    /// Per frame before its episode's first gripper close: the end-effector (x, y, z) at that
-    /// close, i.e. where the grasp happens, and at the first opening after it, where the
-    /// release happens (targets of the auxiliary grounding losses; `None` once passed).
+    /// Per frame: the end-effector (x, y, z) where the gripper next closes, i.e. where the
+    /// grasp happens, and where it opens after the episode's last close, where the release
+    /// happens (targets of the auxiliary grounding losses; `None` once passed).
     targets: Vec<[Option<EventTarget>; 2]>,
     /// Distinct task strings (instructions).
     tasks: Vec<String>,
@@ -277,18 +277,55 @@ impl TrainingData {
                     continue;
                 }
                 let closed = |i: usize| actions[i].get(GRIPPER_DIM).is_some_and(|g| *g > 0.5);
-                let Some(close) = frames.iter().position(|&i| closed(i)) else {
-                    continue;
+                // Where each close and each opening after a close start. A grasp that
+                // missed is lifted, opened beside the object and retried (more often when a
+                // policy drives in DAgger): that opening is no release. A release happens
+                // away from where its grasp closed (at a bin, on a base object).
+                let onsets = |want: bool| -> Vec<usize> {
+                    (0..frames.len())
+                        .filter(|&k| {
+                            let before = k > 0 && closed(frames[k - 1]);
+                            closed(frames[k]) == want && before != want
+                        })
+                        .collect()
                 };
-                let release = frames[close..]
-                    .iter()
-                    .position(|&i| !closed(i))
-                    .map(|r| close + r);
-                for (head, end) in [Some(close), release].into_iter().enumerate() {
-                    let Some(end) = end else { continue };
+                let closes = onsets(true);
+                let horizontal = |a: usize, b: usize| {
+                    let (a, b) = (frames[a] * sd + xy, frames[b] * sd + xy);
+                    (states[a] - states[b]).hypot(states[a + 1] - states[b + 1])
+                };
+                let releases: Vec<usize> = onsets(false)
+                    .into_iter()
+                    .filter(|&open| {
+                        closes
+                            .iter()
+                            .rev()
+                            .find(|&&c| c < open)
+                            .is_some_and(|&c| horizontal(open, c) >= MIN_TARGET_DISTANCE)
+                    })
+                    .collect();
+                // Every frame aims at the next event of each kind.
+                let spans = |events: &[usize]| -> Vec<std::ops::Range<usize>> {
+                    let mut start = 0;
+                    events
+                        .iter()
+                        .map(|&e| {
+                            let span = start..e;
+                            start = e;
+                            span
+                        })
+                        .collect()
+                };
+                let spans: Vec<(usize, std::ops::Range<usize>)> = spans(&closes)
+                    .into_iter()
+                    .map(|r| (0, r))
+                    .chain(spans(&releases).into_iter().map(|r| (1, r)))
+                    .collect();
+                for (head, span) in spans {
+                    let end = span.end;
                     let at = frames[end] * sd + xy;
                     let position = [states[at], states[at + 1], states[at + 2]];
-                    for &i in &frames[..end] {
+                    for &i in &frames[span] {
                         // Near the spot, where the gripper is in the image already says
                         // where the spot is; only frames farther away teach grounding
                         // by regression.
@@ -385,6 +422,13 @@ impl TrainingData {
             Tensor::from_slice(&xy).view([b, h, 2]),
             Tensor::from_slice(&mask).view([b, h]),
         )
+    }
+
+    /// The table (x, y) of a frame's next grasp (head 0) or release (head 1), and whether
+    /// the end effector is still at least [`MIN_TARGET_DISTANCE`] from it.
+    pub fn target_xy(&self, frame: usize, head: usize) -> Option<([f32; 2], bool)> {
+        self.target(frame, head)
+            .map(|t| ([t.position[0], t.position[1]], t.far))
     }
 
     fn target(&self, frame: usize, head: usize) -> Option<EventTarget> {

@@ -51,7 +51,13 @@ impl Grounding {
     pub fn new(p: &Path, config: &VlaConfig) -> Option<Self> {
         let v = &config.vision;
         let heads = v.grounding_heads;
-        let channels = *v.stem_channels.last()?;
+        // The maps read the last stem level, or (fine) the first with the last upsampled.
+        let first = if v.grounding_fine {
+            *v.stem_channels.first()?
+        } else {
+            0
+        };
+        let channels = first + *v.stem_channels.last()?;
         if heads == 0 {
             return None;
         }
@@ -79,11 +85,19 @@ impl Grounding {
         self.heads
     }
 
-    /// `pooled [B, Dt]` prompt embedding and `stem [B*C, Cs, h, w]` features → `[B*C, H, 2]`
-    /// soft-argmax (x, y) in `[-1, 1]` per camera and head, and the heat maps themselves as
-    /// log-probabilities `[B*C, H, h, w]` (both f32).
-    pub fn locate(&self, pooled: &Tensor, stem: &Tensor) -> (Tensor, Tensor) {
-        let (n, ch, h, w) = stem.size4().unwrap_or((0, self.channels, 0, 0));
+    /// `pooled [B, Dt]` prompt embedding and stem feature maps (`finest [B*C, Cs, h, w]`,
+    /// then any `coarser` levels) → `[B*C, H, 2]` soft-argmax (x, y) in `[-1, 1]` per camera
+    /// and head, and the heat maps themselves as log-probabilities `[B*C, H, h, w]` (both
+    /// f32). A coarser level's dot products are upsampled (bilinearly), not its features:
+    /// the same maps as upsampling the features, for `H` channels instead of its `Cs`.
+    pub fn locate(
+        &self,
+        pooled: &Tensor,
+        finest: &Tensor,
+        coarser: &[&Tensor],
+    ) -> (Tensor, Tensor) {
+        let (n, _, h, w) = finest.size4().unwrap_or((0, self.channels, 0, 0));
+        let ch = self.channels;
         let b = n / self.cameras;
         let q = self
             .query
@@ -95,9 +109,24 @@ impl Grounding {
             .log_temperature
             .exp()
             .to_kind(q.kind())
-            .view([1, self.heads, 1])
+            .view([1, self.heads, 1, 1])
             / (ch as f64).sqrt();
-        let logits = q.bmm(&stem.view([n, ch, h * w])) * scale; // [N, H, P]
+        let mut start = 0;
+        let mut logits = Tensor::zeros([n, self.heads, h, w], (q.kind(), q.device()));
+        for level in std::iter::once(finest).chain(coarser.iter().copied()) {
+            let (_, cl, hl, wl) = level.size4().unwrap_or((n, 0, h, w));
+            let part = q
+                .narrow(2, start, cl)
+                .bmm(&level.view([n, cl, hl * wl]))
+                .view([n, self.heads, hl, wl]);
+            start += cl;
+            logits += if (hl, wl) == (h, w) {
+                part
+            } else {
+                part.upsample_bilinear2d([h, w], false, None, None)
+            };
+        }
+        let logits = (logits * scale).view([n, self.heads, h * w]); // [N, H, P]
         let coords = super::model::spatial_soft_argmax(&logits.transpose(1, 2), h, w);
         let maps = logits
             .to_kind(Kind::Float)
@@ -236,5 +265,26 @@ mod tests {
         assert!((loss_in(&wrist_at_target, &head0, 1) - t).abs() < 1e-9);
         let none = Tensor::zeros([1, 2], (Kind::Float, Device::Cpu));
         assert_eq!(loss(&elsewhere, &none), 0.0);
+    }
+
+    #[test]
+    fn upsampled_dot_products_equal_the_dot_product_with_upsampled_features() {
+        crate::test_setup();
+        let cfg = VlaConfig::test_tiny_fine_grounding();
+        let vs = VarStore::new(Device::Cpu);
+        let g = Grounding::new(&vs.root(), &cfg).expect("grounding heads");
+        let opts = (Kind::Float, Device::Cpu);
+        // One sample, two cameras: fine 4 channels at 8x8, coarse 8 channels at 4x4.
+        let fine = Tensor::randn([2, 4, 8, 8], opts);
+        let coarse = Tensor::randn([2, 8, 4, 4], opts);
+        let pooled = Tensor::randn([1, cfg.text.hidden_size as i64], opts);
+        let (coords, maps) = g.locate(&pooled, &fine, &[&coarse]);
+        let up = coarse.upsample_bilinear2d([8, 8], false, None, None);
+        let (coords_cat, maps_cat) = g.locate(&pooled, &Tensor::cat(&[&fine, &up], 1), &[]);
+        assert_eq!(maps.size(), [2, 2, 8, 8]);
+        let diff = (maps - maps_cat).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "maps differ by {diff}");
+        let diff = (coords - coords_cat).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "coordinates differ by {diff}");
     }
 }

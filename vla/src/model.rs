@@ -24,6 +24,7 @@
 //! `proprio_projector.fc{1,2}`, `language_model.model.*` / `language_model.lm_head`
 //! (HF `LlamaForCausalLM`).
 
+use rand_chacha::ChaCha8Rng;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -466,10 +467,11 @@ impl VlaModel {
                     per_image(gb.narrow(1, ch, ch)),
                 )
             });
-        let (patches, stem_features) = self.vision.forward_modulated(&pixels, |f| match &film {
+        let (patches, stem_levels) = self.vision.forward_modulated(&pixels, |f| match &film {
             Some((scale, shift)) => f * (scale + 1.0) + shift,
             None => f,
         }); // [B*C, N, Dv]
+        let stem_features = stem_levels.last();
         let (_, n, dv) = patches.size3()?;
         let cams = self
             .camera_embeddings
@@ -478,7 +480,7 @@ impl VlaModel {
         let vision = (patches.view([b, c, n, dv]) + cams).view([b, c * n, dv]);
         let mut parts = vec![self.projector.forward(&vision)];
         if let Some((head, proj)) = &self.keypoints {
-            let coords = match &stem_features {
+            let coords = match stem_features {
                 Some(f) => {
                     let (n, ch, fh, fw) = f.size4()?;
                     let per_pixel = f.view([n, ch, fh * fw]).transpose(1, 2);
@@ -516,9 +518,14 @@ impl VlaModel {
             }
             None => None,
         };
-        let grounding = match (&self.grounding, &stem_features, &pooled) {
-            (Some(g), Some(stem), Some(pooled)) => {
-                let (coords, maps) = g.locate(pooled, stem);
+        let grounding = match (&self.grounding, stem_features, &pooled) {
+            (Some(g), Some(last), Some(pooled)) => {
+                let (coords, maps) = match stem_levels.first() {
+                    Some(fine) if self.config.vision.grounding_fine => {
+                        g.locate(pooled, fine, &[last])
+                    }
+                    _ => g.locate(pooled, last, &[]),
+                };
                 let ee_xy = normalised_state
                     .as_ref()
                     .map(|s| s.narrow(1, vla_core::StateLayout::EE_POSITION.start as i64, 2));
@@ -599,6 +606,17 @@ impl VlaModel {
             .sum_dim_intlist(-1, false, Kind::Float);
         let loss = (per_head * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0);
         Some(loss * weight)
+    }
+
+    /// Every grounding head's predicted table (x, y) in metres `[B, H, 2]` (the target head's
+    /// reading of the front camera, un-normalised): what the auxiliary loss trains, for
+    /// reporting how far it lands from the grasp and release points. `None` without heads.
+    pub fn table_targets(&self, out: &TrainOutput) -> Option<Tensor> {
+        let (grounding, coords) = self.grounding.as_ref().zip(out.grounding.as_ref())?;
+        let xy = vla_core::StateLayout::EE_POSITION.start as i64;
+        let mean = self.state_mean.narrow(0, xy, 2);
+        let std = self.state_std.narrow(0, xy, 2);
+        Some(grounding.predict_targets(coords) * std + mean)
     }
 
     /// The heat-map loss of the grounding heads in one camera (0 front, 1 wrist; see
@@ -692,20 +710,22 @@ impl VlaModel {
         prompt_ids: &Tensor,
         prompt_mask: &Tensor,
     ) -> Result<Tensor> {
-        self.sample_action_tokens(images, state, prompt_ids, prompt_mask, 0.0)
+        self.sample_action_tokens(images, state, prompt_ids, prompt_mask, None)
     }
 
     /// [`Self::generate_action_tokens`], each token drawn from the constrained softmax at
-    /// `temperature` (libtorch's global generator: `tch::manual_seed` makes it repeatable);
-    /// 0 is greedy. The gripper token is sampled too: on the demo policy, keeping it greedy
-    /// gave 15/50 `pick` at temperature 1 against 23/50 sampling it (greedy: 17/50).
+    /// `temperature` with noise from `rng` (`None`, or a temperature of 0, is greedy). The
+    /// draw is the Gumbel-max trick on noise from our own generator, not libtorch's global
+    /// one, so a seed repeats a run whatever else uses libtorch's generator meanwhile.
+    /// The gripper token is sampled too: on one demo policy, keeping it greedy gave 15/50
+    /// `pick` at temperature 1 against 23/50 sampling it (greedy: 17/50).
     pub fn sample_action_tokens(
         &self,
         images: &Tensor,
         state: Option<&Tensor>,
         prompt_ids: &Tensor,
         prompt_mask: &Tensor,
-        temperature: f64,
+        mut sampling: Option<(f64, &mut ChaCha8Rng)>,
     ) -> Result<Tensor> {
         tch::no_grad(|| {
             let (prefix, mask, _) = self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
@@ -721,13 +741,12 @@ impl VlaModel {
             let mut tokens = Vec::with_capacity(a as usize);
             for step in 0..a {
                 let logits = self.constrain(&self.action_logits(&last), step);
-                let bins = if temperature > 0.0 {
-                    (logits.to_kind(Kind::Float) / temperature)
-                        .softmax(-1, Kind::Float)
-                        .squeeze_dim(1)
-                        .multinomial(1, false)
-                } else {
-                    logits.argmax(-1, false)
+                let bins = match sampling.as_mut() {
+                    Some((t, rng)) if *t > 0.0 => {
+                        let noise = gumbel_noise(&logits.size(), rng).to_device(logits.device());
+                        (logits.to_kind(Kind::Float) / *t + noise).argmax(-1, false)
+                    }
+                    _ => logits.argmax(-1, false),
                 };
                 let tok = bins + self.action_tokenizer.token_offset(); // [B, 1]
                 if step + 1 < a {
@@ -784,9 +803,25 @@ impl VlaModel {
     }
 }
 
+/// Standard Gumbel noise of `shape` (f32, CPU): `argmax(logits + noise)` is a draw from
+/// `softmax(logits)`; masked (-inf) logits stay out.
+fn gumbel_noise(shape: &[i64], rng: &mut ChaCha8Rng) -> Tensor {
+    use rand::Rng;
+    let n: i64 = shape.iter().product();
+    // Uniform in the open interval (0, 1): 24 random bits, offset half a step.
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            let u = ((rng.random::<u32>() >> 8) as f32 + 0.5) / (1u32 << 24) as f32;
+            -(-u.ln()).ln()
+        })
+        .collect();
+    Tensor::from_slice(&values).view(shape)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     pub(crate) fn tiny_model(seed: i64) -> VlaModel {
         crate::test_setup();
@@ -984,18 +1019,50 @@ mod tests {
     }
 
     #[test]
+    fn fine_grounding_maps_have_the_first_stem_levels_resolution_and_train_it() {
+        crate::test_setup();
+        // Patch 8 after a stride-4 stem; the first level is half the image, the last a quarter.
+        let cfg = VlaConfig::test_tiny_fine_grounding();
+        let s = cfg.vision.image_size as i64;
+        let stats = NormStats::unit(&cfg);
+        let model = VlaModel::new(cfg, stats, Device::Cpu, 6).expect("valid test config");
+        let b = batch(&model, 2);
+        let (maps, coords) = model
+            .grounding_maps(&b.images, b.state.as_ref(), &b.prompt_ids, &b.prompt_mask)
+            .expect("forward")
+            .expect("the model has grounding heads");
+        assert_eq!(maps.size(), [2, 2, 2, s / 2, s / 2]); // [B, C, H, h, w]
+        assert_eq!(coords.size(), [2, 2, 2, 2]);
+        // The first level's filters get the target loss's gradient through the maps (with
+        // coarse maps they get it only through the second level).
+        let out = model.forward_train(&b).expect("forward");
+        let xy = Tensor::from_slice(&[0.4f32, 0.1, 0.3, 0.2, 0.5, -0.2, 0.6, 0.0]).view([2, 2, 2]);
+        let all = Tensor::ones([2, 2], (Kind::Float, Device::Cpu));
+        let loss = model.target_loss(&out, &xy, &all).expect("grounding heads");
+        loss.backward();
+        let vars = model.var_store().variables();
+        let query = &vars["grounding.query.weight"];
+        assert_eq!(
+            query.size()[0],
+            2 * (4 + 8),
+            "queries span both levels' channels"
+        );
+        assert!(query.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+
+    #[test]
     fn sampling_is_seeded_stays_constrained_and_cools_to_greedy() {
         let model = tiny_model(4);
         let b = batch(&model, 4);
-        let run = |t: f64, seed: i64| {
-            tch::manual_seed(seed);
+        let run = |t: f64, seed: u64| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let toks = model
                 .sample_action_tokens(
                     &b.images,
                     b.state.as_ref(),
                     &b.prompt_ids,
                     &b.prompt_mask,
-                    t,
+                    Some((t, &mut rng)),
                 )
                 .expect("sampling");
             Vec::<i64>::try_from(toks.flatten(0, 1)).expect("i64 tokens")

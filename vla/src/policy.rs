@@ -1,8 +1,11 @@
 //! Closed-loop inference: observation + instruction → [`vla_core::Action`].
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use image::imageops::{resize, FilterType};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use tch::{Device, Tensor};
 use vla_core::{Action, Observation, RgbImage};
 
@@ -43,8 +46,8 @@ pub fn observation_images(obs: &Observation, size: u32) -> Tensor {
 pub struct Policy {
     model: VlaModel,
     tokenizer: TextTokenizer,
-    /// Decoding temperature: 0 is greedy (the default), above 0 samples each action token.
-    temperature: f64,
+    /// Decoding temperature and the generator of its draws: `None` is greedy (the default).
+    sampling: Option<(f64, Mutex<ChaCha8Rng>)>,
 }
 
 impl Policy {
@@ -58,20 +61,22 @@ impl Policy {
         Policy {
             model,
             tokenizer,
-            temperature: 0.0,
+            sampling: None,
         }
     }
 
     /// Sample action tokens at `temperature` instead of taking the most likely (0). A greedy
     /// policy that sees the same image twice does the same thing twice, so a state where it
-    /// commands no motion holds it for good; sampling can leave it.
-    pub fn with_temperature(mut self, temperature: f64) -> Result<Self> {
+    /// commands no motion holds it for good; sampling can leave it. The draws come from a
+    /// generator seeded with `seed`: the same seed and observations give the same actions.
+    pub fn with_temperature(mut self, temperature: f64, seed: u64) -> Result<Self> {
         if !(temperature.is_finite() && temperature >= 0.0) {
             return Err(VlaError::Input(format!(
                 "temperature {temperature} must be a finite number >= 0"
             )));
         }
-        self.temperature = temperature;
+        self.sampling =
+            (temperature > 0.0).then(|| (temperature, Mutex::new(ChaCha8Rng::seed_from_u64(seed))));
         Ok(self)
     }
 
@@ -164,10 +169,24 @@ impl Policy {
         }
         let cfg = self.model.config();
         let (images, state, ids, mask) = self.inputs(items)?;
-        let tokens = self
-            .model
-            .sample_action_tokens(&images, Some(&state), &ids, &mask, self.temperature)?
-            .to_device(Device::Cpu);
+        let tokens = match &self.sampling {
+            Some((t, rng)) => {
+                // A poisoned lock only means another thread panicked mid-draw; the
+                // generator's state is still a valid state.
+                let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
+                self.model.sample_action_tokens(
+                    &images,
+                    Some(&state),
+                    &ids,
+                    &mask,
+                    Some((*t, &mut rng)),
+                )?
+            }
+            None => self
+                .model
+                .generate_action_tokens(&images, Some(&state), &ids, &mask)?,
+        }
+        .to_device(Device::Cpu);
         let a = cfg.action.action_dim;
         let flat: Vec<i64> = Vec::<i64>::try_from(tokens.flatten(0, 1))?;
         flat.chunks(a)

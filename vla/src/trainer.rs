@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::action_tokenizer::NormStats;
 use crate::checkpoint::{load_run, save_run};
@@ -163,7 +163,55 @@ pub struct ValStats {
     pub l1: f64,
     /// Fraction of frames whose gripper command is right.
     pub gripper_accuracy: f64,
+    /// Per grounding head (0 grasp, 1 release): mean distance (cm) from the predicted table
+    /// position to the point, while the end effector is at least
+    /// [`crate::data::MIN_TARGET_DISTANCE`] away (`far`) and closer (`near`). The last
+    /// centimetres of a grasp are aimed by the near error. Empty without grounding heads.
+    pub target_error_far_cm: Vec<f64>,
+    pub target_error_near_cm: Vec<f64>,
     pub frames: usize,
+}
+
+/// Sums of distances and counts, per head, for [`ValStats`]' target errors.
+#[derive(Default)]
+struct TargetErrors {
+    far: Vec<(f64, usize)>,
+    near: Vec<(f64, usize)>,
+}
+
+impl TargetErrors {
+    /// Adds the distances of `predicted [B, H, 2]` (metres) to the frames' targets.
+    fn add(&mut self, data: &TrainingData, frames: &[usize], predicted: &Tensor) -> Result<()> {
+        let heads = predicted.size().get(1).copied().unwrap_or(0).max(0) as usize;
+        self.far.resize(heads, (0.0, 0));
+        self.near.resize(heads, (0.0, 0));
+        let values = Vec::<f32>::try_from(predicted.to_device(Device::Cpu).flatten(0, -1))?;
+        for (row, &frame) in values.chunks(heads * 2).zip(frames) {
+            for (head, p) in row.chunks(2).enumerate() {
+                let Some((t, far)) = data.target_xy(frame, head) else {
+                    continue;
+                };
+                let d = f64::from((p[0] - t[0]).hypot(p[1] - t[1]));
+                let side = if far { &mut self.far } else { &mut self.near };
+                side[head].0 += d;
+                side[head].1 += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Mean distances in cm (NaN for a head without frames on that side).
+    fn means_cm(side: &[(f64, usize)]) -> Vec<f64> {
+        side.iter()
+            .map(|&(sum, n)| {
+                if n == 0 {
+                    f64::NAN
+                } else {
+                    100.0 * sum / n as f64
+                }
+            })
+            .collect()
+    }
 }
 
 /// What the loop reports while it runs; returning `false` from the callback stops training
@@ -386,6 +434,8 @@ pub fn train(
                 &serde_json::json!({
                     "kind": "val", "step": step, "loss": val.loss, "accuracy": val.accuracy,
                     "l1": val.l1, "gripper_accuracy": val.gripper_accuracy,
+                    "target_error_far_cm": val.target_error_far_cm,
+                    "target_error_near_cm": val.target_error_near_cm,
                     "elapsed_s": started.elapsed().as_secs_f64(),
                 }),
                 &opts.out,
@@ -434,6 +484,7 @@ fn validate(
     let gripper = model.config().action.gripper_dim;
     let (mut loss, mut acc, mut l1, mut grip) = (0.0, 0.0, 0.0, 0.0);
     let mut l1_count = 0usize;
+    let mut target_errors = TargetErrors::default();
     tch::no_grad(|| -> Result<()> {
         for chunk in subset.chunks(cfg.batch_size.max(1)) {
             let batch = data
@@ -443,6 +494,9 @@ fn validate(
             let n = chunk.len() as f64;
             loss += out.loss.double_value(&[]) * n;
             acc += out.accuracy.double_value(&[]) * n;
+            if let Some(table) = model.table_targets(&out) {
+                target_errors.add(data, chunk, &table)?;
+            }
             let predicted: Vec<i64> = Vec::<i64>::try_from(
                 out.predicted
                     .to_device(Device::Cpu)
@@ -471,6 +525,8 @@ fn validate(
         accuracy: acc / n,
         l1: l1 / l1_count.max(1) as f64,
         gripper_accuracy: grip / n,
+        target_error_far_cm: TargetErrors::means_cm(&target_errors.far),
+        target_error_near_cm: TargetErrors::means_cm(&target_errors.near),
         frames: subset.len(),
     })
 }

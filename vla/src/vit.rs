@@ -174,11 +174,17 @@ impl VitEmbeddings {
 
     /// The conv stem's last feature map `[N, C', H', W']` (`None` without a stem).
     pub fn stem(&self, pixels: &Tensor) -> Option<Tensor> {
-        let mut features: Option<Tensor> = None;
+        self.stem_levels(pixels).pop()
+    }
+
+    /// Every stem convolution's output, finest first (empty without a stem).
+    pub fn stem_levels(&self, pixels: &Tensor) -> Vec<Tensor> {
+        let mut levels: Vec<Tensor> = Vec::with_capacity(self.stem.len());
         for conv in &self.stem {
-            features = Some(conv.forward(features.as_ref().unwrap_or(pixels)));
+            let next = conv.forward(levels.last().unwrap_or(pixels));
+            levels.push(next);
         }
-        features
+        levels
     }
 
     /// Patch tokens from the stem's output (or from pixels without a stem).
@@ -313,15 +319,19 @@ impl VitModel {
         self.forward_modulated(pixels, |f| f).0
     }
 
-    /// Patch tokens and the conv stem's feature map (`None` without a stem), with
-    /// `modulate` applied to that map before the patch projection (FiLM conditioning).
+    /// Patch tokens and the conv stem's feature maps, finest first (empty without a stem),
+    /// with `modulate` applied to the last map before the patch projection (FiLM
+    /// conditioning).
     pub fn forward_modulated(
         &self,
         pixels: &Tensor,
         modulate: impl FnOnce(Tensor) -> Tensor,
-    ) -> (Tensor, Option<Tensor>) {
-        let features = self.embeddings.stem(pixels).map(modulate);
-        let mut x = self.embeddings.tokens(features.as_ref().unwrap_or(pixels));
+    ) -> (Tensor, Vec<Tensor>) {
+        let mut features = self.embeddings.stem_levels(pixels);
+        if let Some(last) = features.pop() {
+            features.push(modulate(last));
+        }
+        let mut x = self.embeddings.tokens(features.last().unwrap_or(pixels));
         for layer in &self.layers {
             x = layer.forward(&x);
         }
@@ -413,12 +423,13 @@ mod tests {
         let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
         let (tokens, features) = vit.forward_modulated(&x, |f| f);
         assert_eq!(tokens.size(), vec![2, 4, 16]);
-        assert_eq!(features.map(|f| f.size()), Some(vec![2, 6, 4, 4]));
+        let sizes: Vec<_> = features.iter().map(Tensor::size).collect();
+        assert_eq!(sizes, vec![vec![2, 4, 8, 8], vec![2, 6, 4, 4]]);
         // Without a stem there is no feature map and the projection is the whole patch.
         cfg.stem_channels.clear();
         let vs = VarStore::new(Device::Cpu);
         let plain = VitModel::new(&vs.root(), &cfg);
-        assert!(plain.forward_modulated(&x, |f| f).1.is_none());
+        assert!(plain.forward_modulated(&x, |f| f).1.is_empty());
         assert_eq!(
             vs.variables()["embeddings.patch_embeddings.projection.weight"].size(),
             vec![16, 3, 8, 8]

@@ -19,6 +19,14 @@ fn tmp(name: &str) -> PathBuf {
 
 /// 4 episodes of 6 frames: a coloured square whose position sets the action.
 fn write_dataset(dir: &Path) {
+    // Closes at t = 3, opens again at t = 5; the end effector moves 5 cm in x per frame.
+    let ee_x: Vec<f32> = (0..6).map(|t| t as f32 * 0.05).collect();
+    write_dataset_with(dir, &ee_x, &[3, 4]);
+}
+
+/// Four episodes whose end effector passes through `ee_x` with the gripper commanded closed
+/// at the frames in `closed`.
+fn write_dataset_with(dir: &Path, ee_x: &[f32], closed: &[usize]) {
     let spec = DatasetSpec::new(
         "test_arm",
         10,
@@ -34,7 +42,7 @@ fn write_dataset(dir: &Path) {
         } else {
             "pick up the blue ball"
         };
-        for t in 0..6u32 {
+        for (t, &ee) in (0u32..).zip(ee_x) {
             let mut img = RgbImage::from_pixel(32, 32, Rgb([120, 90, 60]));
             let x = (ep * 5 + t * 3) % 28;
             for dy in 0..4 {
@@ -43,7 +51,7 @@ fn write_dataset(dir: &Path) {
                 }
             }
             let mut state = [0.0f32; 13];
-            state[7] = t as f32 * 0.05;
+            state[7] = ee;
             let obs = Observation {
                 front: img.clone(),
                 wrist: img,
@@ -52,11 +60,10 @@ fn write_dataset(dir: &Path) {
                 instruction: task.into(),
             };
             let v = (x as f32 - 14.0) / 14.0 * 0.02;
-            // Closes at t = 3, opens again at t = 5.
             let action = Action::new(
                 [v, -v, 0.01],
                 [0.0, 0.0, 0.0],
-                (t == 3 || t == 4) as u8 as f32,
+                closed.contains(&(t as usize)) as u8 as f32,
             );
             w.add_frame(FrameRecord {
                 observation: &obs,
@@ -182,6 +189,35 @@ fn config_errors_name_the_file_and_field() {
             .unwrap();
     assert_eq!(model.vision.image_size, 64);
     assert_eq!(train.batch_size, 32);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missed_grasp_opened_beside_the_object_is_no_release() {
+    // Closes at t = 3 (x = 0.15), misses and opens at t = 5 on the spot, closes again at
+    // t = 6 (x = 0.16) and opens at the bin at t = 9 (x = 0.40).
+    let dir = tmp("retry");
+    let ee_x = [0.0, 0.05, 0.10, 0.15, 0.15, 0.15, 0.16, 0.20, 0.30, 0.40];
+    write_dataset_with(&dir, &ee_x, &[3, 4, 6, 7, 8]);
+    let data =
+        vla_model::data::TrainingData::load(std::slice::from_ref(&dir), 32, 0.0, 0, &mut |_, _| {})
+            .expect("the test dataset loads");
+    for i in 0..40 {
+        let t = i % 10;
+        let grasp = data.target_xy(i, 0).map(|(p, _)| p[0]);
+        let want = match t {
+            0..3 => Some(0.15),
+            3..6 => Some(0.16),
+            _ => None,
+        };
+        assert_eq!(grasp, want, "frame {i}: the next close");
+        let release = data.target_xy(i, 1).map(|(p, _)| p[0]);
+        assert_eq!(
+            release,
+            (t < 9).then_some(0.40),
+            "frame {i}: the opening at the bin"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
