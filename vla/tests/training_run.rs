@@ -156,6 +156,10 @@ fn same_seed_same_run_and_resume_is_exact() {
     assert!(metrics
         .iter()
         .any(|m| m["kind"] == "val" && m["l1"].is_number()));
+    // The grounding error is logged per head (the test config has two).
+    assert!(metrics.iter().any(|m| m["kind"] == "val"
+        && m["target_error_far_cm"].as_array().map(Vec::len) == Some(2)
+        && m["target_error_near_cm"].as_array().map(Vec::len) == Some(2)));
     for d in [&data, &a, &b, &c] {
         let _ = std::fs::remove_dir_all(d);
     }
