@@ -56,7 +56,7 @@ pub struct VisionConfig {
     #[serde(default)]
     pub grounding_heads: usize,
     /// The grounding heat maps at the first stem level's resolution (twice the last's), over
-    /// its features and the last level's upsampled ones: with a 64-pixel image the last
+    /// its features and the last level's (scores upsampled): with a 64-pixel image the last
     /// level's cells are ~5 cm of table in the front camera, the first's ~2.5 cm, and a
     /// grasp misses when its aim is ~2 cm off. Needs at least two stem levels.
     #[serde(default)]
@@ -515,7 +515,10 @@ mod tests {
         // Fine heat maps need a first stem level finer than the last.
         let mut bad = VlaConfig::test_tiny();
         bad.vision.grounding_fine = true;
-        let err = bad.validate().unwrap_err().to_string();
+        let err = bad
+            .validate()
+            .expect_err("one stem level has no finer level")
+            .to_string();
         assert!(err.contains("vision.grounding_fine"), "{err}");
         VlaConfig::test_tiny_fine_grounding()
             .validate()

@@ -1033,8 +1033,7 @@ mod tests {
             .expect("the model has grounding heads");
         assert_eq!(maps.size(), [2, 2, 2, s / 2, s / 2]); // [B, C, H, h, w]
         assert_eq!(coords.size(), [2, 2, 2, 2]);
-        // The first level's filters get the target loss's gradient through the maps (with
-        // coarse maps they get it only through the second level).
+        // The queries read both levels' channels and learn from the target loss.
         let out = model.forward_train(&b).expect("forward");
         let xy = Tensor::from_slice(&[0.4f32, 0.1, 0.3, 0.2, 0.5, -0.2, 0.6, 0.0]).view([2, 2, 2]);
         let all = Tensor::ones([2, 2], (Kind::Float, Device::Cpu));
@@ -1048,6 +1047,25 @@ mod tests {
             "queries span both levels' channels"
         );
         assert!(query.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn gumbel_max_draws_follow_the_softmax_and_never_a_masked_bin() {
+        let p = [0.2f32, 0.3, 0.5];
+        let logits = Tensor::from_slice(&[p[0].ln(), p[1].ln(), p[2].ln(), f32::NEG_INFINITY])
+            .view([1, 4]);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let n = 20_000;
+        let mut counts = [0usize; 4];
+        for _ in 0..n {
+            let drawn = (&logits + gumbel_noise(&[1, 4], &mut rng)).argmax(-1, false);
+            counts[drawn.int64_value(&[0]) as usize] += 1;
+        }
+        assert_eq!(counts[3], 0, "the masked bin is never drawn");
+        for (c, want) in counts.iter().zip(p) {
+            let got = *c as f32 / n as f32;
+            assert!((got - want).abs() < 0.015, "frequency {got}, softmax {want}");
+        }
     }
 
     #[test]
