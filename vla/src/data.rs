@@ -614,7 +614,9 @@ mod tests {
     #[test]
     fn augmentation_keeps_shape_and_range_and_is_seeded() {
         crate::test_setup();
-        let images = Tensor::randint(256, [4, 2, 3, 32, 32], (Kind::Uint8, tch::Device::Cpu));
+        let images = crate::model::rng_locked(|| {
+            Tensor::randint(256, [4, 2, 3, 32, 32], (Kind::Uint8, tch::Device::Cpu))
+        });
         let cfg = AugmentConfig::default();
         let a = augment_images(&images, &cfg, &mut step_rng(3, 7));
         let b = augment_images(&images, &cfg, &mut step_rng(3, 7));

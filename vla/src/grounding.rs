@@ -275,9 +275,10 @@ mod tests {
         let g = Grounding::new(&vs.root(), &cfg).expect("grounding heads");
         let opts = (Kind::Float, Device::Cpu);
         // One sample, two cameras: fine 4 channels at 8x8, coarse 8 channels at 4x4.
-        let fine = Tensor::randn([2, 4, 8, 8], opts);
-        let coarse = Tensor::randn([2, 8, 4, 4], opts);
-        let pooled = Tensor::randn([1, cfg.text.hidden_size as i64], opts);
+        let fine = crate::model::rng_locked(|| Tensor::randn([2, 4, 8, 8], opts));
+        let coarse = crate::model::rng_locked(|| Tensor::randn([2, 8, 4, 4], opts));
+        let pooled =
+            crate::model::rng_locked(|| Tensor::randn([1, cfg.text.hidden_size as i64], opts));
         let (coords, maps) = g.locate(&pooled, &fine, &[&coarse]);
         let up = coarse.upsample_bilinear2d([8, 8], false, None, None);
         let (coords_cat, maps_cat) = g.locate(&pooled, &Tensor::cat(&[&fine, &up], 1), &[]);

@@ -178,6 +178,17 @@ fn check_device(device: Device) -> Result<()> {
 /// Serialises seeded initialisation (see [`VlaModel::new`]).
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Runs `draw` while no model is being initialised: tests that draw random inputs from
+/// libtorch's global generator use it, so seeded initialisations in other tests running at
+/// the same time stay reproducible.
+#[cfg(test)]
+pub(crate) fn rng_locked<T>(draw: impl FnOnce() -> T) -> T {
+    let _guard = INIT_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    draw()
+}
+
 impl VlaModel {
     /// Builds a freshly initialised model. Initialisation happens on the CPU after
     /// `tch::manual_seed(seed)`, then moves to `device`, so a seed gives the same weights on
@@ -839,8 +850,12 @@ mod tests {
             .map(|i| [0.1 * i as f32, -0.2, 0.3, 0.0, 0.5, -0.5, (i % 2) as f32])
             .collect();
         VlaBatch {
-            images: Tensor::randint(256, [b, 2, 3, s, s], (Kind::Uint8, Device::Cpu)),
-            state: Some(Tensor::randn([b, 13], (Kind::Float, Device::Cpu))),
+            images: crate::model::rng_locked(|| {
+                Tensor::randint(256, [b, 2, 3, s, s], (Kind::Uint8, Device::Cpu))
+            }),
+            state: Some(crate::model::rng_locked(|| {
+                Tensor::randn([b, 13], (Kind::Float, Device::Cpu))
+            })),
             prompt_ids,
             prompt_mask,
             action_tokens: model.encode_actions(&actions).unwrap(),
@@ -941,7 +956,13 @@ mod tests {
         let w = &model.var_store().variables()["language_model.model.layers.0.mlp.up_proj.weight"];
         assert_eq!(w.kind(), Kind::Float);
         assert!(w.grad().defined() && w.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
-        let f32_model = tiny_model(2);
+        // The same weights, copied rather than re-seeded: other tests draw from libtorch's
+        // global generator meanwhile, so a second `tiny_model(2)` may differ.
+        let mut f32_model = tiny_model(2);
+        f32_model
+            .var_store_mut()
+            .copy(model.var_store())
+            .expect("same architecture");
         let f32_loss = f32_model.forward_train(&b).unwrap().loss.double_value(&[]);
         let diff = (out.loss.double_value(&[]) - f32_loss).abs();
         assert!(
@@ -1052,8 +1073,8 @@ mod tests {
     #[test]
     fn gumbel_max_draws_follow_the_softmax_and_never_a_masked_bin() {
         let p = [0.2f32, 0.3, 0.5];
-        let logits = Tensor::from_slice(&[p[0].ln(), p[1].ln(), p[2].ln(), f32::NEG_INFINITY])
-            .view([1, 4]);
+        let logits =
+            Tensor::from_slice(&[p[0].ln(), p[1].ln(), p[2].ln(), f32::NEG_INFINITY]).view([1, 4]);
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let n = 20_000;
         let mut counts = [0usize; 4];
@@ -1064,7 +1085,10 @@ mod tests {
         assert_eq!(counts[3], 0, "the masked bin is never drawn");
         for (c, want) in counts.iter().zip(p) {
             let got = *c as f32 / n as f32;
-            assert!((got - want).abs() < 0.015, "frequency {got}, softmax {want}");
+            assert!(
+                (got - want).abs() < 0.015,
+                "frequency {got}, softmax {want}"
+            );
         }
     }
 

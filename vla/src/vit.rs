@@ -391,9 +391,11 @@ mod tests {
         let cfg = VlaConfig::test_tiny().vision;
         let vs = VarStore::new(Device::Cpu);
         let vit = VitModel::new(&vs.root(), &cfg);
-        let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let x =
+            crate::model::rng_locked(|| Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu)));
         assert_eq!(vit.forward(&x).size(), vec![2, 4, 16]);
-        let x = Tensor::randn([1, 3, 32, 24], (Kind::Float, Device::Cpu));
+        let x =
+            crate::model::rng_locked(|| Tensor::randn([1, 3, 32, 24], (Kind::Float, Device::Cpu)));
         assert_eq!(vit.forward(&x).size(), vec![1, 12, 16]);
         assert!(vs
             .variables()
@@ -420,7 +422,8 @@ mod tests {
             vars["embeddings.patch_embeddings.projection.weight"].size(),
             vec![16, 6, 2, 2]
         );
-        let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let x =
+            crate::model::rng_locked(|| Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu)));
         let (tokens, features) = vit.forward_modulated(&x, |f| f);
         assert_eq!(tokens.size(), vec![2, 4, 16]);
         let sizes: Vec<_> = features.iter().map(Tensor::size).collect();
