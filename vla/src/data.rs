@@ -305,36 +305,23 @@ impl TrainingData {
                     })
                     .collect();
                 // Every frame aims at the next event of each kind.
-                let spans = |events: &[usize]| -> Vec<std::ops::Range<usize>> {
+                for (head, events) in [(0, &closes), (1, &releases)] {
                     let mut start = 0;
-                    events
-                        .iter()
-                        .map(|&e| {
-                            let span = start..e;
-                            start = e;
-                            span
-                        })
-                        .collect()
-                };
-                let spans: Vec<(usize, std::ops::Range<usize>)> = spans(&closes)
-                    .into_iter()
-                    .map(|r| (0, r))
-                    .chain(spans(&releases).into_iter().map(|r| (1, r)))
-                    .collect();
-                for (head, span) in spans {
-                    let end = span.end;
-                    let at = frames[end] * sd + xy;
-                    let position = [states[at], states[at + 1], states[at + 2]];
-                    for &i in &frames[span] {
-                        // Near the spot, where the gripper is in the image already says
-                        // where the spot is; only frames farther away teach grounding
-                        // by regression.
-                        let ee = [states[i * sd + xy], states[i * sd + xy + 1]];
-                        let d = (ee[0] - position[0]).hypot(ee[1] - position[1]);
-                        targets[i][head] = Some(EventTarget {
-                            position,
-                            far: d >= MIN_TARGET_DISTANCE,
-                        });
+                    for &end in events {
+                        let at = frames[end] * sd + xy;
+                        let position = [states[at], states[at + 1], states[at + 2]];
+                        for &i in &frames[start..end] {
+                            // Near the spot, where the gripper is in the image already says
+                            // where the spot is; only frames farther away teach grounding
+                            // by regression.
+                            let ee = [states[i * sd + xy], states[i * sd + xy + 1]];
+                            let d = (ee[0] - position[0]).hypot(ee[1] - position[1]);
+                            targets[i][head] = Some(EventTarget {
+                                position,
+                                far: d >= MIN_TARGET_DISTANCE,
+                            });
+                        }
+                        start = end;
                     }
                 }
             }

@@ -606,9 +606,7 @@ impl VlaModel {
             return None;
         }
         let device = self.device();
-        let xy = vla_core::StateLayout::EE_POSITION.start as i64;
-        let mean = self.state_mean.narrow(0, xy, 2);
-        let std = self.state_std.narrow(0, xy, 2);
+        let (mean, std) = self.ee_xy_statistics();
         let target = (targets.to_device(device).to_kind(Kind::Float) - mean) / std;
         let predicted = grounding.predict_targets(coords);
         let m = mask.to_device(device).to_kind(Kind::Float);
@@ -624,10 +622,18 @@ impl VlaModel {
     /// reporting how far it lands from the grasp and release points. `None` without heads.
     pub fn table_targets(&self, out: &TrainOutput) -> Option<Tensor> {
         let (grounding, coords) = self.grounding.as_ref().zip(out.grounding.as_ref())?;
-        let xy = vla_core::StateLayout::EE_POSITION.start as i64;
-        let mean = self.state_mean.narrow(0, xy, 2);
-        let std = self.state_std.narrow(0, xy, 2);
+        let (mean, std) = self.ee_xy_statistics();
         Some(grounding.predict_targets(coords) * std + mean)
+    }
+
+    /// Mean and standard deviation `[2]` of the end effector's (x, y) in the state: the
+    /// units the grounding heads' table positions are predicted in.
+    fn ee_xy_statistics(&self) -> (Tensor, Tensor) {
+        let xy = vla_core::StateLayout::EE_POSITION.start as i64;
+        (
+            self.state_mean.narrow(0, xy, 2),
+            self.state_std.narrow(0, xy, 2),
+        )
     }
 
     /// The heat-map loss of the grounding heads in one camera (0 front, 1 wrist; see
