@@ -2,6 +2,7 @@
 //! shape as `vla expert` (with 95 % Wilson intervals), plus GIFs of the first successes and
 //! failures per family under `RUN/eval/`.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,8 +34,10 @@ pub struct Args {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Write one JSON line per control step: the policy's action, what the scripted expert
-    /// would have done in the same state, and the end-effector state. Shows *where* a
-    /// policy departs from the demonstrations.
+    /// would have done in the same state, the end-effector state, where the grounding heads
+    /// put the named object and bin (`heads_xy`) and where they are (`object_xyz`,
+    /// `bin_xy`). Shows *where* a policy departs from the demonstrations, and whether it
+    /// looked in the right place. Costs a second forward pass of the encoder per step.
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Decoding temperature of the action tokens: 0 is greedy; above 0 each token is sampled
@@ -67,6 +70,38 @@ pub struct PolicyAgent<'a> {
     /// (DAgger's β); needs `query_expert`.
     pub expert_share: f64,
     pub rng: ChaCha8Rng,
+    /// Per environment, what `--trace` adds to a step: filled by [`Agent::act`] (which
+    /// sees the scene), read by the event handler that writes the step.
+    pub diagnostics: Option<&'a RefCell<Vec<Option<StepDiagnostics>>>>,
+}
+
+/// For `vla eval --trace`: where the grounding heads put the named object and bin on the
+/// table, beside where the target object (index 0) and bin (index 0) really are.
+#[derive(Clone, Debug)]
+pub struct StepDiagnostics {
+    /// One (x, y) per grounding head (m); `None` for a model without heads.
+    pub heads_xy: Option<Vec<[f32; 2]>>,
+    pub object_xyz: Option<[f32; 3]>,
+    pub bin_xy: Option<[f32; 2]>,
+}
+
+impl StepDiagnostics {
+    fn of(policy: &Policy, env: &Env, obs: &Observation) -> Result<Self, TaskError> {
+        let heads_xy = policy
+            .table_targets(obs, &obs.instruction)
+            .map_err(|e| TaskError::Agent(format!("policy: {e}")))?;
+        let cell = env.cell();
+        let object_xyz = cell.filter(|c| !c.objects.is_empty()).map(|c| {
+            let t = c.object_pose(0).translation.vector;
+            [t.x as f32, t.y as f32, t.z as f32]
+        });
+        let bin_xy = cell.and_then(|c| c.receptacles.first()).map(|r| r.position);
+        Ok(StepDiagnostics {
+            heads_xy,
+            object_xyz,
+            bin_xy,
+        })
+    }
 }
 
 impl<'a> PolicyAgent<'a> {
@@ -77,6 +112,7 @@ impl<'a> PolicyAgent<'a> {
             query_expert: false,
             expert_share: 0.0,
             rng: ChaCha8Rng::seed_from_u64(0),
+            diagnostics: None,
         }
     }
 }
@@ -100,6 +136,16 @@ impl Agent for PolicyAgent<'_> {
             .iter()
             .map(|o| (*o, o.instruction.as_str()))
             .collect();
+        if let Some(cells) = self.diagnostics {
+            let mut cells = cells.borrow_mut();
+            for (i, obs) in active.iter().zip(observations) {
+                let d = StepDiagnostics::of(self.policy, &envs[*i], obs)?;
+                if cells.len() <= *i {
+                    cells.resize(*i + 1, None);
+                }
+                cells[*i] = Some(d);
+            }
+        }
         let mut actions = self
             .policy
             .act_batch(&items)
@@ -149,6 +195,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
         )),
         None => None,
     };
+    let diagnostics = RefCell::new(Vec::new());
     let wanted = args.gifs;
     let mut io_error: Option<anyhow::Error> = None;
     let outcomes = run_episodes(
@@ -162,6 +209,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
         },
         &mut PolicyAgent {
             query_expert: trace.is_some(),
+            diagnostics: trace.is_some().then_some(&diagnostics),
             ..PolicyAgent::new(&policy)
         },
         &mut |event| {
@@ -191,6 +239,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
                         r.push(&result.observation);
                     }
                     if let Some(w) = trace.as_mut() {
+                        let diag = diagnostics.borrow().get(slot).cloned().flatten();
                         let line = serde_json::json!({
                             "family": spec.family,
                             "index": spec.index,
@@ -199,6 +248,9 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
                             "action": action.0,
                             "expert": label.0,
                             "success": result.success,
+                            "heads_xy": diag.as_ref().and_then(|d| d.heads_xy.clone()),
+                            "object_xyz": diag.as_ref().and_then(|d| d.object_xyz),
+                            "bin_xy": diag.as_ref().and_then(|d| d.bin_xy),
                         });
                         if let Err(e) = writeln!(w, "{line}") {
                             io_error.get_or_insert(e.into());

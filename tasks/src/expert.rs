@@ -185,7 +185,14 @@ pub struct Drop {
     pub xy: [f64; 2],
     /// Tool height at which to open the fingers.
     pub release_z: f64,
+    /// How far (m, along x or along y) from `xy` the released object's centre may come to
+    /// rest and still count as put down; farther, the expert picks it up again.
+    pub radius: f64,
 }
+
+/// Below this height (m) of its bottom above the table, an object that no finger holds has
+/// fallen: it is on the table or a bin's floor, not between the fingers for a moment.
+const FALLEN_HEIGHT: f64 = 0.025;
 
 /// A scripted pick (and optionally place) of one object, closed-loop on privileged state.
 #[derive(Clone, Debug)]
@@ -219,6 +226,26 @@ impl PickPlace {
         self.phase == Phase::Done
     }
 
+    /// Whether a later phase finds the object gone from where that phase assumes it is:
+    /// dropped while carried or lowered, let go outside the drop area, or (pick) no longer
+    /// held. The expert then starts over from the approach. Its own runs seldom get here; a
+    /// learner driving (DAgger) often does, and without this every later label would carry
+    /// an empty gripper to the bin or hover over an object left on the table.
+    fn lost_its_object(&self, cell: &Cell) -> bool {
+        let held = cell.is_grasped(self.object);
+        let fallen = !held && cell.object_bottom_height(self.object) < FALLEN_HEIGHT;
+        match (self.phase, self.drop) {
+            (Phase::Carry | Phase::Lower, _) => fallen,
+            (Phase::Retreat | Phase::Done, Some(drop)) => {
+                let obj = cell.object_pose(self.object).translation.vector;
+                let off = (obj.x - drop.xy[0]).abs().max((obj.y - drop.xy[1]).abs());
+                !held && off > drop.radius
+            }
+            (Phase::Done, None) => fallen,
+            _ => false,
+        }
+    }
+
     /// Next action; advances phases as waypoints are reached.
     pub fn act(&mut self, cell: &Cell, controller: &Controller) -> Action {
         let obj = cell.object_pose(self.object).translation.vector;
@@ -239,6 +266,10 @@ impl PickPlace {
             self.hold_xy = [tool.x, tool.y];
             self.counter = 0;
             self.phase = Phase::Lift;
+        }
+        if self.lost_its_object(cell) {
+            self.counter = 0;
+            self.phase = Phase::Approach;
         }
         loop {
             let (wp, tolerance) = match self.phase {

@@ -154,6 +154,8 @@ fn drop_into(cell: &Cell, bin: usize, object: usize) -> Drop {
     Drop {
         xy: [r.position[0] as f64, r.position[1] as f64],
         release_z: r.spec.wall_height as f64 + h * 0.5 + 0.025,
+        // The bound of `Cell::object_in_receptacle` (bins stand unrotated).
+        radius: r.spec.inner_half[0].min(r.spec.inner_half[1]) as f64,
     }
 }
 
@@ -323,6 +325,8 @@ impl Task for Stack {
         let drop = Drop {
             xy: [base.x, base.y],
             release_z: h + cell.objects[0].spec.height as f64 * 0.5 + 0.006,
+            // Resting on the base: its centre within half the base's width of the base's.
+            radius: cell.objects[1].spec.size as f64 * 0.5,
         };
         self.expert = PickPlace::new(0, Some(drop));
         let phrasing = if split == Split::Unseen && novelty != Some(Novelty::Color) {

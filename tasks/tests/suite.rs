@@ -165,3 +165,72 @@ fn expert_never_waits_on_a_settled_gripper() {
     }
     assert!(grasps >= 4, "every episode closes the gripper ({grasps})");
 }
+
+/// DAgger labels the states a learner reaches, so the expert must act on the scene, not on
+/// the phase it last reached: a `place` object dropped on the way to the bin is picked up
+/// again. Before, the expert carried the empty gripper on, "released" over the bin and
+/// hovered there; every label after a learner's drop taught that.
+#[test]
+fn expert_picks_up_again_what_a_learner_dropped() {
+    let lang = Language::builtin().expect("built-in vocabulary parses");
+    let robot = RobotDescription::default_arm().expect("built-in arm loads");
+    let config = EnvConfig {
+        render_enabled: false,
+        ..Default::default()
+    };
+    let mut recovered = 0;
+    for seed in 0..3u64 {
+        let task = make_task("place", Split::Seen, &lang, 0.0, seed).expect("place task");
+        let mut env = Env::new(task, config.clone(), robot.clone());
+        env.reset_physics(seed).expect("reset");
+        // The expert lifts the object and sets off for the bin with it.
+        let start = env
+            .cell()
+            .expect("cell after reset")
+            .object_pose(0)
+            .translation
+            .vector;
+        let mut carried = false;
+        while !env.is_done() && !carried {
+            let action = env.expert_action().expect("expert action");
+            env.step_physics(&action).expect("step");
+            let cell = env.cell().expect("cell after reset");
+            let p = cell.object_pose(0).translation.vector;
+            carried = cell.is_grasped(0) && (p.xy() - start.xy()).norm() > 0.03;
+        }
+        assert!(carried, "seed {seed}: the expert never carried the object");
+        // A learner opens the fingers and stays put; the expert is asked every step, as in
+        // DAgger, but its labels are not executed.
+        let open = vla_core::Action::new([0.0; 3], [0.0; 3], 0.0);
+        let mut fell = false;
+        for _ in 0..20 {
+            env.expert_action().expect("expert action");
+            env.step_physics(&open).expect("step");
+            let cell = env.cell().expect("cell");
+            fell = cell.object_bottom_height(0) < 0.01;
+            if fell {
+                break;
+            }
+        }
+        assert!(
+            fell,
+            "seed {seed}: the opened fingers did not drop the object"
+        );
+        let label = env.expert_action().expect("expert action");
+        assert!(
+            !label.gripper_closed(),
+            "seed {seed}: after the drop the expert still commands closed fingers"
+        );
+        let mut success = false;
+        while !env.is_done() {
+            let action = env.expert_action().expect("expert action");
+            let (evaluation, ..) = env.step_physics(&action).expect("step");
+            success |= evaluation.success;
+        }
+        recovered += usize::from(success);
+    }
+    assert!(
+        recovered >= 2,
+        "the expert put back {recovered} of 3 dropped objects"
+    );
+}

@@ -137,6 +137,25 @@ pub struct ActionConfig {
     /// (`target_aux_weight > 0`) and proprioception (`use_proprio`).
     #[serde(default)]
     pub relative_targets: bool,
+    /// How a continuous dimension's bin is read from the model's distribution over bins
+    /// (greedy decoding; sampling at a temperature draws instead).
+    #[serde(default)]
+    pub decoding: ActionDecoding,
+}
+
+/// Reading one action dimension's bin off its predicted distribution.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionDecoding {
+    /// The most likely bin, as RT-2 and OpenVLA decode.
+    #[default]
+    Argmax,
+    /// The bin nearest the distribution's mean: what a histogram trained on Gaussian soft
+    /// labels (HL-Gauss, Farebrother et al. 2024) predicts. Where the model hesitates between
+    /// "stay" and "move 2.4 cm", the argmax takes the sharper spike (often "stay": every
+    /// close, lift and release frame has no sideways motion); the mean moves part-way. The
+    /// binary gripper dimension is always read by argmax.
+    Expectation,
 }
 
 /// Whole-model configuration (`configs/*.toml`, and `config` inside a run's `config.json`).
@@ -454,6 +473,7 @@ impl VlaConfig {
                 proprio_indices: vec![6, 9],
                 target_aux_weight: 0.5,
                 relative_targets: true,
+                decoding: ActionDecoding::Argmax,
             },
         }
     }

@@ -31,7 +31,7 @@ pub mod vit;
 
 pub use action_tokenizer::{ActionStats, ActionTokenizer, NormStats, StateStats};
 pub use checkpoint::{load_run, save_run, RunConfig};
-pub use config::VlaConfig;
+pub use config::{ActionDecoding, VlaConfig};
 pub use error::{Result, VlaError};
 pub use model::{left_pad, TrainOutput, VlaBatch, VlaModel};
 pub use policy::Policy;

@@ -29,7 +29,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::action_tokenizer::{ActionTokenizer, NormStats};
-use crate::config::VlaConfig;
+use crate::config::{ActionDecoding, VlaConfig};
 use crate::error::{Result, VlaError};
 use crate::grounding::Grounding;
 use crate::layers::{normal_init, Linear, DECAY_GROUP, NO_DECAY_GROUP};
@@ -621,9 +621,28 @@ impl VlaModel {
     /// reading of the front camera, un-normalised): what the auxiliary loss trains, for
     /// reporting how far it lands from the grasp and release points. `None` without heads.
     pub fn table_targets(&self, out: &TrainOutput) -> Option<Tensor> {
-        let (grounding, coords) = self.grounding.as_ref().zip(out.grounding.as_ref())?;
+        self.table_targets_from(out.grounding.as_ref()?)
+    }
+
+    fn table_targets_from(&self, coords: &Tensor) -> Option<Tensor> {
+        let grounding = self.grounding.as_ref()?;
         let (mean, std) = self.ee_xy_statistics();
         Some(grounding.predict_targets(coords) * std + mean)
+    }
+
+    /// [`Self::table_targets`] for inference inputs: where each grounding head puts the
+    /// object and the bin on the table, `[B, H, 2]` metres (for `vla eval --trace`).
+    pub fn predict_table_targets(
+        &self,
+        images: &Tensor,
+        state: Option<&Tensor>,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        tch::no_grad(|| {
+            let (_, _, grounding) = self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
+            Ok(grounding.and_then(|(coords, _)| self.table_targets_from(&coords)))
+        })
     }
 
     /// Mean and standard deviation `[2]` of the end effector's (x, y) in the state: the
@@ -669,6 +688,29 @@ impl VlaModel {
         logits + self.allowed_bias.narrow(0, first_step, s).unsqueeze(0)
     }
 
+    /// The bins `[B, S]` that greedy decoding reads off action logits `[B, S, bins]` whose
+    /// first position is action dimension `first_step` (see [`ActionDecoding`]).
+    fn decode_bins(&self, logits: &Tensor, first_step: i64) -> Tensor {
+        let constrained = self.constrain(logits, first_step);
+        let greedy = constrained.argmax(-1, false);
+        if self.config.action.decoding == ActionDecoding::Argmax {
+            return greedy;
+        }
+        let (s, bins) = (logits.size()[1], self.config.action.num_bins as i64);
+        let device = logits.device();
+        let p = constrained.to_kind(Kind::Float).softmax(-1, Kind::Float);
+        let mean = (p * Tensor::arange(bins, (Kind::Float, device)))
+            .sum_dim_intlist(-1, false, Kind::Float)
+            .round()
+            .to_kind(Kind::Int64)
+            .clamp(0, bins - 1);
+        let gripper: Vec<bool> = (first_step..first_step + s)
+            .map(|d| self.config.action.gripper_dim == Some(d as usize))
+            .collect();
+        let is_gripper = Tensor::from_slice(&gripper).to_device(device).unsqueeze(0);
+        greedy.where_self(&is_gripper, &mean)
+    }
+
     /// Teacher-forced forward pass: loss and accuracy on the action tokens only.
     ///
     /// The loss is the cross-entropy over the action vocabulary (text-token logits are
@@ -703,7 +745,7 @@ impl VlaModel {
         let loss = logits
             .view([-1, bins])
             .cross_entropy_for_logits(&target_bins.view([-1]));
-        let predicted_bins = self.constrain(&logits.detach(), 0).argmax(-1, false);
+        let predicted_bins = self.decode_bins(&logits.detach(), 0);
         let accuracy = predicted_bins
             .eq_tensor(&target_bins)
             .to_kind(Kind::Float)
@@ -757,13 +799,14 @@ impl VlaModel {
             let ones = Tensor::ones([b, 1], (Kind::Bool, self.device()));
             let mut tokens = Vec::with_capacity(a as usize);
             for step in 0..a {
-                let logits = self.constrain(&self.action_logits(&last), step);
+                let raw = self.action_logits(&last);
                 let bins = match sampling.as_mut() {
                     Some((t, rng)) if *t > 0.0 => {
+                        let logits = self.constrain(&raw, step);
                         let noise = gumbel_noise(&logits.size(), rng).to_device(logits.device());
                         (logits.to_kind(Kind::Float) / *t + noise).argmax(-1, false)
                     }
-                    _ => logits.argmax(-1, false),
+                    _ => self.decode_bins(&raw, step),
                 };
                 let tok = bins + self.action_tokenizer.token_offset(); // [B, 1]
                 if step + 1 < a {
@@ -1074,6 +1117,35 @@ mod tests {
             "queries span both levels' channels"
         );
         assert!(query.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn expectation_decoding_reads_the_mean_bin_and_the_gripper_by_argmax() {
+        crate::test_setup();
+        let mut cfg = VlaConfig::test_tiny();
+        let stats = NormStats::unit(&cfg);
+        let argmax = VlaModel::new(cfg.clone(), stats.clone(), Device::Cpu, 0).expect("model");
+        cfg.action.decoding = ActionDecoding::Expectation;
+        let mean = VlaModel::new(cfg, stats, Device::Cpu, 0).expect("model");
+        // Dimension 0: "stay" (bin 128) at 0.6 against "move" (bin 20) at 0.4. Gripper
+        // (dimension 6): open (bin 0) at 0.7, closed (bin 255) at 0.3.
+        let mut values = vec![-1e9f32; 7 * 256];
+        values[128] = 0.6f32.ln();
+        values[20] = 0.4f32.ln();
+        values[6 * 256] = 0.7f32.ln();
+        values[6 * 256 + 255] = 0.3f32.ln();
+        let logits = Tensor::from_slice(&values).view([1, 7, 256]);
+        let read = |m: &VlaModel| {
+            Vec::<i64>::try_from(m.decode_bins(&logits, 0).flatten(0, 1)).expect("i64 bins")
+        };
+        let (a, e) = (read(&argmax), read(&mean));
+        assert_eq!((a[0], a[6]), (128, 0), "argmax takes the sharper spike");
+        assert_eq!(e[0], 85, "0.6 * 128 + 0.4 * 20 = 84.8 rounds to bin 85");
+        assert_eq!(e[6], 0, "the gripper is never read between its two bins");
+        // Decoding from the last dimension alone still knows it is the gripper's.
+        let last = Vec::<i64>::try_from(mean.decode_bins(&logits.narrow(1, 6, 1), 6).flatten(0, 1))
+            .expect("i64 bins");
+        assert_eq!(last, vec![0]);
     }
 
     #[test]

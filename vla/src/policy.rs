@@ -158,6 +158,24 @@ impl Policy {
             }))
     }
 
+    /// Each grounding head's table (x, y) in metres for one observation: where the model
+    /// thinks the named object (head 0) and bin (head 1) are. `None` without grounding heads.
+    pub fn table_targets(
+        &self,
+        obs: &Observation,
+        instruction: &str,
+    ) -> Result<Option<Vec<[f32; 2]>>> {
+        let (images, state, ids, mask) = self.inputs(&[(obs, instruction)])?;
+        let Some(targets) = self
+            .model
+            .predict_table_targets(&images, Some(&state), &ids, &mask)?
+        else {
+            return Ok(None);
+        };
+        let flat = Vec::<f32>::try_from(targets.select(0, 0).to_device(Device::Cpu).flatten(0, 1))?;
+        Ok(Some(flat.chunks_exact(2).map(|p| [p[0], p[1]]).collect()))
+    }
+
     /// Like [`Self::act_batch`], also returning the generated action token ids (for debug
     /// topics and `vla act`).
     pub fn act_batch_with_tokens(
