@@ -126,23 +126,29 @@ fn bad_names_are_clear_errors() {
     assert!(e.contains("v.toml"), "{e}");
 }
 
-/// The expert never waits with closed, settled fingers: its hold-while-closing ends when the
-/// fingers settle, so a still tool with still, closed fingers always gets the lift, never
-/// "wait". A fixed wait gave identical observations two labels, and the cloned policy
-/// learned to wait for ever.
-#[test]
-fn expert_never_waits_on_a_settled_gripper() {
+/// A seen `place` episode without cameras, reset with `seed`.
+fn place_env(seed: u64) -> Env {
     let lang = Language::builtin().expect("built-in vocabulary parses");
     let robot = RobotDescription::default_arm().expect("built-in arm loads");
     let config = EnvConfig {
         render_enabled: false,
         ..Default::default()
     };
+    let task = make_task("place", Split::Seen, &lang, 0.0, seed).expect("place task");
+    let mut env = Env::new(task, config, robot);
+    env.reset_physics(seed).expect("reset");
+    env
+}
+
+/// The expert never waits with closed, settled fingers: its hold-while-closing ends when the
+/// fingers settle, so a still tool with still, closed fingers always gets the lift, never
+/// "wait". A fixed wait gave identical observations two labels, and the cloned policy
+/// learned to wait for ever.
+#[test]
+fn expert_never_waits_on_a_settled_gripper() {
     let mut grasps = 0;
     for seed in 0..4u64 {
-        let task = make_task("place", Split::Seen, &lang, 0.0, seed).expect("place task");
-        let mut env = Env::new(task, config.clone(), robot.clone());
-        env.reset_physics(seed).expect("reset");
+        let mut env = place_env(seed);
         let mut last_opening = f32::NAN;
         let mut last_closed = false;
         while !env.is_done() {
@@ -172,17 +178,9 @@ fn expert_never_waits_on_a_settled_gripper() {
 /// hovered there; every label after a learner's drop taught that.
 #[test]
 fn expert_picks_up_again_what_a_learner_dropped() {
-    let lang = Language::builtin().expect("built-in vocabulary parses");
-    let robot = RobotDescription::default_arm().expect("built-in arm loads");
-    let config = EnvConfig {
-        render_enabled: false,
-        ..Default::default()
-    };
     let mut recovered = 0;
     for seed in 0..3u64 {
-        let task = make_task("place", Split::Seen, &lang, 0.0, seed).expect("place task");
-        let mut env = Env::new(task, config.clone(), robot.clone());
-        env.reset_physics(seed).expect("reset");
+        let mut env = place_env(seed);
         // The expert lifts the object and sets off for the bin with it.
         let start = env
             .cell()
