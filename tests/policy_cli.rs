@@ -169,7 +169,9 @@ fn collect_train_act_eval_bench() {
         s(&root.join("trace.jsonl")),
         "--json",
     ]);
-    // The trace has a line per control step with the expert's view of the same state.
+    // The trace has a line per control step with the expert's view of the same state, and
+    // where the two grounding heads put the object and bin beside where the object is
+    // (`pick` has no bin).
     let trace = std::fs::read_to_string(root.join("trace.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = trace
         .lines()
@@ -180,6 +182,20 @@ fn collect_train_act_eval_bench() {
         assert_eq!(line["action"].as_array().map(Vec::len), Some(7), "{line}");
         assert_eq!(line["expert"].as_array().map(Vec::len), Some(7), "{line}");
         assert_eq!(line["state"].as_array().map(Vec::len), Some(13), "{line}");
+        let heads = line["heads_xy"]
+            .as_array()
+            .expect("grounding heads in the trace");
+        assert_eq!(heads.len(), 2, "{line}");
+        assert!(
+            heads.iter().all(|h| h.as_array().map(Vec::len) == Some(2)),
+            "{line}"
+        );
+        assert_eq!(
+            line["object_xyz"].as_array().map(Vec::len),
+            Some(3),
+            "{line}"
+        );
+        assert!(line["bin_xy"].is_null(), "{line}");
     }
     let pick = &eval["per_family"]["pick"];
     assert_eq!(pick["episodes"], 1);

@@ -37,7 +37,7 @@ pub struct Args {
     /// would have done in the same state, the end-effector state, where the grounding heads
     /// put the named object and bin (`heads_xy`) and where they are (`object_xyz`,
     /// `bin_xy`). Shows *where* a policy departs from the demonstrations, and whether it
-    /// looked in the right place. Costs a second forward pass of the encoder per step.
+    /// looked in the right place.
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Decoding temperature of the action tokens: 0 is greedy; above 0 each token is sampled
@@ -86,21 +86,18 @@ pub struct StepDiagnostics {
 }
 
 impl StepDiagnostics {
-    fn of(policy: &Policy, env: &Env, obs: &Observation) -> Result<Self, TaskError> {
-        let heads_xy = policy
-            .table_targets(obs, &obs.instruction)
-            .map_err(|e| TaskError::Agent(format!("policy: {e}")))?;
+    fn of(heads_xy: Option<Vec<[f32; 2]>>, env: &Env) -> Self {
         let cell = env.cell();
         let object_xyz = cell.filter(|c| !c.objects.is_empty()).map(|c| {
             let t = c.object_pose(0).translation.vector;
             [t.x as f32, t.y as f32, t.z as f32]
         });
         let bin_xy = cell.and_then(|c| c.receptacles.first()).map(|r| r.position);
-        Ok(StepDiagnostics {
+        StepDiagnostics {
             heads_xy,
             object_xyz,
             bin_xy,
-        })
+        }
     }
 }
 
@@ -136,20 +133,26 @@ impl Agent for PolicyAgent<'_> {
             .iter()
             .map(|o| (*o, o.instruction.as_str()))
             .collect();
-        if let Some(cells) = self.diagnostics {
-            let mut cells = cells.borrow_mut();
-            for (i, obs) in active.iter().zip(observations) {
-                let d = StepDiagnostics::of(self.policy, &envs[*i], obs)?;
-                if cells.len() <= *i {
-                    cells.resize(*i + 1, None);
+        let policy_error = |e| TaskError::Agent(format!("policy: {e}"));
+        let mut actions = match self.diagnostics {
+            Some(cells) => {
+                let mut cells = cells.borrow_mut();
+                let mut actions = Vec::with_capacity(active.len());
+                let acted = self
+                    .policy
+                    .act_batch_with_targets(&items)
+                    .map_err(policy_error)?;
+                for (&i, (action, heads_xy)) in active.iter().zip(acted) {
+                    if cells.len() <= i {
+                        cells.resize(i + 1, None);
+                    }
+                    cells[i] = Some(StepDiagnostics::of(heads_xy, &envs[i]));
+                    actions.push(action);
                 }
-                cells[*i] = Some(d);
+                actions
             }
-        }
-        let mut actions = self
-            .policy
-            .act_batch(&items)
-            .map_err(|e| TaskError::Agent(format!("policy: {e}")))?;
+            None => self.policy.act_batch(&items).map_err(policy_error)?,
+        };
         if self.expert_share > 0.0 {
             for (action, expert) in actions.iter_mut().zip(&expert) {
                 if self.rng.random::<f64>() < self.expert_share {

@@ -135,8 +135,9 @@ pub struct TrainingData {
     /// Index into `tasks` per frame.
     frame_task: Vec<usize>,
     /// Per frame: the end-effector (x, y, z) where the gripper next closes, i.e. where the
-    /// grasp happens, and where it opens after the episode's last close, where the release
-    /// happens (targets of the auxiliary grounding losses; `None` once passed).
+    /// grasp happens, and where it next opens at least [`MIN_TARGET_DISTANCE`] from the
+    /// close before that opening, where the release happens (targets of the auxiliary
+    /// grounding losses; `None` once passed).
     targets: Vec<[Option<EventTarget>; 2]>,
     /// Distinct task strings (instructions).
     tasks: Vec<String>,

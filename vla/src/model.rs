@@ -624,25 +624,12 @@ impl VlaModel {
         self.table_targets_from(out.grounding.as_ref()?)
     }
 
-    fn table_targets_from(&self, coords: &Tensor) -> Option<Tensor> {
+    /// [`Self::table_targets`] from the grounding heads' coordinates `[B*C, H, 2]` (as
+    /// [`Self::sample_action_tokens_with_grounding`] returns them).
+    pub fn table_targets_from(&self, coords: &Tensor) -> Option<Tensor> {
         let grounding = self.grounding.as_ref()?;
         let (mean, std) = self.ee_xy_statistics();
         Some(grounding.predict_targets(coords) * std + mean)
-    }
-
-    /// [`Self::table_targets`] for inference inputs: where each grounding head puts the
-    /// object and the bin on the table, `[B, H, 2]` metres (for `vla eval --trace`).
-    pub fn predict_table_targets(
-        &self,
-        images: &Tensor,
-        state: Option<&Tensor>,
-        prompt_ids: &Tensor,
-        prompt_mask: &Tensor,
-    ) -> Result<Option<Tensor>> {
-        tch::no_grad(|| {
-            let (_, _, grounding) = self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
-            Ok(grounding.and_then(|(coords, _)| self.table_targets_from(&coords)))
-        })
     }
 
     /// Mean and standard deviation `[2]` of the end effector's (x, y) in the state: the
@@ -784,10 +771,26 @@ impl VlaModel {
         state: Option<&Tensor>,
         prompt_ids: &Tensor,
         prompt_mask: &Tensor,
-        mut sampling: Option<(f64, &mut ChaCha8Rng)>,
+        sampling: Option<(f64, &mut ChaCha8Rng)>,
     ) -> Result<Tensor> {
+        self.sample_action_tokens_with_grounding(images, state, prompt_ids, prompt_mask, sampling)
+            .map(|(tokens, _)| tokens)
+    }
+
+    /// [`Self::sample_action_tokens`], also returning the grounding heads' coordinates
+    /// `[B*C, H, 2]` that the same forward pass computed (`None` without heads): what
+    /// `vla eval --trace` turns into table positions ([`Self::table_targets_from`]).
+    pub fn sample_action_tokens_with_grounding(
+        &self,
+        images: &Tensor,
+        state: Option<&Tensor>,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+        mut sampling: Option<(f64, &mut ChaCha8Rng)>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         tch::no_grad(|| {
-            let (prefix, mask, _) = self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
+            let (prefix, mask, grounding) =
+                self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
             let b = prefix.size()[0];
             let p = prefix.size()[1];
             let mut cache = self.lm.new_cache();
@@ -815,7 +818,7 @@ impl VlaModel {
                 }
                 tokens.push(tok);
             }
-            Ok(Tensor::cat(&tokens, 1))
+            Ok((Tensor::cat(&tokens, 1), grounding.map(|(coords, _)| coords)))
         })
     }
 

@@ -41,6 +41,12 @@ pub fn observation_images(obs: &Observation, size: u32) -> Tensor {
     )
 }
 
+/// One table (x, y) per grounding head, in metres.
+pub type HeadPoints = Vec<[f32; 2]>;
+
+/// An item's generated action token ids and the action they decode to.
+pub type TokensAndAction = (Vec<i64>, Action);
+
 /// A loaded model ready to act.
 #[derive(Debug)]
 pub struct Policy {
@@ -158,41 +164,58 @@ impl Policy {
             }))
     }
 
-    /// Each grounding head's table (x, y) in metres for one observation: where the model
-    /// thinks the named object (head 0) and bin (head 1) are. `None` without grounding heads.
-    pub fn table_targets(
-        &self,
-        obs: &Observation,
-        instruction: &str,
-    ) -> Result<Option<Vec<[f32; 2]>>> {
-        let (images, state, ids, mask) = self.inputs(&[(obs, instruction)])?;
-        let Some(targets) = self
-            .model
-            .predict_table_targets(&images, Some(&state), &ids, &mask)?
-        else {
-            return Ok(None);
-        };
-        let flat = Vec::<f32>::try_from(targets.select(0, 0).to_device(Device::Cpu).flatten(0, 1))?;
-        Ok(Some(flat.chunks_exact(2).map(|p| [p[0], p[1]]).collect()))
-    }
-
     /// Like [`Self::act_batch`], also returning the generated action token ids (for debug
     /// topics and `vla act`).
     pub fn act_batch_with_tokens(
         &self,
         items: &[(&Observation, &str)],
-    ) -> Result<Vec<(Vec<i64>, Action)>> {
+    ) -> Result<Vec<TokensAndAction>> {
+        Ok(self.decode(items)?.0)
+    }
+
+    /// Like [`Self::act_batch`], also returning each item's grounding heads' table (x, y) in
+    /// metres from the same forward pass: where the model thinks the named object (head 0)
+    /// and bin (head 1) are (`None` without grounding heads). For `vla eval --trace`.
+    pub fn act_batch_with_targets(
+        &self,
+        items: &[(&Observation, &str)],
+    ) -> Result<Vec<(Action, Option<HeadPoints>)>> {
+        let (decoded, coords) = self.decode(items)?;
+        let targets: Vec<Option<HeadPoints>> =
+            match coords.and_then(|c| self.model.table_targets_from(&c)) {
+                Some(table) => {
+                    let heads = table.size().get(1).copied().unwrap_or(0).max(0) as usize;
+                    let flat = Vec::<f32>::try_from(table.to_device(Device::Cpu).flatten(0, -1))?;
+                    flat.chunks(heads * 2)
+                        .map(|row| Some(row.chunks_exact(2).map(|p| [p[0], p[1]]).collect()))
+                        .collect()
+                }
+                None => vec![None; decoded.len()],
+            };
+        Ok(decoded
+            .into_iter()
+            .map(|(_, action)| action)
+            .zip(targets)
+            .collect())
+    }
+
+    /// One batched forward pass: each item's action tokens and action, and the grounding
+    /// heads' coordinates `[B*C, H, 2]` (`None` without heads or items).
+    fn decode(
+        &self,
+        items: &[(&Observation, &str)],
+    ) -> Result<(Vec<TokensAndAction>, Option<Tensor>)> {
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let cfg = self.model.config();
         let (images, state, ids, mask) = self.inputs(items)?;
-        let tokens = match &self.sampling {
+        let (tokens, grounding) = match &self.sampling {
             Some((t, rng)) => {
                 // A poisoned lock only means another thread panicked mid-draw; the
                 // generator's state is still a valid state.
                 let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
-                self.model.sample_action_tokens(
+                self.model.sample_action_tokens_with_grounding(
                     &images,
                     Some(&state),
                     &ids,
@@ -200,14 +223,18 @@ impl Policy {
                     Some((*t, &mut rng)),
                 )?
             }
-            None => self
-                .model
-                .generate_action_tokens(&images, Some(&state), &ids, &mask)?,
-        }
-        .to_device(Device::Cpu);
+            None => self.model.sample_action_tokens_with_grounding(
+                &images,
+                Some(&state),
+                &ids,
+                &mask,
+                None,
+            )?,
+        };
         let a = cfg.action.action_dim;
-        let flat: Vec<i64> = Vec::<i64>::try_from(tokens.flatten(0, 1))?;
-        flat.chunks(a)
+        let flat: Vec<i64> = Vec::<i64>::try_from(tokens.to_device(Device::Cpu).flatten(0, 1))?;
+        let decoded = flat
+            .chunks(a)
             .map(|row| {
                 let values = self.model.action_tokenizer().decode(row)?;
                 let action =
@@ -217,6 +244,7 @@ impl Policy {
                     .map_err(|e| VlaError::Input(e.to_string()))?;
                 Ok((row.to_vec(), action))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok((decoded, grounding))
     }
 }
