@@ -42,6 +42,8 @@ max_position_embeddings = 128
 [action]
 proprio_indices = [6, 9]
 target_aux_weight = 1.0
+relative_targets = true
+subgoal_weight = 0.5
 
 [train]
 steps = 4
@@ -186,6 +188,10 @@ fn collect_train_act_eval_bench() {
             .as_array()
             .expect("grounding heads in the trace");
         assert_eq!(heads.len(), 2, "{line}");
+        assert!(
+            matches!(line["subgoal"].as_u64(), Some(0..=2)),
+            "the subgoal gate picks one of the two heads or \"hold\": {line}"
+        );
         assert!(
             heads.iter().all(|h| h.as_array().map(Vec::len) == Some(2)),
             "{line}"

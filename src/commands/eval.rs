@@ -11,6 +11,7 @@ use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vla_core::{Action, Observation};
+use vla_model::policy::HeadPoints;
 use vla_model::Policy;
 use vla_sim::record::GifRecorder;
 use vla_sim::Env;
@@ -35,9 +36,9 @@ pub struct Args {
     pub out: Option<PathBuf>,
     /// Write one JSON line per control step: the policy's action, what the scripted expert
     /// would have done in the same state, the end-effector state, where the grounding heads
-    /// put the named object and bin (`heads_xy`) and where they are (`object_xyz`,
-    /// `bin_xy`). Shows *where* a policy departs from the demonstrations, and whether it
-    /// looked in the right place.
+    /// put the named object and bin (`heads_xy`), which of them the subgoal gate picks
+    /// (`subgoal`), and where they are (`object_xyz`, `bin_xy`). Shows *where* a policy
+    /// departs from the demonstrations, and whether it looked in the right place.
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Decoding temperature of the action tokens: 0 is greedy; above 0 each token is sampled
@@ -81,12 +82,14 @@ pub struct PolicyAgent<'a> {
 pub struct StepDiagnostics {
     /// One (x, y) per grounding head (m); `None` for a model without heads.
     pub heads_xy: Option<Vec<[f32; 2]>>,
+    /// The head the subgoal gate picks (`None` without a gate).
+    pub subgoal: Option<usize>,
     pub object_xyz: Option<[f32; 3]>,
     pub bin_xy: Option<[f32; 2]>,
 }
 
 impl StepDiagnostics {
-    fn of(heads_xy: Option<Vec<[f32; 2]>>, env: &Env) -> Self {
+    fn of(points: Option<HeadPoints>, env: &Env) -> Self {
         let cell = env.cell();
         let object_xyz = cell.filter(|c| !c.objects.is_empty()).map(|c| {
             let t = c.object_pose(0).translation.vector;
@@ -94,7 +97,8 @@ impl StepDiagnostics {
         });
         let bin_xy = cell.and_then(|c| c.receptacles.first()).map(|r| r.position);
         StepDiagnostics {
-            heads_xy,
+            subgoal: points.as_ref().and_then(|p| p.subgoal),
+            heads_xy: points.map(|p| p.heads),
             object_xyz,
             bin_xy,
         }
@@ -142,11 +146,11 @@ impl Agent for PolicyAgent<'_> {
                     .policy
                     .act_batch_with_targets(&items)
                     .map_err(policy_error)?;
-                for (&i, (action, heads_xy)) in active.iter().zip(acted) {
+                for (&i, (action, points)) in active.iter().zip(acted) {
                     if cells.len() <= i {
                         cells.resize(i + 1, None);
                     }
-                    cells[i] = Some(StepDiagnostics::of(heads_xy, &envs[i]));
+                    cells[i] = Some(StepDiagnostics::of(points, &envs[i]));
                     actions.push(action);
                 }
                 actions
@@ -252,6 +256,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
                             "expert": label.0,
                             "success": result.success,
                             "heads_xy": diag.as_ref().and_then(|d| d.heads_xy.clone()),
+                            "subgoal": diag.as_ref().and_then(|d| d.subgoal),
                             "object_xyz": diag.as_ref().and_then(|d| d.object_xyz),
                             "bin_xy": diag.as_ref().and_then(|d| d.bin_xy),
                         });

@@ -187,6 +187,7 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
                     gripper = format!("{:.3}", v.gripper_accuracy),
                     target_far_cm = ?v.target_error_far_cm,
                     target_near_cm = ?v.target_error_near_cm,
+                    subgoal_accuracy = ?v.subgoal_accuracy,
                     "validation"
                 );
                 if let Err(e) = plot_losses(&out) {

@@ -1,7 +1,7 @@
 //! Motion primitives shared by the scripted experts: move the commanded tool pose towards a
 //! waypoint at a bounded speed, with the fingers aligned to the object.
 
-use nalgebra::{Isometry3, Translation3, UnitQuaternion, Vector3};
+use nalgebra::{Isometry3, Translation3, UnitQuaternion, Vector2, Vector3};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -16,6 +16,10 @@ pub const MAX_TURN: f64 = 0.12;
 pub const CARRY_Z: f64 = 0.20;
 /// Approach funnel: height above the grasp allowed per metre of misalignment.
 pub const FUNNEL_SLOPE: f64 = 4.0;
+/// The drop's funnel ends this share of [`Drop::radius`] from the drop point: anywhere that
+/// close counts as over the spot, so lowering and releasing do not wait on millimetres the
+/// receptacle does not need (a bin's floor is 13 cm wide).
+pub const DROP_SLACK: f64 = 0.25;
 /// The fingers count as settled on the object once they are this close to its width (m);
 /// the lift starts then, and the fingers count as open after a release this close to fully
 /// open. Ending these phases on what the gripper reading shows, not after a fixed number of
@@ -333,10 +337,27 @@ impl PickPlace {
                     )
                 }
                 Phase::Carry => {
-                    let d = self.drop.map(|d| d.xy).unwrap_or(self.hold_xy);
+                    let (d, z) = match self.drop {
+                        // A funnel down to the release height, as for the approach: a
+                        // learner a centimetre or two off the drop point that starts to lower
+                        // is told to go on lowering (and drift over), not to climb back to
+                        // the carry height for a 6 mm alignment first — that label, against
+                        // the lowering it had learned, left policies bobbing above the bin.
+                        // The held object's bottom stays above the walls until the release.
+                        Some(drop) => {
+                            let off = (Vector2::from(drop.xy) - tool.xy()).norm();
+                            let slack = DROP_SLACK * drop.radius;
+                            let z = drop.release_z + FUNNEL_SLOPE * (off - slack).max(0.0);
+                            (
+                                drop.xy,
+                                z.clamp(drop.release_z, CARRY_Z.max(drop.release_z)),
+                            )
+                        }
+                        None => (self.hold_xy, CARRY_Z),
+                    };
                     (
                         Waypoint {
-                            position: Vector3::new(d[0], d[1], CARRY_Z),
+                            position: Vector3::new(d[0], d[1], z),
                             yaw: self.yaw,
                             closed: true,
                         },
@@ -392,6 +413,11 @@ impl PickPlace {
                     (self.counter >= 1 && opening >= fully_open - SETTLE_MARGIN)
                         || self.counter >= MAX_GRIPPER_STEPS
                 }
+                // Over the drop point within the slack, at the release height.
+                Phase::Carry | Phase::Lower if self.drop.is_some() => self.drop.is_some_and(|d| {
+                    let off = (Vector2::from(d.xy) - tool.xy()).norm();
+                    off <= DROP_SLACK * d.radius && (tool.z - d.release_z).abs() < tolerance
+                }),
                 _ => error < tolerance,
             };
             if !reached || self.phase == Phase::Done {

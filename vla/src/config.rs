@@ -137,6 +137,16 @@ pub struct ActionConfig {
     /// (`target_aux_weight > 0`) and proprioception (`use_proprio`).
     #[serde(default)]
     pub relative_targets: bool,
+    /// Weight of a learned *subgoal* (0 = off): from the instruction and the proprioception,
+    /// a gate over the grounding heads says which one the gripper is heading for now — the
+    /// object until it is grasped, then the bin (or base) until the release — trained by
+    /// cross-entropy on what the demonstration does next. The relative part of the grounding
+    /// token then carries the gated target minus the end effector, one offset instead of one
+    /// per head, so "move towards the subgoal" is the same input-output map whether the
+    /// gripper is fetching the object or carrying it: `pick`'s many approach frames teach
+    /// `place`'s few carry frames. Needs `relative_targets` and two or more grounding heads.
+    #[serde(default)]
+    pub subgoal_weight: f64,
     /// How a continuous dimension's bin is read from the model's distribution over bins
     /// (greedy decoding; sampling at a temperature draws instead).
     #[serde(default)]
@@ -339,6 +349,17 @@ impl VlaConfig {
                 ),
             ));
         }
+        if !(a.subgoal_weight.is_finite() && a.subgoal_weight >= 0.0)
+            || (a.subgoal_weight > 0.0 && (!a.relative_targets || v.grounding_heads < 2))
+        {
+            return Err(VlaError::invalid(
+                "action.subgoal_weight",
+                format!(
+                    "{}: a finite weight >= 0; the subgoal gates the relative targets of two or more heads: set action.relative_targets and vision.grounding_heads >= 2",
+                    a.subgoal_weight
+                ),
+            ));
+        }
         if v.grounding_heads > 8 || (v.grounding_heads > 0 && v.stem_channels.is_empty()) {
             return Err(VlaError::invalid(
                 "vision.grounding_heads",
@@ -473,6 +494,7 @@ impl VlaConfig {
                 proprio_indices: vec![6, 9],
                 target_aux_weight: 0.5,
                 relative_targets: true,
+                subgoal_weight: 0.0,
                 decoding: ActionDecoding::Argmax,
             },
         }
@@ -561,6 +583,11 @@ mod tests {
             let err = bad.validate().unwrap_err().to_string();
             assert!(err.contains("action.relative_targets"), "{err}");
         }
+        let mut bad = VlaConfig::test_tiny();
+        bad.action.subgoal_weight = 0.5;
+        bad.action.relative_targets = false;
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("action.subgoal_weight"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

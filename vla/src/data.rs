@@ -115,6 +115,30 @@ impl MountedCamera {
 /// heat maps settled on the gripper and the image's top edge, not on objects).
 pub const MIN_TARGET_DISTANCE: f32 = 0.08;
 
+/// What the gripper is heading for in a frame of a demonstration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subgoal {
+    /// The next event is grasp (head 0) or release (head 1): the gripper is fetching the
+    /// object, or carrying it to the bin or base.
+    Head(usize),
+    /// Holding the object with nothing after (`pick`'s lift).
+    Hold,
+    /// After the last release, or a dataset without end-effector state.
+    Unknown,
+}
+
+impl Subgoal {
+    /// The gate's class for a model with `heads` grounding heads (`Hold` is the last), or
+    /// -1 for no label (`Unknown`, or a head the model lacks).
+    pub fn class(self, heads: usize) -> i64 {
+        match self {
+            Subgoal::Head(h) if h < heads => h as i64,
+            Subgoal::Hold => heads as i64,
+            _ => -1,
+        }
+    }
+}
+
 /// Where the end effector will be at an episode's next grasp or release.
 #[derive(Clone, Copy, Debug)]
 struct EventTarget {
@@ -139,6 +163,8 @@ pub struct TrainingData {
     /// close before that opening, where the release happens (targets of the auxiliary
     /// grounding losses; `None` once passed).
     targets: Vec<[Option<EventTarget>; 2]>,
+    /// Per frame: what the gripper is heading for (the subgoal gate's labels).
+    subgoals: Vec<Subgoal>,
     /// Distinct task strings (instructions).
     tasks: Vec<String>,
     /// Frame indices of the training and validation episodes.
@@ -203,6 +229,7 @@ impl TrainingData {
         let mut actions = Vec::with_capacity(total);
         let mut frame_task = Vec::with_capacity(total);
         let mut targets: Vec<[Option<EventTarget>; 2]> = Vec::with_capacity(total);
+        let mut subgoals: Vec<Subgoal> = Vec::with_capacity(total);
         let mut task_ids: BTreeMap<String, usize> = BTreeMap::new();
         let mut tasks = Vec::new();
         let (mut train, mut val) = (Vec::new(), Vec::new());
@@ -266,6 +293,7 @@ impl TrainingData {
                 on_progress(actions.len(), total);
             }
             targets.resize(actions.len(), [None; 2]);
+            subgoals.resize(actions.len(), Subgoal::Unknown);
             let sd = state_dim.unwrap_or(0);
             let xy = vla_core::StateLayout::EE_POSITION.start;
             for episode in tr.iter().chain(&va) {
@@ -325,11 +353,34 @@ impl TrainingData {
                         start = end;
                     }
                 }
+                let mut events: Vec<(usize, usize)> = closes
+                    .iter()
+                    .map(|&k| (k, 0))
+                    .chain(releases.iter().map(|&k| (k, 1)))
+                    .collect();
+                events.sort_unstable();
+                let mut next = events.iter().peekable();
+                let mut last = None;
+                for (k, &i) in frames.iter().enumerate() {
+                    while let Some(&&(at, kind)) = next.peek() {
+                        if at >= k {
+                            break;
+                        }
+                        last = Some(kind);
+                        next.next();
+                    }
+                    subgoals[i] = match (next.peek(), last) {
+                        (Some(&&(_, head)), _) => Subgoal::Head(head),
+                        (None, Some(0)) => Subgoal::Hold,
+                        (None, _) => Subgoal::Unknown,
+                    };
+                }
             }
         }
         let state_dim = state_dim.unwrap_or(0) as i64;
         Ok(TrainingData {
             targets,
+            subgoals,
             images: Tensor::stack(&image_rows, 0),
             states: Tensor::from_slice(&states).view([actions.len() as i64, state_dim]),
             actions,
@@ -410,6 +461,25 @@ impl TrainingData {
             Tensor::from_slice(&xy).view([b, h, 2]),
             Tensor::from_slice(&mask).view([b, h]),
         )
+    }
+
+    /// The subgoal gate's labels `[B]` (i64) for a model with `heads` grounding heads: the
+    /// class of each frame's [`Subgoal`] (`Head(h)` is `h`, `Hold` is `heads`), -1 where
+    /// none is known.
+    pub fn subgoal_labels(&self, indices: &[usize], heads: usize) -> Tensor {
+        let labels: Vec<i64> = indices
+            .iter()
+            .map(|&i| self.subgoal(i).class(heads))
+            .collect();
+        Tensor::from_slice(&labels)
+    }
+
+    /// What frame `frame` heads for.
+    pub fn subgoal(&self, frame: usize) -> Subgoal {
+        self.subgoals
+            .get(frame)
+            .copied()
+            .unwrap_or(Subgoal::Unknown)
     }
 
     /// The table (x, y) of a frame's next grasp (head 0) or release (head 1), and whether

@@ -15,8 +15,12 @@
 //! readout is told directly what to look for (see [`crate::data::TrainingData::target_pixels`]).
 //! With `action.relative_targets` the token also carries those positions minus the end
 //! effector's: the offset to the object or bin, which is what an expert's move is made of.
+//! With `action.subgoal_weight` a gate (`subgoal`) reads the instruction and the
+//! proprioception and says what the gripper is heading for now: one of the heads' targets,
+//! or "hold" (lift what is grasped, `pick`'s last phase). The token then carries the gate's
+//! probabilities and the one offset to that subgoal instead of one per head.
 //!
-//! Parameter names: `grounding.query`, `grounding.log_temperature.weight`, `grounding.projector.fc{1,2}`, `grounding.target_head.fc{1,2}`.
+//! Parameter names: `grounding.query`, `grounding.log_temperature.weight`, `grounding.projector.fc{1,2}`, `grounding.target_head.fc{1,2}`, `grounding.subgoal.fc{1,2}`.
 
 use tch::nn::Path;
 use tch::{Kind, Tensor};
@@ -39,6 +43,9 @@ pub struct Grounding {
     /// Front-camera coordinates of all heads → table (x, y) per head, normalised like the
     /// end-effector state; used only by the auxiliary loss.
     target_head: MlpProjector,
+    /// Pooled prompt embedding and proprioception → one logit per head and one for "hold":
+    /// what the gripper is heading for now (`action.subgoal_weight > 0`).
+    subgoal: Option<MlpProjector>,
     heads: i64,
     channels: i64,
     cameras: i64,
@@ -63,7 +70,14 @@ impl Grounding {
         }
         let text = config.text.hidden_size;
         let relative = config.action.relative_targets;
-        let coords = 2 * heads * v.num_cameras + 2 * heads * (1 + relative as usize);
+        let gated = config.action.subgoal_weight > 0.0;
+        let offsets = match (relative, gated) {
+            (false, _) => 0,
+            (true, false) => 2 * heads,
+            // The gate's probabilities and the offset to its subgoal.
+            (true, true) => heads + 1 + 2,
+        };
+        let coords = 2 * heads * v.num_cameras + 2 * heads + offsets;
         Some(Grounding {
             query: Linear::new(&p.sub("query"), text, heads * channels, true),
             // Starts 4x sharper than a plain scaled dot product.
@@ -74,6 +88,14 @@ impl Grounding {
             ),
             projector: MlpProjector::new(&p.sub("projector"), coords, text, text),
             target_head: MlpProjector::new(&p.sub("target_head"), 2 * heads, 64, 2 * heads),
+            subgoal: gated.then(|| {
+                MlpProjector::new(
+                    &p.sub("subgoal"),
+                    text + config.action.proprio_width(),
+                    64,
+                    heads + 1,
+                )
+            }),
             heads: heads as i64,
             channels: channels as i64,
             cameras: v.num_cameras as i64,
@@ -169,12 +191,36 @@ impl Grounding {
         (ce * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0)
     }
 
+    /// The subgoal gate's logits `[B, H + 1]` (f32; the last is "hold") from the
+    /// `pooled [B, Dt]` prompt embedding and the normalised proprioception `[B, P]`; `None`
+    /// without a gate.
+    pub fn subgoal_logits(&self, pooled: &Tensor, proprio: &Tensor) -> Option<Tensor> {
+        let gate = self.subgoal.as_ref()?;
+        let input = Tensor::cat(
+            &[pooled.to_kind(Kind::Float), proprio.to_kind(Kind::Float)],
+            1,
+        );
+        Some(
+            gate.forward(&input.to_kind(pooled.kind()))
+                .to_kind(Kind::Float),
+        )
+    }
+
     /// `coords [B*C, H, 2]` → `[B, 1, D]` token. It carries the image coordinates and the
     /// table positions the target head reads from them, in the units of the normalised
     /// end-effector state. With relative targets, `ee_xy [B, 2]` is the normalised
     /// end-effector (x, y) and the token also carries each target minus it, so "where to go"
     /// relative to the gripper is an input, not a difference the LM must learn to compute.
-    pub fn token(&self, coords: &Tensor, ee_xy: Option<&Tensor>, kind: Kind) -> Tensor {
+    /// With the gate's logits `subgoal [B, H + 1]` it carries the gate's probabilities and
+    /// the gate-weighted target minus the end effector instead ("hold" aims at head 0, the
+    /// grasped object).
+    pub fn token(
+        &self,
+        coords: &Tensor,
+        ee_xy: Option<&Tensor>,
+        subgoal: Option<&Tensor>,
+        kind: Kind,
+    ) -> Tensor {
         let n = coords.size().first().copied().unwrap_or(0);
         let b = n / self.cameras;
         let table = self.predict_targets(coords); // [B, H, 2]
@@ -183,10 +229,28 @@ impl Grounding {
             table.reshape([b, -1]),
         ];
         if self.relative {
+            let aim = match (&self.subgoal, subgoal) {
+                (Some(_), Some(logits)) => {
+                    let p = logits.to_kind(Kind::Float).softmax(-1, Kind::Float);
+                    parts.push(p.shallow_clone());
+                    // "Hold" aims where head 0 looks.
+                    let per_head = Tensor::cat(&[&table, &table.narrow(1, 0, 1)], 1);
+                    (per_head * p.unsqueeze(-1)).sum_dim_intlist(1, true, Kind::Float)
+                }
+                // Validation ties the gate to a state; without one it aims at head 0.
+                (Some(_), None) => {
+                    let mut p = vec![0f32; self.heads as usize + 1];
+                    p[0] = 1.0;
+                    let p = Tensor::from_slice(&p).to_device(table.device());
+                    parts.push(p.view([1, -1]).expand([b, -1], false));
+                    table.narrow(1, 0, 1)
+                }
+                (None, _) => table.shallow_clone(),
+            };
             let offset = match ee_xy {
-                Some(ee) => &table - ee.to_kind(Kind::Float).view([b, 1, 2]),
+                Some(ee) => &aim - ee.to_kind(Kind::Float).view([b, 1, 2]),
                 // Validation ties relative targets to a state; without one, no offset.
-                None => table.zeros_like(),
+                None => aim.zeros_like(),
             };
             parts.push(offset.reshape([b, -1]));
         }

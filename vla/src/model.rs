@@ -100,11 +100,32 @@ pub struct TrainOutput {
     pub grounding: Option<Tensor>,
     /// `[B*C, H, h, w]` the grounding heat maps (log-probabilities), likewise.
     pub grounding_log_maps: Option<Tensor>,
+    /// `[B, H]` logits of the subgoal gate (`action.subgoal_weight > 0`).
+    pub subgoal_logits: Option<Tensor>,
+}
+
+/// What the grounding heads computed while acting.
+#[derive(Debug)]
+pub struct GroundingOutput {
+    /// `[B*C, H, 2]` soft-argmax coordinates.
+    pub coords: Tensor,
+    /// `[B, H]` subgoal gate logits, when the model has the gate.
+    pub subgoal_logits: Option<Tensor>,
+}
+
+/// What the grounding heads computed in one forward pass.
+struct GroundingReadout {
+    /// `[B*C, H, 2]` soft-argmax coordinates.
+    coords: Tensor,
+    /// `[B*C, H, h, w]` heat maps (log-probabilities).
+    log_maps: Tensor,
+    /// `[B, H]` subgoal gate logits, when the model has the gate.
+    subgoal_logits: Option<Tensor>,
 }
 
 /// The LM input in front of the actions: embeddings `[B, P, D]`, their validity mask `[B, P]`,
-/// and the grounding heads' coordinates and log heat maps when the model has them.
-type Prefix = (Tensor, Tensor, Option<(Tensor, Tensor)>);
+/// and the grounding readout when the model has grounding heads.
+type Prefix = (Tensor, Tensor, Option<GroundingReadout>);
 
 /// The vision-language-action model.
 #[derive(Debug)]
@@ -529,9 +550,15 @@ impl VlaModel {
             }
             None => None,
         };
+        let proprio = normalised_state
+            .as_ref()
+            .map(|s| match &self.proprio_index {
+                Some(idx) => s.index_select(1, idx),
+                None => s.shallow_clone(),
+            });
         let grounding = match (&self.grounding, stem_features, &pooled) {
             (Some(g), Some(last), Some(pooled)) => {
-                let (coords, maps) = match stem_levels.first() {
+                let (coords, log_maps) = match stem_levels.first() {
                     Some(fine) if self.config.vision.grounding_fine => {
                         g.locate(pooled, fine, &[last])
                     }
@@ -540,17 +567,23 @@ impl VlaModel {
                 let ee_xy = normalised_state
                     .as_ref()
                     .map(|s| s.narrow(1, vla_core::StateLayout::EE_POSITION.start as i64, 2));
-                parts.push(g.token(&coords, ee_xy.as_ref(), self.compute_kind));
-                Some((coords, maps))
+                let subgoal_logits = proprio.as_ref().and_then(|p| g.subgoal_logits(pooled, p));
+                parts.push(g.token(
+                    &coords,
+                    ee_xy.as_ref(),
+                    subgoal_logits.as_ref(),
+                    self.compute_kind,
+                ));
+                Some(GroundingReadout {
+                    coords,
+                    log_maps,
+                    subgoal_logits,
+                })
             }
             _ => None,
         };
 
-        if let (Some(proj), Some(s)) = (&self.proprio_projector, &normalised_state) {
-            let s = match &self.proprio_index {
-                Some(idx) => s.index_select(1, idx),
-                None => s.shallow_clone(),
-            };
+        if let (Some(proj), Some(s)) = (&self.proprio_projector, &proprio) {
             parts.push(proj.forward(&s.to_kind(self.compute_kind)).unsqueeze(1));
         }
 
@@ -614,6 +647,22 @@ impl VlaModel {
             .square()
             .sum_dim_intlist(-1, false, Kind::Float);
         let loss = (per_head * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0);
+        Some(loss * weight)
+    }
+
+    /// The subgoal gate's cross-entropy (weighted, see `ActionConfig::subgoal_weight`)
+    /// against `labels [B]`: the head each frame heads for, or -1 where none is known.
+    /// `None` without a gate.
+    pub fn subgoal_loss(&self, out: &TrainOutput, labels: &Tensor) -> Option<Tensor> {
+        let logits = out.subgoal_logits.as_ref()?;
+        let weight = self.config.action.subgoal_weight;
+        let labels = labels.to_device(self.device()).to_kind(Kind::Int64);
+        let known = labels.ge(0).to_kind(Kind::Float);
+        let nll = -logits
+            .log_softmax(-1, Kind::Float)
+            .gather(1, &labels.clamp_min(0).unsqueeze(1), false)
+            .squeeze_dim(1);
+        let loss = (nll * &known).sum(Kind::Float) / known.sum(Kind::Float).clamp_min(1.0);
         Some(loss * weight)
     }
 
@@ -737,9 +786,14 @@ impl VlaModel {
             .eq_tensor(&target_bins)
             .to_kind(Kind::Float)
             .mean(Kind::Float);
+        let (grounding, grounding_log_maps, subgoal_logits) = match grounding {
+            Some(r) => (Some(r.coords), Some(r.log_maps), r.subgoal_logits),
+            None => (None, None, None),
+        };
         Ok(TrainOutput {
-            grounding_log_maps: grounding.as_ref().map(|(_, maps)| maps.shallow_clone()),
-            grounding: grounding.map(|(coords, _)| coords),
+            grounding_log_maps,
+            grounding,
+            subgoal_logits,
             loss,
             action_logits: logits,
             predicted: predicted_bins + self.action_tokenizer.token_offset(),
@@ -777,9 +831,9 @@ impl VlaModel {
             .map(|(tokens, _)| tokens)
     }
 
-    /// [`Self::sample_action_tokens`], also returning the grounding heads' coordinates
-    /// `[B*C, H, 2]` that the same forward pass computed (`None` without heads): what
-    /// `vla eval --trace` turns into table positions ([`Self::table_targets_from`]).
+    /// [`Self::sample_action_tokens`], also returning what the grounding heads computed in
+    /// the same forward pass (`None` without heads): what `vla eval --trace` turns into
+    /// table positions ([`Self::table_targets_from`]) and the subgoal.
     pub fn sample_action_tokens_with_grounding(
         &self,
         images: &Tensor,
@@ -787,7 +841,7 @@ impl VlaModel {
         prompt_ids: &Tensor,
         prompt_mask: &Tensor,
         mut sampling: Option<(f64, &mut ChaCha8Rng)>,
-    ) -> Result<(Tensor, Option<Tensor>)> {
+    ) -> Result<(Tensor, Option<GroundingOutput>)> {
         tch::no_grad(|| {
             let (prefix, mask, grounding) =
                 self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
@@ -818,7 +872,11 @@ impl VlaModel {
                 }
                 tokens.push(tok);
             }
-            Ok((Tensor::cat(&tokens, 1), grounding.map(|(coords, _)| coords)))
+            let grounding = grounding.map(|r| GroundingOutput {
+                coords: r.coords,
+                subgoal_logits: r.subgoal_logits,
+            });
+            Ok((Tensor::cat(&tokens, 1), grounding))
         })
     }
 
@@ -836,14 +894,20 @@ impl VlaModel {
         let heads = self.config.vision.grounding_heads as i64;
         tch::no_grad(|| {
             let (_, _, grounding) = self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
-            Ok(grounding.map(|(coords, maps)| {
-                let s = maps.size();
-                let b = s[0] / c;
-                (
-                    maps.exp().view([b, c, heads, s[2], s[3]]),
-                    coords.to_kind(Kind::Float).view([b, c, heads, 2]),
-                )
-            }))
+            Ok(grounding.map(
+                |GroundingReadout {
+                     coords,
+                     log_maps: maps,
+                     ..
+                 }| {
+                    let s = maps.size();
+                    let b = s[0] / c;
+                    (
+                        maps.exp().view([b, c, heads, s[2], s[3]]),
+                        coords.to_kind(Kind::Float).view([b, c, heads, 2]),
+                    )
+                },
+            ))
         })
     }
 
@@ -1234,6 +1298,49 @@ mod tests {
             moved(true) > 1e-6,
             "with relative targets x must reach the logits"
         );
+    }
+
+    #[test]
+    fn the_subgoal_gate_learns_from_its_labels_and_picks_the_offset_the_lm_reads() {
+        crate::test_setup();
+        let mut cfg = VlaConfig::test_tiny();
+        cfg.action.subgoal_weight = 0.5;
+        let model = VlaModel::new(
+            cfg,
+            NormStats::unit(&VlaConfig::test_tiny()),
+            Device::Cpu,
+            4,
+        )
+        .expect("valid test config");
+        let b = batch(&model, 2);
+        let out = model.forward_train(&b).expect("forward");
+        let logits = out.subgoal_logits.as_ref().expect("the gate's logits");
+        assert_eq!(logits.size(), [2, 3]); // [B, H + 1]: the heads and "hold"
+        let unknown = Tensor::from_slice(&[-1i64, -1]);
+        let masked = model.subgoal_loss(&out, &unknown).expect("a gate");
+        assert_eq!(masked.double_value(&[]), 0.0);
+        let loss = model
+            .subgoal_loss(&out, &Tensor::from_slice(&[1i64, 2]))
+            .expect("a gate");
+        assert!(loss.double_value(&[]) > 0.0);
+        loss.backward();
+        let vars = model.var_store().variables();
+        let grad = vars["grounding.subgoal.fc1.weight"].grad();
+        assert!(grad.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        // The token carries the gated head's offset: forcing the gate onto one head or the
+        // other (or "hold") changes it.
+        let g = model.grounding.as_ref().expect("grounding heads");
+        let coords = out.grounding.as_ref().expect("coordinates").detach();
+        let ee = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
+        let token = |head: i64| {
+            let gate = Tensor::full([2, 3], -30.0, (Kind::Float, Device::Cpu));
+            let _ = gate.narrow(1, head, 1).fill_(30.0);
+            g.token(&coords, Some(&ee), Some(&gate), Kind::Float)
+        };
+        for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+            let apart = (token(a) - token(b)).abs().max().double_value(&[]);
+            assert!(apart > 1e-6, "the gate must choose: {a} vs {b}");
+        }
     }
 
     #[test]

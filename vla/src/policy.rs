@@ -11,7 +11,7 @@ use vla_core::{Action, Observation, RgbImage};
 
 use crate::checkpoint::load_run;
 use crate::error::{Result, VlaError};
-use crate::model::{left_pad, VlaModel};
+use crate::model::{left_pad, GroundingOutput, VlaModel};
 use crate::text_tokenizer::TextTokenizer;
 
 /// `[3, H, W]` u8 tensor of an RGB image, resized (bilinear) to `size × size` if needed so
@@ -41,8 +41,14 @@ pub fn observation_images(obs: &Observation, size: u32) -> Tensor {
     )
 }
 
-/// One table (x, y) per grounding head, in metres.
-pub type HeadPoints = Vec<[f32; 2]>;
+/// Where the grounding heads look, for `vla eval --trace`.
+#[derive(Clone, Debug)]
+pub struct HeadPoints {
+    /// One table (x, y) per grounding head, in metres.
+    pub heads: Vec<[f32; 2]>,
+    /// The head the subgoal gate picks (`None` without a gate).
+    pub subgoal: Option<usize>,
+}
 
 /// An item's generated action token ids and the action they decode to.
 pub type TokensAndAction = (Vec<i64>, Action);
@@ -180,17 +186,34 @@ impl Policy {
         &self,
         items: &[(&Observation, &str)],
     ) -> Result<Vec<(Action, Option<HeadPoints>)>> {
-        let (decoded, coords) = self.decode(items)?;
+        let (decoded, grounding) = self.decode(items)?;
+        let n = decoded.len();
+        let subgoals: Vec<Option<usize>> = match grounding
+            .as_ref()
+            .and_then(|g| g.subgoal_logits.as_ref())
+        {
+            Some(logits) => Vec::<i64>::try_from(logits.argmax(-1, false).to_device(Device::Cpu))?
+                .into_iter()
+                .map(|h| usize::try_from(h).ok())
+                .collect(),
+            None => vec![None; n],
+        };
         let targets: Vec<Option<HeadPoints>> =
-            match coords.and_then(|c| self.model.table_targets_from(&c)) {
+            match grounding.and_then(|g| self.model.table_targets_from(&g.coords)) {
                 Some(table) => {
                     let heads = table.size().get(1).copied().unwrap_or(0).max(0) as usize;
                     let flat = Vec::<f32>::try_from(table.to_device(Device::Cpu).flatten(0, -1))?;
                     flat.chunks(heads * 2)
-                        .map(|row| Some(row.chunks_exact(2).map(|p| [p[0], p[1]]).collect()))
+                        .zip(&subgoals)
+                        .map(|(row, &subgoal)| {
+                            Some(HeadPoints {
+                                heads: row.chunks_exact(2).map(|p| [p[0], p[1]]).collect(),
+                                subgoal,
+                            })
+                        })
                         .collect()
                 }
-                None => vec![None; decoded.len()],
+                None => vec![None; n],
             };
         Ok(decoded
             .into_iter()
@@ -199,12 +222,12 @@ impl Policy {
             .collect())
     }
 
-    /// One batched forward pass: each item's action tokens and action, and the grounding
-    /// heads' coordinates `[B*C, H, 2]` (`None` without heads or items).
+    /// One batched forward pass: each item's action tokens and action, and what the
+    /// grounding heads computed (`None` without heads or items).
     fn decode(
         &self,
         items: &[(&Observation, &str)],
-    ) -> Result<(Vec<TokensAndAction>, Option<Tensor>)> {
+    ) -> Result<(Vec<TokensAndAction>, Option<GroundingOutput>)> {
         if items.is_empty() {
             return Ok((Vec::new(), None));
         }

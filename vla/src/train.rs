@@ -90,6 +90,8 @@ pub struct StepStats {
     pub target_loss: Option<f64>,
     /// The weighted auxiliary heat-map loss, when there was one.
     pub map_loss: Option<f64>,
+    /// The weighted subgoal gate loss, when there was one.
+    pub subgoal_loss: Option<f64>,
 }
 
 /// Targets of the auxiliary grounding losses for one batch (see
@@ -105,6 +107,8 @@ pub struct AuxTargets {
     /// The same in the wrist camera, and its weight.
     pub wrist_pixels: Option<(Tensor, Tensor)>,
     pub wrist_map_weight: f64,
+    /// `[B]` the head each frame heads for (-1: unknown), for the subgoal gate's loss.
+    pub subgoals: Option<Tensor>,
 }
 
 /// The sum of the loss terms that are there (`None` when none is).
@@ -276,7 +280,11 @@ impl TrainStep {
             .as_ref()
             .and_then(|(px, m)| model.target_map_loss(&out, (px, m), 1, targets.wrist_map_weight));
         let map = sum_present([front_map.as_ref(), wrist_map.as_ref()]);
-        let aux = sum_present([regression.as_ref(), map.as_ref()]);
+        let subgoal = targets
+            .subgoals
+            .as_ref()
+            .and_then(|labels| model.subgoal_loss(&out, labels));
+        let aux = sum_present([regression.as_ref(), map.as_ref(), subgoal.as_ref()]);
         let train_loss = if self.config.label_sigma_bins > 0.0 {
             soft_target_loss(
                 model,
@@ -316,6 +324,7 @@ impl TrainStep {
             skipped,
             target_loss: regression.as_ref().map(|a| a.double_value(&[])),
             map_loss: map.as_ref().map(|a| a.double_value(&[])),
+            subgoal_loss: subgoal.as_ref().map(|a| a.double_value(&[])),
         };
         self.step += 1;
         Ok(stats)

@@ -169,6 +169,9 @@ pub struct ValStats {
     /// centimetres of a grasp are aimed by the near error. Empty without grounding heads.
     pub target_error_far_cm: Vec<f64>,
     pub target_error_near_cm: Vec<f64>,
+    /// Fraction of the frames with a known subgoal whose gate picks it (`None` without a
+    /// gate).
+    pub subgoal_accuracy: Option<f64>,
     pub frames: usize,
 }
 
@@ -391,6 +394,8 @@ pub fn train(
                 data.wrist_target_pixels(&indices, heads, &train_cfg.grounding.wrist_camera)
             }),
             wrist_map_weight,
+            subgoals: (cfg.action.subgoal_weight > 0.0)
+                .then(|| data.subgoal_labels(&indices, heads)),
         };
         let stats = step_fn.step_with_targets(&model, &batch, &targets)?;
         step += 1;
@@ -412,6 +417,9 @@ pub fn train(
             }
             if let Some(t) = stats.map_loss {
                 record["map_loss"] = t.into();
+            }
+            if let Some(t) = stats.subgoal_loss {
+                record["subgoal_loss"] = t.into();
             }
             write_metric(&mut metrics, &record, &opts.out)?;
             keep_going &= on_event(TrainEvent::Step {
@@ -436,6 +444,7 @@ pub fn train(
                     "l1": val.l1, "gripper_accuracy": val.gripper_accuracy,
                     "target_error_far_cm": val.target_error_far_cm,
                     "target_error_near_cm": val.target_error_near_cm,
+                    "subgoal_accuracy": val.subgoal_accuracy,
                     "elapsed_s": started.elapsed().as_secs_f64(),
                 }),
                 &opts.out,
@@ -485,6 +494,8 @@ fn validate(
     let (mut loss, mut acc, mut l1, mut grip) = (0.0, 0.0, 0.0, 0.0);
     let mut l1_count = 0usize;
     let mut target_errors = TargetErrors::default();
+    let (mut subgoal_right, mut subgoal_known) = (0usize, 0usize);
+    let heads = model.config().vision.grounding_heads;
     tch::no_grad(|| -> Result<()> {
         for chunk in subset.chunks(cfg.batch_size.max(1)) {
             let batch = data
@@ -496,6 +507,16 @@ fn validate(
             acc += out.accuracy.double_value(&[]) * n;
             if let Some(table) = model.table_targets(&out) {
                 target_errors.add(data, chunk, &table)?;
+            }
+            if let Some(logits) = &out.subgoal_logits {
+                let chosen = Vec::<i64>::try_from(logits.argmax(-1, false).to_device(Device::Cpu))?;
+                for (&c, &frame) in chosen.iter().zip(chunk) {
+                    let label = data.subgoal(frame).class(heads);
+                    if label >= 0 {
+                        subgoal_known += 1;
+                        subgoal_right += (c == label) as usize;
+                    }
+                }
             }
             let predicted: Vec<i64> = Vec::<i64>::try_from(
                 out.predicted
@@ -527,6 +548,7 @@ fn validate(
         gripper_accuracy: grip / n,
         target_error_far_cm: TargetErrors::means_cm(&target_errors.far),
         target_error_near_cm: TargetErrors::means_cm(&target_errors.near),
+        subgoal_accuracy: (subgoal_known > 0).then(|| subgoal_right as f64 / subgoal_known as f64),
         frames: subset.len(),
     })
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use image::{Rgb, RgbImage};
 use vla_core::{Action, Observation};
 use vla_datasets::{DatasetSpec, DatasetWriter, FrameRecord, ImageSize};
+use vla_model::data::Subgoal;
 use vla_model::tch::Device;
 use vla_model::trainer::{self, TrainConfig, TrainEvent, TrainOptions};
 use vla_model::VlaConfig;
@@ -221,8 +222,47 @@ fn a_missed_grasp_opened_beside_the_object_is_no_release() {
             (t < 9).then_some(0.40),
             "frame {i}: the opening at the bin"
         );
+        // The subgoal: the object until the grasp that holds (t = 6, the retry included),
+        // then the bin.
+        let subgoal = Subgoal::Head((t >= 7) as usize);
+        assert_eq!(data.subgoal(i), subgoal, "frame {i}: the subgoal");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_subgoal_is_the_next_event_then_hold_after_a_pick_and_none_after_a_release() {
+    let ee_x = [0.0, 0.05, 0.10, 0.15, 0.15, 0.15, 0.16, 0.20, 0.30, 0.40];
+    // A pick: closes at t = 3 and lifts, never opening. A place: opens at the bin at t = 8.
+    // The gate's classes with two heads: 0 and 1 the heads, 2 "hold", -1 no label.
+    for (name, closed, want) in [
+        (
+            "lift",
+            &[3usize, 4, 5, 6, 7, 8, 9][..],
+            [0i64, 0, 0, 0, 2, 2, 2, 2, 2, 2],
+        ),
+        (
+            "drop",
+            &[3, 4, 5, 6, 7][..],
+            [0, 0, 0, 0, 1, 1, 1, 1, 1, -1],
+        ),
+    ] {
+        let dir = tmp(name);
+        write_dataset_with(&dir, &ee_x, closed);
+        let data = vla_model::data::TrainingData::load(
+            std::slice::from_ref(&dir),
+            32,
+            0.0,
+            0,
+            &mut |_, _| {},
+        )
+        .expect("the test dataset loads");
+        let got: Vec<i64> = (0..10).map(|i| data.subgoal(i).class(2)).collect();
+        assert_eq!(got, want, "{name}");
+        let labels = Vec::<i64>::try_from(data.subgoal_labels(&[0, 4, 9], 2)).unwrap();
+        assert_eq!(labels, [want[0], want[4], want[9]], "{name}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 #[test]
