@@ -140,6 +140,27 @@ fn place_env(seed: u64) -> Env {
     env
 }
 
+/// [`place_env`] after the expert has lifted the object and set off for the bin with it.
+fn place_env_carrying(seed: u64) -> Env {
+    let mut env = place_env(seed);
+    let start = env
+        .cell()
+        .expect("cell after reset")
+        .object_pose(0)
+        .translation
+        .vector;
+    let mut carried = false;
+    while !env.is_done() && !carried {
+        let action = env.expert_action().expect("expert action");
+        env.step_physics(&action).expect("step");
+        let cell = env.cell().expect("cell after reset");
+        let p = cell.object_pose(0).translation.vector;
+        carried = cell.is_grasped(0) && (p.xy() - start.xy()).norm() > 0.03;
+    }
+    assert!(carried, "seed {seed}: the expert never carried the object");
+    env
+}
+
 /// The expert never waits with closed, settled fingers: its hold-while-closing ends when the
 /// fingers settle, so a still tool with still, closed fingers always gets the lift, never
 /// "wait". A fixed wait gave identical observations two labels, and the cloned policy
@@ -180,23 +201,7 @@ fn expert_never_waits_on_a_settled_gripper() {
 fn expert_picks_up_again_what_a_learner_dropped() {
     let mut recovered = 0;
     for seed in 0..3u64 {
-        let mut env = place_env(seed);
-        // The expert lifts the object and sets off for the bin with it.
-        let start = env
-            .cell()
-            .expect("cell after reset")
-            .object_pose(0)
-            .translation
-            .vector;
-        let mut carried = false;
-        while !env.is_done() && !carried {
-            let action = env.expert_action().expect("expert action");
-            env.step_physics(&action).expect("step");
-            let cell = env.cell().expect("cell after reset");
-            let p = cell.object_pose(0).translation.vector;
-            carried = cell.is_grasped(0) && (p.xy() - start.xy()).norm() > 0.03;
-        }
-        assert!(carried, "seed {seed}: the expert never carried the object");
+        let mut env = place_env_carrying(seed);
         // A learner opens the fingers and stays put; the expert is asked every step, as in
         // DAgger, but its labels are not executed.
         let open = vla_core::Action::new([0.0; 3], [0.0; 3], 0.0);
@@ -240,23 +245,7 @@ fn expert_picks_up_again_what_a_learner_dropped() {
 #[test]
 fn the_expert_lowers_into_the_bin_from_slightly_off_centre() {
     for seed in 0..3u64 {
-        let mut env = place_env(seed);
-        // The expert lifts the object and sets off for the bin with it.
-        let start = env
-            .cell()
-            .expect("cell after reset")
-            .object_pose(0)
-            .translation
-            .vector;
-        let mut carried = false;
-        while !env.is_done() && !carried {
-            let action = env.expert_action().expect("expert action");
-            env.step_physics(&action).expect("step");
-            let cell = env.cell().expect("cell after reset");
-            let p = cell.object_pose(0).translation.vector;
-            carried = cell.is_grasped(0) && (p.xy() - start.xy()).norm() > 0.03;
-        }
-        assert!(carried, "seed {seed}: the expert never carried the object");
+        let mut env = place_env_carrying(seed);
         // The learner carries it to 1.5 cm beside the bin's centre, 15 cm up (below the
         // carry height, above the release height); the expert is asked every step, as in
         // DAgger, but its labels are not executed.
