@@ -100,7 +100,8 @@ pub struct TrainOutput {
     pub grounding: Option<Tensor>,
     /// `[B*C, H, h, w]` the grounding heat maps (log-probabilities), likewise.
     pub grounding_log_maps: Option<Tensor>,
-    /// `[B, H]` logits of the subgoal gate (`action.subgoal_weight > 0`).
+    /// `[B, H + 1]` logits of the subgoal gate (`action.subgoal_weight > 0`; the last is
+    /// "hold").
     pub subgoal_logits: Option<Tensor>,
 }
 
@@ -109,7 +110,7 @@ pub struct TrainOutput {
 pub struct GroundingOutput {
     /// `[B*C, H, 2]` soft-argmax coordinates.
     pub coords: Tensor,
-    /// `[B, H]` subgoal gate logits, when the model has the gate.
+    /// `[B, H + 1]` subgoal gate logits (the last is "hold"), when the model has the gate.
     pub subgoal_logits: Option<Tensor>,
 }
 
@@ -119,7 +120,7 @@ struct GroundingReadout {
     coords: Tensor,
     /// `[B*C, H, h, w]` heat maps (log-probabilities).
     log_maps: Tensor,
-    /// `[B, H]` subgoal gate logits, when the model has the gate.
+    /// `[B, H + 1]` subgoal gate logits (the last is "hold"), when the model has the gate.
     subgoal_logits: Option<Tensor>,
 }
 
@@ -651,16 +652,21 @@ impl VlaModel {
     }
 
     /// The subgoal gate's cross-entropy (weighted, see `ActionConfig::subgoal_weight`)
-    /// against `labels [B]`: the head each frame heads for, or -1 where none is known.
-    /// `None` without a gate.
+    /// against `labels [B]`: each frame's class (a head, or `H` for "hold", as
+    /// [`crate::data::Subgoal::class`] gives them); frames with any other label (-1: none
+    /// known) do not count. `None` without a gate.
     pub fn subgoal_loss(&self, out: &TrainOutput, labels: &Tensor) -> Option<Tensor> {
         let logits = out.subgoal_logits.as_ref()?;
         let weight = self.config.action.subgoal_weight;
+        let classes = logits.size().last().copied().unwrap_or(1);
         let labels = labels.to_device(self.device()).to_kind(Kind::Int64);
-        let known = labels.ge(0).to_kind(Kind::Float);
+        let known = labels
+            .ge(0)
+            .logical_and(&labels.lt(classes))
+            .to_kind(Kind::Float);
         let nll = -logits
             .log_softmax(-1, Kind::Float)
-            .gather(1, &labels.clamp_min(0).unsqueeze(1), false)
+            .gather(1, &labels.clamp(0, classes - 1).unsqueeze(1), false)
             .squeeze_dim(1);
         let loss = (nll * &known).sum(Kind::Float) / known.sum(Kind::Float).clamp_min(1.0);
         Some(loss * weight)
@@ -1316,7 +1322,8 @@ mod tests {
         let out = model.forward_train(&b).expect("forward");
         let logits = out.subgoal_logits.as_ref().expect("the gate's logits");
         assert_eq!(logits.size(), [2, 3]); // [B, H + 1]: the heads and "hold"
-        let unknown = Tensor::from_slice(&[-1i64, -1]);
+                                           // -1 (none known) and a class the gate does not have are no labels.
+        let unknown = Tensor::from_slice(&[-1i64, 7]);
         let masked = model.subgoal_loss(&out, &unknown).expect("a gate");
         assert_eq!(masked.double_value(&[]), 0.0);
         let loss = model
