@@ -82,7 +82,8 @@ pub struct PolicyAgent<'a> {
 pub struct StepDiagnostics {
     /// One (x, y) per grounding head (m); `None` for a model without heads.
     pub heads_xy: Option<Vec<[f32; 2]>>,
-    /// The head the subgoal gate picks (`None` without a gate).
+    /// The subgoal gate's choice: a head, or the number of heads for "hold" (`None`
+    /// without a gate).
     pub subgoal: Option<usize>,
     pub object_xyz: Option<[f32; 3]>,
     pub bin_xy: Option<[f32; 2]>,

@@ -194,6 +194,14 @@ pub struct Drop {
     pub radius: f64,
 }
 
+impl Drop {
+    /// How far (m) the tool's `xy` is from the drop point beyond [`DROP_SLACK`]; 0 or less
+    /// is over the spot.
+    fn beyond_slack(&self, xy: Vector2<f64>) -> f64 {
+        (Vector2::from(self.xy) - xy).norm() - DROP_SLACK * self.radius
+    }
+}
+
 /// Below this height (m) of its bottom above the table, an object that no finger holds has
 /// fallen: it is on the table or a bin's floor, not between the fingers for a moment.
 const FALLEN_HEIGHT: f64 = 0.025;
@@ -345,9 +353,8 @@ impl PickPlace {
                         // the lowering it had learned, left policies bobbing above the bin.
                         // The held object's bottom stays above the walls until the release.
                         Some(drop) => {
-                            let off = (Vector2::from(drop.xy) - tool.xy()).norm();
-                            let slack = DROP_SLACK * drop.radius;
-                            let z = drop.release_z + FUNNEL_SLOPE * (off - slack).max(0.0);
+                            let beyond = drop.beyond_slack(tool.xy()).max(0.0);
+                            let z = drop.release_z + FUNNEL_SLOPE * beyond;
                             (
                                 drop.xy,
                                 z.clamp(drop.release_z, CARRY_Z.max(drop.release_z)),
@@ -414,10 +421,12 @@ impl PickPlace {
                         || self.counter >= MAX_GRIPPER_STEPS
                 }
                 // Over the drop point within the slack, at the release height.
-                Phase::Carry | Phase::Lower if self.drop.is_some() => self.drop.is_some_and(|d| {
-                    let off = (Vector2::from(d.xy) - tool.xy()).norm();
-                    off <= DROP_SLACK * d.radius && (tool.z - d.release_z).abs() < tolerance
-                }),
+                Phase::Carry | Phase::Lower => match self.drop {
+                    Some(d) => {
+                        d.beyond_slack(tool.xy()) <= 0.0 && (tool.z - d.release_z).abs() < tolerance
+                    }
+                    None => error < tolerance,
+                },
                 _ => error < tolerance,
             };
             if !reached || self.phase == Phase::Done {

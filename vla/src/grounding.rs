@@ -229,23 +229,24 @@ impl Grounding {
             table.reshape([b, -1]),
         ];
         if self.relative {
-            let aim = match (&self.subgoal, subgoal) {
-                (Some(_), Some(logits)) => {
-                    let p = logits.to_kind(Kind::Float).softmax(-1, Kind::Float);
+            let aim = match &self.subgoal {
+                Some(_) => {
+                    let p = match subgoal {
+                        Some(logits) => logits.to_kind(Kind::Float).softmax(-1, Kind::Float),
+                        // Validation ties the gate to a state; without its logits, head 0.
+                        None => {
+                            let p =
+                                Tensor::zeros([b, self.heads + 1], (Kind::Float, table.device()));
+                            let _ = p.narrow(1, 0, 1).fill_(1.0);
+                            p
+                        }
+                    };
                     parts.push(p.shallow_clone());
                     // "Hold" aims where head 0 looks.
                     let per_head = Tensor::cat(&[&table, &table.narrow(1, 0, 1)], 1);
                     (per_head * p.unsqueeze(-1)).sum_dim_intlist(1, true, Kind::Float)
                 }
-                // Validation ties the gate to a state; without one it aims at head 0.
-                (Some(_), None) => {
-                    let mut p = vec![0f32; self.heads as usize + 1];
-                    p[0] = 1.0;
-                    let p = Tensor::from_slice(&p).to_device(table.device());
-                    parts.push(p.view([1, -1]).expand([b, -1], false));
-                    table.narrow(1, 0, 1)
-                }
-                (None, _) => table.shallow_clone(),
+                None => table.shallow_clone(),
             };
             let offset = match ee_xy {
                 Some(ee) => &aim - ee.to_kind(Kind::Float).view([b, 1, 2]),

@@ -105,23 +105,15 @@ pub struct TrainOutput {
     pub subgoal_logits: Option<Tensor>,
 }
 
-/// What the grounding heads computed while acting.
+/// What the grounding heads computed in one forward pass.
 #[derive(Debug)]
-pub struct GroundingOutput {
+pub struct GroundingReadout {
     /// `[B*C, H, 2]` soft-argmax coordinates.
     pub coords: Tensor,
+    /// `[B*C, H, h, w]` heat maps (log-probabilities).
+    pub log_maps: Tensor,
     /// `[B, H + 1]` subgoal gate logits (the last is "hold"), when the model has the gate.
     pub subgoal_logits: Option<Tensor>,
-}
-
-/// What the grounding heads computed in one forward pass.
-struct GroundingReadout {
-    /// `[B*C, H, 2]` soft-argmax coordinates.
-    coords: Tensor,
-    /// `[B*C, H, h, w]` heat maps (log-probabilities).
-    log_maps: Tensor,
-    /// `[B, H + 1]` subgoal gate logits (the last is "hold"), when the model has the gate.
-    subgoal_logits: Option<Tensor>,
 }
 
 /// The LM input in front of the actions: embeddings `[B, P, D]`, their validity mask `[B, P]`,
@@ -847,7 +839,7 @@ impl VlaModel {
         prompt_ids: &Tensor,
         prompt_mask: &Tensor,
         mut sampling: Option<(f64, &mut ChaCha8Rng)>,
-    ) -> Result<(Tensor, Option<GroundingOutput>)> {
+    ) -> Result<(Tensor, Option<GroundingReadout>)> {
         tch::no_grad(|| {
             let (prefix, mask, grounding) =
                 self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
@@ -878,10 +870,6 @@ impl VlaModel {
                 }
                 tokens.push(tok);
             }
-            let grounding = grounding.map(|r| GroundingOutput {
-                coords: r.coords,
-                subgoal_logits: r.subgoal_logits,
-            });
             Ok((Tensor::cat(&tokens, 1), grounding))
         })
     }
@@ -1321,8 +1309,9 @@ mod tests {
         let b = batch(&model, 2);
         let out = model.forward_train(&b).expect("forward");
         let logits = out.subgoal_logits.as_ref().expect("the gate's logits");
-        assert_eq!(logits.size(), [2, 3]); // [B, H + 1]: the heads and "hold"
-                                           // -1 (none known) and a class the gate does not have are no labels.
+        // [B, H + 1]: the heads and "hold".
+        assert_eq!(logits.size(), [2, 3]);
+        // -1 (none known) and a class the gate does not have are no labels.
         let unknown = Tensor::from_slice(&[-1i64, 7]);
         let masked = model.subgoal_loss(&out, &unknown).expect("a gate");
         assert_eq!(masked.double_value(&[]), 0.0);

@@ -11,7 +11,7 @@ use vla_core::{Action, Observation, RgbImage};
 
 use crate::checkpoint::load_run;
 use crate::error::{Result, VlaError};
-use crate::model::{left_pad, GroundingOutput, VlaModel};
+use crate::model::{left_pad, GroundingReadout, VlaModel};
 use crate::text_tokenizer::TextTokenizer;
 
 /// `[3, H, W]` u8 tensor of an RGB image, resized (bilinear) to `size × size` if needed so
@@ -46,7 +46,8 @@ pub fn observation_images(obs: &Observation, size: u32) -> Tensor {
 pub struct HeadPoints {
     /// One table (x, y) per grounding head, in metres.
     pub heads: Vec<[f32; 2]>,
-    /// The head the subgoal gate picks (`None` without a gate).
+    /// The gate's choice: a head, or the number of heads for "hold" (`None` without a
+    /// gate).
     pub subgoal: Option<usize>,
 }
 
@@ -227,7 +228,7 @@ impl Policy {
     fn decode(
         &self,
         items: &[(&Observation, &str)],
-    ) -> Result<(Vec<TokensAndAction>, Option<GroundingOutput>)> {
+    ) -> Result<(Vec<TokensAndAction>, Option<GroundingReadout>)> {
         if items.is_empty() {
             return Ok((Vec::new(), None));
         }

@@ -107,7 +107,8 @@ pub struct AuxTargets {
     /// The same in the wrist camera, and its weight.
     pub wrist_pixels: Option<(Tensor, Tensor)>,
     pub wrist_map_weight: f64,
-    /// `[B]` the head each frame heads for (-1: unknown), for the subgoal gate's loss.
+    /// `[B]` each frame's subgoal class (a head, or the number of heads for "hold"; -1:
+    /// unknown), for the subgoal gate's loss.
     pub subgoals: Option<Tensor>,
 }
 

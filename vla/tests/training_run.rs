@@ -259,7 +259,8 @@ fn the_subgoal_is_the_next_event_then_hold_after_a_pick_and_none_after_a_release
         .expect("the test dataset loads");
         let got: Vec<i64> = (0..10).map(|i| data.subgoal(i).class(2)).collect();
         assert_eq!(got, want, "{name}");
-        let labels = Vec::<i64>::try_from(data.subgoal_labels(&[0, 4, 9], 2)).unwrap();
+        let labels = Vec::<i64>::try_from(data.subgoal_labels(&[0, 4, 9], 2))
+            .expect("the labels are an i64 tensor");
         assert_eq!(labels, [want[0], want[4], want[9]], "{name}");
         let _ = std::fs::remove_dir_all(&dir);
     }
