@@ -37,7 +37,7 @@ pub struct Args {
     /// Write one JSON line per control step: the policy's action, what the scripted expert
     /// would have done in the same state, the end-effector state, where the grounding heads
     /// put the named object and bin (`heads_xy`), which of them the subgoal gate picks
-    /// (`subgoal`), and where they are (`object_xyz`, `bin_xy`). Shows *where* a policy
+    /// (`subgoal`) and with what probabilities (`subgoal_probs`), and where they are (`object_xyz`, `bin_xy`). Shows *where* a policy
     /// departs from the demonstrations, and whether it looked in the right place.
     #[arg(long)]
     pub trace: Option<PathBuf>,
@@ -85,6 +85,8 @@ pub struct StepDiagnostics {
     /// The subgoal gate's choice: a head, or the number of heads for "hold" (`None`
     /// without a gate).
     pub subgoal: Option<usize>,
+    /// The gate's probabilities (heads, then "hold"); empty without a gate.
+    pub subgoal_probs: Vec<f32>,
     pub object_xyz: Option<[f32; 3]>,
     pub bin_xy: Option<[f32; 2]>,
 }
@@ -99,6 +101,10 @@ impl StepDiagnostics {
         let bin_xy = cell.and_then(|c| c.receptacles.first()).map(|r| r.position);
         StepDiagnostics {
             subgoal: points.as_ref().and_then(|p| p.subgoal),
+            subgoal_probs: points
+                .as_ref()
+                .map(|p| p.subgoal_probs.clone())
+                .unwrap_or_default(),
             heads_xy: points.map(|p| p.heads),
             object_xyz,
             bin_xy,
@@ -258,6 +264,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
                             "success": result.success,
                             "heads_xy": diag.as_ref().and_then(|d| d.heads_xy.clone()),
                             "subgoal": diag.as_ref().and_then(|d| d.subgoal),
+                            "subgoal_probs": diag.as_ref().map(|d| d.subgoal_probs.clone()),
                             "object_xyz": diag.as_ref().and_then(|d| d.object_xyz),
                             "bin_xy": diag.as_ref().and_then(|d| d.bin_xy),
                         });

@@ -61,6 +61,12 @@ pub struct VisionConfig {
     /// grasp misses when its aim is ~2 cm off. Needs at least two stem levels.
     #[serde(default)]
     pub grounding_fine: bool,
+    /// Each grounding head reads its own phrase of the instruction (attention over the
+    /// prompt's tokens, each seen with its neighbours) instead of the mean of its
+    /// embeddings, in which "the red can in the green bin" and "the green can in the red
+    /// bin" are the same bag of words. Needs `grounding_heads`.
+    #[serde(default)]
+    pub grounding_phrases: bool,
     /// Per-channel normalisation applied to [0, 1] pixels.
     #[serde(default = "default_mean")]
     pub image_mean: [f32; 3],
@@ -369,6 +375,12 @@ impl VlaConfig {
                 ),
             ));
         }
+        if v.grounding_phrases && v.grounding_heads == 0 {
+            return Err(VlaError::invalid(
+                "vision.grounding_phrases",
+                "phrases are what the grounding heads read: set vision.grounding_heads too",
+            ));
+        }
         if v.grounding_fine && (v.grounding_heads == 0 || v.stem_channels.len() < 2) {
             return Err(VlaError::invalid(
                 "vision.grounding_fine",
@@ -470,6 +482,7 @@ impl VlaConfig {
                 film: true,
                 grounding_heads: 2,
                 grounding_fine: false,
+                grounding_phrases: false,
                 image_mean: default_mean(),
                 image_std: default_std(),
             },
@@ -554,6 +567,18 @@ mod tests {
         bad.vision.film = false;
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("vision.grounding_heads"), "{err}");
+        // Phrases are read by grounding heads.
+        let mut bad = VlaConfig::test_tiny();
+        bad.vision.grounding_heads = 0;
+        bad.action.target_aux_weight = 0.0;
+        bad.action.relative_targets = false;
+        bad.action.subgoal_weight = 0.0;
+        bad.vision.grounding_phrases = true;
+        let err = bad
+            .validate()
+            .expect_err("no heads to read the phrases")
+            .to_string();
+        assert!(err.contains("vision.grounding_phrases"), "{err}");
         // Fine heat maps need a first stem level finer than the last.
         let mut bad = VlaConfig::test_tiny();
         bad.vision.grounding_fine = true;

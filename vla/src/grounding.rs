@@ -20,19 +20,90 @@
 //! or "hold" (lift what is grasped, `pick`'s last phase). The token then carries the gate's
 //! probabilities and the one offset to that subgoal instead of one per head.
 //!
-//! Parameter names: `grounding.query`, `grounding.log_temperature.weight`, `grounding.projector.fc{1,2}`, `grounding.target_head.fc{1,2}`, `grounding.subgoal.fc{1,2}`.
+//! A mean of the prompt's embeddings is a bag of words: "put the red can in the green bin"
+//! and "put the green can in the red bin" pool alike, so a head cannot tell which colour is
+//! the object's. With `vision.grounding_phrases` each head pools its own phrase instead: a
+//! width-3 convolution gives every token its neighbours ("red" before "can" differs from
+//! "red" before "bin") and a per-head softmax over the tokens picks the phrase the head
+//! reads (see [`PhrasePooling`]).
+//!
+//! Parameter names: `grounding.query`, `grounding.phrase.conv.{weight,bias}`,
+//! `grounding.phrase.attention`, `grounding.log_temperature.weight`, `grounding.projector.fc{1,2}`, `grounding.target_head.fc{1,2}`, `grounding.subgoal.fc{1,2}`.
 
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
 use crate::config::VlaConfig;
-use crate::layers::{Linear, NO_DECAY_GROUP};
+use crate::layers::{lecun_init, Linear, DECAY_GROUP, NO_DECAY_GROUP};
 use crate::projector::MlpProjector;
+
+/// Per-head attention pooling over the prompt's tokens, each token seen with its neighbours.
+#[derive(Debug)]
+struct PhrasePooling {
+    /// `grounding.phrase.conv` `[Dt, Dt, 3]`: token embeddings with their left and right
+    /// neighbours, so a colour word carries the noun it qualifies.
+    conv_weight: Tensor,
+    conv_bias: Tensor,
+    /// `grounding.phrase.attention`: one score per token and head.
+    attention: Linear,
+}
+
+impl PhrasePooling {
+    const WIDTH: i64 = 3;
+
+    fn new(p: &Path, text: usize, heads: usize) -> Self {
+        let p = p.sub("phrase");
+        let conv = p.sub("conv");
+        PhrasePooling {
+            conv_weight: conv.set_group(DECAY_GROUP).var(
+                "weight",
+                &[text as i64, text as i64, Self::WIDTH],
+                lecun_init(text * Self::WIDTH as usize),
+            ),
+            conv_bias: conv.set_group(NO_DECAY_GROUP).zeros("bias", &[text as i64]),
+            attention: Linear::new(&p.sub("attention"), text, heads, true),
+        }
+    }
+
+    /// `text [B, T, Dt]` prompt embeddings and `valid [B, T]` → `[B, H, Dt]`: each head's
+    /// attention-weighted phrase feature, standardised like the mean pooling.
+    fn pool(&self, text: &Tensor, valid: &Tensor) -> Tensor {
+        let kind = text.kind();
+        let w = valid.to_kind(kind).unsqueeze(-1);
+        // Padding contributes nothing to its neighbours' features.
+        let x = (text * &w).transpose(1, 2); // [B, Dt, T]
+        let features = x
+            .conv1d(
+                &self.conv_weight.to_kind(kind),
+                Some(&self.conv_bias.to_kind(kind)),
+                [1],
+                [Self::WIDTH / 2],
+                [1],
+                1,
+            )
+            .transpose(1, 2)
+            .gelu("none"); // [B, T, Dt]
+        let scores = self
+            .attention
+            .forward(&features)
+            .to_kind(Kind::Float)
+            .masked_fill(&valid.logical_not().unsqueeze(-1), f64::NEG_INFINITY); // [B, T, H]
+                                                                                 // A prompt without valid tokens would give NaN weights: read zeros instead.
+        let weights = scores.softmax(1, Kind::Float).nan_to_num(0.0, 0.0, 0.0);
+        let pooled = weights.transpose(1, 2).bmm(&features.to_kind(Kind::Float)); // [B, H, Dt]
+        let d = pooled.size().last().copied().unwrap_or(1);
+        pooled
+            .layer_norm([d], None::<Tensor>, None::<Tensor>, 1e-5, false)
+            .to_kind(kind)
+    }
+}
 
 #[derive(Debug)]
 pub struct Grounding {
     /// Pooled prompt embedding → `H` queries over the stem channels.
     query: Linear,
+    /// Each head's own phrase instead of the one mean (`vision.grounding_phrases`).
+    phrases: Option<PhrasePooling>,
     /// `grounding.log_temperature` `[H]`: learned sharpness of each heat map. A 1-pixel object
     /// among 256 stem pixels only moves the soft-argmax onto itself when its logit stands
     /// ~8 above the background; learning that through the query's scale alone was slow.
@@ -80,6 +151,9 @@ impl Grounding {
         let coords = 2 * heads * v.num_cameras + 2 * heads + offsets;
         Some(Grounding {
             query: Linear::new(&p.sub("query"), text, heads * channels, true),
+            phrases: v
+                .grounding_phrases
+                .then(|| PhrasePooling::new(p, text, heads)),
             // Starts 4x sharper than a plain scaled dot product.
             log_temperature: p.sub("log_temperature").set_group(NO_DECAY_GROUP).var(
                 "weight",
@@ -107,23 +181,42 @@ impl Grounding {
         self.heads
     }
 
-    /// `pooled [B, Dt]` prompt embedding and stem feature maps (`finest [B*C, Cs, h, w]`,
+    /// Each head's query over the stem channels, `[B, H, Cs]`: from the mean-pooled prompt
+    /// `pooled [B, Dt]`, or with phrase pooling from the prompt embeddings `text [B, T, Dt]`
+    /// and their mask `valid [B, T]` (head `h` reads its own phrase through its block of
+    /// `query`).
+    pub fn queries(&self, pooled: &Tensor, text: &Tensor, valid: &Tensor) -> Tensor {
+        let b = pooled.size().first().copied().unwrap_or(0);
+        let (h, ch) = (self.heads, self.channels);
+        match &self.phrases {
+            None => self.query.forward(pooled).view([b, h, ch]),
+            Some(phrases) => {
+                // [B, H, H*Cs]: every head's phrase through every head's block; keep the
+                // diagonal (head h's phrase through head h's block).
+                let all = self.query.forward(&phrases.pool(text, valid));
+                all.view([b, h, h, ch])
+                    .diagonal(0, 1, 2) // [B, Cs, H]
+                    .transpose(1, 2)
+                    .contiguous()
+            }
+        }
+    }
+
+    /// Each head's `queries [B, H, Cs]` and stem feature maps (`finest [B*C, Cs, h, w]`,
     /// then any `coarser` levels) → `[B*C, H, 2]` soft-argmax (x, y) in `[-1, 1]` per camera
     /// and head, and the heat maps themselves as log-probabilities `[B*C, H, h, w]` (both
     /// f32). A coarser level's dot products are upsampled (bilinearly), not its features:
     /// the same maps as upsampling the features, for `H` channels instead of its `Cs`.
     pub fn locate(
         &self,
-        pooled: &Tensor,
+        queries: &Tensor,
         finest: &Tensor,
         coarser: &[&Tensor],
     ) -> (Tensor, Tensor) {
         let (n, _, h, w) = finest.size4().unwrap_or((0, self.channels, 0, 0));
         let ch = self.channels;
         let b = n / self.cameras;
-        let q = self
-            .query
-            .forward(pooled)
+        let q = queries
             .view([b, 1, self.heads, ch])
             .expand([b, self.cameras, self.heads, ch], false)
             .reshape([n, self.heads, ch]);
@@ -342,15 +435,66 @@ mod tests {
         // One sample, two cameras: fine 4 channels at 8x8, coarse 8 channels at 4x4.
         let fine = crate::model::rng_locked(|| Tensor::randn([2, 4, 8, 8], opts));
         let coarse = crate::model::rng_locked(|| Tensor::randn([2, 8, 4, 4], opts));
-        let pooled =
-            crate::model::rng_locked(|| Tensor::randn([1, cfg.text.hidden_size as i64], opts));
-        let (coords, maps) = g.locate(&pooled, &fine, &[&coarse]);
+        let d = cfg.text.hidden_size as i64;
+        let pooled = crate::model::rng_locked(|| Tensor::randn([1, d], opts));
+        let text = crate::model::rng_locked(|| Tensor::randn([1, 5, d], opts));
+        let valid = Tensor::ones([1, 5], (Kind::Bool, Device::Cpu));
+        let queries = g.queries(&pooled, &text, &valid);
+        let (coords, maps) = g.locate(&queries, &fine, &[&coarse]);
         let up = coarse.upsample_bilinear2d([8, 8], false, None, None);
-        let (coords_cat, maps_cat) = g.locate(&pooled, &Tensor::cat(&[&fine, &up], 1), &[]);
+        let (coords_cat, maps_cat) = g.locate(&queries, &Tensor::cat(&[&fine, &up], 1), &[]);
         assert_eq!(maps.size(), [2, 2, 8, 8]);
         let diff = (maps - maps_cat).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "maps differ by {diff}");
         let diff = (coords - coords_cat).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "coordinates differ by {diff}");
+    }
+
+    /// The bag-of-words failure the phrases fix: swapping the object's and the bin's colour
+    /// words leaves the mean-pooled queries unchanged, but not the phrase-pooled ones; and
+    /// padding after the prompt changes neither.
+    #[test]
+    fn phrase_queries_tell_which_colour_goes_with_which_noun() {
+        crate::test_setup();
+        let mut cfg = VlaConfig::test_tiny();
+        let d = cfg.text.hidden_size as i64;
+        let opts = (Kind::Float, Device::Cpu);
+        // "red can in green bin" and "green can in red bin" as four word embeddings.
+        let words = crate::model::rng_locked(|| Tensor::randn([4, d], opts));
+        let (red, can, green, bin) = (words.get(0), words.get(1), words.get(2), words.get(3));
+        let first = Tensor::stack(&[&red, &can, &green, &bin], 0).unsqueeze(0);
+        let swapped = Tensor::stack(&[&green, &can, &red, &bin], 0).unsqueeze(0);
+        let valid = Tensor::ones([1, 4], (Kind::Bool, Device::Cpu));
+        let mean = |t: &Tensor| t.mean_dim(1, false, Kind::Float);
+        let differ = |g: &Grounding| {
+            let a = g.queries(&mean(&first), &first, &valid);
+            let b = g.queries(&mean(&swapped), &swapped, &valid);
+            assert_eq!(a.size(), [1, g.heads(), g.channels]);
+            (a - b).abs().max().double_value(&[])
+        };
+
+        let vs = VarStore::new(Device::Cpu);
+        let bag = Grounding::new(&vs.root(), &cfg).expect("grounding heads");
+        assert!(differ(&bag) < 1e-6, "a mean cannot see word order");
+
+        cfg.vision.grounding_phrases = true;
+        let vs = VarStore::new(Device::Cpu);
+        let phrases = Grounding::new(&vs.root(), &cfg).expect("grounding heads");
+        assert!(
+            differ(&phrases) > 1e-3,
+            "phrases see which colour precedes which noun"
+        );
+
+        // Two padding tokens after the prompt: the same queries.
+        let pad = Tensor::zeros([1, 2, d], opts);
+        let padded = Tensor::cat(&[&first, &pad], 1);
+        let valid_padded = Tensor::cat(
+            &[&valid, &Tensor::zeros([1, 2], (Kind::Bool, Device::Cpu))],
+            1,
+        );
+        let a = phrases.queries(&mean(&first), &first, &valid);
+        let b = phrases.queries(&mean(&first), &padded, &valid_padded);
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "padding moved the queries by {diff}");
     }
 }

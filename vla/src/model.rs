@@ -551,11 +551,12 @@ impl VlaModel {
             });
         let grounding = match (&self.grounding, stem_features, &pooled) {
             (Some(g), Some(last), Some(pooled)) => {
+                let queries = g.queries(pooled, &text, &prompt_valid);
                 let (coords, log_maps) = match stem_levels.first() {
                     Some(fine) if self.config.vision.grounding_fine => {
-                        g.locate(pooled, fine, &[last])
+                        g.locate(&queries, fine, &[last])
                     }
-                    _ => g.locate(pooled, last, &[]),
+                    _ => g.locate(&queries, last, &[]),
                 };
                 let ee_xy = normalised_state
                     .as_ref()
