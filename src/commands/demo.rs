@@ -55,7 +55,8 @@ pub struct Args {
     /// 100 `place` episodes (mixed rollouts 60 %) gave `pick` 41/50, `place` 0/40; two
     /// rounds of `pick=60,place=60` gave `pick` 7/50, `place` 1/40. With the subgoal gate and
     /// the drop funnel (session 11): this default `pick` 47/50, `place` 1/40; a third round
-    /// of `place=100` `pick` 39/50, `place` 3/40 (23.6 min).
+    /// of `place=100` `pick` 39/50, `place` 3/40 (23.6 min). With the grounding heads
+    /// reading phrases (session 12) this default: `pick` 46/50, `place` 33/40 (16.3 min).
     #[arg(long, default_value = "pick=100;pick=100")]
     dagger: String,
     /// Share of DAgger steps where the expert's action runs instead of the policy's (β), so

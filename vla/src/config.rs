@@ -567,6 +567,10 @@ mod tests {
         bad.vision.film = false;
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("vision.grounding_heads"), "{err}");
+        let refused_naming = |bad: VlaConfig, why: &str, field: &str| {
+            let err = bad.validate().expect_err(why).to_string();
+            assert!(err.contains(field), "{err}");
+        };
         // Phrases are read by grounding heads.
         let mut bad = VlaConfig::test_tiny();
         bad.vision.grounding_heads = 0;
@@ -574,19 +578,19 @@ mod tests {
         bad.action.relative_targets = false;
         bad.action.subgoal_weight = 0.0;
         bad.vision.grounding_phrases = true;
-        let err = bad
-            .validate()
-            .expect_err("no heads to read the phrases")
-            .to_string();
-        assert!(err.contains("vision.grounding_phrases"), "{err}");
+        refused_naming(
+            bad,
+            "no heads to read the phrases",
+            "vision.grounding_phrases",
+        );
         // Fine heat maps need a first stem level finer than the last.
         let mut bad = VlaConfig::test_tiny();
         bad.vision.grounding_fine = true;
-        let err = bad
-            .validate()
-            .expect_err("one stem level has no finer level")
-            .to_string();
-        assert!(err.contains("vision.grounding_fine"), "{err}");
+        refused_naming(
+            bad,
+            "one stem level has no finer level",
+            "vision.grounding_fine",
+        );
         VlaConfig::test_tiny_fine_grounding()
             .validate()
             .expect("two stem levels take fine maps");
