@@ -247,15 +247,30 @@ impl PickPlace {
         let held = cell.is_grasped(self.object);
         let fallen = !held && cell.object_bottom_height(self.object) < FALLEN_HEIGHT;
         match (self.phase, self.drop) {
-            (Phase::Carry | Phase::Lower, _) => fallen,
-            (Phase::Retreat | Phase::Done, Some(drop)) => {
-                let obj = cell.object_pose(self.object).translation.vector;
-                let off = (obj.x - drop.xy[0]).abs().max((obj.y - drop.xy[1]).abs());
-                !held && off > drop.radius
-            }
+            (Phase::Carry | Phase::Lower, _) => fallen && !self.rests_on_the_drop(cell),
+            (Phase::Retreat | Phase::Done, Some(_)) => !held && !self.rests_on_the_drop(cell),
             (Phase::Done, None) => fallen,
             _ => false,
         }
+    }
+
+    /// Whether the object's centre lies within the drop area (`false` without one).
+    fn rests_on_the_drop(&self, cell: &Cell) -> bool {
+        self.drop.is_some_and(|drop| {
+            let obj = cell.object_pose(self.object).translation.vector;
+            let off = (obj.x - drop.xy[0]).abs().max((obj.y - drop.xy[1]).abs());
+            off <= drop.radius
+        })
+    }
+
+    /// A learner that lets go while carrying or lowering, over the bin, has put the object
+    /// down: it fell in. The expert retreats. Before, that counted as a drop and the label
+    /// was "pick it up again" out of the bin, which a policy trained on it then did.
+    fn let_go_into_the_drop(&self, cell: &Cell) -> bool {
+        matches!(self.phase, Phase::Carry | Phase::Lower)
+            && !cell.is_grasped(self.object)
+            && cell.object_bottom_height(self.object) < FALLEN_HEIGHT
+            && self.rests_on_the_drop(cell)
     }
 
     /// Next action; advances phases as waypoints are reached.
@@ -282,6 +297,9 @@ impl PickPlace {
         if self.lost_its_object(cell) {
             self.counter = 0;
             self.phase = Phase::Approach;
+        } else if self.let_go_into_the_drop(cell) {
+            self.counter = 0;
+            self.phase = Phase::Retreat;
         }
         loop {
             let (wp, tolerance) = match self.phase {
