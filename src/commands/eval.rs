@@ -37,8 +37,9 @@ pub struct Args {
     /// Write one JSON line per control step: the policy's action, what the scripted expert
     /// would have done in the same state, the end-effector state, where the grounding heads
     /// put the named object and bin (`heads_xy`), which of them the subgoal gate picks
-    /// (`subgoal`) and with what probabilities (`subgoal_probs`), and where they are (`object_xyz`, `bin_xy`). Shows *where* a policy
-    /// departs from the demonstrations, and whether it looked in the right place.
+    /// (`subgoal`) and with what probabilities (`subgoal_probs`), and where they are
+    /// (`object_xyz`, `bin_xy`). Shows *where* a policy departs from the demonstrations,
+    /// and whether it looked in the right place.
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Decoding temperature of the action tokens: 0 is greedy; above 0 each token is sampled

@@ -70,8 +70,9 @@ impl PhrasePooling {
     fn pool(&self, text: &Tensor, valid: &Tensor) -> Tensor {
         let kind = text.kind();
         let w = valid.to_kind(kind).unsqueeze(-1);
-        // Padding contributes nothing to its neighbours' features.
-        let x = (text * &w).transpose(1, 2); // [B, Dt, T]
+        // Padding contributes nothing to its neighbours' features. `x` is [B, Dt, T],
+        // `features` [B, T, Dt].
+        let x = (text * &w).transpose(1, 2);
         let features = x
             .conv1d(
                 &self.conv_weight.to_kind(kind),
@@ -82,13 +83,13 @@ impl PhrasePooling {
                 1,
             )
             .transpose(1, 2)
-            .gelu("none"); // [B, T, Dt]
+            .gelu("none");
+        // [B, T, H]; a prompt without valid tokens would give NaN weights: zeros instead.
         let scores = self
             .attention
             .forward(&features)
             .to_kind(Kind::Float)
-            .masked_fill(&valid.logical_not().unsqueeze(-1), f64::NEG_INFINITY); // [B, T, H]
-                                                                                 // A prompt without valid tokens would give NaN weights: read zeros instead.
+            .masked_fill(&valid.logical_not().unsqueeze(-1), f64::NEG_INFINITY);
         let weights = scores.softmax(1, Kind::Float).nan_to_num(0.0, 0.0, 0.0);
         let pooled = weights.transpose(1, 2).bmm(&features.to_kind(Kind::Float)); // [B, H, Dt]
         let d = pooled.size().last().copied().unwrap_or(1);
