@@ -81,13 +81,8 @@ pub struct PolicyAgent<'a> {
 /// table, beside where the target object (index 0) and bin (index 0) really are.
 #[derive(Clone, Debug)]
 pub struct StepDiagnostics {
-    /// One (x, y) per grounding head (m); `None` for a model without heads.
-    pub heads_xy: Option<Vec<[f32; 2]>>,
-    /// The subgoal gate's choice: a head, or the number of heads for "hold" (`None`
-    /// without a gate).
-    pub subgoal: Option<usize>,
-    /// The gate's probabilities (heads, then "hold"); empty without a gate.
-    pub subgoal_probs: Vec<f32>,
+    /// Where the heads look and what the gate chose; `None` for a model without heads.
+    pub points: Option<HeadPoints>,
     pub object_xyz: Option<[f32; 3]>,
     pub bin_xy: Option<[f32; 2]>,
 }
@@ -101,12 +96,7 @@ impl StepDiagnostics {
         });
         let bin_xy = cell.and_then(|c| c.receptacles.first()).map(|r| r.position);
         StepDiagnostics {
-            subgoal: points.as_ref().and_then(|p| p.subgoal),
-            subgoal_probs: points
-                .as_ref()
-                .map(|p| p.subgoal_probs.clone())
-                .unwrap_or_default(),
-            heads_xy: points.map(|p| p.heads),
+            points,
             object_xyz,
             bin_xy,
         }
@@ -255,6 +245,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
                     }
                     if let Some(w) = trace.as_mut() {
                         let diag = diagnostics.borrow().get(slot).cloned().flatten();
+                        let points = diag.as_ref().and_then(|d| d.points.as_ref());
                         let line = serde_json::json!({
                             "family": spec.family,
                             "index": spec.index,
@@ -263,9 +254,12 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
                             "action": action.0,
                             "expert": label.0,
                             "success": result.success,
-                            "heads_xy": diag.as_ref().and_then(|d| d.heads_xy.clone()),
-                            "subgoal": diag.as_ref().and_then(|d| d.subgoal),
-                            "subgoal_probs": diag.as_ref().map(|d| d.subgoal_probs.clone()),
+                            "heads_xy": points.map(|p| &p.heads),
+                            "subgoal": points.and_then(HeadPoints::subgoal),
+                            // Empty (not null) without heads, like a model without a gate.
+                            "subgoal_probs": diag.as_ref().map(|d| {
+                                d.points.as_ref().map_or(&[][..], |p| &p.subgoal_probs[..])
+                            }),
                             "object_xyz": diag.as_ref().and_then(|d| d.object_xyz),
                             "bin_xy": diag.as_ref().and_then(|d| d.bin_xy),
                         });

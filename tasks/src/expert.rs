@@ -238,19 +238,29 @@ impl PickPlace {
         self.phase == Phase::Done
     }
 
-    /// Whether a later phase finds the object gone from where that phase assumes it is:
-    /// dropped while carried or lowered, let go outside the drop area, or (pick) no longer
-    /// held. The expert then starts over from the approach. Its own runs seldom get here; a
-    /// learner driving (DAgger) often does, and without this every later label would carry
-    /// an empty gripper to the bin or hover over an object left on the table.
-    fn lost_its_object(&self, cell: &Cell) -> bool {
+    /// The phase to go on from when a later phase finds the object not where it assumes
+    /// (`None`: where it should be). Its own runs seldom get here; a learner driving (DAgger)
+    /// often does.
+    /// - Dropped while carried or lowered, let go outside the drop area, or (pick) no longer
+    ///   held: start over from the approach. Without this every later label would carry an
+    ///   empty gripper to the bin or hover over an object left on the table.
+    /// - Let go while carried or lowered but over the drop area: it fell in, so retreat.
+    ///   Counted as a drop, the label was "fetch it back out", which a policy trained on it
+    ///   then did.
+    fn recovery_phase(&self, cell: &Cell) -> Option<Phase> {
         let held = cell.is_grasped(self.object);
         let fallen = !held && cell.object_bottom_height(self.object) < FALLEN_HEIGHT;
         match (self.phase, self.drop) {
-            (Phase::Carry | Phase::Lower, _) => fallen && !self.rests_on_the_drop(cell),
-            (Phase::Retreat | Phase::Done, Some(_)) => !held && !self.rests_on_the_drop(cell),
-            (Phase::Done, None) => fallen,
-            _ => false,
+            (Phase::Carry | Phase::Lower, _) if fallen => Some(if self.rests_on_the_drop(cell) {
+                Phase::Retreat
+            } else {
+                Phase::Approach
+            }),
+            (Phase::Retreat | Phase::Done, Some(_)) if !held && !self.rests_on_the_drop(cell) => {
+                Some(Phase::Approach)
+            }
+            (Phase::Done, None) if fallen => Some(Phase::Approach),
+            _ => None,
         }
     }
 
@@ -261,16 +271,6 @@ impl PickPlace {
             let off = (obj.x - drop.xy[0]).abs().max((obj.y - drop.xy[1]).abs());
             off <= drop.radius
         })
-    }
-
-    /// A learner that lets go while carrying or lowering, over the bin, has put the object
-    /// down: it fell in. The expert retreats. Before, that counted as a drop and the label
-    /// was "pick it up again" out of the bin, which a policy trained on it then did.
-    fn let_go_into_the_drop(&self, cell: &Cell) -> bool {
-        matches!(self.phase, Phase::Carry | Phase::Lower)
-            && !cell.is_grasped(self.object)
-            && cell.object_bottom_height(self.object) < FALLEN_HEIGHT
-            && self.rests_on_the_drop(cell)
     }
 
     /// Next action; advances phases as waypoints are reached.
@@ -294,12 +294,9 @@ impl PickPlace {
             self.counter = 0;
             self.phase = Phase::Lift;
         }
-        if self.lost_its_object(cell) {
+        if let Some(phase) = self.recovery_phase(cell) {
             self.counter = 0;
-            self.phase = Phase::Approach;
-        } else if self.let_go_into_the_drop(cell) {
-            self.counter = 0;
-            self.phase = Phase::Retreat;
+            self.phase = phase;
         }
         loop {
             let (wp, tolerance) = match self.phase {

@@ -889,20 +889,14 @@ impl VlaModel {
         let heads = self.config.vision.grounding_heads as i64;
         tch::no_grad(|| {
             let (_, _, grounding) = self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
-            Ok(grounding.map(
-                |GroundingReadout {
-                     coords,
-                     log_maps: maps,
-                     ..
-                 }| {
-                    let s = maps.size();
-                    let b = s[0] / c;
-                    (
-                        maps.exp().view([b, c, heads, s[2], s[3]]),
-                        coords.to_kind(Kind::Float).view([b, c, heads, 2]),
-                    )
-                },
-            ))
+            Ok(grounding.map(|r| {
+                let s = r.log_maps.size();
+                let b = s[0] / c;
+                (
+                    r.log_maps.exp().view([b, c, heads, s[2], s[3]]),
+                    r.coords.to_kind(Kind::Float).view([b, c, heads, 2]),
+                )
+            }))
         })
     }
 

@@ -46,12 +46,24 @@ pub fn observation_images(obs: &Observation, size: u32) -> Tensor {
 pub struct HeadPoints {
     /// One table (x, y) per grounding head, in metres.
     pub heads: Vec<[f32; 2]>,
-    /// The gate's choice: a head, or the number of heads for "hold" (`None` without a
-    /// gate).
-    pub subgoal: Option<usize>,
     /// The gate's probabilities (heads, then "hold"); empty without a gate. The token aims
-    /// at their weighted target, so a split gate shows here, not in `subgoal`.
+    /// at their weighted target, so a split gate shows here, not in [`Self::subgoal`].
     pub subgoal_probs: Vec<f32>,
+}
+
+impl HeadPoints {
+    /// The gate's choice: a head, or the number of heads for "hold" (`None` without a
+    /// gate). The first of equal probabilities, as `argmax` picks.
+    pub fn subgoal(&self) -> Option<usize> {
+        self.subgoal_probs
+            .iter()
+            .enumerate()
+            .fold(None, |best: Option<(usize, f32)>, (i, &p)| match best {
+                Some((_, b)) if b >= p => best,
+                _ => Some((i, p)),
+            })
+            .map(|(i, _)| i)
+    }
 }
 
 /// An item's generated action token ids and the action they decode to.
@@ -192,35 +204,28 @@ impl Policy {
     ) -> Result<Vec<(Action, Option<HeadPoints>)>> {
         let (decoded, grounding) = self.decode(items)?;
         let n = decoded.len();
-        let (subgoals, probs): (Vec<Option<usize>>, Vec<Vec<f32>>) =
-            match grounding.as_ref().and_then(|g| g.subgoal_logits.as_ref()) {
-                Some(logits) => {
-                    let classes = logits.size().get(1).copied().unwrap_or(0).max(1) as usize;
-                    let p = logits.softmax(-1, tch::Kind::Float).to_device(Device::Cpu);
-                    let p = Vec::<f32>::try_from(p.flatten(0, -1))?;
-                    let argmax =
-                        Vec::<i64>::try_from(logits.argmax(-1, false).to_device(Device::Cpu))?;
-                    (
-                        argmax
-                            .into_iter()
-                            .map(|h| usize::try_from(h).ok())
-                            .collect(),
-                        p.chunks(classes).map(<[f32]>::to_vec).collect(),
-                    )
-                }
-                None => (vec![None; n], vec![Vec::new(); n]),
-            };
+        let probs: Vec<Vec<f32>> = match grounding.as_ref().and_then(|g| g.subgoal_logits.as_ref())
+        {
+            Some(logits) => {
+                let classes = logits.size().get(1).copied().unwrap_or(0).max(1) as usize;
+                let p = logits.softmax(-1, tch::Kind::Float).to_device(Device::Cpu);
+                Vec::<f32>::try_from(p.flatten(0, -1))?
+                    .chunks(classes)
+                    .map(<[f32]>::to_vec)
+                    .collect()
+            }
+            None => vec![Vec::new(); n],
+        };
         let targets: Vec<Option<HeadPoints>> =
             match grounding.and_then(|g| self.model.table_targets_from(&g.coords)) {
                 Some(table) => {
                     let heads = table.size().get(1).copied().unwrap_or(0).max(0) as usize;
                     let flat = Vec::<f32>::try_from(table.to_device(Device::Cpu).flatten(0, -1))?;
                     flat.chunks(heads * 2)
-                        .zip(subgoals.iter().zip(probs))
-                        .map(|(row, (&subgoal, subgoal_probs))| {
+                        .zip(probs)
+                        .map(|(row, subgoal_probs)| {
                             Some(HeadPoints {
                                 heads: row.chunks_exact(2).map(|p| [p[0], p[1]]).collect(),
-                                subgoal,
                                 subgoal_probs,
                             })
                         })

@@ -509,14 +509,15 @@ fn validate(
                 target_errors.add(data, chunk, &table)?;
             }
             if let Some(logits) = &out.subgoal_logits {
-                let chosen = Vec::<i64>::try_from(logits.argmax(-1, false).to_device(Device::Cpu))?;
-                for (&c, &frame) in chosen.iter().zip(chunk) {
-                    let label = data.subgoal(frame).class(heads);
-                    if label >= 0 {
-                        subgoal_known += 1;
-                        subgoal_right += (c == label) as usize;
-                    }
-                }
+                let labels = data.subgoal_labels(chunk, heads);
+                let known = labels.ge(0);
+                let right = logits
+                    .argmax(-1, false)
+                    .to_device(Device::Cpu)
+                    .eq_tensor(&labels)
+                    .logical_and(&known);
+                subgoal_known += known.sum(Kind::Int64).int64_value(&[]) as usize;
+                subgoal_right += right.sum(Kind::Int64).int64_value(&[]) as usize;
             }
             let predicted: Vec<i64> = Vec::<i64>::try_from(
                 out.predicted
