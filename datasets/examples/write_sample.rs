@@ -49,6 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 observation: &obs,
                 action: Action([0.01 * t as f32, 0.0, -0.01, 0.0, 0.0, 0.1, (t % 2) as f32]),
                 timestamp: t as f32 / 10.0,
+                subtask: None,
             })?;
         }
         writer.save_episode(task)?;

@@ -41,6 +41,8 @@ pub const DEFAULT_EPISODES_PATH: &str =
 pub const INFO_PATH: &str = "meta/info.json";
 pub const STATS_PATH: &str = "meta/stats.json";
 pub const TASKS_PATH: &str = "meta/tasks.parquet";
+/// Sub-task sentences of the optional [`SUBTASK_KEY`] feature.
+pub const SUBTASKS_PATH: &str = "meta/subtasks.parquet";
 pub const EPISODES_DIR: &str = "meta/episodes";
 pub const DATA_DIR: &str = "data";
 
@@ -48,6 +50,8 @@ pub const DATA_DIR: &str = "data";
 pub const STATE_KEY: &str = "observation.state";
 /// Feature key of the action.
 pub const ACTION_KEY: &str = "action";
+/// Optional int64 feature: index of the frame's sub-task in `meta/subtasks.parquet`.
+pub const SUBTASK_KEY: &str = "subtask_index";
 /// Prefix of camera feature keys.
 pub const IMAGE_PREFIX: &str = "observation.images.";
 /// Per-frame bookkeeping features every LeRobot dataset has (lerobot `DEFAULT_FEATURES`).
@@ -673,84 +677,137 @@ pub fn column_string_lists(
 }
 
 // ---------------------------------------------------------------------------------------
-// meta/tasks.parquet
+// meta/tasks.parquet, meta/subtasks.parquet
 
-/// The pandas metadata that makes `pd.read_parquet` restore `task` as the index, exactly as
-/// `DataFrame({"task_index": ...}, index=pd.Index(tasks, name="task")).to_parquet()` does.
-fn pandas_tasks_metadata(num_rows: usize) -> String {
-    let _ = num_rows;
-    json!({
-        "index_columns": ["task"],
-        "column_indexes": [{
-            "name": null,
-            "field_name": null,
-            "pandas_type": "unicode",
-            "numpy_type": "object",
-            "metadata": {"encoding": "UTF-8"}
-        }],
-        "columns": [
-            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
-             "numpy_type": "int64", "metadata": null},
-            {"name": "task", "field_name": "task", "pandas_type": "unicode",
-             "numpy_type": "object", "metadata": null}
-        ],
-        "creator": {"library": "pyarrow", "version": "17.0.0"},
-        "pandas_version": "2.2.3"
-    })
-    .to_string()
+/// A string table of `meta/`: the strings as the pandas index `name`, their position in the
+/// int64 column `index_column` (`tasks.parquet`: `task` / `task_index`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StringTable {
+    /// Path relative to the dataset root.
+    pub path: &'static str,
+    /// Name of the string column (the pandas index).
+    pub name: &'static str,
+    /// Name of the int64 position column.
+    pub index_column: &'static str,
+}
+
+/// `meta/tasks.parquet`: task strings (pandas index `task`) and `task_index`.
+pub const TASKS_TABLE: StringTable = StringTable {
+    path: TASKS_PATH,
+    name: "task",
+    index_column: "task_index",
+};
+
+/// `meta/subtasks.parquet`: sub-task sentences (pandas index `subtask`) and `subtask_index`.
+pub const SUBTASKS_TABLE: StringTable = StringTable {
+    path: SUBTASKS_PATH,
+    name: "subtask",
+    index_column: SUBTASK_KEY,
+};
+
+impl StringTable {
+    /// The pandas metadata that makes `pd.read_parquet` restore `name` as the index, exactly
+    /// as `DataFrame({index_column: ...}, index=pd.Index(strings, name=name)).to_parquet()`
+    /// does.
+    fn pandas_metadata(&self) -> String {
+        json!({
+            "index_columns": [self.name],
+            "column_indexes": [{
+                "name": null,
+                "field_name": null,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": {"encoding": "UTF-8"}
+            }],
+            "columns": [
+                {"name": self.index_column, "field_name": self.index_column,
+                 "pandas_type": "int64", "numpy_type": "int64", "metadata": null},
+                {"name": self.name, "field_name": self.name, "pandas_type": "unicode",
+                 "numpy_type": "object", "metadata": null}
+            ],
+            "creator": {"library": "pyarrow", "version": "17.0.0"},
+            "pandas_version": "2.2.3"
+        })
+        .to_string()
+    }
+
+    /// Write the table (strings in index order) atomically.
+    pub fn write(&self, root: &Path, strings: &[String]) -> Result<()> {
+        let path = root.join(self.path);
+        let pandas = self.pandas_metadata();
+        let schema = Arc::new(Schema::new_with_metadata(
+            vec![
+                Field::new(self.index_column, DataType::Int64, true),
+                Field::new(self.name, DataType::Utf8, true),
+            ],
+            std::collections::HashMap::from([("pandas".to_string(), pandas.clone())]),
+        ));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..strings.len() as i64)),
+                Arc::new(StringArray::from_iter_values(strings.iter())),
+            ],
+        )
+        .at(&path)?;
+        write_parquet_atomic(
+            &path,
+            schema,
+            &[batch],
+            vec![KeyValue::new("pandas".to_string(), pandas)],
+        )
+    }
+
+    /// Read the table: the strings ordered by their index, which must be `0..n`.
+    pub fn read(&self, root: &Path) -> Result<Vec<String>> {
+        let path = root.join(self.path);
+        let (schema, batches) = read_parquet(&path)?;
+        let name_col = [self.name, "__index_level_0__"]
+            .into_iter()
+            .find(|c| schema.field_with_name(c).is_ok())
+            .ok_or_else(|| {
+                DatasetError::schema(
+                    &path,
+                    format!("no {:?} column (or pandas index)", self.name),
+                )
+            })?;
+        let mut pairs = Vec::new();
+        for batch in &batches {
+            let idx = column_i64(&path, batch, self.index_column)?;
+            let names = column_strings(&path, batch, name_col)?;
+            pairs.extend(idx.into_iter().zip(names));
+        }
+        pairs.sort_by_key(|(i, _)| *i);
+        for (expected, (i, _)) in pairs.iter().enumerate() {
+            if *i != expected as i64 {
+                return Err(DatasetError::inconsistent(
+                    &path,
+                    format!("{} values are not 0..{}", self.index_column, pairs.len()),
+                ));
+            }
+        }
+        Ok(pairs.into_iter().map(|(_, t)| t).collect())
+    }
 }
 
 /// Write `meta/tasks.parquet` (task strings in task-index order).
 pub fn write_tasks(root: &Path, tasks: &[String]) -> Result<()> {
-    let path = root.join(TASKS_PATH);
-    let pandas = pandas_tasks_metadata(tasks.len());
-    let schema = Arc::new(Schema::new_with_metadata(
-        vec![
-            Field::new("task_index", DataType::Int64, true),
-            Field::new("task", DataType::Utf8, true),
-        ],
-        std::collections::HashMap::from([("pandas".to_string(), pandas.clone())]),
-    ));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(Int64Array::from_iter_values(0..tasks.len() as i64)),
-            Arc::new(StringArray::from_iter_values(tasks.iter())),
-        ],
-    )
-    .at(&path)?;
-    write_parquet_atomic(
-        &path,
-        schema,
-        &[batch],
-        vec![KeyValue::new("pandas".to_string(), pandas)],
-    )
+    TASKS_TABLE.write(root, tasks)
 }
 
 /// Read `meta/tasks.parquet`: the task strings indexed by `task_index`.
 pub fn read_tasks(root: &Path) -> Result<Vec<String>> {
-    let path = root.join(TASKS_PATH);
-    let (schema, batches) = read_parquet(&path)?;
-    let task_col = ["task", "__index_level_0__"]
-        .into_iter()
-        .find(|c| schema.field_with_name(c).is_ok())
-        .ok_or_else(|| DatasetError::schema(&path, "no \"task\" column (or pandas index)"))?;
-    let mut pairs = Vec::new();
-    for batch in &batches {
-        let idx = column_i64(&path, batch, "task_index")?;
-        let names = column_strings(&path, batch, task_col)?;
-        pairs.extend(idx.into_iter().zip(names));
-    }
-    pairs.sort_by_key(|(i, _)| *i);
-    for (expected, (i, _)) in pairs.iter().enumerate() {
-        if *i != expected as i64 {
-            return Err(DatasetError::inconsistent(
-                &path,
-                format!("task_index values are not 0..{}", pairs.len()),
-            ));
-        }
-    }
-    Ok(pairs.into_iter().map(|(_, t)| t).collect())
+    TASKS_TABLE.read(root)
+}
+
+/// Write `meta/subtasks.parquet` (sub-task sentences in subtask-index order).
+pub fn write_subtasks(root: &Path, subtasks: &[String]) -> Result<()> {
+    SUBTASKS_TABLE.write(root, subtasks)
+}
+
+/// Read `meta/subtasks.parquet`: the sub-task sentences indexed by `subtask_index`.
+pub fn read_subtasks(root: &Path) -> Result<Vec<String>> {
+    SUBTASKS_TABLE.read(root)
 }
 
 // ---------------------------------------------------------------------------------------

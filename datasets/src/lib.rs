@@ -7,6 +7,9 @@
 //! meta/info.json                               codebase_version "v3.0", features, totals
 //! meta/stats.json                              per-feature min/max/mean/std/count/q01..q99
 //! meta/tasks.parquet                           task strings (pandas index "task") + task_index
+//! meta/subtasks.parquet                        optional: sub-task sentences (pandas index
+//!                                              "subtask") + subtask_index, when info.json
+//!                                              has the per-frame int64 feature subtask_index
 //! meta/episodes/chunk-XXX/file-YYY.parquet     one row per episode (ranges, tasks, stats/...)
 //! data/chunk-XXX/file-YYY.parquet              one row per frame, many episodes per file,
 //!                                              images embedded as PNG ({bytes, path} structs)

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use crate::error::{AtPath, DatasetError, Result};
 use crate::format::{
     self, column_f32, column_i64, flatten_f32, DatasetInfo, EpisodeInfo, ACTION_KEY, STATE_KEY,
-    STATS_PATH,
+    STATS_PATH, SUBTASKS_PATH, SUBTASK_KEY,
 };
 use crate::stats::{FeatureStats, Stats};
 
@@ -41,6 +41,9 @@ pub struct Frame {
     pub action: Vec<f32>,
     pub task: String,
     pub task_index: usize,
+    /// The sub-task sentence (`subtask_index` in `meta/subtasks.parquet`); `None` when the
+    /// dataset has no `subtask_index` feature.
+    pub subtask: Option<String>,
     pub episode_index: usize,
     pub frame_index: usize,
     /// Global frame index.
@@ -61,6 +64,8 @@ pub struct Dataset {
     root: PathBuf,
     info: DatasetInfo,
     tasks: Vec<String>,
+    /// `Some` when the dataset has the `subtask_index` feature.
+    subtasks: Option<Vec<String>>,
     episodes: Vec<EpisodeInfo>,
     stats: Option<Stats>,
     files: Vec<DataFile>,
@@ -69,6 +74,8 @@ pub struct Dataset {
     frame_index: Vec<i64>,
     episode_index: Vec<i64>,
     task_index: Vec<i64>,
+    /// Checked against `subtasks` when loaded; empty without the feature.
+    subtask_index: Vec<i64>,
     state: Vec<f32>,
     state_dim: usize,
     action: Vec<f32>,
@@ -89,6 +96,11 @@ impl Dataset {
             ));
         }
         let tasks = format::read_tasks(&root)?;
+        let subtasks = if info.features.contains_key(SUBTASK_KEY) {
+            Some(format::read_subtasks(&root)?)
+        } else {
+            None
+        };
         let episodes = format::read_episodes(&root)?;
         let stats = if root.join(STATS_PATH).exists() {
             Some(Stats::load(&root)?)
@@ -104,6 +116,7 @@ impl Dataset {
             root,
             info,
             tasks,
+            subtasks,
             episodes,
             stats,
             files: Vec::new(),
@@ -112,6 +125,7 @@ impl Dataset {
             frame_index: Vec::new(),
             episode_index: Vec::new(),
             task_index: Vec::new(),
+            subtask_index: Vec::new(),
             state: Vec::new(),
             state_dim,
             action: Vec::new(),
@@ -196,6 +210,24 @@ impl Dataset {
                 .extend(column_i64(&path, &batch, "episode_index")?);
             self.task_index
                 .extend(column_i64(&path, &batch, "task_index")?);
+            if let Some(subtasks) = &self.subtasks {
+                let values = column_i64(&path, &batch, SUBTASK_KEY)?;
+                if let Some((row, v)) = values
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &v)| v < 0 || v as usize >= subtasks.len())
+                {
+                    return Err(DatasetError::inconsistent(
+                        &path,
+                        format!(
+                            "row {}: column {SUBTASK_KEY:?} is {v}, but {SUBTASKS_PATH} lists {} sub-tasks",
+                            num_rows + row,
+                            subtasks.len()
+                        ),
+                    ));
+                }
+                self.subtask_index.extend(values);
+            }
             for (key, dim, out) in [
                 (STATE_KEY, self.state_dim, &mut self.state),
                 (ACTION_KEY, self.action_dim, &mut self.action),
@@ -253,6 +285,19 @@ impl Dataset {
     /// Task strings by task index.
     pub fn tasks(&self) -> &[String] {
         &self.tasks
+    }
+
+    /// Sub-task sentences by `subtask_index` (`meta/subtasks.parquet`); empty when the
+    /// dataset has no `subtask_index` feature.
+    pub fn subtasks(&self) -> &[String] {
+        self.subtasks.as_deref().unwrap_or_default()
+    }
+
+    /// The `subtask_index` of the frame at global index `frame` (an index into
+    /// [`Dataset::subtasks`]); `None` when the dataset has no sub-tasks or `frame` is out of
+    /// range.
+    pub fn subtask_index(&self, frame: usize) -> Option<usize> {
+        self.subtask_index.get(frame).map(|&i| i as usize)
     }
 
     /// Camera feature keys.
@@ -362,6 +407,9 @@ impl Dataset {
             action: self.action[i * self.action_dim..(i + 1) * self.action_dim].to_vec(),
             task: self.tasks.get(task_index).cloned().unwrap_or_default(),
             task_index,
+            subtask: self
+                .subtask_index(i)
+                .and_then(|s| self.subtasks().get(s).cloned()),
             episode_index: self.episode_index[i].max(0) as usize,
             frame_index: self.frame_index[i].max(0) as usize,
             index: i,
@@ -492,7 +540,11 @@ impl Dataset {
                 ("frame_index", &self.frame_index),
                 ("episode_index", &self.episode_index),
                 ("task_index", &self.task_index),
+                (SUBTASK_KEY, &self.subtask_index),
             ] {
+                if col.is_empty() {
+                    continue; // a dataset without sub-tasks
+                }
                 f.insert(
                     key.into(),
                     FeatureStats::from_vectors(&ints(&col[range.clone()]), 1),

@@ -8,7 +8,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::{AtPath, DatasetError, Result};
 use crate::format::{
-    self, check_data_schema, column_i64, DatasetInfo, EpisodeInfo, DATA_DIR, STATS_PATH, TASKS_PATH,
+    self, check_data_schema, column_i64, DatasetInfo, EpisodeInfo, DATA_DIR, STATS_PATH,
+    SUBTASKS_PATH, SUBTASK_KEY, TASKS_PATH,
 };
 use crate::reader::check_episodes;
 use crate::stats::Stats;
@@ -22,6 +23,8 @@ pub struct ValidationReport {
     pub total_episodes: usize,
     pub total_frames: usize,
     pub total_tasks: usize,
+    /// Sub-task sentences in `meta/subtasks.parquet` (0 without the `subtask_index` feature).
+    pub total_subtasks: usize,
     /// Data files checked, relative to the dataset root.
     pub data_files: Vec<PathBuf>,
     /// Images decoded as a spot check (first frame of every episode).
@@ -31,13 +34,18 @@ pub struct ValidationReport {
 /// Check every file of the dataset at `dir` against its metadata: `meta/` files present and
 /// readable, `codebase_version`, tasks, episode ranges, and for every data file its schema
 /// against `info.json` features, its row count, index contiguity, episode/frame/task indices,
-/// timestamps spaced 1/fps apart, and that images are embedded and decode to the declared
-/// shape. The error names the file
-/// and the cause.
+/// sub-task indices against `meta/subtasks.parquet` (when the dataset has the `subtask_index`
+/// feature), timestamps spaced 1/fps apart, and that images are embedded and decode to the
+/// declared shape. The error names the file and the cause.
 pub fn validate(dir: impl AsRef<Path>) -> Result<ValidationReport> {
     let root = dir.as_ref();
     let info = DatasetInfo::load(root)?;
-    for rel in [TASKS_PATH, STATS_PATH] {
+    let has_subtasks = info.features.contains_key(SUBTASK_KEY);
+    let mut required = vec![TASKS_PATH, STATS_PATH];
+    if has_subtasks {
+        required.push(SUBTASKS_PATH);
+    }
+    for rel in required {
         let p = root.join(rel);
         if !p.exists() && info.total_episodes > 0 {
             return Err(DatasetError::Missing {
@@ -48,6 +56,11 @@ pub fn validate(dir: impl AsRef<Path>) -> Result<ValidationReport> {
     }
     let tasks = if root.join(TASKS_PATH).exists() {
         format::read_tasks(root)?
+    } else {
+        Vec::new()
+    };
+    let subtasks = if has_subtasks && root.join(SUBTASKS_PATH).exists() {
+        format::read_subtasks(root)?
     } else {
         Vec::new()
     };
@@ -88,6 +101,7 @@ pub fn validate(dir: impl AsRef<Path>) -> Result<ValidationReport> {
         total_episodes: info.total_episodes,
         total_frames: info.total_frames,
         total_tasks: tasks.len(),
+        total_subtasks: subtasks.len(),
         data_files: Vec::new(),
         images_decoded: 0,
     };
@@ -105,7 +119,14 @@ pub fn validate(dir: impl AsRef<Path>) -> Result<ValidationReport> {
     }
     for ((chunk, file), eps) in &per_file {
         let rel = PathBuf::from(info.data_file(*chunk, *file));
-        report.images_decoded += check_data_file(root, &info, &rel, eps, tasks.len())?;
+        report.images_decoded += check_data_file(
+            root,
+            &info,
+            &rel,
+            eps,
+            tasks.len(),
+            has_subtasks.then_some(subtasks.len()),
+        )?;
         report.data_files.push(rel);
     }
     Ok(report)
@@ -117,6 +138,7 @@ fn check_data_file(
     rel: &Path,
     episodes: &[&EpisodeInfo],
     num_tasks: usize,
+    num_subtasks: Option<usize>,
 ) -> Result<usize> {
     let path = root.join(rel);
     let f = File::open(&path).at(&path)?;
@@ -146,6 +168,10 @@ fn check_data_file(
         let episode_index = column_i64(&path, &batch, "episode_index")?;
         let frame_index = column_i64(&path, &batch, "frame_index")?;
         let task_index = column_i64(&path, &batch, "task_index")?;
+        let subtask_index = match num_subtasks {
+            Some(_) => column_i64(&path, &batch, SUBTASK_KEY)?,
+            None => Vec::new(),
+        };
         let timestamp = format::column_f32(&path, &batch, "timestamp")?;
         for r in 0..batch.num_rows() {
             let global = first + row;
@@ -179,6 +205,16 @@ fn check_data_file(
                         task_index[r]
                     ),
                 ));
+            }
+            if let (Some(n), Some(&s)) = (num_subtasks, subtask_index.get(r)) {
+                if s < 0 || s as usize >= n {
+                    return Err(DatasetError::inconsistent(
+                        &path,
+                        format!(
+                            "row {row}: column {SUBTASK_KEY:?} is {s}, but {SUBTASKS_PATH} lists {n} sub-tasks"
+                        ),
+                    ));
+                }
             }
             // lerobot's check_timestamps_sync: consecutive frames 1/fps apart (± 1e-4 s).
             if let (true, Some(prev)) = (fi > 0, prev_ts) {

@@ -4,7 +4,8 @@
 //! last flush live in memory. A flush (every `flush_every_episodes` saved episodes, when the
 //! buffered data exceeds `data_files_size_in_mb`, on [`DatasetWriter::finalize`] and on drop)
 //! writes one new data file `data/chunk-XXX/file-YYY.parquet` (one row group per episode) and
-//! one new episode metadata file, then rewrites `meta/tasks.parquet`, `meta/stats.json` and
+//! one new episode metadata file, then rewrites `meta/tasks.parquet` (and
+//! `meta/subtasks.parquet` when the dataset records sub-tasks), `meta/stats.json` and
 //! finally `meta/info.json`, which is the commit point. Every file is written under a
 //! temporary name, fsynced and renamed, so a SIGKILL at any moment leaves the dataset as of
 //! the last completed flush; [`DatasetWriter::open_resume`] removes whatever an interrupted
@@ -26,10 +27,11 @@ use vla_core::{Action, Observation, ACTION_NAMES, STATE_NAMES};
 
 use crate::error::{AtPath, DatasetError, Result};
 use crate::format::{
-    self, data_schema, format_path, next_chunk_file, read_episodes, read_tasks, write_tasks,
-    DatasetInfo, FeatureInfo, ACTION_KEY, CODEBASE_VERSION, DATA_DIR, DEFAULT_CHUNKS_SIZE,
-    DEFAULT_DATA_FILE_SIZE_IN_MB, DEFAULT_EPISODES_PATH, DEFAULT_VIDEO_FILE_SIZE_IN_MB,
-    EPISODES_DIR, IMAGE_PREFIX, INFO_PATH, STATE_KEY,
+    self, data_schema, format_path, next_chunk_file, read_episodes, read_subtasks, read_tasks,
+    write_subtasks, write_tasks, DatasetInfo, FeatureInfo, ACTION_KEY, CODEBASE_VERSION, DATA_DIR,
+    DEFAULT_CHUNKS_SIZE, DEFAULT_DATA_FILE_SIZE_IN_MB, DEFAULT_EPISODES_PATH,
+    DEFAULT_VIDEO_FILE_SIZE_IN_MB, EPISODES_DIR, IMAGE_PREFIX, INFO_PATH, STATE_KEY, SUBTASKS_PATH,
+    SUBTASK_KEY,
 };
 use crate::stats::{FeatureStats, Stats};
 
@@ -69,6 +71,11 @@ pub struct DatasetSpec {
     pub data_files_size_in_mb: u64,
     /// Flush after this many saved episodes at the latest.
     pub flush_every_episodes: usize,
+    /// Record every frame's sub-task ([`FrameRecord::subtask`]) as the int64 feature
+    /// `subtask_index`, an index into `meta/subtasks.parquet` (sentences in first-seen order).
+    /// Every frame must then carry one. Off by default: without it the dataset is exactly
+    /// what it was before sub-tasks existed.
+    pub subtasks: bool,
 }
 
 impl DatasetSpec {
@@ -84,6 +91,7 @@ impl DatasetSpec {
             chunks_size: DEFAULT_CHUNKS_SIZE,
             data_files_size_in_mb: DEFAULT_DATA_FILE_SIZE_IN_MB,
             flush_every_episodes: 5,
+            subtasks: false,
         }
     }
 
@@ -110,6 +118,9 @@ impl DatasetSpec {
         for k in ["frame_index", "episode_index", "index", "task_index"] {
             f.insert(k.into(), FeatureInfo::scalar("int64"));
         }
+        if self.subtasks {
+            f.insert(SUBTASK_KEY.into(), FeatureInfo::scalar("int64"));
+        }
         f
     }
 }
@@ -121,6 +132,10 @@ pub struct FrameRecord<'a> {
     pub action: Action,
     /// Seconds since the start of the episode (normally `frame_index / fps`).
     pub timestamp: f32,
+    /// What the expert is doing at this frame (e.g. "put the red cube in the red bin").
+    /// Required when the dataset records sub-tasks ([`DatasetSpec::subtasks`]), ignored
+    /// otherwise (see [`DatasetWriter::records_subtasks`]).
+    pub subtask: Option<&'a str>,
 }
 
 struct RawFrame {
@@ -128,6 +143,8 @@ struct RawFrame {
     state: Vec<f32>,
     action: [f32; 7],
     timestamp: f32,
+    /// `Some` exactly when the dataset records sub-tasks.
+    subtask: Option<String>,
 }
 
 struct PendingEpisode {
@@ -144,6 +161,8 @@ pub struct DatasetWriter {
     root: PathBuf,
     info: DatasetInfo,
     tasks: Vec<String>,
+    /// Sub-task sentences by `subtask_index`; `None` when the dataset does not record them.
+    subtasks: Option<Vec<String>>,
     stats: Stats,
     schema: Arc<Schema>,
     schema_kv: Vec<parquet::file::metadata::KeyValue>,
@@ -233,6 +252,15 @@ impl DatasetWriter {
             ));
         }
         tasks.truncate(info.total_tasks);
+        // Sentences only ever get appended, so the committed indices are a prefix of the list
+        // even if an interrupted flush rewrote it with more.
+        let subtasks = if !info.features.contains_key(SUBTASK_KEY)
+            || (info.total_episodes == 0 && !root.join(SUBTASKS_PATH).exists())
+        {
+            Vec::new()
+        } else {
+            read_subtasks(&root)?
+        };
 
         let episodes = if info.total_episodes == 0 {
             read_episodes(&root).unwrap_or_default()
@@ -324,9 +352,15 @@ impl DatasetWriter {
             None => (0, 0),
         };
         let (next_data, next_meta) = (next(&data_used), next(&meta_used));
-        Self::from_parts(root, info, tasks, stats, next_data, next_meta, 5)
+        let mut writer = Self::from_parts(root, info, tasks, stats, next_data, next_meta, 5)?;
+        if let Some(list) = &mut writer.subtasks {
+            *list = subtasks;
+        }
+        Ok(writer)
     }
 
+    /// A writer over `info`, checked to be a dataset it can extend; without any sub-task
+    /// sentences yet.
     fn from_parts(
         root: PathBuf,
         info: DatasetInfo,
@@ -373,11 +407,23 @@ impl DatasetWriter {
         for key in format::DEFAULT_FEATURE_KEYS {
             feature(key)?;
         }
+        let subtasks = match info.features.get(SUBTASK_KEY) {
+            None => None,
+            Some(f) if f.dtype == "int64" && f.shape == [1] => Some(Vec::new()),
+            Some(f) => {
+                let found = format!("dtype {:?} shape {:?}", f.dtype, f.shape);
+                return Err(DatasetError::schema(
+                    &info_path,
+                    format!("feature {SUBTASK_KEY:?} must be an int64 scalar, found {found}"),
+                ));
+            }
+        };
         let (schema, schema_kv) = data_schema(&info_path, &info)?;
         Ok(DatasetWriter {
             root,
             info,
             tasks,
+            subtasks,
             stats,
             schema,
             schema_kv,
@@ -411,6 +457,18 @@ impl DatasetWriter {
     /// Episodes committed to disk (excludes saved episodes waiting for a flush).
     pub fn committed_episodes(&self) -> usize {
         self.info.total_episodes
+    }
+
+    /// Whether the dataset records sub-tasks (`subtask_index`): then every frame must carry
+    /// one; otherwise [`FrameRecord::subtask`] is ignored.
+    pub fn records_subtasks(&self) -> bool {
+        self.subtasks.is_some()
+    }
+
+    /// Sub-task sentences by `subtask_index`, including those of saved episodes waiting for a
+    /// flush (empty when the dataset does not record sub-tasks).
+    pub fn subtasks(&self) -> &[String] {
+        self.subtasks.as_deref().unwrap_or_default()
     }
 
     /// Frames recorded so far in the current episode.
@@ -449,11 +507,26 @@ impl DatasetWriter {
                 format!("action dimension {i} is not finite"),
             ));
         }
+        let subtask = match (self.records_subtasks(), frame.subtask) {
+            (false, _) => None,
+            (true, Some(s)) => Some(s.to_string()),
+            (true, None) => {
+                return Err(DatasetError::usage(
+                    &self.root,
+                    format!(
+                        "frame {} has no `subtask`, but the dataset records {SUBTASK_KEY:?} \
+                         (every frame needs one)",
+                        self.current.len()
+                    ),
+                ))
+            }
+        };
         self.current.push(RawFrame {
             images: [obs.front.clone(), obs.wrist.clone()],
             state: obs.state.to_vec(),
             action: frame.action.0,
             timestamp: frame.timestamp,
+            subtask,
         });
         Ok(())
     }
@@ -481,10 +554,31 @@ impl DatasetWriter {
                 self.tasks.len() - 1
             }
         };
+        let subtask_index = self.subtasks.as_mut().map(|list| {
+            frames
+                .iter()
+                .map(|f| {
+                    let s = f.subtask.as_deref().unwrap_or_default();
+                    let i = match list.iter().position(|t| t == s) {
+                        Some(i) => i,
+                        None => {
+                            list.push(s.to_string());
+                            list.len() - 1
+                        }
+                    };
+                    i as i64
+                })
+                .collect::<Vec<i64>>()
+        });
         let from_index =
             self.info.total_frames + self.pending.iter().map(|e| e.length).sum::<usize>();
-        let (batch, stats, bytes) =
-            self.episode_batch(&frames, episode_index, task_index, from_index)?;
+        let (batch, stats, bytes) = self.episode_batch(
+            &frames,
+            episode_index,
+            task_index,
+            subtask_index.as_deref(),
+            from_index,
+        )?;
         self.pending.push(PendingEpisode {
             episode_index,
             task: task.to_string(),
@@ -507,6 +601,7 @@ impl DatasetWriter {
         frames: &[RawFrame],
         episode_index: usize,
         task_index: usize,
+        subtask_index: Option<&[i64]>,
         from_index: usize,
     ) -> Result<(RecordBatch, Stats, usize)> {
         let n = frames.len();
@@ -561,6 +656,12 @@ impl DatasetWriter {
             "task_index".into(),
             FeatureStats::from_vectors(&vec![task_index as f32; n], 1),
         );
+        if let Some(subtask_index) = subtask_index {
+            s.insert(
+                SUBTASK_KEY.into(),
+                FeatureStats::from_vectors(&as_f32(subtask_index), 1),
+            );
+        }
         let hists: Vec<[[u64; 256]; 3]> = (0..2)
             .into_par_iter()
             .map(|cam| {
@@ -590,6 +691,15 @@ impl DatasetWriter {
                 "episode_index" => Arc::new(Int64Array::from(vec![episode_index as i64; n])),
                 "index" => Arc::new(Int64Array::from(index.clone())),
                 "task_index" => Arc::new(Int64Array::from(vec![task_index as i64; n])),
+                SUBTASK_KEY => match subtask_index {
+                    Some(v) => Arc::new(Int64Array::from(v.to_vec())),
+                    None => {
+                        return Err(DatasetError::schema(
+                            &path,
+                            format!("no sub-tasks recorded for feature {SUBTASK_KEY:?}"),
+                        ))
+                    }
+                },
                 name => match CAMERAS.iter().position(|c| image_key(c) == name) {
                     Some(cam) => image_struct(encoded.iter().map(|e| e[cam].as_slice())),
                     None => {
@@ -631,6 +741,9 @@ impl DatasetWriter {
         format::write_parquet_atomic(&meta_path, meta_batch.schema(), &[meta_batch], vec![])?;
 
         write_tasks(&self.root, &self.tasks)?;
+        if let Some(subtasks) = &self.subtasks {
+            write_subtasks(&self.root, subtasks)?;
+        }
         let mut stats = self.stats.clone();
         for e in &self.pending {
             stats.merge(&e.stats);

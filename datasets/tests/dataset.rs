@@ -88,6 +88,7 @@ fn record(w: &mut DatasetWriter, ep: usize, len: usize, task: &str) -> usize {
             observation: &obs,
             action: action(ep, t),
             timestamp: t as f32 / FPS as f32,
+            subtask: None,
         })
         .expect("add_frame");
     }
@@ -137,6 +138,12 @@ fn round_trip_preserves_every_value() {
     let ds = Dataset::open(tmp.path()).expect("open");
     assert_eq!(ds.len(), 16);
     assert_eq!(ds.tasks(), ["pick up the red cube", "open the drawer"]);
+    // No sub-tasks unless the spec asks for them.
+    assert!(ds.subtasks().is_empty());
+    assert_eq!(ds.subtask_index(0), None);
+    assert_eq!(ds.frame(0).expect("frame").subtask, None);
+    assert_eq!(report.total_subtasks, 0);
+    assert!(!tmp.path().join("meta/subtasks.parquet").exists());
     assert_eq!(ds.episodes().len(), 3);
     let mut index = 0;
     for (ep, (len, task)) in LENGTHS.iter().zip(TASKS).enumerate() {
@@ -175,6 +182,7 @@ fn round_trip_preserves_every_value() {
     );
     assert_eq!(info["features"]["action"]["names"][6], "gripper");
     assert_eq!(info["features"]["timestamp"]["dtype"], "float32");
+    assert!(info["features"].get("subtask_index").is_none());
 
     // Stats: per-channel image stats in [0, 1] with shape [3, 1, 1]; quantiles present.
     let stats = Stats::load(tmp.path()).expect("stats");
@@ -305,6 +313,7 @@ fn killed_writer_leaves_only_flushed_episodes() {
         observation: &obs,
         action: action(3, 0),
         timestamp: 0.0,
+        subtask: None,
     })
     .unwrap();
     std::mem::forget(w);
@@ -343,6 +352,7 @@ fn dropped_writer_flushes_saved_episodes_but_not_a_partial_one() {
             observation: &obs,
             action: action(1, 0),
             timestamp: 0.0,
+            subtask: None,
         })
         .unwrap();
     }
@@ -471,6 +481,7 @@ fn writer_rejects_bad_input() {
             observation: &obs,
             action: action(0, 0),
             timestamp: 0.0,
+            subtask: None,
         })
         .unwrap_err();
     assert!(err.to_string().contains("front"), "{err}");
@@ -489,6 +500,7 @@ fn timestamps_off_the_frame_rate_are_reported() {
             observation: &obs,
             action: action(0, t),
             timestamp: t as f32 * 0.2, // recorded at 5 Hz, declared 10 fps
+            subtask: None,
         })
         .unwrap();
     }
@@ -500,4 +512,221 @@ fn timestamps_off_the_frame_rate_are_reported() {
         "{err}"
     );
     assert!(err.to_string().contains("timestamp"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Sub-tasks (`subtask_index` + `meta/subtasks.parquet`).
+
+const RED: &str = "put the red cube in the red bin";
+const BLUE: &str = "put the blue cube in the blue bin";
+const GREEN: &str = "put the green cube in the green bin";
+const YELLOW: &str = "put the yellow cube in the yellow bin";
+
+fn subtask_spec() -> DatasetSpec {
+    DatasetSpec {
+        subtasks: true,
+        ..spec()
+    }
+}
+
+/// Record one episode with one frame per entry of `subtasks`.
+fn record_subtasks(w: &mut DatasetWriter, ep: usize, task: &str, subtasks: &[&str]) -> usize {
+    for (t, subtask) in subtasks.iter().enumerate() {
+        let obs = observation(ep, t, task);
+        w.add_frame(FrameRecord {
+            observation: &obs,
+            action: action(ep, t),
+            timestamp: t as f32 / FPS as f32,
+            subtask: Some(subtask),
+        })
+        .expect("add_frame");
+    }
+    w.save_episode(task).expect("save_episode")
+}
+
+const SORT: &str = "put every cube in the bin of its colour";
+const EP0: [&str; 5] = [RED, RED, RED, BLUE, BLUE];
+const EP1: [&str; 6] = [BLUE, BLUE, GREEN, GREEN, GREEN, RED];
+
+fn write_subtask_episodes(dir: &Path) {
+    let mut w = DatasetWriter::create(dir, subtask_spec()).expect("create");
+    assert!(w.records_subtasks());
+    assert_eq!(record_subtasks(&mut w, 0, SORT, &EP0), 0);
+    assert_eq!(record_subtasks(&mut w, 1, SORT, &EP1), 1);
+    assert_eq!(w.subtasks(), [RED, BLUE, GREEN]);
+    w.finalize().expect("finalize");
+}
+
+fn check_subtasks(ds: &Dataset, episodes: &[&[&str]]) {
+    let mut index = 0;
+    for (ep, subtasks) in episodes.iter().enumerate() {
+        for (t, subtask) in subtasks.iter().enumerate() {
+            let expected = ds.subtasks().iter().position(|s| s == subtask);
+            assert_eq!(ds.subtask_index(index), expected, "frame {index}");
+            let f = ds.frame(index).expect("frame");
+            assert_eq!((f.episode_index, f.frame_index), (ep, t));
+            assert_eq!(f.subtask.as_deref(), Some(*subtask), "frame {index}");
+            index += 1;
+        }
+    }
+    assert_eq!(index, ds.len());
+    assert_eq!(ds.subtask_index(ds.len()), None);
+}
+
+#[test]
+fn subtasks_round_trip_and_survive_resume() {
+    let tmp = TempDir::new("subtasks");
+    write_subtask_episodes(tmp.path());
+
+    let report = validate(tmp.path()).expect("valid");
+    assert_eq!((report.total_episodes, report.total_frames), (2, 11));
+    assert_eq!(report.total_subtasks, 3);
+    let ds = Dataset::open(tmp.path()).expect("open");
+    assert_eq!(ds.subtasks(), [RED, BLUE, GREEN]);
+    check_subtasks(&ds, &[&EP0, &EP1]);
+    assert_eq!(ds.subtask_index(5), Some(1));
+    // Everything else is as without sub-tasks.
+    check_frame(&ds, 7, 1, 2, SORT);
+
+    // info.json declares the feature; stats like the other index columns.
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("meta/info.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        info["features"]["subtask_index"],
+        serde_json::json!({"dtype": "int64", "shape": [1], "names": null})
+    );
+    assert_eq!(info["total_tasks"], 1);
+    let stats = Stats::load(tmp.path()).expect("stats");
+    let s = stats.get("subtask_index").expect("subtask_index stats");
+    assert_eq!((s.count, s.min[0], s.max[0]), (11, 0.0, 2.0));
+    let recomputed = ds.compute_stats().expect("compute");
+    let r = recomputed
+        .get("subtask_index")
+        .expect("recomputed subtask_index stats");
+    assert_eq!(r.count, s.count);
+    assert!(
+        (r.mean[0] - s.mean[0]).abs() < 1e-6,
+        "{} vs {}",
+        r.mean[0],
+        s.mean[0]
+    );
+
+    // Resume: the list is restored, old indices stay, new sentences are appended.
+    let mut w = DatasetWriter::open_resume(tmp.path()).expect("resume");
+    assert!(w.records_subtasks());
+    assert_eq!(w.subtasks(), [RED, BLUE, GREEN]);
+    let ep2: [&str; 4] = [GREEN, YELLOW, YELLOW, RED];
+    assert_eq!(record_subtasks(&mut w, 2, SORT, &ep2), 2);
+    w.finalize().expect("finalize");
+    assert_eq!(validate(tmp.path()).expect("valid").total_subtasks, 4);
+    let ds = Dataset::open(tmp.path()).expect("open");
+    assert_eq!(ds.subtasks(), [RED, BLUE, GREEN, YELLOW]);
+    check_subtasks(&ds, &[&EP0, &EP1, &ep2]);
+    assert_eq!(ds.subtask_index(12), Some(3));
+}
+
+#[test]
+fn subtask_of_a_dataset_without_them_is_ignored() {
+    let tmp = TempDir::new("nosubtasks");
+    let mut w = DatasetWriter::create(tmp.path(), spec()).unwrap();
+    assert!(!w.records_subtasks());
+    record_subtasks(&mut w, 0, SORT, &EP0);
+    assert!(w.subtasks().is_empty());
+    w.finalize().unwrap();
+    validate(tmp.path()).unwrap();
+    assert!(!tmp.path().join("meta/subtasks.parquet").exists());
+    let ds = Dataset::open(tmp.path()).unwrap();
+    assert_eq!((ds.subtasks().len(), ds.subtask_index(0)), (0, None));
+    assert_eq!(ds.frame(0).unwrap().subtask, None);
+}
+
+#[test]
+fn missing_subtasks_table_is_reported() {
+    let tmp = TempDir::new("subtasks-missing");
+    write_subtask_episodes(tmp.path());
+    std::fs::remove_file(tmp.path().join("meta/subtasks.parquet")).unwrap();
+    let err = expect_err_on(tmp.path(), "meta/subtasks.parquet");
+    assert!(matches!(err, DatasetError::Missing { .. }), "{err}");
+    let err = DatasetWriter::open_resume(tmp.path())
+        .err()
+        .expect("resume must fail");
+    assert!(err.path().ends_with("meta/subtasks.parquet"), "{err}");
+}
+
+#[test]
+fn subtask_index_outside_the_table_is_reported() {
+    let tmp = TempDir::new("subtasks-range");
+    write_subtask_episodes(tmp.path());
+    // A table that lost its last sentence: frames of episode 1 point past its end.
+    vla_datasets::format::write_subtasks(tmp.path(), &[RED.to_string(), BLUE.to_string()]).unwrap();
+    let err = expect_err_on(tmp.path(), "data/chunk-000/file-000.parquet");
+    assert!(matches!(err, DatasetError::Inconsistent { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("subtask_index") && msg.contains("is 2"),
+        "{msg}"
+    );
+    let open = Dataset::open(tmp.path()).err().expect("open must fail");
+    assert!(open.to_string().contains("subtask_index"), "{open}");
+}
+
+#[test]
+fn frame_without_subtask_is_refused_and_saved_episodes_survive() {
+    let tmp = TempDir::new("subtasks-refused");
+    {
+        let mut w = DatasetWriter::create(tmp.path(), subtask_spec()).unwrap();
+        record_subtasks(&mut w, 0, SORT, &EP0);
+        // Two good frames of episode 1, then one without a sub-task.
+        for (t, subtask) in EP1.iter().enumerate().take(2) {
+            let obs = observation(1, t, SORT);
+            w.add_frame(FrameRecord {
+                observation: &obs,
+                action: action(1, t),
+                timestamp: t as f32 / FPS as f32,
+                subtask: Some(subtask),
+            })
+            .unwrap();
+        }
+        let obs = observation(1, 2, SORT);
+        let err = w
+            .add_frame(FrameRecord {
+                observation: &obs,
+                action: action(1, 2),
+                timestamp: 0.2,
+                subtask: None,
+            })
+            .unwrap_err();
+        assert!(matches!(err, DatasetError::Usage { .. }), "{err}");
+        assert!(err.to_string().contains("subtask"), "{err}");
+        // The refusal changed nothing: the episode goes on where it was.
+        assert_eq!(w.current_episode_len(), 2);
+        for (t, subtask) in EP1.iter().enumerate().skip(2) {
+            let obs = observation(1, t, SORT);
+            w.add_frame(FrameRecord {
+                observation: &obs,
+                action: action(1, t),
+                timestamp: t as f32 / FPS as f32,
+                subtask: Some(subtask),
+            })
+            .unwrap();
+        }
+        w.save_episode(SORT).unwrap();
+        // Refused again at the start of an episode, then the writer is dropped (not
+        // finalized): both saved episodes still reach disk.
+        let obs = observation(2, 0, SORT);
+        assert!(w
+            .add_frame(FrameRecord {
+                observation: &obs,
+                action: action(2, 0),
+                timestamp: 0.0,
+                subtask: None,
+            })
+            .is_err());
+    }
+    let report = validate(tmp.path()).unwrap();
+    assert_eq!((report.total_episodes, report.total_frames), (2, 11));
+    let ds = Dataset::open(tmp.path()).unwrap();
+    assert_eq!(ds.subtasks(), [RED, BLUE, GREEN]);
+    check_subtasks(&ds, &[&EP0, &EP1]);
 }

@@ -5,6 +5,11 @@ exists at the workspace root.
 
     python lerobot_interop.py read  DIR EXPECTED_JSON   # load a dataset written by Rust
     python lerobot_interop.py write DIR                 # create a dataset for Rust to read
+
+Sub-tasks follow lerobot 0.4.4's own convention: an int64 `subtask_index` feature per frame
+and `meta/subtasks.parquet` whose pandas index (named `subtask`) holds the sentences, in
+`subtask_index` order (`LeRobotDataset.__getitem__` sets `item["subtask"]` from
+`meta.subtasks.iloc[subtask_index].name`).
 """
 
 import json
@@ -48,10 +53,46 @@ def read(root: Path, expected: dict) -> None:
     stats = ds.meta.stats
     assert stats["observation.images.front"]["mean"].shape == (3, 1, 1)
     assert stats["observation.state"]["q01"].shape == (STATE_DIM,)
+    if "subtasks" in expected:
+        read_subtasks(root, ds, expected)
+    else:
+        assert "subtask_index" not in ds.features, list(ds.features)
+        assert not (root / "meta" / "subtasks.parquet").exists()
+        assert ds.meta.subtasks is None
+        assert "subtask" not in ds[0]
     print("lerobot read OK:", ds.num_episodes, "episodes", ds.num_frames, "frames")
 
 
+def read_subtasks(root: Path, ds, expected: dict) -> None:
+    import pandas as pd
+
+    subtasks = pd.read_parquet(root / "meta" / "subtasks.parquet")
+    assert subtasks.index.name == "subtask", subtasks.index.name
+    assert list(subtasks.index) == expected["subtasks"], list(subtasks.index)
+    assert list(subtasks.columns) == ["subtask_index"], list(subtasks.columns)
+    assert str(subtasks["subtask_index"].dtype) == "int64", subtasks["subtask_index"].dtype
+    assert list(subtasks["subtask_index"]) == list(range(len(expected["subtasks"])))
+    sentence_of = {int(i): s for s, i in subtasks["subtask_index"].items()}
+
+    feature = ds.features["subtask_index"]
+    assert feature["dtype"] == "int64" and tuple(feature["shape"]) == (1,), feature
+    assert ds.meta.subtasks is not None
+    assert "subtask_index" in ds.meta.stats, list(ds.meta.stats)
+    want_index, want_sentence = expected["frame_subtask_index"], expected["frame_subtask"]
+    assert len(want_index) == ds.num_frames == len(want_sentence)
+    for i in range(ds.num_frames):
+        item = ds[i]
+        index = item["subtask_index"]
+        assert str(index.dtype) == "torch.int64", index.dtype
+        assert index.item() == want_index[i], (i, index.item(), want_index[i])
+        assert sentence_of[index.item()] == want_sentence[i], (i, sentence_of[index.item()])
+        # lerobot's own lookup.
+        assert item["subtask"] == want_sentence[i], (i, item["subtask"])
+    print("lerobot read subtasks OK:", len(subtasks), "subtasks")
+
+
 def write(root: Path) -> None:
+    import pandas as pd
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     features = {
@@ -67,6 +108,7 @@ def write(root: Path) -> None:
             "shape": (H, W, 3),
             "names": ["height", "width", "channel"],
         },
+        "subtask_index": {"dtype": "int64", "shape": (1,), "names": None},
     }
     ds = LeRobotDataset.create(
         repo_id="local/vla_python_written",
@@ -84,12 +126,21 @@ def write(root: Path) -> None:
                     "action": np.full(ACTION_DIM, t, np.float32),
                     "observation.images.front": np.full((H, W, 3), 10 * t, np.uint8),
                     "observation.images.wrist": np.full((H, W, 3), 100 + ep, np.uint8),
+                    # Episode 0: a, a, b; episode 1: b, b, a.
+                    "subtask_index": np.array([(ep + (t >= 2)) % 2], np.int64),
                     "task": f"python task {ep}",
                 }
             )
         ds.save_episode()
     if hasattr(ds, "finalize"):
         ds.finalize()
+    # lerobot 0.4.4 reads meta/subtasks.parquet but has no writer for it.
+    subtasks = pd.DataFrame(
+        {"subtask_index": [0, 1]},
+        index=pd.Index(["python subtask a", "python subtask b"], name="subtask"),
+    )
+    subtasks.to_parquet(root / "meta" / "subtasks.parquet")
+    assert LeRobotDataset("local/vla_python_written", root=root)[4]["subtask"] == "python subtask b"
     print("lerobot write OK")
 
 

@@ -17,6 +17,8 @@ use bevy::camera::visibility::RenderLayers;
 use bevy::light::DirectionalLightShadowMap;
 use bevy::prelude::*;
 use bevy::render::extract_component::ExtractComponentPlugin;
+use bevy::render::render_resource::WgpuAdapterInfo;
+use bevy::render::renderer::RenderAdapterInfo;
 use bevy::render::{Render, RenderApp, RenderSystems};
 use bevy::window::ExitCondition;
 use vla_core::{Pose, RgbImage};
@@ -78,6 +80,8 @@ pub struct Renderer {
     next_id: u32,
     warmup: Duration,
     dead: Option<String>,
+    /// Pipelines that can never compile, shared with the render thread.
+    failures: Arc<Mutex<Vec<String>>>,
 }
 
 impl Renderer {
@@ -92,10 +96,12 @@ impl Renderer {
         let (tx, rx) = mpsc::channel::<Cmd>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), RenderError>>();
         let worker_cfg = cfg.clone();
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let worker_failures = failures.clone();
         let thread = std::thread::Builder::new()
             .name("vla-render".into())
             .spawn(move || {
-                let mut worker = Worker::new(worker_cfg);
+                let mut worker = Worker::new(worker_cfg, worker_failures);
                 let warm = worker.warm_up();
                 let ok = warm.is_ok();
                 let _ = ready_tx.send(warm);
@@ -135,6 +141,7 @@ impl Renderer {
             next_id: 0,
             warmup,
             dead: None,
+            failures,
         })
     }
 
@@ -146,6 +153,16 @@ impl Renderer {
     /// How long `new` took (bevy start-up + shader warm-up), for reporting.
     pub fn warmup_time(&self) -> Duration {
         self.warmup
+    }
+
+    /// Render pipelines that failed to compile so far, as "#id label: error" (each is
+    /// also logged as an error when it fails). Empty when every image is complete; any entry
+    /// means some objects or effects may be missing from the images.
+    pub fn pipeline_failures(&self) -> Vec<String> {
+        self.failures
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     /// Adds one environment's scene. `background` is the sRGB clear colour.
@@ -369,16 +386,21 @@ struct Worker {
     scenes: HashMap<u32, SceneMirror>,
     slots: Vec<Slot>,
     last_pipelines: usize,
-    last_failed: usize,
+    /// Pipelines that can never compile, reported once each; shared with `Renderer`.
+    failures: Arc<Mutex<Vec<String>>>,
 }
 
 impl Worker {
-    fn new(cfg: RenderConfig) -> Self {
+    fn new(cfg: RenderConfig, failures: Arc<Mutex<Vec<String>>>) -> Self {
         let shared = Arc::new(Mutex::new(ReadbackState {
             depth: cfg.depth,
             ..Default::default()
         }));
         let app = build_app(SharedReadback(shared.clone()));
+        if let Some(info) = app.world().get_resource::<RenderAdapterInfo>() {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| log_adapter(&info.0));
+        }
         Worker {
             app,
             cfg,
@@ -386,7 +408,7 @@ impl Worker {
             scenes: HashMap::new(),
             slots: Vec::new(),
             last_pipelines: 0,
-            last_failed: 0,
+            failures,
         }
     }
 
@@ -484,6 +506,26 @@ impl Worker {
         }
     }
 
+    /// Logs each pipeline that newly failed to compile, once, and publishes the list.
+    fn report_failures(&self, failed: &[String]) {
+        let Ok(mut known) = self.failures.lock() else {
+            return;
+        };
+        for f in failed {
+            if known.contains(f) {
+                continue;
+            }
+            tracing::error!(
+                pipeline = %f,
+                "a render pipeline failed to compile: objects or effects it draws are missing \
+                 from the images. This is a bug in a vla-render or bevy shader, or in the graphics \
+                 driver; report it with the shader error logged above (VERBOSE_SHADER_ERROR=1 \
+                 adds the shader defs)"
+            );
+            known.push(f.clone());
+        }
+    }
+
     fn render(
         &mut self,
         views: &[(u32, Transform, f32)],
@@ -537,13 +579,7 @@ impl Worker {
             if let Some(e) = st.error.take() {
                 return Err(RenderError::NotReady(e));
             }
-            if st.failed > self.last_failed {
-                tracing::warn!(
-                    failed = st.failed,
-                    "render pipelines failed to compile; some objects may be missing from images"
-                );
-                self.last_failed = st.failed;
-            }
+            self.report_failures(&st.failed);
             // New pipelines this frame => objects needing them may have been skipped.
             let stable = st.pipelines == self.last_pipelines && st.waiting == 0;
             self.last_pipelines = st.pipelines;
@@ -596,4 +632,38 @@ fn to_frame(r: crate::readback::Readout, w: u32, h: u32) -> Frame {
             .collect()
     });
     Frame { rgb, depth }
+}
+
+/// Says (once per process) which adapter renders and, on a CPU rasteriser, what that means.
+/// (bevy itself warns that software rendering "is likely to be very slow".)
+fn log_adapter(info: &WgpuAdapterInfo) {
+    let (name, backend, driver) = (&info.name, info.backend, &info.driver_info);
+    // `wgpu::DeviceType` is not re-exported by bevy; its Debug name is stable.
+    let kind = format!("{:?}", info.device_type);
+    if kind != "Cpu" {
+        tracing::info!(adapter = %name, ?backend, %kind, "vla-render renders on the GPU");
+        return;
+    }
+    // A GPU device node without a hardware adapter means its Vulkan driver is not visible.
+    let gpu_present = ["/dev/nvidia0", "/dev/dri/renderD128", "/dev/kfd"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
+    if gpu_present {
+        tracing::warn!(
+            adapter = %name,
+            driver = %driver,
+            "vla-render renders on the CPU although this machine seems to have a GPU: its \
+             Vulkan driver is not visible (`vulkaninfo --summary` lists the drivers). Install \
+             it (NVIDIA in a container: NVIDIA_DRIVER_CAPABILITIES must include `graphics`) or \
+             point VK_DRIVER_FILES at its ICD json; WGPU_ADAPTER_NAME picks an adapter by name. \
+             Until then rendering works, only several times slower"
+        );
+    } else {
+        tracing::info!(
+            adapter = %name,
+            driver = %driver,
+            "vla-render renders on the CPU (no GPU found): expected on a CPU-only machine and \
+             correct, only slower; bevy's software-rendering warning can be ignored"
+        );
+    }
 }

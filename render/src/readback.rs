@@ -8,7 +8,12 @@
 //!
 //! The same system records the pipeline cache size: a frame during which new pipelines were
 //! created (shader compilation on first use of a material/mesh/view combination) may have
-//! skipped drawing the objects that needed them, so the caller renders it again.
+//! skipped drawing the objects that needed them, so the caller renders it again. It also
+//! lists the pipelines that can never compile (a shader error), which would leave whatever
+//! they draw out of the images. A pipeline whose shader is not loaded yet is *also* in
+//! `CachedPipelineState::Err` (`ShaderNotLoaded`) for a frame, but bevy re-queues it and it
+//! counts as waiting: on the first frame that is the case for bevy's 19 GPU mesh-preprocessing,
+//! culling and light-clustering compute pipelines, whose embedded shaders load asynchronously.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,13 +21,15 @@ use bevy::prelude::*;
 use bevy::render::camera::ExtractedCamera;
 use bevy::render::render_asset::RenderAssets;
 use bevy::render::render_resource::{
-    Buffer, BufferDescriptor, BufferUsages, CachedPipelineState, CommandEncoderDescriptor,
-    Extent3d, MapMode, Origin3d, PipelineCache, PollType, TexelCopyBufferInfo,
-    TexelCopyBufferLayout, TexelCopyTextureInfo, Texture, TextureAspect,
+    Buffer, BufferDescriptor, BufferUsages, CachedPipeline, CachedPipelineState,
+    CommandEncoderDescriptor, Extent3d, MapMode, Origin3d, PipelineCache, PipelineDescriptor,
+    PollType, TexelCopyBufferInfo, TexelCopyBufferLayout, TexelCopyTextureInfo, Texture,
+    TextureAspect,
 };
 use bevy::render::renderer::{RenderDevice, RenderQueue};
 use bevy::render::texture::GpuImage;
 use bevy::render::view::{ViewDepthTexture, ViewTarget};
+use bevy::shader::ShaderCacheError;
 
 use crate::mirror::SlotIndex;
 
@@ -54,8 +61,8 @@ pub(crate) struct ReadbackState {
     pub pipelines: usize,
     /// Pipelines still waiting (e.g. for a shader asset) after this frame.
     pub waiting: usize,
-    /// Pipelines that failed to compile (bevy logs the error itself).
-    pub failed: usize,
+    /// Pipelines that can never compile, as "#id label: error" (bevy logs the full error).
+    pub failed: Vec<String>,
     /// Set if the staging copy failed.
     pub error: Option<String>,
 }
@@ -78,6 +85,34 @@ type SlotView = (&'static SlotIndex, Option<&'static ViewDepthTexture>);
 /// Cameras extracted (active) and prepared this frame.
 type ActiveView = (With<ExtractedCamera>, With<ViewTarget>);
 
+/// "#id label: error" if pipeline `id` can never compile. `ShaderNotLoaded` and
+/// `ShaderImportNotYetAvailable` are not failures: bevy re-queues such a pipeline on its next
+/// pass and it counts as waiting until its shaders are loaded.
+fn failure((id, p): (usize, &CachedPipeline)) -> Option<String> {
+    let CachedPipelineState::Err(e) = &p.state else {
+        return None;
+    };
+    match e {
+        ShaderCacheError::ShaderNotLoaded(_) | ShaderCacheError::ShaderImportNotYetAvailable => {
+            None
+        }
+        ShaderCacheError::ProcessShaderError(_) | ShaderCacheError::CreateShaderModule(_) => {
+            let label = match &p.descriptor {
+                PipelineDescriptor::RenderPipelineDescriptor(d) => d.label.clone(),
+                PipelineDescriptor::ComputePipelineDescriptor(d) => d.label.clone(),
+            };
+            let label = label
+                .as_deref()
+                .unwrap_or("unlabelled pipeline")
+                .to_string();
+            // The first line of a shader error says what failed; bevy logs the full text.
+            let error = e.to_string();
+            let error = error.lines().next().unwrap_or_default().trim().to_string();
+            Some(format!("#{id} {label}: {error}"))
+        }
+    }
+}
+
 /// Render-world system (runs in `RenderSystems::Cleanup`, after the frame was submitted).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn readback_system(
@@ -94,10 +129,7 @@ pub(crate) fn readback_system(
     };
     st.pipelines = cache.pipelines().count();
     st.waiting = cache.waiting_pipelines().count();
-    st.failed = cache
-        .pipelines()
-        .filter(|p| matches!(p.state, CachedPipelineState::Err(_)))
-        .count();
+    st.failed = cache.pipelines().enumerate().filter_map(failure).collect();
     let n = st.requests.len();
     st.results = (0..n).map(|_| None).collect();
     if n == 0 {

@@ -314,6 +314,44 @@ fn renderer_is_send_and_sync() {
 }
 
 /// Pixels at least 20 levels darker in `a` than in `b`.
+/// Every pipeline the scenes use compiles, with and without shadows and MSAA: a failed one
+/// would silently leave objects out of the images. Bodies are opaque and translucent so both
+/// the opaque and the transparent pass (and, with shadows, the shadow pass) are exercised.
+#[test]
+fn no_render_pipeline_fails_to_compile() {
+    let mut bodies = vec![table(), red_cube([0.0, 0.0, 0.15])];
+    bodies.push(Body {
+        visuals: vec![
+            Visual::new(
+                Shape::Capsule {
+                    radius: 0.03,
+                    half_height: 0.05,
+                },
+                [0.2, 0.3, 0.8, 0.5],
+            ),
+            Visual::new(Shape::Sphere { radius: 0.03 }, [0.2, 0.8, 0.3, 1.0]),
+        ],
+        pose: Pose::from_translation([0.1, 0.1, 0.1]),
+    });
+    let check = |r: &mut Renderer, what: &str| {
+        let id = scene(r, bodies.clone());
+        r.render(&[(id, front())]).expect("render");
+        r.remove_scene(id).expect("remove");
+        let failed = r.pipeline_failures();
+        assert!(failed.is_empty(), "{what}: pipelines failed: {failed:#?}");
+    };
+    let Some(mut plain) = shared() else { return };
+    check(&mut plain, "default config");
+    drop(plain);
+    let cfg = RenderConfig {
+        shadows: true,
+        msaa: true,
+        ..RenderConfig::default()
+    };
+    let mut r = Renderer::new(cfg).expect("renderer with shadows and MSAA");
+    check(&mut r, "shadows + MSAA");
+}
+
 fn darker_pixels(a: &RgbImage, b: &RgbImage) -> usize {
     a.pixels()
         .zip(b.pixels())
@@ -358,4 +396,5 @@ fn shadows_in_many_scenes() {
         assert!(n > 20, "scene {i}: no shadow ({n} darker pixels)");
     }
     assert!(frames[0].rgb == frames[11].rgb);
+    assert_eq!(r.pipeline_failures(), Vec::<String>::new());
 }

@@ -1,5 +1,6 @@
 //! The bridge node: cameras, instruction and joint states in; the policy at a fixed rate on
-//! the freshest frames; commands out through the safety chain; tokens and diagnostics.
+//! the freshest frames; commands out through the safety chain; tokens, the policy's
+//! sub-task and diagnostics.
 //!
 //! Each camera has a one-message "pending" slot filled by the transport's reader thread and
 //! a decoder thread that always decodes (and resizes) the newest message into a one-frame
@@ -36,6 +37,8 @@ pub struct PolicyOutput {
     pub action: Action,
     /// Raw action tokens (debug topic); empty when the source has none.
     pub tokens: Vec<i64>,
+    /// The next step the policy said before this action; `None` for a policy without a plan.
+    pub subtask: Option<String>,
 }
 
 /// Anything that maps observations to actions: the VLA policy (in the CLI, which links
@@ -356,6 +359,9 @@ pub struct Bridge {
     chain: Box<dyn CommandSink>,
     tokens: Box<dyn Publisher<Int32MultiArray>>,
     diagnostics: Box<dyn Publisher<DiagnosticArray>>,
+    subtask: Box<dyn Publisher<StringMsg>>,
+    /// The sub-task last published (cleared when the instruction changes).
+    last_subtask: Option<String>,
     worker: Worker,
     seen_instruction: u64,
     last_used: (u64, u64),
@@ -423,6 +429,8 @@ impl Bridge {
         };
         let tokens = transport.publisher(&config.topics.action_tokens, Qos::reliable(10))?;
         let diagnostics = transport.publisher(&config.topics.diagnostics, Qos::reliable(10))?;
+        // Latched like the instruction: an operator display started late still shows it.
+        let subtask = transport.publisher(&config.topics.subtask, config.qos.instruction())?;
         let bridge = Bridge {
             worker: Worker::spawn(source)?,
             config,
@@ -434,6 +442,8 @@ impl Bridge {
             chain,
             tokens,
             diagnostics,
+            subtask,
+            last_subtask: None,
             seen_instruction: 0,
             last_used: (0, 0),
             inference_total_ms: 0.0,
@@ -693,6 +703,7 @@ impl Bridge {
         };
         if version != self.seen_instruction {
             self.seen_instruction = version;
+            self.last_subtask = None;
             let _ = self.worker.jobs.send(Job::Reset);
         }
         if self.config.control.require_new_frames {
@@ -785,6 +796,17 @@ impl Bridge {
             };
             if let Err(e) = self.tokens.publish(msg) {
                 tracing::debug!("{e}");
+            }
+        }
+        // Published on change only (and first per instruction): for operators, not a 10 Hz stream.
+        if let Some(text) = out
+            .subtask
+            .filter(|t| self.last_subtask.as_ref() != Some(t))
+        {
+            tracing::info!("sub-task: {text:?}");
+            match self.subtask.publish(StringMsg { data: text.clone() }) {
+                Ok(()) => self.last_subtask = Some(text),
+                Err(e) => tracing::debug!("{e}"),
             }
         }
         if let Some(probe) = self.probe.as_mut() {

@@ -97,6 +97,7 @@ pub struct TopicsSection {
     pub joint_trajectory: String,
     pub gripper: String,
     pub action_tokens: String,
+    pub subtask: String,
     pub diagnostics: String,
     pub success: String,
 }
@@ -248,6 +249,7 @@ impl BridgeConfig {
             ("joint_trajectory", &t.joint_trajectory),
             ("gripper", &t.gripper),
             ("action_tokens", &t.action_tokens),
+            ("subtask", &t.subtask),
             ("diagnostics", &t.diagnostics),
             ("success", &t.success),
         ]

@@ -451,6 +451,7 @@ pub fn run<T: Transport>(
                         .iter()
                         .map(|b| format!("{b:02x}"))
                         .collect(),
+                    progress: result.reward,
                 });
                 break;
             }

@@ -53,6 +53,13 @@ pub trait Task: Send {
     fn take_expert_label(&mut self) -> Option<Action> {
         None
     }
+    /// The step the expert is working on now, as a sentence ("put the red cube in the red
+    /// bin"): what a policy that plans in language is taught to say before it acts. Current
+    /// as of the last [`Self::expert_action`] call (`None` before the first, or for a task
+    /// without sub-steps).
+    fn subtask(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Settings of an environment, all declarable in TOML.
@@ -268,6 +275,11 @@ impl Env {
     /// The clean label of the last expert action (see [`Task::take_expert_label`]).
     pub fn take_expert_label(&mut self) -> Option<Action> {
         self.task.take_expert_label()
+    }
+
+    /// The expert's current sub-task sentence (see [`Task::subtask`]).
+    pub fn subtask(&self) -> Option<String> {
+        self.task.subtask()
     }
 
     /// Advance physics by one control step (no rendering). Returns (reward, terminated,

@@ -25,6 +25,10 @@ pub struct Args {
     wrist: Option<PathBuf>,
     #[arg(long)]
     instruction: String,
+    /// Impose the sub-task instead of letting the model say it (models with a plan): the
+    /// actions then follow this step, e.g. "put the red cube in the red bin".
+    #[arg(long)]
+    subtask: Option<String>,
     /// Proprioceptive state, comma-separated (see `vla tasks`); default: the training mean.
     /// Values may be negative (`--state -0.1,0.2,…`).
     #[arg(long, allow_hyphen_values = true)]
@@ -42,6 +46,9 @@ pub struct Args {
 #[derive(Serialize)]
 struct ActReport {
     instruction: String,
+    /// The next step the model said (or was given) before its action; `null` for a model
+    /// without a plan.
+    subtask: Option<String>,
     tokens: Vec<i64>,
     action: Vec<f32>,
     action_names: Vec<&'static str>,
@@ -106,9 +113,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         instruction: args.instruction.clone(),
     };
     let t = Instant::now();
-    let mut out = policy.act_batch_with_tokens(&[(&obs, args.instruction.as_str())])?;
+    let forced = args.subtask.as_deref().map(|s| [s]);
+    let mut out = policy.decide(
+        &[(&obs, args.instruction.as_str())],
+        forced.as_ref().map(|s| &s[..]),
+    )?;
     let latency_ms = t.elapsed().as_secs_f64() * 1e3;
-    let (tokens, action) = out.pop().context("the policy returned no action")?;
+    let decision = out.pop().context("the policy returned no action")?;
+    if args.subtask.is_some() && decision.subtask.is_none() {
+        tracing::warn!("--subtask is ignored: this model does not decode sub-tasks (no plan)");
+    }
     let grounding_px = match &args.grounding_png {
         Some(path) => Some(write_grounding_png(&policy, &obs, &args.instruction, path)?),
         None => None,
@@ -116,13 +130,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let report = ActReport {
         grounding_px,
         instruction: args.instruction,
-        tokens,
-        action: action.0.to_vec(),
+        subtask: decision.subtask,
+        tokens: decision.tokens,
+        action: decision.action.0.to_vec(),
         action_names: ACTION_NAMES.to_vec(),
         latency_ms,
     };
     super::print_report(args.json, &report, || {
-        let mut s = format!("tokens {:?}\n", report.tokens);
+        let mut s = match &report.subtask {
+            Some(t) => format!("subtask: {t}\n"),
+            None => String::new(),
+        };
+        s += &format!("tokens {:?}\n", report.tokens);
         for (n, v) in report.action_names.iter().zip(&report.action) {
             s += &format!("  {n:8} {v:+.5}\n");
         }

@@ -190,6 +190,7 @@ fn dataset(args: DatasetArgs) -> anyhow::Result<()> {
             observation: obs,
             action,
             timestamp: (i % 50) as f32 / 10.0,
+            subtask: None,
         })?;
         if i % 50 == 49 {
             writer.save_episode(&pool[0].instruction)?;

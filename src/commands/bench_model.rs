@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 use vla_model::tch::{Device, Kind, Tensor};
-use vla_model::{left_pad, NormStats, Policy, TextTokenizer, TrainStep, VlaBatch, VlaModel};
+use vla_model::{
+    left_pad, right_pad, NormStats, Policy, TextTokenizer, TrainStep, VlaBatch, VlaModel,
+};
 
 use super::train::{parse_device, set_threads};
 
@@ -96,9 +98,12 @@ fn fresh_model(
     config: &std::path::Path,
     device: Device,
 ) -> anyhow::Result<(VlaModel, TextTokenizer)> {
-    let (cfg, _) = vla_model::trainer::load_config_file(config)?;
+    let (mut cfg, _) = vla_model::trainer::load_config_file(config)?;
     let corpus = vla_tasks::Language::builtin()?.corpus();
     let tok = TextTokenizer::train_for_instructions(&corpus, cfg.text.vocab_size)?;
+    if cfg.text.eos_token_id.is_none() {
+        cfg.text.eos_token_id = tok.eos_id().map(|id| id as usize);
+    }
     let stats = NormStats::unit(&cfg);
     Ok((VlaModel::new(cfg, stats, device, 0)?, tok))
 }
@@ -184,6 +189,14 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         prompt_ids,
         prompt_mask,
         action_tokens: model.encode_actions(&actions)?,
+        // A model with a plan also learns the sub-task's tokens (the prompt's sentence).
+        subtask: match cfg.plan.enabled() {
+            true => Some(right_pad(
+                &vec![tok.encode_subtask("put the red cube in the blue bin")?; b as usize],
+                tok.pad_id(),
+            )),
+            false => None,
+        },
     }
     .to_device(device);
     for _ in 0..3 {

@@ -162,7 +162,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
             "{} already holds a dataset: use --resume to continue it, or another --out",
             args.out.display()
         );
-        let spec = DatasetSpec::new(
+        let mut spec = DatasetSpec::new(
             robot.name.clone(),
             config.sim.control_hz.round() as u32,
             ImageSize {
@@ -170,6 +170,9 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
                 height: config.render.height,
             },
         );
+        // Every frame records the step the expert is on (`subtask_index`), the labels of a
+        // policy that says its next step before it acts.
+        spec.subtasks = true;
         let writer = DatasetWriter::create(&args.out, spec)?;
         let progress = Progress {
             suite: args.run.suite.clone(),
@@ -204,7 +207,8 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
     let bar = super::progress(specs.len() as u64, "collect");
     let start = Instant::now();
     let k = args.run.envs.max(1);
-    let mut buffers: Vec<Vec<(Observation, Action)>> = (0..k).map(|_| Vec::new()).collect();
+    let mut buffers: Vec<Vec<(Observation, Action, Option<String>)>> =
+        (0..k).map(|_| Vec::new()).collect();
     let (mut written, mut dropped, mut frames, mut successes, mut finished) =
         (0usize, 0usize, 0usize, 0usize, 0usize);
     // Specs saved to the writer since its last flush, and dropped ones since then.
@@ -240,9 +244,10 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
             Event::Step {
                 slot,
                 label,
+                subtask,
                 previous,
                 ..
-            } => buffers[slot].push((previous.clone(), *label)),
+            } => buffers[slot].push((previous.clone(), *label, subtask.map(str::to_string))),
             Event::Done { slot, outcome } => {
                 finished += 1;
                 successes += outcome.success as usize;
@@ -251,11 +256,12 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
                 if keep {
                     let fps = config.sim.control_hz as f32;
                     let result = (|| -> anyhow::Result<()> {
-                        for (i, (obs, action)) in episode.iter().enumerate() {
+                        for (i, (obs, action, subtask)) in episode.iter().enumerate() {
                             writer.add_frame(FrameRecord {
                                 observation: obs,
                                 action: *action,
                                 timestamp: i as f32 / fps,
+                                subtask: subtask.as_deref(),
                             })?;
                         }
                         writer.save_episode(&outcome.instruction)?;

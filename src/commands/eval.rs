@@ -83,12 +83,14 @@ pub struct PolicyAgent<'a> {
 pub struct StepDiagnostics {
     /// Where the heads look and what the gate chose; `None` for a model without heads.
     pub points: Option<HeadPoints>,
+    /// The sub-task the policy said before acting (`None` for a model without a plan).
+    pub subtask: Option<String>,
     pub object_xyz: Option<[f32; 3]>,
     pub bin_xy: Option<[f32; 2]>,
 }
 
 impl StepDiagnostics {
-    fn of(points: Option<HeadPoints>, env: &Env) -> Self {
+    fn of(points: Option<HeadPoints>, subtask: Option<String>, env: &Env) -> Self {
         let cell = env.cell();
         let object_xyz = cell.filter(|c| !c.objects.is_empty()).map(|c| {
             let t = c.object_pose(0).translation.vector;
@@ -97,6 +99,7 @@ impl StepDiagnostics {
         let bin_xy = cell.and_then(|c| c.receptacles.first()).map(|r| r.position);
         StepDiagnostics {
             points,
+            subtask,
             object_xyz,
             bin_xy,
         }
@@ -140,16 +143,13 @@ impl Agent for PolicyAgent<'_> {
             Some(cells) => {
                 let mut cells = cells.borrow_mut();
                 let mut actions = Vec::with_capacity(active.len());
-                let acted = self
-                    .policy
-                    .act_batch_with_targets(&items)
-                    .map_err(policy_error)?;
-                for (&i, (action, points)) in active.iter().zip(acted) {
+                let decided = self.policy.decide(&items, None).map_err(policy_error)?;
+                for (&i, d) in active.iter().zip(decided) {
                     if cells.len() <= i {
                         cells.resize(i + 1, None);
                     }
-                    cells[i] = Some(StepDiagnostics::of(points, &envs[i]));
-                    actions.push(action);
+                    cells[i] = Some(StepDiagnostics::of(d.points, d.subtask, &envs[i]));
+                    actions.push(d.action);
                 }
                 actions
             }
@@ -237,6 +237,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
                     spec,
                     action,
                     label,
+                    subtask,
                     result,
                     previous,
                 } => {
@@ -253,6 +254,9 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
                             "state": previous.state,
                             "action": action.0,
                             "expert": label.0,
+                            // What the policy said it would do next, and the expert's step.
+                            "subtask": diag.as_ref().and_then(|d| d.subtask.as_deref()),
+                            "expert_subtask": subtask,
                             "success": result.success,
                             "heads_xy": points.map(|p| &p.heads),
                             "subgoal": points.and_then(HeadPoints::subgoal),

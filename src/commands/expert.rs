@@ -42,11 +42,24 @@ pub fn human(report: &SuiteReport) -> String {
     );
     for (f, t) in &report.per_family {
         s += &format!(
-            "  {f:6} {:4}/{:<4} {:5.1} %\n",
+            "  {f:6} {:4}/{:<4} {:5.1} %",
             t.successes,
             t.episodes,
             100.0 * t.success_rate
         );
+        if t.has_partial_progress() {
+            let counts: Vec<String> = t
+                .progress_counts
+                .iter()
+                .map(|(p, n)| format!("{p}×{n}"))
+                .collect();
+            s += &format!(
+                "  (progress {:.0} %: {})",
+                100.0 * t.mean_progress,
+                counts.join(" ")
+            );
+        }
+        s += "\n";
     }
     s + &format!("digest {}", report.digest)
 }

@@ -2,7 +2,8 @@
 //! simulator as a ROS 2 robot, and the bridge's latency benchmark.
 //!
 //! The bridge crate knows nothing of libtorch; this module adapts [`Policy`] to its
-//! [`ActionSource`] trait (keeping the raw action tokens for the debug topic).
+//! [`ActionSource`] trait (keeping the raw action tokens for the debug topic and the
+//! sub-task it said for `/vla/subtask`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,9 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use serde::Serialize;
-use vla_core::{Action, Observation, STATE_DIM};
-use vla_model::policy::{observation_images, Policy};
-use vla_model::tch::{Device, Tensor};
+use vla_core::{Action, Observation};
+use vla_model::policy::Policy;
+use vla_model::tch::Device;
 use vla_ros_bridge::bridge::TickRecord;
 use vla_ros_bridge::msg::{
     CompressedImage, Header, Image, JointState, StringMsg, Time, TwistStamped,
@@ -125,30 +126,16 @@ impl ActionSource for PolicySource {
     fn reset(&mut self) {}
 
     fn act(&mut self, obs: &Observation) -> anyhow::Result<PolicyOutput> {
-        let model = self.policy.model();
-        let size = self.image_size();
-        let device = model.device();
-        let images = observation_images(obs, size).unsqueeze(0).to_device(device);
-        let state = Tensor::from_slice(&obs.state)
-            .view([1, STATE_DIM as i64])
-            .to_device(device);
-        let tok = self.policy.tokenizer();
-        let prompt = tok.encode_prompt(&obs.instruction)?;
-        let (ids, mask) = vla_model::left_pad(&[prompt], tok.pad_id());
-        let tokens = model
-            .generate_action_tokens(
-                &images,
-                Some(&state),
-                &ids.to_device(device),
-                &mask.to_device(device),
-            )?
-            .to_device(Device::Cpu);
-        let flat = Vec::<i64>::try_from(tokens.flatten(0, 1))?;
-        let values = model.action_tokenizer().decode(&flat)?;
-        let action = Action::from_slice(&values)?;
+        let decision = self
+            .policy
+            .decide(&[(obs, obs.instruction.as_str())], None)?
+            .into_iter()
+            .next()
+            .context("the policy returned no decision for one observation")?;
         Ok(PolicyOutput {
-            action,
-            tokens: flat,
+            action: decision.action,
+            tokens: decision.tokens,
+            subtask: decision.subtask,
         })
     }
 }
@@ -331,6 +318,7 @@ impl ActionSource for ConstSource {
         Ok(PolicyOutput {
             action: Action::new([0.001, 0.0, 0.0], [0.0; 3], 0.0),
             tokens: vec![],
+            subtask: None,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! `vla view`: a window on the cell, the expert acting, with the policy's camera images.
+//! `vla view`: a window on the cell, the expert acting (instruction and current sub-task
+//! overlaid), with the policy's camera images.
 
 use std::path::PathBuf;
 
@@ -81,11 +82,17 @@ impl ViewerDriver for ExpertDriver {
             .camera_views()
             .map(|c| c.to_vec())
             .unwrap_or_default();
+        // The expert's sub-task as of its last action (none before the first, or without one).
+        let subtask = self
+            .env
+            .subtask()
+            .map(|s| format!("\nexpert sub-task: {s}"))
+            .unwrap_or_default();
         ViewerStep {
             poses: self.env.render_poses(),
             cameras,
             overlay: format!(
-                "{} | episode {} step {} | {}\n\"{}\"\nR: reset  N: next episode",
+                "{} | episode {} step {} | {}\n\"{}\"{subtask}\nR: reset  N: next episode",
                 self.env.family(),
                 self.episode,
                 self.steps,

@@ -8,7 +8,7 @@ use vla_sim::{
     Cell, Controller, Evaluation, ObjectKind, ObjectSpec, ReceptacleSpec, SimError, Task,
 };
 
-use crate::expert::{add_noise, Drop, ExpertNoise, PickPlace, Pushes};
+use crate::expert::{add_noise, Drop, ExpertNoise, Phase, PickPlace, Pushes};
 use crate::language::{Language, Novelty, Referents, Split};
 use crate::layout;
 
@@ -26,6 +26,8 @@ pub struct Common {
     pub pushes: Pushes,
     /// The expert's action before noise, kept until read (see [`Task::take_expert_label`]).
     pub clean_action: Option<Action>,
+    /// The step the expert is on (see [`Task::subtask`]).
+    pub subtask: Option<String>,
 }
 
 impl Common {
@@ -77,6 +79,10 @@ impl Task for Pick {
         self.common.clean_action.take()
     }
 
+    fn subtask(&self) -> Option<String> {
+        self.common.subtask.clone()
+    }
+
     fn max_steps(&self) -> usize {
         80
     }
@@ -103,16 +109,13 @@ impl Task for Pick {
         }
         self.target = 0;
         self.expert = PickPlace::new(0, None);
-        Ok(lang.phrase(
-            rng,
-            "pick",
-            self.common.split,
-            novelty,
-            Referents {
-                object: Some((&color, kind)),
-                ..Default::default()
-            },
-        ))
+        let referents = Referents {
+            object: Some((&color, kind)),
+            ..Default::default()
+        };
+        let instruction = lang.phrase(rng, "pick", self.common.split, novelty, referents);
+        self.common.subtask = Some(lang.subtask("pick", referents));
+        Ok(instruction)
     }
 
     /// Success: the target is ≥ 5 cm above the table and touches both fingers.
@@ -168,6 +171,10 @@ impl Task for Place {
         self.common.clean_action.take()
     }
 
+    fn subtask(&self) -> Option<String> {
+        self.common.subtask.clone()
+    }
+
     fn max_steps(&self) -> usize {
         150
     }
@@ -217,17 +224,14 @@ impl Task for Place {
         self.target = 0;
         self.bin = 0;
         self.expert = PickPlace::new(0, Some(drop_into(cell, 0, 0)));
-        Ok(lang.phrase(
-            rng,
-            "place",
-            split,
-            novelty,
-            Referents {
-                object: Some((&color, kind)),
-                bin: Some(&bin_color),
-                ..Default::default()
-            },
-        ))
+        let referents = Referents {
+            object: Some((&color, kind)),
+            bin: Some(&bin_color),
+            ..Default::default()
+        };
+        let instruction = lang.phrase(rng, "place", split, novelty, referents);
+        self.common.subtask = Some(lang.subtask("place", referents));
+        Ok(instruction)
     }
 
     /// Success: the target rests inside the named bin and the gripper has let go.
@@ -270,6 +274,10 @@ impl Task for Stack {
 
     fn take_expert_label(&mut self) -> Option<Action> {
         self.common.clean_action.take()
+    }
+
+    fn subtask(&self) -> Option<String> {
+        self.common.subtask.clone()
     }
 
     fn max_steps(&self) -> usize {
@@ -334,17 +342,14 @@ impl Task for Stack {
         } else {
             novelty
         };
-        Ok(lang.phrase(
-            rng,
-            "stack",
-            split,
-            phrasing,
-            Referents {
-                object: Some((&top_color, ObjectKind::Cube)),
-                base: Some((&base_color, ObjectKind::Cube)),
-                bin: None,
-            },
-        ))
+        let referents = Referents {
+            object: Some((&top_color, ObjectKind::Cube)),
+            base: Some((&base_color, ObjectKind::Cube)),
+            bin: None,
+        };
+        let instruction = lang.phrase(rng, "stack", split, phrasing, referents);
+        self.common.subtask = Some(lang.subtask("stack", referents));
+        Ok(instruction)
     }
 
     /// Success: the top block rests on the base block (centred within half a block, its
@@ -407,6 +412,10 @@ impl Task for Sort {
         self.common.clean_action.take()
     }
 
+    fn subtask(&self) -> Option<String> {
+        self.common.subtask.clone()
+    }
+
     fn max_steps(&self) -> usize {
         320
     }
@@ -447,6 +456,7 @@ impl Task for Sort {
             self.assignment.push((id, bin));
         }
         self.expert = None;
+        self.common.subtask = None;
         Ok(lang.phrase(rng, "sort", split, novelty, Referents::default()))
     }
 
@@ -465,18 +475,70 @@ impl Task for Sort {
     }
 
     fn expert_action(&mut self, cell: &Cell, controller: &Controller) -> Action {
-        let need_new = self.expert.as_ref().is_none_or(|e| e.done());
-        if need_new {
-            let next = self
-                .assignment
-                .iter()
-                .find(|(o, b)| !cell.object_in_receptacle(*o, *b));
-            self.expert = next.map(|(o, b)| PickPlace::new(*o, Some(drop_into(cell, *b, *o))));
+        let tool = controller.target.translation.vector;
+        let tool = [tool.x, tool.y];
+        if self.expert.as_ref().is_none_or(|e| e.done()) {
+            self.expert = self
+                .nearest_unsorted(cell, tool, None)
+                .map(|(o, b)| PickPlace::new(o, Some(drop_into(cell, b, o))));
         }
         let a = match self.expert.as_mut() {
             Some(e) => e.act(cell, controller),
             None => Action::new([0.0; 3], [0.0; 3], 0.0),
         };
+        // The step named is the one the next gripper event belongs to (what the grounding
+        // targets of the data aim at): once the fingers open over the bin, the next block.
+        let current = self.expert.as_ref().map(|e| {
+            let bin = self
+                .assignment
+                .iter()
+                .find(|(o, _)| *o == e.object)
+                .map_or(0, |(_, b)| *b);
+            (e.object, bin, e.phase)
+        });
+        let step = match current {
+            Some((o, b, Phase::Release | Phase::Retreat | Phase::Done)) => {
+                self.nearest_unsorted(cell, tool, Some(o)).or(Some((o, b)))
+            }
+            Some((o, b, _)) => Some((o, b)),
+            None => None,
+        };
+        if let Some((o, b)) = step {
+            let lang = &self.common.language;
+            let block = &cell.objects[o].spec;
+            let bin = &cell.receptacles[b].spec;
+            self.common.subtask = Some(lang.subtask(
+                "place",
+                Referents {
+                    object: Some((&block.color_name, block.kind)),
+                    bin: Some(&bin.color_name),
+                    ..Default::default()
+                },
+            ));
+        }
         self.common.finish(a)
+    }
+}
+
+impl Sort {
+    /// The (block, bin) of the block not yet in its bin that is nearest the gripper
+    /// (horizontally), other than `except`: a choice the scene shows (the gripper and the
+    /// blocks are in the images), where a fixed order by colour would be a coin toss a
+    /// policy could not learn, and one that also tells apart two blocks of one colour.
+    fn nearest_unsorted(
+        &self,
+        cell: &Cell,
+        tool: [f64; 2],
+        except: Option<usize>,
+    ) -> Option<(usize, usize)> {
+        self.assignment
+            .iter()
+            .filter(|(o, b)| Some(*o) != except && !cell.object_in_receptacle(*o, *b))
+            .map(|&(o, b)| {
+                let p = cell.object_pose(o).translation.vector;
+                ((p.x - tool[0]).hypot(p.y - tool[1]), o, b)
+            })
+            .min_by(|x, y| x.0.total_cmp(&y.0))
+            .map(|(_, o, b)| (o, b))
     }
 }

@@ -14,6 +14,9 @@ use crate::TaskError;
 pub const VOCABULARY_TOML: &str = include_str!("../data/vocabulary.toml");
 pub const SPLITS_TOML: &str = include_str!("../data/splits.toml");
 
+/// The kinds of step a sub-task sentence can name (`[subtasks]` of the vocabulary).
+pub const SUBTASK_KINDS: &[&str] = &["pick", "place", "stack"];
+
 /// Which instructions an episode may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
@@ -50,6 +53,8 @@ pub struct Vocabulary {
     pub colors: BTreeMap<String, [f32; 3]>,
     pub nouns: BTreeMap<String, Vec<String>>,
     pub templates: BTreeMap<String, Vec<String>>,
+    /// One sentence per kind of step (`pick`, `place`, `stack`; see [`Language::subtask`]).
+    pub subtasks: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -142,6 +147,19 @@ impl Language {
         for kind in ["cube", "cylinder", "ball", "bin"] {
             if self.vocabulary.nouns.get(kind).is_none_or(|n| n.is_empty()) {
                 return Err(err(vocab_name, format!("nouns.{kind} is missing or empty")));
+            }
+        }
+        for kind in SUBTASK_KINDS {
+            if self
+                .vocabulary
+                .subtasks
+                .get(*kind)
+                .is_none_or(|t| t.trim().is_empty())
+            {
+                return Err(err(
+                    vocab_name,
+                    format!("subtasks.{kind} is missing or empty"),
+                ));
             }
         }
         for family in crate::FAMILIES {
@@ -359,6 +377,35 @@ impl Language {
             .unwrap_or_else(|| kind.to_string())
     }
 
+    /// The sub-task sentence of a step of `kind` (`pick`, `place`, `stack`) with the canonical
+    /// noun of each referent: one step, one sentence, whatever paraphrase the instruction used.
+    pub fn subtask(&self, kind: &str, referents: Referents) -> String {
+        let canonical = |k: &str| {
+            self.vocabulary
+                .nouns
+                .get(k)
+                .and_then(|n| n.first())
+                .cloned()
+                .unwrap_or_else(|| k.to_string())
+        };
+        let mut text = self
+            .vocabulary
+            .subtasks
+            .get(kind)
+            .cloned()
+            .unwrap_or_default();
+        if let Some((c, k)) = referents.object {
+            text = text.replace("{object}", &format!("{c} {}", canonical(k.as_str())));
+        }
+        if let Some((c, k)) = referents.base {
+            text = text.replace("{base}", &format!("{c} {}", canonical(k.as_str())));
+        }
+        if let Some(c) = referents.bin {
+            text = text.replace("{bin}", &format!("{c} {}", canonical("bin")));
+        }
+        text
+    }
+
     /// Fill a template of `family` with the episode's referents.
     pub fn phrase(
         &self,
@@ -393,24 +440,24 @@ impl Language {
         text
     }
 
-    /// Every instruction the generator can produce for a family (for tokenizer corpora).
+    /// Every instruction and sub-task sentence the generator can produce (for tokenizer
+    /// corpora).
     pub fn corpus(&self) -> Vec<String> {
         let mut out = Vec::new();
         let colors = self.all_colors();
-        for templates in self.vocabulary.templates.values() {
-            for t in templates {
-                for c in &colors {
-                    for (kind, nouns) in &self.vocabulary.nouns {
-                        for n in nouns {
-                            let filled = t
-                                .replace("{object}", &format!("{c} {n}"))
-                                .replace("{base}", &format!("{c} {n}"))
-                                .replace(
-                                    "{bin}",
-                                    &format!("{c} {}", if kind == "bin" { n } else { "bin" }),
-                                );
-                            out.push(filled);
-                        }
+        let templates = self.vocabulary.templates.values().flatten();
+        for t in templates.chain(self.vocabulary.subtasks.values()) {
+            for c in &colors {
+                for (kind, nouns) in &self.vocabulary.nouns {
+                    for n in nouns {
+                        let filled = t
+                            .replace("{object}", &format!("{c} {n}"))
+                            .replace("{base}", &format!("{c} {n}"))
+                            .replace(
+                                "{bin}",
+                                &format!("{c} {}", if kind == "bin" { n } else { "bin" }),
+                            );
+                        out.push(filled);
                     }
                 }
             }

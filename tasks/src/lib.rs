@@ -59,6 +59,7 @@ pub fn make_task(
         noise_rng: rand_chacha::ChaCha8Rng::seed_from_u64(noise_seed),
         pushes: Default::default(),
         clean_action: None,
+        subtask: None,
     };
     Ok(match family {
         "pick" => Box::new(families::Pick::new(common)),

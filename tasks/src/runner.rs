@@ -30,6 +30,10 @@ pub struct EpisodeOutcome {
     pub interventions: InterventionCounts,
     /// SHA-256 of every action and the final object poses.
     pub digest: String,
+    /// How much of the task was done at the end, in `[0, 1]` (the family's reward: blocks
+    /// in their bins for `sort`; 0 or 1 for single-step families).
+    #[serde(default)]
+    pub progress: f32,
 }
 
 /// Success counts.
@@ -41,10 +45,31 @@ pub struct Tally {
     /// 95 % Wilson score interval of the success rate `[low, high]`.
     #[serde(default)]
     pub wilson95: [f64; 2],
+    /// Mean of the episodes' final progress (see [`EpisodeOutcome::progress`]): for
+    /// multi-step families it shows partial success before full success does.
+    #[serde(default)]
+    pub mean_progress: f64,
+    /// Episodes per final progress (the fraction, two decimals: "0.67" is two of three
+    /// blocks sorted).
+    #[serde(default)]
+    pub progress_counts: BTreeMap<String, usize>,
 }
 
 impl Tally {
-    fn add(&mut self, success: bool) {
+    /// Some episode ended part-way (a multi-step family with some steps done).
+    pub fn has_partial_progress(&self) -> bool {
+        self.progress_counts
+            .keys()
+            .any(|k| k != "0.00" && k != "1.00")
+    }
+
+    fn add(&mut self, success: bool, progress: f32) {
+        self.mean_progress = (self.mean_progress * self.episodes as f64 + progress as f64)
+            / (self.episodes + 1) as f64;
+        *self
+            .progress_counts
+            .entry(format!("{progress:.2}"))
+            .or_default() += 1;
         self.episodes += 1;
         self.successes += success as usize;
         self.success_rate = self.successes as f64 / self.episodes as f64;
@@ -86,11 +111,11 @@ impl SuiteReport {
         let mut per_family: BTreeMap<String, Tally> = BTreeMap::new();
         let mut hasher = Sha256::new();
         for o in &sorted {
-            total.add(o.success);
+            total.add(o.success, o.progress);
             per_family
                 .entry(o.spec.family.clone())
                 .or_default()
-                .add(o.success);
+                .add(o.success, o.progress);
             hasher.update(o.digest.as_bytes());
         }
         SuiteReport {
@@ -181,6 +206,9 @@ pub enum Event<'a> {
         /// What to learn from: the expert's clean action when noise was injected, else
         /// the executed action.
         label: &'a Action,
+        /// The expert's sub-task at this step (when the expert was asked; see
+        /// [`vla_sim::Task::subtask`]).
+        subtask: Option<&'a str>,
         result: &'a StepResult,
         previous: &'a Observation,
     },
@@ -274,9 +302,15 @@ pub fn run(
             .iter()
             .map(|i| vec_env.envs[*i].take_expert_label())
             .collect();
+        let subtasks: Vec<Option<String>> =
+            active.iter().map(|i| vec_env.envs[*i].subtask()).collect();
         let results = vec_env.step_subset(&active, &actions)?;
-        for (((slot, action), label), result) in
-            active.iter().zip(&actions).zip(&labels).zip(results)
+        for ((((slot, action), label), subtask), result) in active
+            .iter()
+            .zip(&actions)
+            .zip(&labels)
+            .zip(&subtasks)
+            .zip(results)
         {
             let Some((spec, mut hasher, previous)) = slots[*slot].take() else {
                 continue;
@@ -289,6 +323,7 @@ pub fn run(
                 spec: &spec,
                 action,
                 label: label.as_ref().unwrap_or(action),
+                subtask: subtask.as_deref(),
                 result: &result,
                 previous: &previous,
             }) {
@@ -306,6 +341,7 @@ pub fn run(
                     steps: result.info.step,
                     interventions: result.info.interventions,
                     digest: hex(&hasher.finalize()),
+                    progress: result.reward,
                     spec,
                 };
                 if !on_event(Event::Done {

@@ -336,3 +336,96 @@ fn the_expert_lowers_into_the_bin_from_slightly_off_centre() {
         );
     }
 }
+
+/// The sub-task sentences an expert episode goes through, each with the step it started at
+/// and the gripper command of that step, plus whether the episode succeeded.
+fn subtask_sequence(family: &str, seed: u64) -> (Vec<(String, usize, f32)>, bool) {
+    let specs = episode_specs(&[family], Split::Seen, 1, seed);
+    let config = EnvConfig {
+        render_enabled: false,
+        ..Default::default()
+    };
+    let lang = Language::builtin().unwrap();
+    let robot = RobotDescription::default_arm().unwrap();
+    let mut seq: Vec<(String, usize, f32)> = Vec::new();
+    let outcomes = run(
+        &specs,
+        &RunSetup {
+            envs: 1,
+            config: &config,
+            robot: &robot,
+            language: &lang,
+            noise: vla_tasks::ExpertNoise::NONE,
+        },
+        &mut ExpertAgent,
+        &mut |event| {
+            if let vla_tasks::runner::Event::Step {
+                subtask,
+                result,
+                label,
+                ..
+            } = event
+            {
+                let s = subtask.expect("experts always name their step").to_string();
+                if seq.last().is_none_or(|(last, _, _)| *last != s) {
+                    seq.push((s, result.info.step, label.0[6]));
+                }
+            }
+            true
+        },
+    )
+    .unwrap();
+    (seq, outcomes[0].success)
+}
+
+#[test]
+fn sort_names_one_block_after_another_and_moves_on_at_each_release() {
+    for seed in [3, 4] {
+        let (seq, success) = subtask_sequence("sort", seed);
+        assert!(success, "seed {seed}: the expert sorts");
+        // Three blocks of two colours, each step "put the C cube in the C bin": both colours
+        // are named (two blocks of one colour share their sentence, so two or three runs).
+        assert!((2..=3).contains(&seq.len()), "seed {seed}: {seq:?}");
+        let colours: std::collections::BTreeSet<&str> = seq
+            .iter()
+            .filter_map(|(s, _, _)| s.split(' ').nth(2))
+            .collect();
+        assert_eq!(colours.len(), 2, "seed {seed}: {seq:?}");
+        for (s, _, _) in &seq {
+            let words: Vec<&str> = s.split(' ').collect();
+            assert_eq!(
+                (words[0], words[1], words[3], words[4], words[5], words[7]),
+                ("put", "the", "cube", "in", "the", "bin"),
+                "{s}"
+            );
+            assert_eq!(
+                words[2], words[6],
+                "a block goes to the bin of its colour: {s}"
+            );
+        }
+        // The first step is named from the start; each later one from the step where the
+        // fingers open over the bin (the gripper command is open, 0).
+        assert_eq!(seq[0].1, 1);
+        for (s, _, gripper) in &seq[1..] {
+            assert_eq!(*gripper, 0.0, "{s} starts at a release");
+        }
+    }
+}
+
+#[test]
+fn single_step_families_name_their_step_in_canonical_words() {
+    let (seq, _) = subtask_sequence("stack", 5);
+    assert_eq!(seq.len(), 1, "{seq:?}");
+    let s = &seq[0].0;
+    assert!(
+        s.starts_with("put the ") && s.contains(" cube on the ") && s.ends_with(" cube"),
+        "{s}"
+    );
+    let (seq, _) = subtask_sequence("place", 5);
+    assert!(seq.len() == 1 && seq[0].0.contains(" in the ") && seq[0].0.ends_with(" bin"));
+    let (seq, _) = subtask_sequence("pick", 5);
+    assert!(
+        seq.len() == 1 && seq[0].0.starts_with("pick up the "),
+        "{seq:?}"
+    );
+}

@@ -102,6 +102,10 @@ pub struct TextConfig {
     pub rope_theta: f64,
     /// Longest sequence (vision + state + prompt + action tokens) the model accepts.
     pub max_position_embeddings: usize,
+    /// The text id that ends a generated sequence (Hugging Face's `eos_token_id`): a
+    /// sub-task ends with it (see [`PlanConfig`]). Training sets it from the tokenizer.
+    #[serde(default)]
+    pub eos_token_id: Option<usize>,
 }
 
 /// Action discretisation and proprioception.
@@ -182,6 +186,50 @@ pub struct VlaConfig {
     pub projector: ProjectorConfig,
     pub text: TextConfig,
     pub action: ActionConfig,
+    #[serde(default)]
+    pub plan: PlanConfig,
+}
+
+/// High-level inference in the same network (π0.5, Hi Robot): before its action tokens the
+/// LM decodes the next sub-task as text tokens with the same head and vocabulary, ending in
+/// `text.eos_token_id`, and the actions follow both the prompt and that sub-task:
+///
+/// ```text
+/// [vision][keypoints][state][pad… BOS prompt…][sub-task… EOS pad…][grounding][a0 … a6]
+/// ```
+///
+/// The grounding heads read the sub-task instead of the prompt, so the thing to fetch next is
+/// named in words the heads can find even when the instruction ("sort the blocks by colour")
+/// names none. The sub-task tokens are trained by cross-entropy like the actions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Weight of the sub-task tokens' cross-entropy; 0 = no sub-task (the actions follow the
+    /// prompt directly, and the grounding heads read the prompt).
+    #[serde(default)]
+    pub weight: f64,
+    /// Longest sub-task decoded, end token included.
+    #[serde(default = "default_plan_tokens")]
+    pub max_tokens: usize,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        PlanConfig {
+            weight: 0.0,
+            max_tokens: default_plan_tokens(),
+        }
+    }
+}
+
+impl PlanConfig {
+    pub fn enabled(&self) -> bool {
+        self.weight > 0.0
+    }
+}
+
+fn default_plan_tokens() -> usize {
+    24
 }
 
 fn default_channels() -> usize {
@@ -396,6 +444,26 @@ impl VlaConfig {
                 ),
             ));
         }
+        let plan = &self.plan;
+        if !(plan.weight.is_finite() && plan.weight >= 0.0) {
+            return Err(VlaError::invalid(
+                "plan.weight",
+                format!("{} must be a finite number >= 0", plan.weight),
+            ));
+        }
+        if plan.enabled() && plan.max_tokens == 0 {
+            return Err(VlaError::invalid(
+                "plan.max_tokens",
+                "must be >= 1 with a plan",
+            ));
+        }
+        // FiLM conditions the vision encoder on the text before the sub-task exists.
+        if plan.enabled() && v.film {
+            return Err(VlaError::invalid(
+                "vision.film",
+                "cannot be combined with plan.weight > 0 (FiLM reads the text before the sub-task is decoded)",
+            ));
+        }
         if v.film && v.stem_channels.is_empty() {
             return Err(VlaError::invalid(
                 "vision.film",
@@ -497,6 +565,7 @@ impl VlaConfig {
                 rms_norm_eps: 1e-5,
                 rope_theta: 10_000.0,
                 max_position_embeddings: 128,
+                eos_token_id: None,
             },
             action: ActionConfig {
                 action_dim: 7,
@@ -510,7 +579,22 @@ impl VlaConfig {
                 subgoal_weight: 0.0,
                 decoding: ActionDecoding::Argmax,
             },
+            plan: PlanConfig::default(),
         }
+    }
+
+    /// [`Self::test_tiny`] that decodes a sub-task before its actions (`plan`), with phrase
+    /// pooling (the grounding heads read the sub-task), no FiLM, and `eos` ending sub-tasks.
+    pub fn test_tiny_plan(eos: usize) -> Self {
+        let mut cfg = Self::test_tiny();
+        cfg.vision.film = false;
+        cfg.vision.grounding_phrases = true;
+        cfg.text.eos_token_id = Some(eos);
+        cfg.plan = PlanConfig {
+            weight: 1.0,
+            max_tokens: 8,
+        };
+        cfg
     }
 
     /// [`Self::test_tiny`] with two stem levels (half and a quarter of the image) and the

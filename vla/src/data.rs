@@ -15,7 +15,7 @@ use tch::{Kind, Tensor};
 use vla_datasets::Dataset;
 
 use crate::error::{Result, VlaError};
-use crate::model::{left_pad, VlaBatch, VlaModel};
+use crate::model::{left_pad, right_pad, VlaBatch, VlaModel};
 use crate::policy::image_to_tensor;
 
 /// The gripper command is the last action dimension (`[dx, dy, dz, droll, dpitch, dyaw, gripper]`).
@@ -158,6 +158,10 @@ pub struct TrainingData {
     actions: Vec<Vec<f32>>,
     /// Index into `tasks` per frame.
     frame_task: Vec<usize>,
+    /// Index into `subtasks` per frame (`None`: the dataset records no sub-task).
+    frame_subtask: Vec<Option<usize>>,
+    /// Distinct sub-task sentences.
+    subtasks: Vec<String>,
     /// Per frame: the end-effector (x, y, z) where the gripper next closes, i.e. where the
     /// grasp happens, and where it next opens at least [`MIN_TARGET_DISTANCE`] from the
     /// close before that opening, where the release happens (targets of the auxiliary
@@ -228,6 +232,9 @@ impl TrainingData {
         let mut states: Vec<f32> = Vec::with_capacity(total * 13);
         let mut actions = Vec::with_capacity(total);
         let mut frame_task = Vec::with_capacity(total);
+        let mut frame_subtask = Vec::with_capacity(total);
+        let mut subtask_ids: BTreeMap<String, usize> = BTreeMap::new();
+        let mut subtasks = Vec::new();
         let mut targets: Vec<[Option<EventTarget>; 2]> = Vec::with_capacity(total);
         let mut subgoals: Vec<Subgoal> = Vec::with_capacity(total);
         let mut task_ids: BTreeMap<String, usize> = BTreeMap::new();
@@ -289,6 +296,14 @@ impl TrainingData {
                         tasks.push(f.task);
                     }
                     frame_task.push(id);
+                    frame_subtask.push(f.subtask.map(|s| {
+                        let next = subtasks.len();
+                        let id = *subtask_ids.entry(s.clone()).or_insert(next);
+                        if id == next {
+                            subtasks.push(s);
+                        }
+                        id
+                    }));
                 }
                 on_progress(actions.len(), total);
             }
@@ -385,6 +400,8 @@ impl TrainingData {
             states: Tensor::from_slice(&states).view([actions.len() as i64, state_dim]),
             actions,
             frame_task,
+            frame_subtask,
+            subtasks,
             tasks,
             train,
             val,
@@ -409,6 +426,21 @@ impl TrainingData {
     /// Distinct instructions in the data.
     pub fn tasks(&self) -> &[String] {
         &self.tasks
+    }
+
+    /// Distinct sub-task sentences in the data (empty when no dataset records them).
+    pub fn subtasks(&self) -> &[String] {
+        &self.subtasks
+    }
+
+    /// The sub-task sentence of a frame, if its dataset records them.
+    pub fn subtask(&self, frame: usize) -> Option<&str> {
+        self.frame_subtask
+            .get(frame)
+            .copied()
+            .flatten()
+            .and_then(|i| self.subtasks.get(i))
+            .map(String::as_str)
     }
 
     /// Training-episode actions and states (for normalisation statistics).
@@ -577,20 +609,39 @@ impl TrainingData {
             .map(|&i| prompts.ids(self.frame_task[i]).to_vec())
             .collect();
         let (prompt_ids, prompt_mask) = left_pad(&prompt_rows, tokenizer.pad_id());
+        let subtask = if model.config().plan.enabled() {
+            let rows = indices
+                .iter()
+                .map(|&i| {
+                    self.frame_subtask[i]
+                        .map(|s| prompts.subtask_ids(s).to_vec())
+                        .ok_or_else(|| {
+                            VlaError::Input(format!(
+                                "frame {i} has no sub-task, but the model decodes one (plan.weight > 0): collect the data again with a `vla collect` that records `subtask_index`"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(right_pad(&rows, tokenizer.pad_id()))
+        } else {
+            None
+        };
         Ok(VlaBatch {
             images,
             state: Some(self.states.index_select(0, &idx)),
             prompt_ids,
             prompt_mask,
             action_tokens,
+            subtask,
         })
     }
 }
 
-/// Prompt token ids per task string, encoded once.
+/// Prompt token ids per task string and sub-task ids per sub-task sentence, encoded once.
 #[derive(Debug)]
 pub struct PromptCache {
     ids: Vec<Vec<i64>>,
+    subtask_ids: Vec<Vec<i64>>,
 }
 
 impl PromptCache {
@@ -601,11 +652,20 @@ impl PromptCache {
                 .iter()
                 .map(|t| tokenizer.encode_prompt(t))
                 .collect::<Result<_>>()?,
+            subtask_ids: data
+                .subtasks
+                .iter()
+                .map(|t| tokenizer.encode_subtask(t))
+                .collect::<Result<_>>()?,
         })
     }
 
     fn ids(&self, task: usize) -> &[i64] {
         &self.ids[task]
+    }
+
+    fn subtask_ids(&self, subtask: usize) -> &[i64] {
+        &self.subtask_ids[subtask]
     }
 }
 

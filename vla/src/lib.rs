@@ -31,10 +31,10 @@ pub mod vit;
 
 pub use action_tokenizer::{ActionStats, ActionTokenizer, NormStats, StateStats};
 pub use checkpoint::{load_run, save_run, RunConfig};
-pub use config::{ActionDecoding, VlaConfig};
+pub use config::{ActionDecoding, PlanConfig, VlaConfig};
 pub use error::{Result, VlaError};
-pub use model::{left_pad, TrainOutput, VlaBatch, VlaModel};
-pub use policy::Policy;
+pub use model::{left_pad, right_pad, Generated, SubtaskInput, TrainOutput, VlaBatch, VlaModel};
+pub use policy::{Decision, Policy};
 pub use text_tokenizer::{prompt, TextTokenizer};
 pub use train::{AuxTargets, OptimConfig, StepStats, TrainStep};
 

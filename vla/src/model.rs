@@ -50,6 +50,10 @@ pub struct VlaBatch {
     pub prompt_mask: Tensor,
     /// `[B, action_dim]` i64 action token ids (see [`ActionTokenizer::encode`]).
     pub action_tokens: Tensor,
+    /// The sub-task each frame's actions follow, for a model with a plan (see
+    /// [`crate::config::PlanConfig`]): `[B, S]` i64 ids, **right**-padded, without the end
+    /// token, and their `[B, S]` validity.
+    pub subtask: Option<(Tensor, Tensor)>,
 }
 
 impl VlaBatch {
@@ -60,12 +64,33 @@ impl VlaBatch {
             prompt_ids: self.prompt_ids.to_device(device),
             prompt_mask: self.prompt_mask.to_device(device),
             action_tokens: self.action_tokens.to_device(device),
+            subtask: self
+                .subtask
+                .as_ref()
+                .map(|(ids, mask)| (ids.to_device(device), mask.to_device(device))),
         }
     }
 
     pub fn batch_size(&self) -> i64 {
         self.action_tokens.size().first().copied().unwrap_or(0)
     }
+}
+
+/// Right-pads variable-length sequences into `([B, L] ids, [B, L] bool mask)`.
+pub fn right_pad(rows: &[Vec<i64>], pad_id: i64) -> (Tensor, Tensor) {
+    let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * len);
+    let mut mask = Vec::with_capacity(rows.len() * len);
+    for r in rows {
+        let pad = len - r.len();
+        ids.extend(r.iter().copied().chain(std::iter::repeat_n(pad_id, pad)));
+        mask.extend(std::iter::repeat_n(true, r.len()).chain(std::iter::repeat_n(false, pad)));
+    }
+    let shape = [rows.len() as i64, len as i64];
+    (
+        Tensor::from_slice(&ids).view(shape),
+        Tensor::from_slice(&mask).view(shape),
+    )
 }
 
 /// Left-pads variable-length prompts into `([B, L] ids, [B, L] bool mask)`.
@@ -103,6 +128,12 @@ pub struct TrainOutput {
     /// `[B, H + 1]` logits of the subgoal gate (`action.subgoal_weight > 0`; the last is
     /// "hold").
     pub subgoal_logits: Option<Tensor>,
+    /// Mean cross-entropy over the sub-task tokens and their end token (unweighted; with a
+    /// plan).
+    pub subtask_loss: Option<Tensor>,
+    /// Fraction of sub-task tokens (end token included) predicted exactly, and of sub-tasks
+    /// predicted whole (scalar f32 tensors; with a plan).
+    pub subtask_accuracy: Option<(Tensor, Tensor)>,
 }
 
 /// What the grounding heads computed in one forward pass.
@@ -116,9 +147,48 @@ pub struct GroundingReadout {
     pub subgoal_logits: Option<Tensor>,
 }
 
-/// The LM input in front of the actions: embeddings `[B, P, D]`, their validity mask `[B, P]`,
-/// and the grounding readout when the model has grounding heads.
-type Prefix = (Tensor, Tensor, Option<GroundingReadout>);
+/// The LM input in front of the actions.
+struct Prefix {
+    /// Embeddings `[B, P, D]` and their validity `[B, P]`.
+    embeds: Tensor,
+    mask: Tensor,
+    /// The grounding readout, when the model has grounding heads.
+    grounding: Option<GroundingReadout>,
+    /// Position of the first prompt token (left padding included) in `embeds`.
+    text_start: i64,
+}
+
+/// What the vision side made of a batch's images and state.
+struct Observed {
+    /// The vision tokens: projected patches `[B, C*N, D]`, then the keypoint token.
+    tokens: Vec<Tensor>,
+    /// The conv stem's feature maps, finest first (`[B*C, Cs, h, w]` each).
+    stem_levels: Vec<Tensor>,
+    /// The normalised state `[B, state_dim]` and the proprioception token's share of it.
+    normalised_state: Option<Tensor>,
+    proprio: Option<Tensor>,
+}
+
+/// How the sub-task segment of a model with a plan is produced at inference.
+#[derive(Debug)]
+pub enum SubtaskInput<'a> {
+    /// Decoded greedily by the model itself.
+    Decode,
+    /// Given: `[B, S]` ids right-padded without the end token, and their validity (what a
+    /// test or an operator imposes; see [`VlaBatch::subtask`]).
+    Forced(&'a Tensor, &'a Tensor),
+}
+
+/// What one batched generation produced.
+#[derive(Debug)]
+pub struct Generated {
+    /// `[B, action_dim]` action token ids.
+    pub actions: Tensor,
+    /// Each row's sub-task ids, end token excluded (empty without a plan).
+    pub subtasks: Vec<Vec<i64>>,
+    /// What the grounding heads computed (`None` without heads).
+    pub grounding: Option<GroundingReadout>,
+}
 
 /// The vision-language-action model.
 #[derive(Debug)]
@@ -425,87 +495,93 @@ impl VlaModel {
         Ok(((x - &self.image_mean) / &self.image_std).to_kind(self.compute_kind))
     }
 
-    /// Vision (+ state) + prompt embeddings `[B, P, D]`, their validity mask `[B, P]` and,
-    /// when the model has grounding heads, their coordinates `[B*C, H, 2]` and heat maps
-    /// `[B*C, H, h, w]` (log-probabilities).
-    fn embed_prefix(
+    /// Checked text ids `[B, T]` → their embeddings `[B, T, D]` and validity `[B, T]`.
+    fn embed_text(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        b: i64,
+        what: &str,
+    ) -> Result<(Tensor, Tensor)> {
+        let device = self.device();
+        let size = ids.size();
+        if size.len() != 2 || size[0] != b || mask.size() != size {
+            return Err(VlaError::Input(format!(
+                "{what} ids {:?} / mask {:?} do not match batch size {b}",
+                size,
+                mask.size()
+            )));
+        }
+        let ids = ids.to_device(device).to_kind(Kind::Int64);
+        if size[1] > 0 {
+            let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+            let v = self.config.text.vocab_size as i64;
+            if lo < 0 || hi >= v {
+                return Err(VlaError::Input(format!(
+                    "{what} ids span {lo}..={hi}, outside the text vocabulary 0..{v}"
+                )));
+            }
+        }
+        Ok((
+            self.lm.embed(&ids, self.compute_kind),
+            mask.to_device(device).to_kind(Kind::Bool),
+        ))
+    }
+
+    /// Masked mean of text embeddings `[B, T, D]`, standardised: what FiLM and the grounding
+    /// queries read. Embeddings start at N(0, 0.02); unnormalised, the mean is ~0.01 per
+    /// element and the layers reading it learn ~100x slower than everything else.
+    fn pool_text(&self, text: &Tensor, valid: &Tensor) -> Tensor {
+        let w = valid.to_kind(Kind::Float).unsqueeze(-1);
+        let sum = (text.to_kind(Kind::Float) * &w).sum_dim_intlist(1i64, false, Kind::Float);
+        let mean = sum / w.sum_dim_intlist(1i64, false, Kind::Float).clamp_min(1.0);
+        let d = mean.size().last().copied().unwrap_or(1);
+        mean.layer_norm([d], None::<Tensor>, None::<Tensor>, 1e-5, false)
+            .to_kind(self.compute_kind)
+    }
+
+    /// The vision side: patch and keypoint tokens, the stem's maps and the normalised state;
+    /// `film` is the pooled text that modulates the stem (with `vision.film`).
+    fn observe(
         &self,
         images: &Tensor,
         state: Option<&Tensor>,
-        prompt_ids: &Tensor,
-        prompt_mask: &Tensor,
-    ) -> Result<Prefix> {
+        film: Option<&Tensor>,
+    ) -> Result<Observed> {
         let b = images.size().first().copied().unwrap_or(0);
         if b == 0 {
             return Err(VlaError::Input("empty batch".into()));
         }
         let device = self.device();
-        let ps = prompt_ids.size();
-        if ps.len() != 2 || ps[0] != b || prompt_mask.size() != ps {
-            return Err(VlaError::Input(format!(
-                "prompt ids {:?} / mask {:?} do not match batch size {b}",
-                ps,
-                prompt_mask.size()
-            )));
-        }
-        let ids = prompt_ids.to_device(device).to_kind(Kind::Int64);
-        if ps[1] > 0 {
-            let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
-            let v = self.config.text.vocab_size as i64;
-            if lo < 0 || hi >= v {
-                return Err(VlaError::Input(format!(
-                    "prompt ids span {lo}..={hi}, outside the text vocabulary 0..{v}"
-                )));
-            }
-        }
-        let text = self.lm.embed(&ids, self.compute_kind);
-        let prompt_valid = prompt_mask.to_device(device).to_kind(Kind::Bool);
-
         let pixels = self.preprocess_images(images)?;
         let c = self.config.vision.num_cameras as i64;
-        // Masked mean of the prompt embeddings, standardised: what FiLM and the grounding
-        // queries read. Embeddings start at N(0, 0.02); unnormalised, the mean is ~0.01 per
-        // element and the layers reading it learn ~100x slower than everything else.
-        let pooled = (self.film.is_some() || self.grounding.is_some()).then(|| {
-            let w = prompt_valid.to_kind(Kind::Float).unsqueeze(-1);
-            let sum = (text.to_kind(Kind::Float) * &w).sum_dim_intlist(1i64, false, Kind::Float);
-            let mean = sum / w.sum_dim_intlist(1i64, false, Kind::Float).clamp_min(1.0);
-            let d = mean.size().last().copied().unwrap_or(1);
-            mean.layer_norm([d], None::<Tensor>, None::<Tensor>, 1e-5, false)
-                .to_kind(self.compute_kind)
+        let film = self.film.as_ref().zip(film).map(|(generator, pooled)| {
+            // (scale, shift) per stem channel, the same for every camera of a sample.
+            let gb = generator.forward(pooled); // [B, 2C']
+            let ch = gb.size()[1] / 2;
+            let per_image = |t: Tensor| {
+                t.unsqueeze(1)
+                    .expand([b, c, ch], false)
+                    .reshape([b * c, ch, 1, 1])
+            };
+            (
+                per_image(gb.narrow(1, 0, ch)),
+                per_image(gb.narrow(1, ch, ch)),
+            )
         });
-        let film = self
-            .film
-            .as_ref()
-            .zip(pooled.as_ref())
-            .map(|(generator, pooled)| {
-                // (scale, shift) per stem channel, the same for every camera of a sample.
-                let gb = generator.forward(pooled); // [B, 2C']
-                let ch = gb.size()[1] / 2;
-                let per_image = |t: Tensor| {
-                    t.unsqueeze(1)
-                        .expand([b, c, ch], false)
-                        .reshape([b * c, ch, 1, 1])
-                };
-                (
-                    per_image(gb.narrow(1, 0, ch)),
-                    per_image(gb.narrow(1, ch, ch)),
-                )
-            });
         let (patches, stem_levels) = self.vision.forward_modulated(&pixels, |f| match &film {
             Some((scale, shift)) => f * (scale + 1.0) + shift,
             None => f,
         }); // [B*C, N, Dv]
-        let stem_features = stem_levels.last();
         let (_, n, dv) = patches.size3()?;
         let cams = self
             .camera_embeddings
             .to_kind(self.compute_kind)
             .view([1, c, 1, dv]);
         let vision = (patches.view([b, c, n, dv]) + cams).view([b, c * n, dv]);
-        let mut parts = vec![self.projector.forward(&vision)];
+        let mut tokens = vec![self.projector.forward(&vision)];
         if let Some((head, proj)) = &self.keypoints {
-            let coords = match stem_features {
+            let coords = match stem_levels.last() {
                 Some(f) => {
                     let (n, ch, fh, fw) = f.size4()?;
                     let per_pixel = f.view([n, ch, fh * fw]).transpose(1, 2);
@@ -520,7 +596,7 @@ impl VlaModel {
                 }
             }; // [B*C, K, 2]
             let flat = coords.reshape([b, -1]).to_kind(self.compute_kind);
-            parts.push(proj.forward(&flat).unsqueeze(1));
+            tokens.push(proj.forward(&flat).unsqueeze(1));
         }
         // The normalised state: the proprioception token's input and the end effector's
         // (x, y) that relative grounding targets are measured from.
@@ -549,49 +625,142 @@ impl VlaModel {
                 Some(idx) => s.index_select(1, idx),
                 None => s.shallow_clone(),
             });
-        let grounding = match (&self.grounding, stem_features, &pooled) {
-            (Some(g), Some(last), Some(pooled)) => {
-                let queries = g.queries(pooled, &text, &prompt_valid);
-                let (coords, log_maps) = match stem_levels.first() {
-                    Some(fine) if self.config.vision.grounding_fine => {
-                        g.locate(&queries, fine, &[last])
-                    }
-                    _ => g.locate(&queries, last, &[]),
-                };
-                let ee_xy = normalised_state
-                    .as_ref()
-                    .map(|s| s.narrow(1, vla_core::StateLayout::EE_POSITION.start as i64, 2));
-                let subgoal_logits = proprio.as_ref().and_then(|p| g.subgoal_logits(pooled, p));
-                parts.push(g.token(
-                    &coords,
-                    ee_xy.as_ref(),
-                    subgoal_logits.as_ref(),
-                    self.compute_kind,
-                ));
-                Some(GroundingReadout {
-                    coords,
-                    log_maps,
-                    subgoal_logits,
-                })
-            }
-            _ => None,
+        Ok(Observed {
+            tokens,
+            stem_levels,
+            normalised_state,
+            proprio,
+        })
+    }
+
+    /// The proprioception token `[B, 1, D]` (`None` without proprioception).
+    fn proprio_token(&self, obs: &Observed) -> Option<Tensor> {
+        let (proj, s) = self.proprio_projector.as_ref().zip(obs.proprio.as_ref())?;
+        Some(proj.forward(&s.to_kind(self.compute_kind)).unsqueeze(1))
+    }
+
+    /// The grounding token `[B, 1, D]` and readout for the text the heads read (`text
+    /// [B, T, D]`, `valid [B, T]`); `None` without grounding heads.
+    fn ground(
+        &self,
+        obs: &Observed,
+        text: &Tensor,
+        valid: &Tensor,
+    ) -> Option<(Tensor, GroundingReadout)> {
+        let g = self.grounding.as_ref()?;
+        let last = obs.stem_levels.last()?;
+        let pooled = self.pool_text(text, valid);
+        let queries = g.queries(&pooled, text, valid);
+        let (coords, log_maps) = match obs.stem_levels.first() {
+            Some(fine) if self.config.vision.grounding_fine => g.locate(&queries, fine, &[last]),
+            _ => g.locate(&queries, last, &[]),
         };
-
-        if let (Some(proj), Some(s)) = (&self.proprio_projector, &proprio) {
-            parts.push(proj.forward(&s.to_kind(self.compute_kind)).unsqueeze(1));
-        }
-
-        parts.push(text);
-        let embeds = Tensor::cat(&parts, 1);
-        let n_prefix = embeds.size()[1] - ps[1];
-        let mask = Tensor::cat(
-            &[
-                Tensor::ones([b, n_prefix], (Kind::Bool, device)),
-                prompt_valid,
-            ],
-            1,
+        let ee_xy = obs
+            .normalised_state
+            .as_ref()
+            .map(|s| s.narrow(1, vla_core::StateLayout::EE_POSITION.start as i64, 2));
+        let subgoal_logits = obs
+            .proprio
+            .as_ref()
+            .and_then(|p| g.subgoal_logits(&pooled, p));
+        let token = g.token(
+            &coords,
+            ee_xy.as_ref(),
+            subgoal_logits.as_ref(),
+            self.compute_kind,
         );
-        Ok((embeds, mask, grounding))
+        Some((
+            token,
+            GroundingReadout {
+                coords,
+                log_maps,
+                subgoal_logits,
+            },
+        ))
+    }
+
+    /// The LM input in front of the actions (see the module docs for the order): without a
+    /// plan the grounding heads read the prompt and their token precedes it; with a plan
+    /// they read the given sub-task, whose tokens and end token follow the prompt, and their
+    /// token follows the sub-task.
+    fn embed_prefix(
+        &self,
+        images: &Tensor,
+        state: Option<&Tensor>,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+        subtask: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Prefix> {
+        let b = images.size().first().copied().unwrap_or(0);
+        if b == 0 {
+            return Err(VlaError::Input("empty batch".into()));
+        }
+        let device = self.device();
+        let (text, prompt_valid) = self.embed_text(prompt_ids, prompt_mask, b, "prompt")?;
+        let film = self
+            .film
+            .is_some()
+            .then(|| self.pool_text(&text, &prompt_valid));
+        let obs = self.observe(images, state, film.as_ref())?;
+        let proprio = self.proprio_token(&obs);
+        let mut parts: Vec<Tensor> = obs.tokens.iter().map(Tensor::shallow_clone).collect();
+        let mut tail_mask = Vec::new();
+        let grounding = if self.config.plan.enabled() {
+            let (ids, mask) = subtask.ok_or_else(|| {
+                VlaError::Input(
+                    "this model decodes a sub-task before its actions: the batch needs the sub-task tokens"
+                        .into(),
+                )
+            })?;
+            let (sub, sub_valid) = self.embed_text(ids, mask, b, "sub-task")?;
+            let grounded = self.ground(&obs, &sub, &sub_valid);
+            parts.extend(proprio);
+            let text_start = parts.iter().map(|t| t.size()[1]).sum::<i64>();
+            parts.push(text);
+            parts.push(sub);
+            parts.push(self.eos_embedding(b)?);
+            tail_mask.push(sub_valid);
+            tail_mask.push(Tensor::ones([b, 1], (Kind::Bool, device)));
+            if let Some((token, _)) = &grounded {
+                parts.push(token.shallow_clone());
+                tail_mask.push(Tensor::ones([b, 1], (Kind::Bool, device)));
+            }
+            (grounded.map(|(_, r)| r), text_start)
+        } else {
+            let grounded = self.ground(&obs, &text, &prompt_valid);
+            if let Some((token, _)) = &grounded {
+                parts.push(token.shallow_clone());
+            }
+            parts.extend(proprio);
+            let text_start = parts.iter().map(|t| t.size()[1]).sum::<i64>();
+            parts.push(text);
+            (grounded.map(|(_, r)| r), text_start)
+        };
+        let (grounding, text_start) = grounding;
+        let embeds = Tensor::cat(&parts, 1);
+        let mut masks = vec![
+            Tensor::ones([b, text_start], (Kind::Bool, device)),
+            prompt_valid,
+        ];
+        masks.extend(tail_mask);
+        Ok(Prefix {
+            embeds,
+            mask: Tensor::cat(&masks, 1),
+            grounding,
+            text_start,
+        })
+    }
+
+    /// The end token's embedding for every row, `[B, 1, D]` (a plan needs the id).
+    fn eos_embedding(&self, b: i64) -> Result<Tensor> {
+        let eos = self.config.text.eos_token_id.ok_or_else(|| {
+            VlaError::invalid(
+                "text.eos_token_id",
+                "a model with a plan needs the id that ends a sub-task",
+            )
+        })?;
+        let ids = Tensor::full([b, 1], eos as i64, (Kind::Int64, self.device()));
+        Ok(self.lm.embed(&ids, self.compute_kind))
     }
 
     fn check_action_tokens(&self, tokens: &Tensor, b: i64) -> Result<Tensor> {
@@ -746,29 +915,32 @@ impl VlaModel {
         greedy.where_self(&is_gripper, &mean)
     }
 
-    /// Teacher-forced forward pass: loss and accuracy on the action tokens only.
+    /// Teacher-forced forward pass: loss and accuracy on the action tokens, and with a plan
+    /// on the sub-task tokens.
     ///
-    /// The loss is the cross-entropy over the action vocabulary (text-token logits are
-    /// masked, as in constrained decoding).
+    /// The action loss is the cross-entropy over the action vocabulary (text-token logits are
+    /// masked, as in constrained decoding); the sub-task loss is over the text vocabulary.
     pub fn forward_train(&self, batch: &VlaBatch) -> Result<TrainOutput> {
         let b = batch.images.size().first().copied().unwrap_or(0);
         let targets = self.check_action_tokens(&batch.action_tokens, b)?;
-        let (prefix, prefix_mask, grounding) = self.embed_prefix(
+        let subtask = batch.subtask.as_ref().map(|(ids, mask)| (ids, mask));
+        let prefix = self.embed_prefix(
             &batch.images,
             batch.state.as_ref(),
             &batch.prompt_ids,
             &batch.prompt_mask,
+            subtask,
         )?;
         let a = self.config.action.action_dim as i64;
-        let p = prefix.size()[1];
+        let p = prefix.embeds.size()[1];
         let inputs = self
             .lm
             .embed(&targets.narrow(1, 0, a - 1), self.compute_kind);
-        let x = Tensor::cat(&[prefix, inputs], 1);
+        let x = Tensor::cat(&[&prefix.embeds, &inputs], 1);
         let mask = Tensor::cat(
             &[
-                prefix_mask,
-                Tensor::ones([b, a - 1], (Kind::Bool, self.device())),
+                &prefix.mask,
+                &Tensor::ones([b, a - 1], (Kind::Bool, self.device())),
             ],
             1,
         );
@@ -785,7 +957,17 @@ impl VlaModel {
             .eq_tensor(&target_bins)
             .to_kind(Kind::Float)
             .mean(Kind::Float);
-        let (grounding, grounding_log_maps, subgoal_logits) = match grounding {
+        let (subtask_loss, subtask_accuracy) = match subtask.filter(|_| self.config.plan.enabled())
+        {
+            Some((ids, mask)) => {
+                let prompt_len = batch.prompt_ids.size()[1];
+                let (loss, acc) =
+                    self.subtask_loss(&hidden, prefix.text_start + prompt_len - 1, ids, mask)?;
+                (Some(loss), Some(acc))
+            }
+            None => (None, None),
+        };
+        let (grounding, grounding_log_maps, subgoal_logits) = match prefix.grounding {
             Some(r) => (Some(r.coords), Some(r.log_maps), r.subgoal_logits),
             None => (None, None, None),
         };
@@ -797,11 +979,70 @@ impl VlaModel {
             action_logits: logits,
             predicted: predicted_bins + self.action_tokenizer.token_offset(),
             accuracy,
+            subtask_loss,
+            subtask_accuracy,
         })
     }
 
-    /// Greedy, constrained generation of the action tokens: one prefill over the prefix,
-    /// then one cached decoding step per action dimension. Returns `[B, action_dim]` ids.
+    /// Cross-entropy of the sub-task tokens and their end token over the text vocabulary:
+    /// the hidden state at `first` (the last prompt token) predicts the first sub-task token,
+    /// each sub-task token the next, the last one the end token. `ids`/`mask` `[B, S]` are
+    /// right-padded; returns the loss and (token, whole sub-task) accuracy.
+    fn subtask_loss(
+        &self,
+        hidden: &Tensor,
+        first: i64,
+        ids: &Tensor,
+        mask: &Tensor,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let device = self.device();
+        let eos = self.config.text.eos_token_id.ok_or_else(|| {
+            VlaError::invalid(
+                "text.eos_token_id",
+                "a plan needs the id that ends a sub-task",
+            )
+        })? as i64;
+        let (b, s) = ids.size2()?;
+        let ids = ids.to_device(device).to_kind(Kind::Int64);
+        let mask = mask.to_device(device).to_kind(Kind::Bool);
+        // Position j's label: token j of the sub-task, the end token right after its last,
+        // nothing in the padding beyond.
+        let lengths = mask
+            .to_kind(Kind::Int64)
+            .sum_dim_intlist(1i64, true, Kind::Int64); // [B, 1]
+        let column = Tensor::arange(s + 1, (Kind::Int64, device)).unsqueeze(0); // [1, S+1]
+        let at_end = column.eq_tensor(&lengths);
+        let padded = Tensor::cat(&[ids, Tensor::zeros([b, 1], (Kind::Int64, device))], 1);
+        let labels = padded.where_self(
+            &at_end.logical_not(),
+            &Tensor::full([b, s + 1], eos, (Kind::Int64, device)),
+        );
+        let valid = Tensor::cat(&[mask, Tensor::zeros([b, 1], (Kind::Bool, device))], 1)
+            .logical_or(&at_end);
+        let vocab = self.config.text.vocab_size as i64;
+        let logits = self
+            .lm
+            .logits_range(&hidden.narrow(1, first, s + 1), 0, vocab); // [B, S+1, V]
+        let w = valid.to_kind(Kind::Float);
+        let nll = -logits
+            .log_softmax(-1, Kind::Float)
+            .gather(2, &labels.unsqueeze(-1), false)
+            .squeeze_dim(-1);
+        let count = w.sum(Kind::Float).clamp_min(1.0);
+        let loss = (nll * &w).sum(Kind::Float) / &count;
+        let hit = logits.detach().argmax(-1, false).eq_tensor(&labels);
+        let token_acc = (hit.to_kind(Kind::Float) * &w).sum(Kind::Float) / &count;
+        let right = hit.logical_or(&valid.logical_not());
+        let whole = right
+            .all_dim(1, false)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float);
+        Ok((loss, (token_acc, whole)))
+    }
+
+    /// Greedy, constrained generation of the action tokens (after the sub-task, which a model
+    /// with a plan decodes first): one prefill over the prefix, then one cached decoding step
+    /// per token. Returns `[B, action_dim]` ids.
     pub fn generate_action_tokens(
         &self,
         images: &Tensor,
@@ -812,8 +1053,8 @@ impl VlaModel {
         self.sample_action_tokens(images, state, prompt_ids, prompt_mask, None)
     }
 
-    /// [`Self::generate_action_tokens`], each token drawn from the constrained softmax at
-    /// `temperature` with noise from `rng` (`None`, or a temperature of 0, is greedy). The
+    /// [`Self::generate_action_tokens`], each action token drawn from the constrained softmax
+    /// at `temperature` with noise from `rng` (`None`, or a temperature of 0, is greedy). The
     /// draw is the Gumbel-max trick on noise from our own generator, not libtorch's global
     /// one, so a seed repeats a run whatever else uses libtorch's generator meanwhile.
     /// The gripper token is sampled too: on one demo policy, keeping it greedy gave 15/50
@@ -826,31 +1067,46 @@ impl VlaModel {
         prompt_mask: &Tensor,
         sampling: Option<(f64, &mut ChaCha8Rng)>,
     ) -> Result<Tensor> {
-        self.sample_action_tokens_with_grounding(images, state, prompt_ids, prompt_mask, sampling)
-            .map(|(tokens, _)| tokens)
+        self.generate(
+            images,
+            state,
+            prompt_ids,
+            prompt_mask,
+            SubtaskInput::Decode,
+            sampling,
+        )
+        .map(|g| g.actions)
     }
 
-    /// [`Self::sample_action_tokens`], also returning what the grounding heads computed in
-    /// the same forward pass (`None` without heads): what `vla eval --trace` turns into
+    /// The whole generation: with a plan, the sub-task (decoded greedily, or `subtask` given)
+    /// and its end token, then the grounding token, then the action tokens (sampled when
+    /// `sampling` is given); without, the action tokens after the prompt. Also returns what
+    /// the grounding heads computed in the same pass: what `vla eval --trace` turns into
     /// table positions ([`Self::table_targets_from`]) and the subgoal.
-    pub fn sample_action_tokens_with_grounding(
+    pub fn generate(
         &self,
         images: &Tensor,
         state: Option<&Tensor>,
         prompt_ids: &Tensor,
         prompt_mask: &Tensor,
+        subtask: SubtaskInput<'_>,
         mut sampling: Option<(f64, &mut ChaCha8Rng)>,
-    ) -> Result<(Tensor, Option<GroundingReadout>)> {
+    ) -> Result<Generated> {
         tch::no_grad(|| {
-            let (prefix, mask, grounding) =
-                self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
-            let b = prefix.size()[0];
-            let p = prefix.size()[1];
             let mut cache = self.lm.new_cache();
-            let mut last = self
-                .lm
-                .forward(&prefix, &mask, &mut cache)?
-                .narrow(1, p - 1, 1);
+            let (mut last, subtasks, grounding) = if self.config.plan.enabled() {
+                self.plan(images, state, prompt_ids, prompt_mask, subtask, &mut cache)?
+            } else {
+                let prefix = self.embed_prefix(images, state, prompt_ids, prompt_mask, None)?;
+                let p = prefix.embeds.size()[1];
+                let b = prefix.embeds.size()[0];
+                let last = self
+                    .lm
+                    .forward(&prefix.embeds, &prefix.mask, &mut cache)?
+                    .narrow(1, p - 1, 1);
+                (last, vec![Vec::new(); b as usize], prefix.grounding)
+            };
+            let b = last.size()[0];
             let a = self.config.action.action_dim as i64;
             let ones = Tensor::ones([b, 1], (Kind::Bool, self.device()));
             let mut tokens = Vec::with_capacity(a as usize);
@@ -871,8 +1127,122 @@ impl VlaModel {
                 }
                 tokens.push(tok);
             }
-            Ok((Tensor::cat(&tokens, 1), grounding))
+            Ok(Generated {
+                actions: Tensor::cat(&tokens, 1),
+                subtasks,
+                grounding,
+            })
         })
+    }
+
+    /// The high-level step of a model with a plan: runs the vision side, the state and the
+    /// prompt through the LM, then the sub-task (greedy text tokens until each row's end
+    /// token, or `subtask` as given), the end token and the grounding token (whose heads
+    /// read the sub-task) into `cache`. Returns the last hidden state `[B, 1, D]`, each row's
+    /// sub-task ids and the grounding readout.
+    #[allow(clippy::type_complexity)]
+    fn plan(
+        &self,
+        images: &Tensor,
+        state: Option<&Tensor>,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+        subtask: SubtaskInput<'_>,
+        cache: &mut crate::llama::KvCache,
+    ) -> Result<(Tensor, Vec<Vec<i64>>, Option<GroundingReadout>)> {
+        let b = images.size().first().copied().unwrap_or(0);
+        let device = self.device();
+        let (text, prompt_valid) = self.embed_text(prompt_ids, prompt_mask, b, "prompt")?;
+        let obs = self.observe(images, state, None)?;
+        let mut head: Vec<Tensor> = obs.tokens.iter().map(Tensor::shallow_clone).collect();
+        head.extend(self.proprio_token(&obs));
+        let n = head.iter().map(|t| t.size()[1]).sum::<i64>();
+        head.push(text);
+        let mask = Tensor::cat(
+            &[Tensor::ones([b, n], (Kind::Bool, device)), prompt_valid],
+            1,
+        );
+        let embeds = Tensor::cat(&head, 1);
+        let p = embeds.size()[1];
+        let mut last = self.lm.forward(&embeds, &mask, cache)?.narrow(1, p - 1, 1);
+        let (ids, valid) = match subtask {
+            SubtaskInput::Forced(ids, valid) => {
+                let (e, v) = self.embed_text(ids, valid, b, "sub-task")?;
+                if e.size()[1] > 0 {
+                    let _ = self.lm.forward(&e, &v, cache)?;
+                }
+                (ids.to_device(device).to_kind(Kind::Int64), v)
+            }
+            SubtaskInput::Decode => self.decode_subtask(&mut last, cache)?,
+        };
+        let rows: Vec<i64> = Vec::try_from(ids.to_device(Device::Cpu).flatten(0, -1))?;
+        let keep: Vec<bool> = Vec::try_from(valid.to_device(Device::Cpu).flatten(0, -1))?;
+        let s = ids.size().get(1).copied().unwrap_or(0).max(1) as usize;
+        let subtasks: Vec<Vec<i64>> = rows
+            .chunks(s)
+            .zip(keep.chunks(s))
+            .map(|(r, k)| {
+                r.iter()
+                    .zip(k)
+                    .filter(|(_, k)| **k)
+                    .map(|(t, _)| *t)
+                    .collect()
+            })
+            .collect();
+        let ones = Tensor::ones([b, 1], (Kind::Bool, device));
+        last = self.lm.forward(&self.eos_embedding(b)?, &ones, cache)?;
+        let (sub, sub_valid) = self.embed_text(&ids, &valid, b, "sub-task")?;
+        let grounding = self.ground(&obs, &sub, &sub_valid);
+        let grounding = match grounding {
+            Some((token, readout)) => {
+                last = self.lm.forward(&token, &ones, cache)?;
+                Some(readout)
+            }
+            None => None,
+        };
+        Ok((last, subtasks, grounding))
+    }
+
+    /// Greedy decoding of the sub-task over the text vocabulary from `last` (the last prompt
+    /// token's hidden state), feeding each token into `cache`. A row that ends (its end token
+    /// is the most likely) takes masked padding while the others go on, so every row's
+    /// tokens sit where teacher forcing puts them (right-padded); the end token itself is
+    /// fed by the caller. Returns `[B, S]` ids and validity.
+    fn decode_subtask(
+        &self,
+        last: &mut Tensor,
+        cache: &mut crate::llama::KvCache,
+    ) -> Result<(Tensor, Tensor)> {
+        let device = self.device();
+        let b = last.size()[0];
+        let eos = self.config.text.eos_token_id.ok_or_else(|| {
+            VlaError::invalid(
+                "text.eos_token_id",
+                "a plan needs the id that ends a sub-task",
+            )
+        })? as i64;
+        let vocab = self.config.text.vocab_size as i64;
+        let mut alive = Tensor::ones([b, 1], (Kind::Bool, device));
+        let (mut ids, mut valid) = (Vec::new(), Vec::new());
+        // `max_tokens` counts the end token.
+        for _ in 1..self.config.plan.max_tokens {
+            let tok = self.lm.logits_range(last, 0, vocab).argmax(-1, false); // [B, 1]
+            alive = alive.logical_and(&tok.ne(eos));
+            if alive.any().int64_value(&[]) == 0 {
+                break;
+            }
+            let e = self.lm.embed(&tok, self.compute_kind);
+            *last = self.lm.forward(&e, &alive, cache)?;
+            ids.push(tok);
+            valid.push(alive.shallow_clone());
+        }
+        if ids.is_empty() {
+            return Ok((
+                Tensor::zeros([b, 0], (Kind::Int64, device)),
+                Tensor::zeros([b, 0], (Kind::Bool, device)),
+            ));
+        }
+        Ok((Tensor::cat(&ids, 1), Tensor::cat(&valid, 1)))
     }
 
     /// What the grounding heads look at: `[B, C, H, h, w]` heat maps over the stem (f32,
@@ -888,8 +1258,15 @@ impl VlaModel {
         let c = self.config.vision.num_cameras as i64;
         let heads = self.config.vision.grounding_heads as i64;
         tch::no_grad(|| {
-            let (_, _, grounding) = self.embed_prefix(images, state, prompt_ids, prompt_mask)?;
-            Ok(grounding.map(|r| {
+            let generated = self.generate(
+                images,
+                state,
+                prompt_ids,
+                prompt_mask,
+                SubtaskInput::Decode,
+                None,
+            )?;
+            Ok(generated.grounding.map(|r| {
                 let s = r.log_maps.size();
                 let b = s[0] / c;
                 (
@@ -964,6 +1341,7 @@ mod tests {
             prompt_ids,
             prompt_mask,
             action_tokens: model.encode_actions(&actions).unwrap(),
+            subtask: None,
         }
     }
 
@@ -1047,6 +1425,10 @@ mod tests {
             prompt_ids: b.prompt_ids.shallow_clone(),
             prompt_mask: b.prompt_mask.shallow_clone(),
             action_tokens: b.action_tokens.shallow_clone(),
+            subtask: b
+                .subtask
+                .as_ref()
+                .map(|(i, m)| (i.shallow_clone(), m.shallow_clone())),
         }
     }
 
@@ -1363,5 +1745,150 @@ mod tests {
         assert!(model
             .generate_action_tokens(&empty, None, &ids, &mask)
             .is_err());
+    }
+
+    /// A model with a plan whose sub-tasks end with id 2.
+    fn plan_model(seed: i64) -> VlaModel {
+        crate::test_setup();
+        let cfg = VlaConfig::test_tiny_plan(2);
+        let stats = NormStats::unit(&cfg);
+        VlaModel::new(cfg, stats, Device::Cpu, seed).unwrap()
+    }
+
+    #[test]
+    fn decoded_subtask_precedes_the_actions_as_teacher_forcing_places_it() {
+        let model = plan_model(4);
+        let b = batch(&model, 3);
+        let generated = model
+            .generate(
+                &b.images,
+                b.state.as_ref(),
+                &b.prompt_ids,
+                &b.prompt_mask,
+                SubtaskInput::Decode,
+                None,
+            )
+            .unwrap();
+        assert_eq!(generated.subtasks.len(), 3);
+        for s in &generated.subtasks {
+            assert!(s.len() < 8, "at most max_tokens - 1 sub-task tokens: {s:?}");
+            assert!(s.iter().all(|&t| (0..300).contains(&t) && t != 2), "{s:?}");
+        }
+        // Teacher forcing the decoded sub-tasks (right-padded, as the data builds them) and
+        // the generated actions must predict exactly what generation produced: the sub-task
+        // tokens and their end token first, then the actions after them.
+        let (ids, mask) = right_pad(&generated.subtasks, 0);
+        let tf = VlaBatch {
+            action_tokens: generated.actions.shallow_clone(),
+            subtask: Some((ids, mask)),
+            ..batch_clone(&b)
+        };
+        let out = tch::no_grad(|| model.forward_train(&tf)).unwrap();
+        assert!(out.predicted.equal(&generated.actions));
+        // Every decoded token is predicted again; the end-token label misses only where
+        // decoding was cut at `max_tokens` (an untrained model seldom says it).
+        let cut = |s: &Vec<i64>| s.len() == 7;
+        let labels: usize = generated.subtasks.iter().map(|s| s.len() + 1).sum();
+        let misses = generated.subtasks.iter().filter(|s| cut(s)).count();
+        let (tokens, whole) = out.subtask_accuracy.expect("a plan reports its accuracy");
+        let expected = (labels - misses) as f64 / labels as f64;
+        assert!(
+            (tokens.double_value(&[]) - expected).abs() < 1e-6,
+            "{tokens} vs {expected}"
+        );
+        let ended = generated.subtasks.iter().filter(|s| !cut(s)).count();
+        assert!((whole.double_value(&[]) - ended as f64 / 3.0).abs() < 1e-6);
+        // Forcing the decoded sub-tasks gives the same actions as decoding them.
+        let (ids, mask) = right_pad(&generated.subtasks, 0);
+        let forced = model
+            .generate(
+                &b.images,
+                b.state.as_ref(),
+                &b.prompt_ids,
+                &b.prompt_mask,
+                SubtaskInput::Forced(&ids, &mask),
+                None,
+            )
+            .unwrap();
+        assert!(forced.actions.equal(&generated.actions));
+        assert_eq!(forced.subtasks, generated.subtasks);
+    }
+
+    #[test]
+    fn a_forced_different_subtask_changes_the_action() {
+        let model = plan_model(5);
+        let b = batch(&model, 2);
+        let act = |rows: &[Vec<i64>]| {
+            let (ids, mask) = right_pad(rows, 0);
+            model
+                .generate(
+                    &b.images,
+                    b.state.as_ref(),
+                    &b.prompt_ids,
+                    &b.prompt_mask,
+                    SubtaskInput::Forced(&ids, &mask),
+                    None,
+                )
+                .unwrap()
+                .actions
+        };
+        let a = act(&[vec![10, 11, 12], vec![10, 11, 12]]);
+        let again = act(&[vec![10, 11, 12], vec![10, 11, 12]]);
+        let other = act(&[vec![40, 41, 42, 43], vec![40, 41, 42, 43]]);
+        assert!(a.equal(&again));
+        assert!(!a.equal(&other), "{a} vs {other}");
+        // A batch that needs no sub-task is refused by a model with a plan.
+        assert!(model.forward_train(&batch_clone(&b)).is_err());
+    }
+
+    #[test]
+    fn the_subtask_is_learned_by_cross_entropy() {
+        // Two scenes (dark and bright images) with their own sub-task; a few steps of
+        // training make greedy decoding say the right one for each.
+        let mut model = plan_model(6);
+        let b = batch(&model, 2);
+        let images = Tensor::cat(
+            &[
+                Tensor::zeros([1, 2, 3, 16, 16], (Kind::Uint8, Device::Cpu)),
+                Tensor::full([1, 2, 3, 16, 16], 255, (Kind::Uint8, Device::Cpu)),
+            ],
+            0,
+        );
+        let rows = vec![vec![20i64, 21, 22], vec![30, 31]];
+        let (ids, mask) = right_pad(&rows, 0);
+        let train = VlaBatch {
+            images: images.shallow_clone(),
+            subtask: Some((ids, mask)),
+            ..batch_clone(&b)
+        };
+        let mut step = crate::train::TrainStep::new(
+            &mut model,
+            crate::train::OptimConfig {
+                lr: 3e-3,
+                warmup_steps: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let first = step.step(&model, &train).unwrap();
+        let mut last = first.clone();
+        for _ in 0..60 {
+            last = step.step(&model, &train).unwrap();
+        }
+        assert!(
+            last.subtask_loss.unwrap() < 0.2 * first.subtask_loss.unwrap(),
+            "{first:?} -> {last:?}"
+        );
+        let generated = model
+            .generate(
+                &images,
+                b.state.as_ref(),
+                &b.prompt_ids,
+                &b.prompt_mask,
+                SubtaskInput::Decode,
+                None,
+            )
+            .unwrap();
+        assert_eq!(generated.subtasks, rows);
     }
 }

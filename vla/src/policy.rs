@@ -11,7 +11,7 @@ use vla_core::{Action, Observation, RgbImage};
 
 use crate::checkpoint::load_run;
 use crate::error::{Result, VlaError};
-use crate::model::{left_pad, GroundingReadout, VlaModel};
+use crate::model::{left_pad, right_pad, GroundingReadout, SubtaskInput, VlaModel};
 use crate::text_tokenizer::TextTokenizer;
 
 /// `[3, H, W]` u8 tensor of an RGB image, resized (bilinear) to `size × size` if needed so
@@ -66,8 +66,17 @@ impl HeadPoints {
     }
 }
 
-/// An item's generated action token ids and the action they decode to.
-pub type TokensAndAction = (Vec<i64>, Action);
+/// What the policy decided for one observation.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// The generated action token ids and the action they decode to.
+    pub tokens: Vec<i64>,
+    pub action: Action,
+    /// The sub-task it said first (`None` for a model without a plan).
+    pub subtask: Option<String>,
+    /// Where its grounding heads looked (`None` without heads).
+    pub points: Option<HeadPoints>,
+}
 
 /// A loaded model ready to act.
 #[derive(Debug)]
@@ -127,9 +136,9 @@ impl Policy {
     /// Actions for several (observation, instruction) pairs in one batched forward pass.
     pub fn act_batch(&self, items: &[(&Observation, &str)]) -> Result<Vec<Action>> {
         Ok(self
-            .act_batch_with_tokens(items)?
+            .decide(items, None)?
             .into_iter()
-            .map(|(_, a)| a)
+            .map(|d| d.action)
             .collect())
     }
 
@@ -186,26 +195,95 @@ impl Policy {
             }))
     }
 
-    /// Like [`Self::act_batch`], also returning the generated action token ids (for debug
-    /// topics and `vla act`).
-    pub fn act_batch_with_tokens(
+    /// Everything the policy decides for each item in one batched pass: action tokens,
+    /// action, sub-task and where the grounding heads looked. `subtasks` imposes each
+    /// item's sub-task instead of decoding it (a model with a plan; ignored without).
+    pub fn decide(
         &self,
         items: &[(&Observation, &str)],
-    ) -> Result<Vec<TokensAndAction>> {
-        Ok(self.decode(items)?.0)
+        subtasks: Option<&[&str]>,
+    ) -> Result<Vec<Decision>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cfg = self.model.config();
+        let (images, state, ids, mask) = self.inputs(items)?;
+        let forced = match subtasks {
+            Some(s) if cfg.plan.enabled() => {
+                if s.len() != items.len() {
+                    return Err(VlaError::Input(format!(
+                        "{} sub-tasks for {} observations",
+                        s.len(),
+                        items.len()
+                    )));
+                }
+                let rows = s
+                    .iter()
+                    .map(|t| self.tokenizer.encode_subtask(t))
+                    .collect::<Result<Vec<_>>>()?;
+                let (ids, mask) = right_pad(&rows, self.tokenizer.pad_id());
+                let device = self.model.device();
+                Some((ids.to_device(device), mask.to_device(device)))
+            }
+            _ => None,
+        };
+        let subtask = match &forced {
+            Some((ids, mask)) => SubtaskInput::Forced(ids, mask),
+            None => SubtaskInput::Decode,
+        };
+        let generated = match &self.sampling {
+            Some((t, rng)) => {
+                // A poisoned lock only means another thread panicked mid-draw; the
+                // generator's state is still a valid state.
+                let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
+                self.model.generate(
+                    &images,
+                    Some(&state),
+                    &ids,
+                    &mask,
+                    subtask,
+                    Some((*t, &mut rng)),
+                )?
+            }
+            None => self
+                .model
+                .generate(&images, Some(&state), &ids, &mask, subtask, None)?,
+        };
+        let a = cfg.action.action_dim;
+        let flat: Vec<i64> =
+            Vec::<i64>::try_from(generated.actions.to_device(Device::Cpu).flatten(0, 1))?;
+        let points = self.head_points(generated.grounding.as_ref(), items.len())?;
+        flat.chunks(a)
+            .zip(generated.subtasks)
+            .zip(points)
+            .map(|((row, subtask), points)| {
+                let values = self.model.action_tokenizer().decode(row)?;
+                let action =
+                    Action::from_slice(&values).map_err(|e| VlaError::Input(e.to_string()))?;
+                action
+                    .validate()
+                    .map_err(|e| VlaError::Input(e.to_string()))?;
+                let subtask = match cfg.plan.enabled() {
+                    true => Some(self.tokenizer.decode(&subtask)?.trim().to_string()),
+                    false => None,
+                };
+                Ok(Decision {
+                    tokens: row.to_vec(),
+                    action,
+                    subtask,
+                    points,
+                })
+            })
+            .collect()
     }
 
-    /// Like [`Self::act_batch`], also returning each item's grounding heads' table (x, y) in
-    /// metres from the same forward pass: where the model thinks the named object (head 0)
-    /// and bin (head 1) are (`None` without grounding heads). For `vla eval --trace`.
-    pub fn act_batch_with_targets(
+    /// Each item's grounding heads' table positions and gate probabilities.
+    fn head_points(
         &self,
-        items: &[(&Observation, &str)],
-    ) -> Result<Vec<(Action, Option<HeadPoints>)>> {
-        let (decoded, grounding) = self.decode(items)?;
-        let n = decoded.len();
-        let probs: Vec<Vec<f32>> = match grounding.as_ref().and_then(|g| g.subgoal_logits.as_ref())
-        {
+        grounding: Option<&GroundingReadout>,
+        n: usize,
+    ) -> Result<Vec<Option<HeadPoints>>> {
+        let probs: Vec<Vec<f32>> = match grounding.and_then(|g| g.subgoal_logits.as_ref()) {
             Some(logits) => {
                 let classes = logits.size().get(1).copied().unwrap_or(0).max(1) as usize;
                 let p = logits.softmax(-1, tch::Kind::Float).to_device(Device::Cpu);
@@ -216,7 +294,7 @@ impl Policy {
             }
             None => vec![Vec::new(); n],
         };
-        let targets: Vec<Option<HeadPoints>> =
+        Ok(
             match grounding.and_then(|g| self.model.table_targets_from(&g.coords)) {
                 Some(table) => {
                     let heads = table.size().get(1).copied().unwrap_or(0).max(0) as usize;
@@ -232,60 +310,7 @@ impl Policy {
                         .collect()
                 }
                 None => vec![None; n],
-            };
-        Ok(decoded
-            .into_iter()
-            .map(|(_, action)| action)
-            .zip(targets)
-            .collect())
-    }
-
-    /// One batched forward pass: each item's action tokens and action, and what the
-    /// grounding heads computed (`None` without heads or items).
-    fn decode(
-        &self,
-        items: &[(&Observation, &str)],
-    ) -> Result<(Vec<TokensAndAction>, Option<GroundingReadout>)> {
-        if items.is_empty() {
-            return Ok((Vec::new(), None));
-        }
-        let cfg = self.model.config();
-        let (images, state, ids, mask) = self.inputs(items)?;
-        let (tokens, grounding) = match &self.sampling {
-            Some((t, rng)) => {
-                // A poisoned lock only means another thread panicked mid-draw; the
-                // generator's state is still a valid state.
-                let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
-                self.model.sample_action_tokens_with_grounding(
-                    &images,
-                    Some(&state),
-                    &ids,
-                    &mask,
-                    Some((*t, &mut rng)),
-                )?
-            }
-            None => self.model.sample_action_tokens_with_grounding(
-                &images,
-                Some(&state),
-                &ids,
-                &mask,
-                None,
-            )?,
-        };
-        let a = cfg.action.action_dim;
-        let flat: Vec<i64> = Vec::<i64>::try_from(tokens.to_device(Device::Cpu).flatten(0, 1))?;
-        let decoded = flat
-            .chunks(a)
-            .map(|row| {
-                let values = self.model.action_tokenizer().decode(row)?;
-                let action =
-                    Action::from_slice(&values).map_err(|e| VlaError::Input(e.to_string()))?;
-                action
-                    .validate()
-                    .map_err(|e| VlaError::Input(e.to_string()))?;
-                Ok((row.to_vec(), action))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok((decoded, grounding))
+            },
+        )
     }
 }

@@ -138,6 +138,14 @@ impl TextTokenizer {
         self.pad_id
     }
 
+    /// The id that ends a generated sequence (`</s>`, or a pretrained tokenizer's own).
+    pub fn eos_id(&self) -> Option<i64> {
+        [EOS_TOKEN, "<|end_of_text|>", "<|im_end|>", "<eos>", "[SEP]"]
+            .iter()
+            .find_map(|n| self.inner.token_to_id(n))
+            .map(i64::from)
+    }
+
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }
@@ -156,6 +164,12 @@ impl TextTokenizer {
         let mut ids: Vec<i64> = self.bos_id.into_iter().collect();
         ids.extend(self.encode(&prompt(instruction))?);
         Ok(ids)
+    }
+
+    /// A sub-task sentence → ids, as it follows the prompt's `Out:` (one leading space,
+    /// lower case; the end token is the model's to add).
+    pub fn encode_subtask(&self, subtask: &str) -> Result<Vec<i64>> {
+        self.encode(&format!(" {}", subtask.trim().to_lowercase()))
     }
 
     pub fn decode(&self, ids: &[i64]) -> Result<String> {

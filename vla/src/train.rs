@@ -92,6 +92,9 @@ pub struct StepStats {
     pub map_loss: Option<f64>,
     /// The weighted subgoal gate loss, when there was one.
     pub subgoal_loss: Option<f64>,
+    /// The sub-task tokens' cross-entropy (unweighted) and token accuracy, with a plan.
+    pub subtask_loss: Option<f64>,
+    pub subtask_accuracy: Option<f64>,
 }
 
 /// Targets of the auxiliary grounding losses for one batch (see
@@ -285,7 +288,16 @@ impl TrainStep {
             .subgoals
             .as_ref()
             .and_then(|labels| model.subgoal_loss(&out, labels));
-        let aux = sum_present([regression.as_ref(), map.as_ref(), subgoal.as_ref()]);
+        let plan = out
+            .subtask_loss
+            .as_ref()
+            .map(|l| l * model.config().plan.weight);
+        let aux = sum_present([
+            regression.as_ref(),
+            map.as_ref(),
+            subgoal.as_ref(),
+            plan.as_ref(),
+        ]);
         let train_loss = if self.config.label_sigma_bins > 0.0 {
             soft_target_loss(
                 model,
@@ -326,6 +338,11 @@ impl TrainStep {
             target_loss: regression.as_ref().map(|a| a.double_value(&[])),
             map_loss: map.as_ref().map(|a| a.double_value(&[])),
             subgoal_loss: subgoal.as_ref().map(|a| a.double_value(&[])),
+            subtask_loss: out.subtask_loss.as_ref().map(|a| a.double_value(&[])),
+            subtask_accuracy: out
+                .subtask_accuracy
+                .as_ref()
+                .map(|(tokens, _)| tokens.double_value(&[])),
         };
         self.step += 1;
         Ok(stats)

@@ -172,6 +172,11 @@ pub struct ValStats {
     /// Fraction of the frames with a known subgoal whose gate picks it (`None` without a
     /// gate).
     pub subgoal_accuracy: Option<f64>,
+    /// With a plan: the sub-task tokens' cross-entropy, the fraction of their tokens and of
+    /// whole sub-tasks predicted exactly (teacher-forced).
+    pub subtask_loss: Option<f64>,
+    pub subtask_token_accuracy: Option<f64>,
+    pub subtask_accuracy: Option<f64>,
     pub frames: usize,
 }
 
@@ -325,13 +330,13 @@ pub fn train(
             let stats = NormStats::from_data(&actions, &states, &opts.model)?;
             let mut corpus: Vec<String> = opts.corpus.clone();
             corpus.extend(data.tasks().iter().cloned());
+            corpus.extend(data.subtasks().iter().cloned());
             let tok = TextTokenizer::train_for_instructions(&corpus, opts.model.text.vocab_size)?;
-            let model = VlaModel::new(
-                opts.model.clone(),
-                stats,
-                opts.device,
-                train_cfg.seed as i64,
-            )?;
+            let mut config = opts.model.clone();
+            if config.text.eos_token_id.is_none() {
+                config.text.eos_token_id = tok.eos_id().map(|id| id as usize);
+            }
+            let model = VlaModel::new(config, stats, opts.device, train_cfg.seed as i64)?;
             (model, tok, 0)
         }
     };
@@ -421,6 +426,12 @@ pub fn train(
             if let Some(t) = stats.subgoal_loss {
                 record["subgoal_loss"] = t.into();
             }
+            if let Some(t) = stats.subtask_loss {
+                record["subtask_loss"] = t.into();
+            }
+            if let Some(t) = stats.subtask_accuracy {
+                record["subtask_accuracy"] = t.into();
+            }
             write_metric(&mut metrics, &record, &opts.out)?;
             keep_going &= on_event(TrainEvent::Step {
                 stats: &stats,
@@ -445,6 +456,9 @@ pub fn train(
                     "target_error_far_cm": val.target_error_far_cm,
                     "target_error_near_cm": val.target_error_near_cm,
                     "subgoal_accuracy": val.subgoal_accuracy,
+                    "subtask_loss": val.subtask_loss,
+                    "subtask_token_accuracy": val.subtask_token_accuracy,
+                    "subtask_accuracy": val.subtask_accuracy,
                     "elapsed_s": started.elapsed().as_secs_f64(),
                 }),
                 &opts.out,
@@ -495,6 +509,7 @@ fn validate(
     let mut l1_count = 0usize;
     let mut target_errors = TargetErrors::default();
     let (mut subgoal_right, mut subgoal_known) = (0usize, 0usize);
+    let mut subtask: Option<[f64; 3]> = None;
     let heads = model.config().vision.grounding_heads;
     tch::no_grad(|| -> Result<()> {
         for chunk in subset.chunks(cfg.batch_size.max(1)) {
@@ -507,6 +522,12 @@ fn validate(
             acc += out.accuracy.double_value(&[]) * n;
             if let Some(table) = model.table_targets(&out) {
                 target_errors.add(data, chunk, &table)?;
+            }
+            if let (Some(l), Some((tokens, whole))) = (&out.subtask_loss, &out.subtask_accuracy) {
+                let sums = subtask.get_or_insert([0.0; 3]);
+                for (sum, t) in sums.iter_mut().zip([l, tokens, whole]) {
+                    *sum += t.double_value(&[]) * n;
+                }
             }
             if let Some(logits) = &out.subgoal_logits {
                 let labels = data.subgoal_labels(chunk, heads);
@@ -550,6 +571,9 @@ fn validate(
         target_error_far_cm: TargetErrors::means_cm(&target_errors.far),
         target_error_near_cm: TargetErrors::means_cm(&target_errors.near),
         subgoal_accuracy: (subgoal_known > 0).then(|| subgoal_right as f64 / subgoal_known as f64),
+        subtask_loss: subtask.map(|s| s[0] / n),
+        subtask_token_accuracy: subtask.map(|s| s[1] / n),
+        subtask_accuracy: subtask.map(|s| s[2] / n),
         frames: subset.len(),
     })
 }

@@ -70,6 +70,7 @@ fn write_dataset_with(dir: &Path, ee_x: &[f32], closed: &[usize]) {
                 observation: &obs,
                 action,
                 timestamp: t as f32 / 10.0,
+                subtask: None,
             })
             .unwrap();
         }

@@ -1,6 +1,7 @@
 //! Node logic on the in-process bus: freshest frames, reset on instruction change, holds,
-//! malformed input counted, watchdog, latched emergency stop.
+//! malformed input counted, watchdog, latched emergency stop, sub-tasks published on change.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,21 @@ impl ActionSource for Scripted {
         Ok(PolicyOutput {
             action: Action::new([0.01, 0.0, 0.0], [0.0; 3], 1.0),
             tokens: vec![1, 2, 3, 4, 5, 6, 7],
+            subtask: None,
+        })
+    }
+}
+
+/// Acts like [`Scripted`] and says the next sub-task of a script (then none).
+struct Planner(VecDeque<&'static str>);
+
+impl ActionSource for Planner {
+    fn reset(&mut self) {}
+    fn act(&mut self, _obs: &Observation) -> anyhow::Result<PolicyOutput> {
+        Ok(PolicyOutput {
+            action: Action::new([0.01, 0.0, 0.0], [0.0; 3], 1.0),
+            tokens: vec![],
+            subtask: self.0.pop_front().map(String::from),
         })
     }
 }
@@ -51,12 +67,18 @@ struct Rig {
 }
 
 fn rig(overrides: &[&str]) -> Rig {
+    rig_with(overrides, |seen| Box::new(Scripted(seen)))
+}
+
+fn rig_with(
+    overrides: &[&str],
+    source: impl FnOnce(Arc<Mutex<Seen>>) -> Box<dyn ActionSource>,
+) -> Rig {
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     let config = BridgeConfig::load(None, &overrides).expect("config");
     let mut bus = MemoryBus::new();
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let bridge =
-        Bridge::new(&mut bus, config.clone(), Box::new(Scripted(seen.clone()))).expect("bridge");
+    let bridge = Bridge::new(&mut bus, config.clone(), source(seen.clone())).expect("bridge");
     let twists = Arc::new(Mutex::new(Vec::new()));
     let t = twists.clone();
     bus.subscribe::<TwistStamped>(
@@ -155,6 +177,25 @@ impl Rig {
             "decoders settle"
         );
         self.bridge.tick().expect("tick");
+    }
+
+    /// Every string published on the sub-task topic from now on (and the latched one).
+    fn subtasks(&mut self) -> Arc<Mutex<Vec<String>>> {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let topic = self.config.topics.subtask.clone();
+        self.bus
+            .subscribe::<StringMsg>(
+                &topic,
+                Qos::latched(1),
+                Box::new(move |m| {
+                    if let (Ok(m), Ok(mut v)) = (m, g.lock()) {
+                        v.push(m.data);
+                    }
+                }),
+            )
+            .expect("sub");
+        got
     }
 
     fn last_twist(&self) -> [f64; 3] {
@@ -310,4 +351,45 @@ fn joint_trajectory_output_stays_within_joint_limits() {
     assert_eq!(traj.joint_names.len(), 6);
     assert_eq!(traj.points.len(), 1);
     assert!((traj.points[0].time_from_start.as_secs_f64() - 0.1).abs() < 1e-6);
+}
+
+#[test]
+fn subtask_is_published_when_it_changes() {
+    let mut r = rig_with(&[], |_| {
+        Box::new(Planner(VecDeque::from(["a", "a", "b", "b"])))
+    });
+    assert_eq!(r.config.topics.subtask, "/vla/subtask");
+    let got = r.subtasks();
+    r.joints();
+    r.instruction("put the red cube in the red bin");
+    for v in 0..3 {
+        r.images(v);
+        r.tick();
+    }
+    assert_eq!(*got.lock().expect("lock"), ["a", "b"]);
+    // A new instruction starts a new plan: its first sub-task is sent even if unchanged.
+    r.instruction("put the blue cube in the blue bin");
+    r.images(3);
+    r.tick();
+    // Out of script: no sub-task, nothing sent.
+    r.images(4);
+    r.tick();
+    assert_eq!(*got.lock().expect("lock"), ["a", "b", "b"]);
+    assert!(r.last_twist()[0] > 0.0, "acting all along");
+    // Latched: an operator display started late still gets the current one.
+    assert_eq!(*r.subtasks().lock().expect("lock"), ["b"]);
+}
+
+#[test]
+fn no_subtask_publishes_nothing() {
+    let mut r = rig(&[]);
+    let got = r.subtasks();
+    r.joints();
+    r.instruction("pick up the red cube");
+    for v in 0..3 {
+        r.images(v);
+        r.tick();
+    }
+    assert!(r.last_twist()[0] > 0.0);
+    assert!(got.lock().expect("lock").is_empty());
 }
