@@ -57,12 +57,14 @@ enum Command {
 fn main() {
     // RustDDS warns once per UDP datagram over a size threshold, i.e. for every fragment of
     // every camera frame (hundreds per second): silenced, as writing them costs latency.
+    // bevy's "software rendering … very slow" warning is left to vla-render, which says once
+    // whether a CPU rasteriser is expected here or a GPU was missed (and how to fix that).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new(
-                    "info,wgpu=error,naga=warn,bevy=warn,rustdds=warn,rustdds::network::udp_sender=error,ros2_client=warn",
+                    "info,wgpu=error,naga=warn,bevy=warn,bevy_render::renderer=error,rustdds=warn,rustdds::network::udp_sender=error,ros2_client=warn",
                 )
             }),
         )

@@ -663,7 +663,7 @@ fn log_adapter(info: &WgpuAdapterInfo) {
             adapter = %name,
             driver = %driver,
             "vla-render renders on the CPU (no GPU found): expected on a CPU-only machine and \
-             correct, only slower; bevy's software-rendering warning can be ignored"
+             complete, only slower"
         );
     }
 }
