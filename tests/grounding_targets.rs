@@ -3,7 +3,7 @@
 //! state, with pinhole cameras that must be the simulator's: this checks that they agree
 //! and that a projected object lands on its own pixels.
 
-use vla_model::data::GroundingTargets;
+use vla_model::train::data::GroundingTargets;
 use vla_sim::visual::CameraConfig;
 use vla_sim::{Env, EnvConfig, RobotDescription, VecEnv};
 use vla_tasks::{make_task, Language, Split};

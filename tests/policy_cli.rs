@@ -45,6 +45,10 @@ target_aux_weight = 1.0
 relative_targets = true
 subgoal_weight = 0.5
 
+[plan]
+weight = 1.0
+max_tokens = 12
+
 [train]
 steps = 4
 batch_size = 4
@@ -130,6 +134,14 @@ fn collect_train_act_eval_bench() {
         json(&args)
     };
     let act = act_with(&[]);
+    // The model says a sub-task (a few words, after 4 steps of training) before acting; an
+    // imposed one is reported as given.
+    assert!(act["subtask"].is_string(), "{act}");
+    let imposed = act_with(&["--subtask", "put the green cube in the red bin"]);
+    assert_eq!(
+        imposed["subtask"], "put the green cube in the red bin",
+        "{imposed}"
+    );
     let tokens = act["tokens"].as_array().expect("tokens");
     let action = act["action"].as_array().expect("action");
     assert_eq!((tokens.len(), action.len()), (7, 7));
@@ -184,6 +196,14 @@ fn collect_train_act_eval_bench() {
         assert_eq!(line["action"].as_array().map(Vec::len), Some(7), "{line}");
         assert_eq!(line["expert"].as_array().map(Vec::len), Some(7), "{line}");
         assert_eq!(line["state"].as_array().map(Vec::len), Some(13), "{line}");
+        // What the policy said it would do, beside the expert's step.
+        assert!(line["subtask"].is_string(), "{line}");
+        assert!(
+            line["expert_subtask"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("pick up the ")),
+            "{line}"
+        );
         let heads = line["heads_xy"]
             .as_array()
             .expect("grounding heads in the trace");

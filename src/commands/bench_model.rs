@@ -98,7 +98,7 @@ fn fresh_model(
     config: &std::path::Path,
     device: Device,
 ) -> anyhow::Result<(VlaModel, TextTokenizer)> {
-    let (mut cfg, _) = vla_model::trainer::load_config_file(config)?;
+    let (mut cfg, _) = vla_model::train::load_config_file(config)?;
     let corpus = vla_tasks::Language::builtin()?.corpus();
     let tok = TextTokenizer::train_for_instructions(&corpus, cfg.text.vocab_size)?;
     if cfg.text.eos_token_id.is_none() {
@@ -161,7 +161,7 @@ pub fn policy(args: PolicyArgs) -> anyhow::Result<()> {
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
     let device = parse_device(&args.device)?;
-    let (_, mut train_cfg) = vla_model::trainer::load_config_file(&args.config)?;
+    let (_, mut train_cfg) = vla_model::train::load_config_file(&args.config)?;
     if let Some(b) = args.batch_size {
         train_cfg.batch_size = b;
     }

@@ -1,4 +1,4 @@
-//! `vla train`: train a VLA on LeRobot datasets (see `vla_model::trainer`).
+//! `vla train`: train a VLA on LeRobot datasets (see `vla_model::train`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use vla_model::tch::Device;
-use vla_model::trainer::{self, TrainEvent, TrainOptions, TrainSummary};
+use vla_model::train::{self, TrainEvent, TrainOptions, TrainSummary};
 
 use crate::plot::{line_plot, Series};
 
@@ -97,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Trains as `args` say; used by `vla train` and `vla demo`.
 pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
-    let (model, mut train_cfg) = trainer::load_config_file(&args.config)?;
+    let (model, mut train_cfg) = train::load_config_file(&args.config)?;
     if let Some(s) = args.steps {
         train_cfg.steps = s;
     }
@@ -200,7 +200,7 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
         }
         !stop.load(Ordering::SeqCst)
     };
-    let summary = trainer::train(&opts, &mut on_event)
+    let summary = train::train(&opts, &mut on_event)
         .with_context(|| format!("training into {}", args.out.display()))?;
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -211,7 +211,7 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
 
 /// `RUN/loss.png`: training loss (mean per log interval) and validation loss per step.
 pub fn plot_losses(run: &Path) -> anyhow::Result<()> {
-    let metrics = trainer::read_metrics(run)?;
+    let metrics = train::read_metrics(run)?;
     let series = |kind: &str| -> Vec<(f64, f64)> {
         metrics
             .iter()

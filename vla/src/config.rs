@@ -50,7 +50,7 @@ pub struct VisionConfig {
     /// instruction names before the LM sees them. Needs a stem.
     #[serde(default)]
     pub film: bool,
-    /// Language-conditioned spatial readouts (see [`crate::grounding`]): heads whose
+    /// Language-conditioned spatial readouts (see [`crate::model::grounding`]): heads whose
     /// instruction-chosen heat maps over the stem give the (x, y) of what the instruction
     /// names, in every camera, as one extra LM token (0 disables). Needs a stem.
     #[serde(default)]
@@ -282,9 +282,9 @@ impl ActionConfig {
 
 impl VlaConfig {
     /// Reads and validates a TOML config; errors name the file and the offending field.
-    /// A `[train]` table (see [`crate::trainer::load_config_file`]) is ignored here.
+    /// A `[train]` table (see [`crate::train::load_config_file`]) is ignored here.
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
-        crate::trainer::load_config_file(path).map(|(model, _)| model)
+        crate::train::load_config_file(path).map(|(model, _)| model)
     }
 
     /// Parses a TOML string (no file: errors carry the field only).

@@ -1,13 +1,17 @@
-//! Vision-language-action model (RT-2 / OpenVLA style) on libtorch via `tch`.
+//! Vision-language-action model (RT-2 / OpenVLA style) on libtorch via `tch`, in two rooms
+//! as lerobot splits a policy's modelling from its training script:
 //!
-//! Two camera images go through a shared ViT ([`vit`]); patch tokens (plus a learned
-//! per-camera embedding) are projected ([`projector`]) into a Llama-style LM ([`llama`]),
-//! followed by a proprioception token and the tokenised instruction prompt
-//! ([`text_tokenizer`]). The LM then emits 7 action tokens, one per action dimension
-//! ([`action_tokenizer`]), decoded greedily with a KV cache and constrained to action ids
-//! ([`model`]). [`checkpoint`] saves/loads run directories, [`policy`] turns observations into
-//! [`vla_core::Action`]s, and [`train`] holds the optimisation step, [`data`] turns datasets into batches and
-//! [`trainer`] runs the training loop with validation, checkpoints and resumption.
+//! - [`model`]: the network, one component per file — a shared ViT for both cameras
+//!   ([`model::vit`]), the MLP projector ([`model::projector`]), the grounding heads
+//!   ([`model::grounding`]) and the Llama-style LM ([`model::llama`]) that reads vision,
+//!   state and the tokenised prompt ([`text_tokenizer`]), says the next sub-task in words
+//!   when it has a plan, and emits 7 action tokens ([`action_tokenizer`]), decoded greedily
+//!   with a KV cache and constrained to action ids. Its serde configuration is [`config`].
+//! - [`train`]: the loop (validation, checkpoints, exact resumption), the optimiser step
+//!   ([`train::optim`]) and the batches ([`train::data`]).
+//!
+//! [`checkpoint`] saves/loads run directories and [`policy`] turns observations into
+//! [`vla_core::Action`]s.
 //!
 //! Parameter names follow Hugging Face (`vision_backbone.encoder.layer.0.attention.attention.query`,
 //! `language_model.model.layers.0.self_attn.q_proj`, …) so importing pretrained weights is a
@@ -16,18 +20,11 @@
 pub mod action_tokenizer;
 pub mod checkpoint;
 pub mod config;
-pub mod data;
 pub mod error;
-pub mod grounding;
-pub mod layers;
-pub mod llama;
 pub mod model;
 pub mod policy;
-pub mod projector;
 pub mod text_tokenizer;
 pub mod train;
-pub mod trainer;
-pub mod vit;
 
 pub use action_tokenizer::{ActionStats, ActionTokenizer, NormStats, StateStats};
 pub use checkpoint::{load_run, save_run, RunConfig};
@@ -36,7 +33,7 @@ pub use error::{Result, VlaError};
 pub use model::{left_pad, right_pad, Generated, SubtaskInput, TrainOutput, VlaBatch, VlaModel};
 pub use policy::{Decision, Policy};
 pub use text_tokenizer::{prompt, TextTokenizer};
-pub use train::{AuxTargets, OptimConfig, StepStats, TrainStep};
+pub use train::optim::{AuxTargets, OptimConfig, StepStats, TrainStep};
 
 /// Re-exported so downstream crates use the same `tch` (devices, tensors) as this crate.
 pub use tch;

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use image::{Rgb, RgbImage};
 use vla_core::{Action, Observation};
 use vla_datasets::{DatasetSpec, DatasetWriter, FrameRecord, ImageSize};
-use vla_model::data::Subgoal;
 use vla_model::tch::Device;
-use vla_model::trainer::{self, TrainConfig, TrainEvent, TrainOptions};
+use vla_model::train::data::Subgoal;
+use vla_model::train::{self, TrainConfig, TrainEvent, TrainOptions};
 use vla_model::VlaConfig;
 
 fn tmp(name: &str) -> PathBuf {
@@ -115,11 +115,11 @@ fn same_seed_same_run_and_resume_is_exact() {
     let mut quiet = |_: TrainEvent<'_>| true;
 
     let a = tmp("a");
-    let sa = trainer::train(&options(&data, &a, 6, false), &mut quiet).unwrap();
+    let sa = train::train(&options(&data, &a, 6, false), &mut quiet).unwrap();
     assert_eq!(sa.steps, 6);
     assert!(sa.final_val.is_some());
     let b = tmp("b");
-    trainer::train(&options(&data, &b, 6, false), &mut quiet).unwrap();
+    train::train(&options(&data, &b, 6, false), &mut quiet).unwrap();
     assert_eq!(
         weights(&a),
         weights(&b),
@@ -130,17 +130,17 @@ fn same_seed_same_run_and_resume_is_exact() {
     let c = tmp("c");
     let mut stop_at_3 =
         |e: TrainEvent<'_>| !matches!(e, TrainEvent::Step { stats, .. } if stats.step + 1 >= 3);
-    let sc = trainer::train(&options(&data, &c, 6, false), &mut stop_at_3).unwrap();
+    let sc = train::train(&options(&data, &c, 6, false), &mut stop_at_3).unwrap();
     assert!(sc.interrupted);
     assert_eq!(sc.steps, 3);
     assert_eq!(
-        trainer::latest_checkpoint(&c).unwrap().map(|(s, _)| s),
+        train::latest_checkpoint(&c).unwrap().map(|(s, _)| s),
         Some(3)
     );
     // Without --resume the run directory is protected.
-    let err = trainer::train(&options(&data, &c, 6, false), &mut quiet).unwrap_err();
+    let err = train::train(&options(&data, &c, 6, false), &mut quiet).unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
-    let sc = trainer::train(&options(&data, &c, 6, true), &mut quiet).unwrap();
+    let sc = train::train(&options(&data, &c, 6, true), &mut quiet).unwrap();
     assert_eq!((sc.start_step, sc.steps), (3, 6));
     assert_eq!(
         weights(&a),
@@ -148,7 +148,7 @@ fn same_seed_same_run_and_resume_is_exact() {
         "resumed run must equal the uninterrupted one"
     );
 
-    let metrics = trainer::read_metrics(&c).unwrap();
+    let metrics = train::read_metrics(&c).unwrap();
     let train_steps: Vec<u64> = metrics
         .iter()
         .filter(|m| m["kind"] == "train")
@@ -175,7 +175,7 @@ fn config_errors_name_the_file_and_field() {
     let tiny =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny.toml")).unwrap();
     std::fs::write(&path, tiny.replace("batch_size = 32", "batch_size = 0")).unwrap();
-    let err = trainer::load_config_file(&path).unwrap_err().to_string();
+    let err = train::load_config_file(&path).unwrap_err().to_string();
     assert!(
         err.contains("bad.toml") && err.contains("train.batch_size"),
         "{err}"
@@ -185,14 +185,13 @@ fn config_errors_name_the_file_and_field() {
         tiny.replace("[train.optim]", "[train.optim]\nlearning_rate = 1.0"),
     )
     .unwrap();
-    let err = trainer::load_config_file(&path).unwrap_err().to_string();
+    let err = train::load_config_file(&path).unwrap_err().to_string();
     assert!(
         err.contains("bad.toml") && err.contains("learning_rate"),
         "{err}"
     );
     let (model, train) =
-        trainer::load_config_file(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny.toml"))
-            .unwrap();
+        train::load_config_file(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny.toml")).unwrap();
     assert_eq!(model.vision.image_size, 64);
     assert_eq!(train.batch_size, 32);
     let _ = std::fs::remove_dir_all(&dir);
@@ -205,9 +204,14 @@ fn a_missed_grasp_opened_beside_the_object_is_no_release() {
     let dir = tmp("retry");
     let ee_x = [0.0, 0.05, 0.10, 0.15, 0.15, 0.15, 0.16, 0.20, 0.30, 0.40];
     write_dataset_with(&dir, &ee_x, &[3, 4, 6, 7, 8]);
-    let data =
-        vla_model::data::TrainingData::load(std::slice::from_ref(&dir), 32, 0.0, 0, &mut |_, _| {})
-            .expect("the test dataset loads");
+    let data = vla_model::train::data::TrainingData::load(
+        std::slice::from_ref(&dir),
+        32,
+        0.0,
+        0,
+        &mut |_, _| {},
+    )
+    .expect("the test dataset loads");
     for i in 0..40 {
         let t = i % 10;
         let grasp = data.target_xy(i, 0).map(|(p, _)| p[0]);
@@ -250,7 +254,7 @@ fn the_subgoal_is_the_next_event_then_hold_after_a_pick_and_none_after_a_release
     ] {
         let dir = tmp(name);
         write_dataset_with(&dir, &ee_x, closed);
-        let data = vla_model::data::TrainingData::load(
+        let data = vla_model::train::data::TrainingData::load(
             std::slice::from_ref(&dir),
             32,
             0.0,
@@ -271,9 +275,14 @@ fn the_subgoal_is_the_next_event_then_hold_after_a_pick_and_none_after_a_release
 fn targets_come_from_the_first_gripper_close_and_the_release_after_it() {
     let dir = tmp("targets");
     write_dataset(&dir);
-    let data =
-        vla_model::data::TrainingData::load(std::slice::from_ref(&dir), 32, 0.0, 0, &mut |_, _| {})
-            .unwrap();
+    let data = vla_model::train::data::TrainingData::load(
+        std::slice::from_ref(&dir),
+        32,
+        0.0,
+        0,
+        &mut |_, _| {},
+    )
+    .unwrap();
     let indices: Vec<usize> = (0..24).collect();
     let (xy, mask) = data.target_locations(&indices, 3);
     assert_eq!(xy.size(), [24, 3, 2]);
@@ -299,7 +308,7 @@ fn targets_come_from_the_first_gripper_close_and_the_release_after_it() {
         assert_eq!(mask[3 * i + 2], 0.0);
     }
     // In the wrist camera: each frame's own view, rebuilt from its end-effector state.
-    let mount = vla_model::data::GroundingTargets::default().wrist_camera;
+    let mount = vla_model::train::data::GroundingTargets::default().wrist_camera;
     let (px, mask) = data.wrist_target_pixels(&indices, 3, &mount);
     assert_eq!(px.size(), [24, 3, 2]);
     let mask = Vec::<f32>::try_from(mask.flatten(0, 1)).expect("f32 mask");

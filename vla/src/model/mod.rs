@@ -12,17 +12,23 @@
 //! feature map when the ViT has one (`vision.stem_channels`), per patch otherwise; it is what
 //! lets a from-scratch model learn object positions in minutes (see
 //! [`crate::config::VisionConfig`]). The grounding token (optional, `vision.grounding_heads`)
-//! carries the coordinates of what the instruction names (see [`crate::grounding`]).
+//! carries the coordinates of what the instruction names (see [`crate::model::grounding`]).
 //!
 //! The hidden state at the last prompt token predicts `a0`, the one at `a_i` predicts
 //! `a_{i+1}`. Prompts are left-padded so every sample's actions sit at the same positions;
-//! the padding is masked and skipped by the rotary positions (see [`crate::llama`]).
+//! the padding is masked and skipped by the rotary positions (see [`crate::model::llama`]).
 //!
 //! Parameter names (HF-style, so importing pretrained weights is a name map):
 //! `vision_backbone.*` (HF `ViTModel`), `camera_embeddings.weight`, `projector.fc{1,2}`,
 //! `keypoint_head`, `keypoint_projector.fc{1,2}`, `film_generator`, `grounding.*`,
 //! `proprio_projector.fc{1,2}`, `language_model.model.*` / `language_model.lm_head`
 //! (HF `LlamaForCausalLM`).
+
+pub mod grounding;
+pub mod layers;
+pub mod llama;
+pub mod projector;
+pub mod vit;
 
 use rand_chacha::ChaCha8Rng;
 use tch::nn::VarStore;
@@ -31,11 +37,11 @@ use tch::{Device, Kind, Tensor};
 use crate::action_tokenizer::{ActionTokenizer, NormStats};
 use crate::config::{ActionDecoding, VlaConfig};
 use crate::error::{Result, VlaError};
-use crate::grounding::Grounding;
-use crate::layers::{normal_init, Linear, DECAY_GROUP, NO_DECAY_GROUP};
-use crate::llama::Llama;
-use crate::projector::MlpProjector;
-use crate::vit::VitModel;
+use crate::model::grounding::Grounding;
+use crate::model::layers::{normal_init, Linear, DECAY_GROUP, NO_DECAY_GROUP};
+use crate::model::llama::Llama;
+use crate::model::projector::MlpProjector;
+use crate::model::vit::VitModel;
 
 /// One training (or evaluation) batch; all tensors share the batch size `B`.
 #[derive(Debug)]
@@ -815,7 +821,7 @@ impl VlaModel {
 
     /// The subgoal gate's cross-entropy (weighted, see `ActionConfig::subgoal_weight`)
     /// against `labels [B]`: each frame's class (a head, or `H` for "hold", as
-    /// [`crate::data::Subgoal::class`] gives them); frames with any other label (-1: none
+    /// [`crate::train::data::Subgoal::class`] gives them); frames with any other label (-1: none
     /// known) do not count. `None` without a gate.
     pub fn subgoal_loss(&self, out: &TrainOutput, labels: &Tensor) -> Option<Tensor> {
         let logits = out.subgoal_logits.as_ref()?;
@@ -1148,7 +1154,7 @@ impl VlaModel {
         prompt_ids: &Tensor,
         prompt_mask: &Tensor,
         subtask: SubtaskInput<'_>,
-        cache: &mut crate::llama::KvCache,
+        cache: &mut crate::model::llama::KvCache,
     ) -> Result<(Tensor, Vec<Vec<i64>>, Option<GroundingReadout>)> {
         let b = images.size().first().copied().unwrap_or(0);
         let device = self.device();
@@ -1211,7 +1217,7 @@ impl VlaModel {
     fn decode_subtask(
         &self,
         last: &mut Tensor,
-        cache: &mut crate::llama::KvCache,
+        cache: &mut crate::model::llama::KvCache,
     ) -> Result<(Tensor, Tensor)> {
         let device = self.device();
         let b = last.size()[0];
@@ -1755,20 +1761,30 @@ mod tests {
         VlaModel::new(cfg, stats, Device::Cpu, seed).unwrap()
     }
 
+    /// Greedy generation for `b`'s prompts and states on `images`.
+    fn generate(
+        model: &VlaModel,
+        b: &VlaBatch,
+        images: &Tensor,
+        subtask: SubtaskInput,
+    ) -> Generated {
+        model
+            .generate(
+                images,
+                b.state.as_ref(),
+                &b.prompt_ids,
+                &b.prompt_mask,
+                subtask,
+                None,
+            )
+            .unwrap()
+    }
+
     #[test]
     fn decoded_subtask_precedes_the_actions_as_teacher_forcing_places_it() {
         let model = plan_model(4);
         let b = batch(&model, 3);
-        let generated = model
-            .generate(
-                &b.images,
-                b.state.as_ref(),
-                &b.prompt_ids,
-                &b.prompt_mask,
-                SubtaskInput::Decode,
-                None,
-            )
-            .unwrap();
+        let generated = generate(&model, &b, &b.images, SubtaskInput::Decode);
         assert_eq!(generated.subtasks.len(), 3);
         for s in &generated.subtasks {
             assert!(s.len() < 8, "at most max_tokens - 1 sub-task tokens: {s:?}");
@@ -1800,16 +1816,7 @@ mod tests {
         assert!((whole.double_value(&[]) - ended as f64 / 3.0).abs() < 1e-6);
         // Forcing the decoded sub-tasks gives the same actions as decoding them.
         let (ids, mask) = right_pad(&generated.subtasks, 0);
-        let forced = model
-            .generate(
-                &b.images,
-                b.state.as_ref(),
-                &b.prompt_ids,
-                &b.prompt_mask,
-                SubtaskInput::Forced(&ids, &mask),
-                None,
-            )
-            .unwrap();
+        let forced = generate(&model, &b, &b.images, SubtaskInput::Forced(&ids, &mask));
         assert!(forced.actions.equal(&generated.actions));
         assert_eq!(forced.subtasks, generated.subtasks);
     }
@@ -1820,17 +1827,7 @@ mod tests {
         let b = batch(&model, 2);
         let act = |rows: &[Vec<i64>]| {
             let (ids, mask) = right_pad(rows, 0);
-            model
-                .generate(
-                    &b.images,
-                    b.state.as_ref(),
-                    &b.prompt_ids,
-                    &b.prompt_mask,
-                    SubtaskInput::Forced(&ids, &mask),
-                    None,
-                )
-                .unwrap()
-                .actions
+            generate(&model, &b, &b.images, SubtaskInput::Forced(&ids, &mask)).actions
         };
         let a = act(&[vec![10, 11, 12], vec![10, 11, 12]]);
         let again = act(&[vec![10, 11, 12], vec![10, 11, 12]]);
@@ -1861,9 +1858,9 @@ mod tests {
             subtask: Some((ids, mask)),
             ..batch_clone(&b)
         };
-        let mut step = crate::train::TrainStep::new(
+        let mut step = crate::train::optim::TrainStep::new(
             &mut model,
-            crate::train::OptimConfig {
+            crate::train::optim::OptimConfig {
                 lr: 3e-3,
                 warmup_steps: 0,
                 ..Default::default()
@@ -1879,16 +1876,7 @@ mod tests {
             last.subtask_loss.unwrap() < 0.2 * first.subtask_loss.unwrap(),
             "{first:?} -> {last:?}"
         );
-        let generated = model
-            .generate(
-                &images,
-                b.state.as_ref(),
-                &b.prompt_ids,
-                &b.prompt_mask,
-                SubtaskInput::Decode,
-                None,
-            )
-            .unwrap();
+        let generated = generate(&model, &b, &images, SubtaskInput::Decode);
         assert_eq!(generated.subtasks, rows);
     }
 }

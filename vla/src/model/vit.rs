@@ -8,7 +8,7 @@ use tch::nn::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::VisionConfig;
-use crate::layers::{
+use crate::model::layers::{
     lecun_init, normal_init, sub_path, LayerNorm, Linear, DECAY_GROUP, NO_DECAY_GROUP,
 };
 

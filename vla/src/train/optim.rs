@@ -10,7 +10,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, VlaError};
-use crate::layers::{DECAY_GROUP, NO_DECAY_GROUP};
+use crate::model::layers::{DECAY_GROUP, NO_DECAY_GROUP};
 use crate::model::{VlaBatch, VlaModel};
 
 /// Optimiser and schedule settings.
@@ -98,7 +98,7 @@ pub struct StepStats {
 }
 
 /// Targets of the auxiliary grounding losses for one batch (see
-/// [`crate::data::TrainingData::target_locations`] and `target_pixels`).
+/// [`crate::train::data::TrainingData::target_locations`] and `target_pixels`).
 #[derive(Debug, Default)]
 pub struct AuxTargets {
     /// `[B, H, 2]` table (x, y) and `[B, H]` mask, for the regression loss.

@@ -6,7 +6,7 @@
 use tch::nn::Path;
 use tch::Tensor;
 
-use crate::layers::Linear;
+use crate::model::layers::Linear;
 
 #[derive(Debug)]
 pub struct MlpProjector {

@@ -13,6 +13,9 @@
 //! `state.json` is written last in a checkpoint directory: a checkpoint without it is
 //! incomplete and ignored by `--resume`.
 
+pub mod data;
+pub mod optim;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,13 +27,13 @@ use tch::{Device, Kind, Tensor};
 use crate::action_tokenizer::NormStats;
 use crate::checkpoint::{load_run, save_run};
 use crate::config::VlaConfig;
-use crate::data::{
-    step_rng, AugmentConfig, DataSummary, GroundingTargets, PromptCache, TrainingData,
-};
 use crate::error::{Result, VlaError};
 use crate::model::VlaModel;
 use crate::text_tokenizer::TextTokenizer;
-use crate::train::{AuxTargets, OptimConfig, StepStats, TrainStep};
+use crate::train::data::{
+    step_rng, AugmentConfig, DataSummary, GroundingTargets, PromptCache, TrainingData,
+};
+use crate::train::optim::{AuxTargets, OptimConfig, StepStats, TrainStep};
 
 /// The `[train]` table of a config file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,7 +168,7 @@ pub struct ValStats {
     pub gripper_accuracy: f64,
     /// Per grounding head (0 grasp, 1 release): mean distance (cm) from the predicted table
     /// position to the point, while the end effector is at least
-    /// [`crate::data::MIN_TARGET_DISTANCE`] away (`far`) and closer (`near`). The last
+    /// [`crate::train::data::MIN_TARGET_DISTANCE`] away (`far`) and closer (`near`). The last
     /// centimetres of a grasp are aimed by the near error. Empty without grounding heads.
     pub target_error_far_cm: Vec<f64>,
     pub target_error_near_cm: Vec<f64>,

@@ -12,7 +12,7 @@
 //! the table position where the demonstration will grasp (head 0) and release (head 1); those
 //! positions also go into the token. A heat-map loss asks each head's front-camera map to
 //! peak where that point appears in the image (projected through the known camera), so the
-//! readout is told directly what to look for (see [`crate::data::TrainingData::target_pixels`]).
+//! readout is told directly what to look for (see [`crate::train::data::TrainingData::target_pixels`]).
 //! With `action.relative_targets` the token also carries those positions minus the end
 //! effector's: the offset to the object or bin, which is what an expert's move is made of.
 //! With `action.subgoal_weight` a gate (`subgoal`) reads the instruction and the
@@ -34,8 +34,8 @@ use tch::nn::Path;
 use tch::{Kind, Tensor};
 
 use crate::config::VlaConfig;
-use crate::layers::{lecun_init, Linear, DECAY_GROUP, NO_DECAY_GROUP};
-use crate::projector::MlpProjector;
+use crate::model::layers::{lecun_init, Linear, DECAY_GROUP, NO_DECAY_GROUP};
+use crate::model::projector::MlpProjector;
 
 /// Per-head attention pooling over the prompt's tokens, each token seen with its neighbours.
 #[derive(Debug)]
@@ -243,7 +243,7 @@ impl Grounding {
             };
         }
         let logits = (logits * scale).view([n, self.heads, h * w]); // [N, H, P]
-        let coords = super::model::spatial_soft_argmax(&logits.transpose(1, 2), h, w);
+        let coords = super::spatial_soft_argmax(&logits.transpose(1, 2), h, w);
         let maps = logits
             .to_kind(Kind::Float)
             .log_softmax(-1, Kind::Float)

@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::TextConfig;
 use crate::error::{Result, VlaError};
-use crate::layers::{normal_init, sub_path, Linear, RmsNorm, DECAY_GROUP};
+use crate::model::layers::{normal_init, sub_path, Linear, RmsNorm, DECAY_GROUP};
 
 /// Cached keys/values of all layers plus the bookkeeping needed to extend them.
 #[derive(Debug)]
