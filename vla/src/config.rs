@@ -614,7 +614,7 @@ mod tests {
     #[test]
     fn shipped_configs_parse_and_validate() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
-        for name in ["tiny.toml", "base.toml"] {
+        for name in ["tiny.toml", "tiny_plan.toml", "base.toml"] {
             let cfg = VlaConfig::from_toml_file(dir.join(name)).expect(name);
             assert_eq!(cfg.action.action_dim, 7);
         }
