@@ -84,32 +84,33 @@ impl VlaBatch {
 
 /// Right-pads variable-length sequences into `([B, L] ids, [B, L] bool mask)`.
 pub fn right_pad(rows: &[Vec<i64>], pad_id: i64) -> (Tensor, Tensor) {
+    pad(rows, pad_id, false)
+}
+
+/// Left-pads variable-length prompts into `([B, L] ids, [B, L] bool mask)`.
+pub fn left_pad(prompts: &[Vec<i64>], pad_id: i64) -> (Tensor, Tensor) {
+    pad(prompts, pad_id, true)
+}
+
+fn pad(rows: &[Vec<i64>], pad_id: i64, left: bool) -> (Tensor, Tensor) {
     let len = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(rows.len() * len);
     let mut mask = Vec::with_capacity(rows.len() * len);
     for r in rows {
         let pad = len - r.len();
-        ids.extend(r.iter().copied().chain(std::iter::repeat_n(pad_id, pad)));
-        mask.extend(std::iter::repeat_n(true, r.len()).chain(std::iter::repeat_n(false, pad)));
+        let (before, after) = if left { (pad, 0) } else { (0, pad) };
+        ids.extend(
+            std::iter::repeat_n(pad_id, before)
+                .chain(r.iter().copied())
+                .chain(std::iter::repeat_n(pad_id, after)),
+        );
+        mask.extend(
+            std::iter::repeat_n(false, before)
+                .chain(std::iter::repeat_n(true, r.len()))
+                .chain(std::iter::repeat_n(false, after)),
+        );
     }
     let shape = [rows.len() as i64, len as i64];
-    (
-        Tensor::from_slice(&ids).view(shape),
-        Tensor::from_slice(&mask).view(shape),
-    )
-}
-
-/// Left-pads variable-length prompts into `([B, L] ids, [B, L] bool mask)`.
-pub fn left_pad(prompts: &[Vec<i64>], pad_id: i64) -> (Tensor, Tensor) {
-    let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(prompts.len() * len);
-    let mut mask = Vec::with_capacity(prompts.len() * len);
-    for p in prompts {
-        let pad = len - p.len();
-        ids.extend(std::iter::repeat_n(pad_id, pad).chain(p.iter().copied()));
-        mask.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, p.len())));
-    }
-    let shape = [prompts.len() as i64, len as i64];
     (
         Tensor::from_slice(&ids).view(shape),
         Tensor::from_slice(&mask).view(shape),
