@@ -758,15 +758,24 @@ impl VlaModel {
         })
     }
 
-    /// The end token's embedding for every row, `[B, 1, D]` (a plan needs the id).
+    /// The id that ends a sub-task (`text.eos_token_id`), which a plan needs.
+    fn eos_id(&self) -> Result<i64> {
+        self.config
+            .text
+            .eos_token_id
+            .map(|id| id as i64)
+            .ok_or_else(|| {
+                VlaError::invalid(
+                    "text.eos_token_id",
+                    "a model with a plan needs the id that ends a sub-task",
+                )
+            })
+    }
+
+    /// The end token's embedding for every row, `[B, 1, D]`.
     fn eos_embedding(&self, b: i64) -> Result<Tensor> {
-        let eos = self.config.text.eos_token_id.ok_or_else(|| {
-            VlaError::invalid(
-                "text.eos_token_id",
-                "a model with a plan needs the id that ends a sub-task",
-            )
-        })?;
-        let ids = Tensor::full([b, 1], eos as i64, (Kind::Int64, self.device()));
+        let eos = self.eos_id()?;
+        let ids = Tensor::full([b, 1], eos, (Kind::Int64, self.device()));
         Ok(self.lm.embed(&ids, self.compute_kind))
     }
 
@@ -1003,12 +1012,7 @@ impl VlaModel {
         mask: &Tensor,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
         let device = self.device();
-        let eos = self.config.text.eos_token_id.ok_or_else(|| {
-            VlaError::invalid(
-                "text.eos_token_id",
-                "a plan needs the id that ends a sub-task",
-            )
-        })? as i64;
+        let eos = self.eos_id()?;
         let (b, s) = ids.size2()?;
         let ids = ids.to_device(device).to_kind(Kind::Int64);
         let mask = mask.to_device(device).to_kind(Kind::Bool);
@@ -1222,12 +1226,7 @@ impl VlaModel {
     ) -> Result<(Tensor, Tensor)> {
         let device = self.device();
         let b = last.size()[0];
-        let eos = self.config.text.eos_token_id.ok_or_else(|| {
-            VlaError::invalid(
-                "text.eos_token_id",
-                "a plan needs the id that ends a sub-task",
-            )
-        })? as i64;
+        let eos = self.eos_id()?;
         let vocab = self.config.text.vocab_size as i64;
         let mut alive = Tensor::ones([b, 1], (Kind::Bool, device));
         let (mut ids, mut valid) = (Vec::new(), Vec::new());
