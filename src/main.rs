@@ -36,6 +36,8 @@ enum Command {
     Train(commands::train::Args),
     /// One action from a trained policy for an image and an instruction.
     Act(commands::act::Args),
+    /// A trained model's answer to a question about images (what co-training taught it).
+    Ask(commands::ask::Args),
     /// Closed-loop success of a trained policy on the task suite.
     Eval(commands::eval::Args),
     /// Benchmarks.
@@ -51,6 +53,11 @@ enum Command {
     Ros {
         #[command(subcommand)]
         what: commands::ros::What,
+    },
+    /// Vision-language data: question/answer pairs rendered from the simulator.
+    Vqa {
+        #[command(subcommand)]
+        what: commands::vqa::What,
     },
 }
 
@@ -78,11 +85,13 @@ fn main() {
         Command::Render(a) => commands::render::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Act(a) => commands::act::run(a),
+        Command::Ask(a) => commands::ask::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Bench { what } => commands::bench::run(what),
         Command::View(a) => commands::view::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Ros { what } => commands::ros::run(what),
+        Command::Vqa { what } => commands::vqa::run(what),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

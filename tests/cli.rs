@@ -98,6 +98,43 @@ fn bench_sim_reports_the_documented_fields() {
     }
 }
 
+/// `--vocabulary`: the episodes are phrased with the user's templates, and the expert still
+/// solves them (the scene and success check do not depend on wording).
+#[test]
+fn a_vocabulary_of_ones_own_phrases_the_episodes() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/tasks/data/paraphrases.toml");
+    let own: toml::Value = toml::from_str(include_str!("../tasks/data/paraphrases.toml")).unwrap();
+    let t = json(&["tasks", "--vocabulary", file, "--examples", "4", "--json"]);
+    for family in ["pick", "place"] {
+        let templates: Vec<String> = own["templates"][family]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().split('{').next().unwrap().to_string())
+            .collect();
+        for split in ["seen", "unseen"] {
+            for e in t["families"][family]["examples"][split].as_array().unwrap() {
+                let e = e.as_str().unwrap();
+                assert!(
+                    templates.iter().any(|t| e.starts_with(t.as_str())),
+                    "{family} {split}: {e:?} is not from {file}"
+                );
+            }
+        }
+    }
+    let r = json(&[
+        "expert",
+        "--suite",
+        "place",
+        "--episodes",
+        "2",
+        "--vocabulary",
+        file,
+        "--json",
+    ]);
+    assert_eq!(r["successes"], 2, "{r}");
+}
+
 #[test]
 fn bad_input_gives_a_clear_error_and_no_panic() {
     let dir = std::env::temp_dir().join(format!("vla-cli-bad-{}", std::process::id()));
@@ -106,6 +143,13 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
     std::fs::write(&bad_urdf, "<robot name='x'><link name='a'>").unwrap();
     let bad_config = dir.join("env.toml");
     std::fs::write(&bad_config, "[sim]\nphysics_hz = 100\n").unwrap();
+    let bad_vocabulary = dir.join("my_words.toml");
+    let builtin = include_str!("../tasks/data/vocabulary.toml");
+    std::fs::write(
+        &bad_vocabulary,
+        builtin.replacen("grab the {object}", "grab the {colour} thing", 1),
+    )
+    .unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["expert", "--suite", "juggle"], "juggle"),
         (vec!["expert", "--split", "maybe"], "maybe"),
@@ -134,6 +178,30 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
             "physics_hz",
         ),
         (vec!["expert", "--noise", "NaN"], "noise"),
+        (
+            vec![
+                "eval",
+                "--ckpt",
+                "/nonexistent",
+                "--vocabulary",
+                bad_vocabulary.to_str().unwrap(),
+            ],
+            "my_words.toml",
+        ),
+        (
+            vec![
+                "collect",
+                "--out",
+                "/tmp/unused",
+                "--vocabulary",
+                bad_vocabulary.to_str().unwrap(),
+            ],
+            "templates.pick[1]",
+        ),
+        (
+            vec!["expert", "--vocabulary", "/nonexistent/words.toml"],
+            "/nonexistent/words.toml",
+        ),
     ];
     for (args, needle) in cases {
         let out = vla(&args);

@@ -64,15 +64,12 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
 
-#[test]
-fn collect_train_act_eval_bench() {
-    let root = tmp("run");
+/// A fresh directory holding the toy config and two `pick` episodes: (dir, config, data).
+fn toy_root_with_data(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let root = tmp(name);
     std::fs::create_dir_all(&root).unwrap();
-    let data = root.join("data");
-    let run = root.join("run");
-    let config = root.join("toy.toml");
+    let (config, data) = (root.join("toy.toml"), root.join("data"));
     std::fs::write(&config, TOY_CONFIG).unwrap();
-
     json(&[
         "collect",
         "--suite",
@@ -83,6 +80,13 @@ fn collect_train_act_eval_bench() {
         s(&data),
         "--json",
     ]);
+    (root, config, data)
+}
+
+#[test]
+fn collect_train_act_eval_bench() {
+    let (root, config, data) = toy_root_with_data("run");
+    let run = root.join("run");
     let train = json(&[
         "train",
         "--data",
@@ -296,4 +300,79 @@ fn act_rejects_bad_input_naming_it() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/run"), "{err}");
+}
+
+/// Co-training end to end: vision-language scenes beside robot episodes, a run that learns
+/// both (its validation reports question-answering accuracy on held-out scenes, apart for
+/// held-out words) and `vla ask` answering about an image.
+#[test]
+fn cotrain_on_vision_language_data_and_ask() {
+    let (root, config, data) = toy_root_with_data("cotrain");
+    let (vqa, run) = (root.join("vqa"), root.join("run"));
+    json(&[
+        "vqa",
+        "collect",
+        "--out",
+        s(&vqa),
+        "--scenes",
+        "12",
+        "--json",
+    ]);
+    let train = json(&[
+        "train",
+        "--data",
+        s(&data),
+        "--vqa",
+        s(&vqa),
+        "--vqa-ratio",
+        "0.5",
+        "--out",
+        s(&run),
+        "--config",
+        s(&config),
+        "--json",
+    ]);
+    let val = &train["final_val"];
+    assert!(
+        val["vqa_accuracy_seen"].is_number() || val["vqa_accuracy_held_out"].is_number(),
+        "{train}"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.contains("\"vqa_loss\""),
+        "the answers' loss is logged"
+    );
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("train.json")).unwrap()).unwrap();
+    assert_eq!(recorded["cotrain"]["per_step"], 4, "{recorded}");
+
+    let png = root.join("front.png");
+    json(&["render", "--suite", "pick", "--out", s(&png), "--json"]);
+    let question = "what colour is the cube?";
+    let asked = json(&[
+        "ask",
+        "--ckpt",
+        s(&run),
+        "--image",
+        s(&png),
+        "--question",
+        question,
+        "--json",
+    ]);
+    assert_eq!(asked["question"], question);
+    assert!(asked["answer"].is_string(), "{asked}");
+    for (args, needle) in [
+        (vec!["--question", " "], "--question"),
+        (
+            vec!["--question", "what?", "--max-tokens", "0"],
+            "--max-tokens",
+        ),
+    ] {
+        let mut all = vec!["ask", "--ckpt", s(&run), "--image", s(&png)];
+        all.extend(args);
+        let out = vla(&all);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(needle));
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }

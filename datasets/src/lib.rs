@@ -14,12 +14,16 @@
 //! data/chunk-XXX/file-YYY.parquet              one row per frame, many episodes per file,
 //!                                              images embedded as PNG ({bytes, path} structs)
 //! ```
+//!
+//! [`vqa`] writes and reads the vision-language data of `vla vqa collect` (Hugging Face
+//! `datasets` Parquet layout, not LeRobot).
 
 pub mod error;
 pub mod format;
 pub mod reader;
 pub mod stats;
 pub mod validate;
+pub mod vqa;
 pub mod writer;
 
 pub use error::{DatasetError, Result};

@@ -784,7 +784,8 @@ impl Drop for DatasetWriter {
     }
 }
 
-fn encode_png(root: &Path, img: &RgbImage) -> Result<Vec<u8>> {
+/// PNG bytes of an image (errors name `root`).
+pub(crate) fn encode_png(root: &Path, img: &RgbImage) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
         .map_err(|e| DatasetError::Image {

@@ -12,17 +12,36 @@ use vla_tasks::{make_task, Language, Split};
 
 use super::train::parse_device;
 
+/// The camera images a command shows the model.
 #[derive(clap::Args)]
-pub struct Args {
-    /// Run directory written by `vla train`.
-    #[arg(long)]
-    ckpt: PathBuf,
+pub struct Images {
     /// Front camera image (PNG or JPEG, any size: resized to the model's).
     #[arg(long)]
     image: PathBuf,
     /// Wrist camera image; defaults to the front image (the model expects both cameras).
     #[arg(long)]
     wrist: Option<PathBuf>,
+}
+
+impl Images {
+    /// The front and wrist images, read.
+    pub fn load(&self) -> anyhow::Result<(vla_core::RgbImage, vla_core::RgbImage)> {
+        let front = load_image(&self.image)?;
+        let wrist = match &self.wrist {
+            Some(p) => load_image(p)?,
+            None => front.clone(),
+        };
+        Ok((front, wrist))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run directory written by `vla train`.
+    #[arg(long)]
+    ckpt: PathBuf,
+    #[command(flatten)]
+    images: Images,
     #[arg(long)]
     instruction: String,
     /// Impose the sub-task instead of letting the model say it (models with a plan): the
@@ -89,11 +108,7 @@ fn parse_state(text: &str) -> anyhow::Result<[f32; STATE_DIM]> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let policy = Policy::load(&args.ckpt, parse_device(&args.device)?)?;
-    let front = load_image(&args.image)?;
-    let wrist = match &args.wrist {
-        Some(p) => load_image(p)?,
-        None => front.clone(),
-    };
+    let (front, wrist) = args.images.load()?;
     let state = match &args.state {
         Some(s) => parse_state(s)?,
         None => {

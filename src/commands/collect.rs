@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use vla_core::{Action, Observation};
 use vla_datasets::{DatasetSpec, DatasetWriter, FrameRecord, ImageSize};
 use vla_tasks::runner::{episode_specs, run as run_episodes, Agent, Event, ExpertAgent, RunSetup};
-use vla_tasks::Language;
 
 use super::eval::PolicyAgent;
 use super::{EpisodeOptions, SimOptions};
@@ -63,8 +62,19 @@ struct Progress {
     noise: f32,
     #[serde(default)]
     push: f32,
+    /// `--vocabulary` / `--splits` (none: the built-in ones), so a resume phrases alike.
+    #[serde(default)]
+    vocabulary: Option<PathBuf>,
+    #[serde(default)]
+    splits: Option<PathBuf>,
     /// Spec indices whose episode is flushed into the dataset, or was dropped as a failure.
     settled: BTreeSet<usize>,
+}
+
+/// A language file option as the resume error shows it.
+fn shown(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map_or("(built-in)".into(), |p| p.display().to_string())
 }
 
 impl Progress {
@@ -133,7 +143,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
     let mut config = args.sim.env_config()?;
     config.render_enabled = true;
     let robot = args.sim.robot()?;
-    let lang = Language::builtin()?;
+    let lang = args.run.language.language()?;
 
     let (mut writer, mut progress) = if args.resume {
         let progress_path = Progress::path(&args.out);
@@ -146,14 +156,19 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
                 && progress.split == args.run.split
                 && progress.seed == args.run.seed
                 && progress.noise == args.run.noise
-                && progress.push == args.run.push,
-            "--resume: {} was collected with --suite {} --split {} --seed {} --noise {} --push {}",
+                && progress.push == args.run.push
+                && progress.vocabulary == args.run.language.vocabulary
+                && progress.splits == args.run.language.splits,
+            "--resume: {} was collected with --suite {} --split {} --seed {} --noise {} --push {} \
+             --vocabulary {} --splits {}",
             args.out.display(),
             progress.suite,
             progress.split,
             progress.seed,
             progress.noise,
-            progress.push
+            progress.push,
+            shown(&progress.vocabulary),
+            shown(&progress.splits),
         );
         (DatasetWriter::open_resume(&args.out)?, progress)
     } else {
@@ -181,6 +196,8 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
             seed: args.run.seed,
             noise: args.run.noise,
             push: args.run.push,
+            vocabulary: args.run.language.vocabulary.clone(),
+            splits: args.run.language.splits.clone(),
             settled: BTreeSet::new(),
         };
         progress.save(&args.out)?;

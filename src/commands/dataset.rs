@@ -59,6 +59,10 @@ pub fn dir_size(path: &std::path::Path) -> u64 {
 pub fn run(what: What) -> anyhow::Result<()> {
     match what {
         What::Info { dir, json } => {
+            // Vision-language data (`vla vqa collect`) has no LeRobot `meta/`.
+            if vla_datasets::vqa::is_vqa_dataset(&dir) {
+                return vqa_info(dir, json);
+            }
             let ds = Dataset::open(&dir)?;
             let info = ds.info();
             let report = Info {
@@ -142,4 +146,27 @@ pub fn run(what: What) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `vla dataset info` of a VQA dataset: rows, scenes, kinds of question, held-out share.
+fn vqa_info(dir: PathBuf, json: bool) -> anyhow::Result<()> {
+    let s = vla_datasets::vqa::summary(&dir)?;
+    let report = serde_json::json!({
+        "dir": dir, "format": "vqa", "rows": s.rows, "scenes": s.scenes, "kinds": s.kinds,
+        "held_out_rows": s.held_out, "held_out_share": s.held_out as f64 / s.rows.max(1) as f64,
+        "image_size": s.image_size, "files": s.files, "size_bytes": dir_size(&dir),
+    });
+    super::print_report(json, &report, || {
+        let kinds: Vec<String> = s.kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        format!(
+            "{}: vision-language Q&A (Hugging Face parquet), {} questions about {} scenes, \
+             {:.0} % with held-out words, {:.1} MB\nkinds: {}",
+            dir.display(),
+            s.rows,
+            s.scenes,
+            100.0 * s.held_out as f64 / s.rows.max(1) as f64,
+            dir_size(&dir) as f64 / 1e6,
+            kinds.join(", ")
+        )
+    })
 }

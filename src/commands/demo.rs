@@ -86,10 +86,29 @@ pub struct Args {
     envs: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Co-train (RT-2) on this many vision-language scenes (`vla vqa collect`, seed
+    /// `VQA_SEED`), whose questions name every colour and object, held-out ones included;
+    /// 0: robot data only.
+    #[arg(long, default_value_t = 0)]
+    vqa_scenes: usize,
+    /// The vision-language share of each training batch (see `vla train --vqa-ratio`).
+    #[arg(long, default_value_t = 0.2)]
+    vqa_ratio: f64,
+    /// Run an ablation instead of the demo: `cotrain` trains the same robot data with the
+    /// same schedule twice, without and with co-training on `--vqa-scenes` scenes (1,000
+    /// when 0), and writes `OUT/ablation.md` with both policies' seen and unseen success
+    /// and the co-trained one's question-answering accuracy. Takes about twice the demo.
+    #[arg(long, value_enum)]
+    ablation: Option<Ablation>,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     sim: SimOptions,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Ablation {
+    Cotrain,
 }
 
 /// Seeds of training demonstrations and of evaluation episodes are disjoint streams.
@@ -97,6 +116,8 @@ const COLLECT_SEED: u64 = 0;
 const EVAL_SEED: u64 = 1_000;
 /// Round `r` of DAgger uses seed `DAGGER_SEED + r` (the demo's DAgger data is its own).
 const DAGGER_SEED: u64 = 7_000;
+/// Vision-language scenes for co-training: their own stream too.
+const VQA_SEED: u64 = 9_000;
 
 fn parse_counts(flag: &str, text: &str) -> anyhow::Result<Vec<(String, usize)>> {
     text.split(',')
@@ -179,6 +200,8 @@ struct DemoReport {
     unseen: Vec<SuiteReport>,
     train: serde_json::Value,
     dagger: Vec<DaggerRound>,
+    /// The vision-language data the runs co-trained on, if any.
+    cotrain: Option<PathBuf>,
     seconds: StageTimes,
 }
 
@@ -192,39 +215,100 @@ struct DaggerRound {
     train: serde_json::Value,
 }
 
+/// What the demo runs: demonstrations, DAgger rounds and evaluations per family.
+struct Plan {
+    demos: Vec<(String, usize)>,
+    dagger: Vec<Vec<(String, usize)>>,
+    eval_seen: Vec<(String, usize)>,
+    eval_unseen: Vec<(String, usize)>,
+}
+
+/// A pipeline's vision-language data: where it is, and whether its runs co-train on it or
+/// only train their tokenizer on its words (the ablation's robot-only arm, so both arms
+/// share one tokenizer).
+struct VqaUse {
+    dir: PathBuf,
+    scenes: usize,
+    cotrain: bool,
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let demos = parse_counts("--demos", &args.demos)?;
-    let dagger = args
-        .dagger
-        .split(';')
-        .filter(|round| !round.trim().is_empty())
-        .map(|round| parse_counts("--dagger", round))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let eval_seen = parse_counts("--eval-seen", &args.eval_seen)?;
-    let eval_unseen = parse_counts("--eval-unseen", &args.eval_unseen)?;
+    let plan = Plan {
+        demos: parse_counts("--demos", &args.demos)?,
+        dagger: args
+            .dagger
+            .split(';')
+            .filter(|round| !round.trim().is_empty())
+            .map(|round| parse_counts("--dagger", round))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        eval_seen: parse_counts("--eval-seen", &args.eval_seen)?,
+        eval_unseen: parse_counts("--eval-unseen", &args.eval_unseen)?,
+    };
+    anyhow::ensure!(
+        args.vqa_ratio > 0.0 && args.vqa_ratio < 0.95,
+        "--vqa-ratio {} must be in (0, 0.95)",
+        args.vqa_ratio
+    );
     if args.fresh && args.out.exists() {
         std::fs::remove_dir_all(&args.out)
             .with_context(|| format!("--fresh: cannot remove {}", args.out.display()))?;
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
+    if args.ablation == Some(Ablation::Cotrain) {
+        return ablation(&args, &plan);
+    }
+    let vqa = (args.vqa_scenes > 0).then(|| VqaUse {
+        dir: args.out.join("data").join("vqa"),
+        scenes: args.vqa_scenes,
+        cotrain: true,
+    });
+    let report = pipeline(&args, &plan, &args.out, vqa.as_ref(), started)?;
+    super::print_report(args.json, &report, || {
+        format!(
+            "{}\nreport: {}",
+            success_table(&report.seen, &report.unseen),
+            report.report.display()
+        )
+    })
+}
 
-    // 1. Demonstrations.
+/// Demonstrations (shared under `args.out/data`), training, DAgger and evaluation, with
+/// the runs, DAgger data and `report.md` in `out`.
+fn pipeline(
+    args: &Args,
+    plan: &Plan,
+    out: &Path,
+    vqa: Option<&VqaUse>,
+    started: Instant,
+) -> anyhow::Result<DemoReport> {
+    let Plan {
+        demos,
+        dagger,
+        eval_seen,
+        eval_unseen,
+    } = plan;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+
+    // 1. Demonstrations (and vision-language scenes).
     let t = Instant::now();
     let mut data_dirs = Vec::new();
-    for (family, episodes) in &demos {
+    for (family, episodes) in demos {
         let dir = args.out.join("data").join(family);
-        collect_cached(&args, family, *episodes, &dir, COLLECT_SEED, None)?;
+        collect_cached(args, family, *episodes, &dir, COLLECT_SEED, None)?;
         data_dirs.push(dir);
+    }
+    if let Some(v) = vqa {
+        vqa_cached(args, &v.dir, v.scenes)?;
     }
     let collect_s = t.elapsed().as_secs_f64();
 
     // 2. Training.
     let t = Instant::now();
-    let run_dir = args.out.join("run");
+    let run_dir = out.join("run");
     let train_summary = train_cached(training(
-        &args, &data_dirs, &run_dir, args.steps, None, None,
+        args, &data_dirs, &run_dir, args.steps, None, None, vqa,
     ))?;
     let train_s = t.elapsed().as_secs_f64();
 
@@ -232,12 +316,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut rounds = Vec::new();
     let mut run_dir = run_dir;
-    for (round, families) in (1..).zip(&dagger) {
+    for (round, families) in (1..).zip(dagger) {
         let mut collected = Vec::new();
         for (family, episodes) in families {
-            let dir = args.out.join(format!("dagger{round}")).join(family);
+            let dir = out.join(format!("dagger{round}")).join(family);
             let report = collect_cached(
-                &args,
+                args,
                 family,
                 *episodes,
                 &dir,
@@ -245,8 +329,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Some(&run_dir),
             )?;
             // What the rollouts reached, kept beside the data for cached reruns.
-            let summary_path = args
-                .out
+            let summary_path = out
                 .join(format!("dagger{round}"))
                 .join(format!("{family}.json"));
             let summary = match report {
@@ -269,7 +352,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             collected.push(summary);
             data_dirs.push(dir);
         }
-        let next = args.out.join(format!("run_dagger{round}"));
+        let next = out.join(format!("run_dagger{round}"));
         // A fine-tuned run older than its data (recollected from a retrained policy) is stale.
         let weights = next.join(vla_model::checkpoint::WEIGHTS_FILE);
         if data_dirs
@@ -281,12 +364,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot clear the stale run {}", next.display()))?;
         }
         let train = train_cached(training(
-            &args,
+            args,
             &data_dirs,
             &next,
             Some(args.dagger_steps),
             args.dagger_lr,
             Some(&run_dir),
+            vqa,
         ))?;
         rounds.push(DaggerRound {
             round,
@@ -297,18 +381,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         run_dir = next;
     }
     let dagger_s = t.elapsed().as_secs_f64();
-    link_final_policy(&args.out, &run_dir)?;
+    link_final_policy(out, &run_dir)?;
 
     // 4. Closed-loop evaluation of the final policy.
     let t = Instant::now();
     let mut seen = Vec::new();
     let mut unseen = Vec::new();
     for (split, counts, reports) in [
-        ("seen", &eval_seen, &mut seen),
-        ("unseen", &eval_unseen, &mut unseen),
+        ("seen", eval_seen, &mut seen),
+        ("unseen", eval_unseen, &mut unseen),
     ] {
         for (family, episodes) in counts.iter() {
-            reports.push(eval_cached(&args, &run_dir, family, split, *episodes)?);
+            reports.push(eval_cached(args, &run_dir, family, split, *episodes)?);
         }
     }
     let eval_s = t.elapsed().as_secs_f64();
@@ -320,9 +404,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         total_s: started.elapsed().as_secs_f64(),
         reused: false,
     }
-    .merge_with_recorded(&args.out)?;
+    .merge_with_recorded(out)?;
 
-    let path = args.out.join("report.md");
+    let path = out.join("report.md");
     let report = DemoReport {
         report: path.clone(),
         run: run_dir,
@@ -330,16 +414,94 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         unseen,
         train: train_summary,
         dagger: rounds,
+        cotrain: vqa.filter(|v| v.cotrain).map(|v| v.dir.clone()),
         seconds: times,
     };
-    let md = report_markdown(&args, &report, &demos);
+    let md = report_markdown(args, out, &report, demos);
     std::fs::write(&path, &md).with_context(|| format!("cannot write {}", path.display()))?;
-    super::print_report(args.json, &report, || {
-        format!(
-            "{}\nreport: {}",
-            success_table(&report.seen, &report.unseen),
-            path.display()
-        )
+    Ok(report)
+}
+
+/// `--ablation cotrain`: the pipeline twice on the same demonstrations with the same
+/// DAgger sizes, schedule and tokenizer, without and with co-training, and a table of both.
+fn ablation(args: &Args, plan: &Plan) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let scenes = if args.vqa_scenes == 0 {
+        1000
+    } else {
+        args.vqa_scenes
+    };
+    let mut arms = Vec::new();
+    for (name, cotrain) in [("robot_only", false), ("cotrain", true)] {
+        let vqa = VqaUse {
+            dir: args.out.join("data").join("vqa"),
+            scenes,
+            cotrain,
+        };
+        tracing::info!("ablation arm {name}");
+        let report = pipeline(args, plan, &args.out.join(name), Some(&vqa), Instant::now())?;
+        arms.push((name, report));
+    }
+    // The final run's validation: question-answering accuracy on held-out scenes.
+    let vqa_accuracy = |r: &DemoReport, key: &str| {
+        let train = r.dagger.last().map_or(&r.train, |d| &d.train);
+        train["final_val"][key]
+            .as_f64()
+            .map_or("–".to_string(), |a| format!("{:.0} %", 100.0 * a))
+    };
+    let mut md = String::from("# Co-training ablation (RT-2)\n\n");
+    let _ = writeln!(
+        md,
+        "The same demonstrations ({}), DAgger rounds (`{}`), schedule and tokenizer, trained on \
+         robot data alone and co-trained on {scenes} vision-language scenes (share {} of each \
+         batch). Success / episodes with the 95 % Wilson interval; evaluation seed {EVAL_SEED}. \
+         The unseen split's colours and colour–object pairs appear only in the \
+         vision-language data.\n",
+        args.demos, args.dagger, args.vqa_ratio
+    );
+    md += "| family | split | robot only | co-trained |\n|---|---|---|---|\n";
+    for family in vla_tasks::FAMILIES {
+        for split in ["seen", "unseen"] {
+            let cells: Vec<String> = arms
+                .iter()
+                .map(|(_, r)| cell(if split == "seen" { &r.seen } else { &r.unseen }, family))
+                .collect();
+            if cells.iter().all(|c| c == "–") {
+                continue;
+            }
+            let _ = writeln!(md, "| {family} | {split} | {} | {} |", cells[0], cells[1]);
+        }
+    }
+    for (label, key) in [
+        ("VQA accuracy, seen words", "vqa_accuracy_seen"),
+        ("VQA accuracy, held-out words", "vqa_accuracy_held_out"),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {label} | held-out scenes | {} | {} |",
+            vqa_accuracy(&arms[0].1, key),
+            vqa_accuracy(&arms[1].1, key)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nEach arm's own report: [robot only](robot_only/report.md), \
+         [co-trained](cotrain/report.md). Total {:.1} min.",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    let path = args.out.join("ablation.md");
+    std::fs::write(&path, &md).with_context(|| format!("cannot write {}", path.display()))?;
+    let json = serde_json::json!({
+        "report": path,
+        "arms": arms.iter().map(|(name, r)| serde_json::json!({
+            "arm": name, "seen": r.seen, "unseen": r.unseen,
+            "vqa_accuracy_seen": vqa_accuracy(r, "vqa_accuracy_seen"),
+            "vqa_accuracy_held_out": vqa_accuracy(r, "vqa_accuracy_held_out"),
+        })).collect::<Vec<_>>(),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    super::print_report(args.json, &json, || {
+        format!("{md}\nreport: {}", path.display())
     })
 }
 
@@ -419,6 +581,7 @@ fn collect_cached(
             // The policy's own mistakes are the perturbation in DAgger.
             noise: if policy.is_some() { 0.0 } else { args.noise },
             push: if policy.is_some() { 0.0 } else { args.push },
+            language: Default::default(),
         },
         out: dir.to_path_buf(),
         keep_failures: false,
@@ -446,6 +609,38 @@ fn collect_cached(
     Ok(Some(report))
 }
 
+/// Renders `scenes` vision-language scenes into `dir` unless a dataset of that many is
+/// there already.
+fn vqa_cached(args: &Args, dir: &Path, scenes: usize) -> anyhow::Result<()> {
+    if let Ok(summary) = vla_datasets::vqa::summary(dir) {
+        if summary.scenes == scenes {
+            tracing::info!("vqa: reusing {scenes} scenes in {}", dir.display());
+            return Ok(());
+        }
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("cannot clear incomplete {}", dir.display()))?;
+    }
+    tracing::info!("vqa: rendering {scenes} vision-language scenes");
+    let report = super::vqa::collect_dataset(&super::vqa::CollectArgs {
+        out: dir.to_path_buf(),
+        scenes,
+        seed: VQA_SEED,
+        questions_per_scene: 6,
+        json: false,
+        sim: args.sim.clone(),
+        language: Default::default(),
+    })?;
+    tracing::info!(
+        "vqa: {} questions about {} scenes in {:.0} s",
+        report.rows,
+        report.scenes,
+        report.seconds
+    );
+    Ok(())
+}
+
 /// `vla train` arguments for a demo run: from scratch, or fine-tuned from `init`.
 fn training(
     args: &Args,
@@ -454,8 +649,12 @@ fn training(
     steps: Option<usize>,
     lr: Option<f64>,
     init: Option<&Path>,
+    vqa: Option<&VqaUse>,
 ) -> super::train::Args {
     super::train::Args {
+        vqa: vqa.filter(|v| v.cotrain).map(|v| v.dir.clone()),
+        vqa_ratio: args.vqa_ratio,
+        vqa_words: vqa.filter(|v| !v.cotrain).map(|v| v.dir.clone()),
         data: data.to_vec(),
         out: out.to_path_buf(),
         config: args.config.clone(),
@@ -550,6 +749,7 @@ fn eval_cached(
             envs: args.envs,
             noise: 0.0,
             push: 0.0,
+            language: Default::default(),
         },
         gifs: 1,
         out: None,
@@ -597,12 +797,17 @@ fn success_table(seen: &[SuiteReport], unseen: &[SuiteReport]) -> String {
     s
 }
 
-fn report_markdown(args: &Args, report: &DemoReport, demos: &[(String, usize)]) -> String {
+fn report_markdown(
+    args: &Args,
+    out: &Path,
+    report: &DemoReport,
+    demos: &[(String, usize)],
+) -> String {
     let (run_dir, seen, unseen) = (&report.run, &report.seen, &report.unseen);
     let (train, rounds, times) = (&report.train, &report.dagger, &report.seconds);
     // Links are relative to the report, which sits in OUT.
     let rel = |p: &Path| {
-        p.strip_prefix(&args.out)
+        p.strip_prefix(out)
             .unwrap_or(p)
             .to_string_lossy()
             .into_owned()
@@ -640,7 +845,17 @@ fn report_markdown(args: &Args, report: &DemoReport, demos: &[(String, usize)]) 
         get("final_val"),
         args.config.display()
     );
-    if args.out.join("run").join("loss.png").exists() {
+    if let Some(dir) = &report.cotrain {
+        let _ = writeln!(
+            md,
+            "Co-trained (RT-2) on the vision-language scenes in `{}`, {} of each batch; the \
+             final validation's question-answering accuracy is in the runs' `train.json` \
+             and `metrics.jsonl`.\n",
+            rel(dir),
+            args.vqa_ratio
+        );
+    }
+    if out.join("run").join("loss.png").exists() {
         md += "![loss curve](run/loss.png)\n\n";
     }
     if !rounds.is_empty() {

@@ -16,7 +16,7 @@ use vla_model::Policy;
 use vla_sim::record::GifRecorder;
 use vla_sim::Env;
 use vla_tasks::runner::{episode_specs, run as run_episodes, Agent, Event, RunSetup, SuiteReport};
-use vla_tasks::{Language, TaskError};
+use vla_tasks::TaskError;
 
 use super::train::parse_device;
 use super::{EpisodeOptions, SimOptions};
@@ -171,22 +171,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     super::print_report(args.json, &report, || super::expert::human(&report))
 }
 
-/// Runs the evaluation and writes `OUT/{suite}_{split}.json` and the GIFs.
+/// Runs the evaluation and writes `OUT/{suite}_{split}.json` (`…_{vocabulary}.json` with
+/// `--vocabulary`) and the GIFs.
 pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
     let (families, split) = args.run.validate()?;
+    let lang = args.run.language.language()?;
     super::train::set_threads(args.threads)?;
     let policy = Policy::load(&args.ckpt, parse_device(&args.device)?)
         .with_context(|| format!("loading the policy from {}", args.ckpt.display()))?
         .with_temperature(args.temperature, args.run.seed)
         .context("--temperature")?;
     let out_dir = args.out.clone().unwrap_or_else(|| args.ckpt.join("eval"));
-    let gif_dir = out_dir.join(split.as_str());
+    // Another vocabulary's results sit beside the built-in one's, not over them.
+    let words = match &args.run.language.vocabulary {
+        Some(v) => format!("_{}", v.file_stem().unwrap_or_default().to_string_lossy()),
+        None => String::new(),
+    };
+    let gif_dir = out_dir.join(format!("{}{words}", split.as_str()));
     std::fs::create_dir_all(&gif_dir)
         .with_context(|| format!("cannot create {}", gif_dir.display()))?;
     let mut config = args.sim.env_config()?;
     config.render_enabled = true;
     let robot = args.sim.robot()?;
-    let lang = Language::builtin()?;
     let specs = episode_specs(&families, split, args.run.episodes, args.run.seed);
     let mut bar = super::SuccessBar::new(specs.len() as u64, &format!("eval {}", split.as_str()));
     let slots = args.run.envs.max(1);
@@ -308,7 +314,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
         return Err(e);
     }
     let report = SuiteReport::from_outcomes(&args.run.suite, split, &outcomes);
-    let path = out_dir.join(format!("{}_{}.json", args.run.suite, split.as_str()));
+    let path = out_dir.join(format!("{}_{}{words}.json", args.run.suite, split.as_str()));
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(report)

@@ -6,7 +6,6 @@ use vla_sim::record::GifRecorder;
 use vla_tasks::runner::{
     episode_specs, run as run_episodes, Event, ExpertAgent, RunSetup, SuiteReport,
 };
-use vla_tasks::Language;
 
 use super::{EpisodeOptions, SimOptions};
 
@@ -69,7 +68,7 @@ pub fn expert_report(args: &Args) -> anyhow::Result<SuiteReport> {
     let mut config = args.sim.env_config()?;
     config.render_enabled = args.record.is_some();
     let robot = args.sim.robot()?;
-    let lang = Language::builtin()?;
+    let lang = args.run.language.language()?;
     let specs = episode_specs(&families, split, args.run.episodes, args.run.seed);
     let mut bar = super::SuccessBar::new(specs.len() as u64, "expert");
     let mut recorders: Vec<Option<(GifRecorder, String)>> =

@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what they share.
 
 pub mod act;
+pub mod ask;
 pub mod bench;
 pub mod bench_model;
 pub mod collect;
@@ -13,6 +14,7 @@ pub mod ros;
 pub mod tasks;
 pub mod train;
 pub mod view;
+pub mod vqa;
 
 use std::path::PathBuf;
 
@@ -70,6 +72,59 @@ impl SimOptions {
             Some(path) => RobotDescription::from_file(path, None)?,
             None => RobotDescription::default_arm()?,
         })
+    }
+}
+
+/// Which words instructions are made of: the built-in vocabulary and splits
+/// (`tasks/data/`), or a user's own files in the same format.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct LanguageOptions {
+    /// Vocabulary file (colours, nouns, templates, sub-task sentences) in the format of
+    /// `tasks/data/vocabulary.toml`, instead of the built-in one: test phrasings, synonyms or
+    /// colours of your own.
+    #[arg(long)]
+    pub vocabulary: Option<PathBuf>,
+    /// Splits file (what the unseen split holds out) in the format of
+    /// `tasks/data/splits.toml`, instead of the built-in one.
+    #[arg(long)]
+    pub splits: Option<PathBuf>,
+}
+
+impl LanguageOptions {
+    /// The language these options name; errors name the file and the key at fault.
+    pub fn language(&self) -> anyhow::Result<vla_tasks::Language> {
+        use vla_tasks::language::{SPLITS_TOML, VOCABULARY_TOML};
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let (vocab, vocab_name) = match &self.vocabulary {
+            Some(p) => (read(p)?, p.display().to_string()),
+            None => (
+                VOCABULARY_TOML.to_string(),
+                "tasks/data/vocabulary.toml".into(),
+            ),
+        };
+        let (splits, splits_name) = match (&self.splits, &self.vocabulary) {
+            (Some(p), _) => (read(p)?, p.display().to_string()),
+            (None, None) => (SPLITS_TOML.to_string(), "tasks/data/splits.toml".into()),
+            (None, Some(_)) => {
+                // The built-in splits' held-out template indices point into the built-in
+                // templates, not into the user's: every template of their file is usable.
+                // Held-out colours and combinations still apply.
+                let mut builtin: vla_tasks::language::Splits = toml::from_str(SPLITS_TOML)?;
+                builtin.unseen.templates.clear();
+                (
+                    toml::to_string(&builtin)?,
+                    "tasks/data/splits.toml (without its template indices)".into(),
+                )
+            }
+        };
+        Ok(vla_tasks::Language::from_strs(
+            &vocab,
+            &vocab_name,
+            &splits,
+            &splits_name,
+        )?)
     }
 }
 
@@ -158,6 +213,8 @@ pub struct EpisodeOptions {
     /// open, so the data shows recoveries from centimetres off (0 = none).
     #[arg(long, default_value_t = 0.0)]
     pub push: f32,
+    #[command(flatten)]
+    pub language: LanguageOptions,
 }
 
 impl EpisodeOptions {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use rand::SeedableRng;
 use serde::Serialize;
 use vla_sim::{Cell, RobotDescription, SimConfig};
-use vla_tasks::{make_task, Language, Split, FAMILIES};
+use vla_tasks::{make_task, Split, FAMILIES};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,6 +14,8 @@ pub struct Args {
     /// Example instructions per family and split.
     #[arg(long, default_value_t = 3)]
     examples: usize,
+    #[command(flatten)]
+    language: super::LanguageOptions,
 }
 
 #[derive(Serialize)]
@@ -31,7 +33,7 @@ struct Report {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let lang = Language::builtin()?;
+    let lang = args.language.language()?;
     let robot = RobotDescription::default_arm()?;
     let mut families = BTreeMap::new();
     for family in FAMILIES {

@@ -43,6 +43,19 @@ pub struct Args {
     /// fresh optimiser and schedule (e.g. a DAgger round on aggregated data).
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Co-train (RT-2) on this vision-language dataset (`vla vqa collect`): its answers are
+    /// learned as text tokens by the same LM head, beside the robot frames' actions.
+    #[arg(long)]
+    pub vqa: Option<PathBuf>,
+    /// The vision-language share of each batch: `batch_size` robot frames and
+    /// `batch_size · r / (1 − r)` vision-language examples per step.
+    #[arg(long, default_value_t = 0.2)]
+    pub vqa_ratio: f64,
+    /// Train the tokenizer on this vision-language dataset's questions and answers too,
+    /// without co-training on it: a run without co-training that shares a co-trained run's
+    /// tokenizer (`vla demo --ablation cotrain`).
+    #[arg(long, conflicts_with = "vqa")]
+    pub vqa_words: Option<PathBuf>,
     /// libtorch intra-op threads (default: libtorch's choice, one per core).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -113,6 +126,26 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
     set_threads(args.threads)?;
     let device = parse_device(&args.device)?;
     let corpus = vla_tasks::Language::builtin()?.corpus();
+    anyhow::ensure!(
+        args.vqa_ratio > 0.0 && args.vqa_ratio < 0.95,
+        "--vqa-ratio {} must be in (0, 0.95)",
+        args.vqa_ratio
+    );
+    let cotrain = match &args.vqa {
+        Some(dir) => Some(train::CoTraining {
+            source: dir.clone(),
+            examples: vqa_examples(dir)?,
+            ratio: args.vqa_ratio,
+        }),
+        _ => None,
+    };
+    let questions = match &args.vqa_words {
+        Some(dir) => vqa_examples(dir)?
+            .into_iter()
+            .flat_map(|e| [e.question, e.answer])
+            .collect(),
+        None => Vec::new(),
+    };
     let opts = TrainOptions {
         data: args.data.clone(),
         out: args.out.clone(),
@@ -122,6 +155,8 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
         resume: args.resume,
         init: args.init.clone(),
         corpus,
+        questions,
+        cotrain,
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -188,6 +223,8 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
                     target_far_cm = ?v.target_error_far_cm,
                     target_near_cm = ?v.target_error_near_cm,
                     subgoal_accuracy = ?v.subgoal_accuracy,
+                    vqa_seen = ?v.vqa_accuracy_seen,
+                    vqa_held_out = ?v.vqa_accuracy_held_out,
                     "validation"
                 );
                 if let Err(e) = plot_losses(&out) {
@@ -236,4 +273,40 @@ pub fn plot_losses(run: &Path) -> anyhow::Result<()> {
             },
         ],
     )
+}
+
+/// The examples of a vision-language dataset (`vla vqa collect`), for co-training.
+fn vqa_examples(dir: &Path) -> anyhow::Result<Vec<vla_model::train::vqa::VqaExample>> {
+    let data = vla_datasets::vqa::VqaDataset::open(dir)
+        .with_context(|| format!("--vqa {}: not a vision-language dataset", dir.display()))?;
+    anyhow::ensure!(
+        !data.rows.is_empty(),
+        "--vqa {}: the dataset holds no question",
+        dir.display()
+    );
+    Ok(data
+        .rows
+        .into_iter()
+        .map(|r| {
+            // A pointing answer is "x y" in pixels of the front image: a place the
+            // grounding heads learn too.
+            let point = (r.kind == "point")
+                .then(|| {
+                    let mut xy = r.answer.split_whitespace().map(str::parse::<f32>);
+                    let (x, y) = (xy.next()?.ok()?, xy.next()?.ok()?);
+                    let (w, h) = (r.image.width() as f32, r.image.height() as f32);
+                    Some([(x + 0.5) / w, (y + 0.5) / h])
+                })
+                .flatten();
+            vla_model::train::vqa::VqaExample {
+                front: r.image,
+                wrist: r.wrist_image,
+                question: r.question,
+                answer: r.answer,
+                held_out: r.held_out,
+                scene: r.scene,
+                point,
+            }
+        })
+        .collect())
 }

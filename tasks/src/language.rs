@@ -94,6 +94,52 @@ pub enum Novelty {
     Phrasing,
 }
 
+/// The placeholders a template of a family (or a sub-task sentence of a kind of step) fills:
+/// exactly the referents its episodes have, so every instruction names what it is about.
+fn placeholders_of(family: &str) -> &'static [&'static str] {
+    match family {
+        "pick" => &["object"],
+        "place" => &["object", "bin"],
+        "stack" => &["object", "base"],
+        _ => &[],
+    }
+}
+
+/// Every `{name}` in `text` must be one of `expected`, and each of those must appear.
+fn check_placeholders(text: &str, expected: &[&str]) -> Result<(), String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest[open..].starts_with('}') {
+            return Err(format!("{text:?} has a '}}' without its '{{'"));
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("{text:?} has a '{{' without its '}}'"))?;
+        let name = &after[..close];
+        if !expected.contains(&name) {
+            let allowed: Vec<String> = expected.iter().map(|p| format!("{{{p}}}")).collect();
+            return Err(format!(
+                "{text:?} uses the unknown placeholder {{{name}}}; allowed here: {}",
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                }
+            ));
+        }
+        found.push(name);
+        rest = &after[close + 1..];
+    }
+    if let Some(missing) = expected.iter().find(|p| !found.contains(p)) {
+        return Err(format!(
+            "{text:?} does not name {{{missing}}}: an instruction must say what it is about"
+        ));
+    }
+    Ok(())
+}
+
 impl Language {
     /// The vocabulary and splits shipped in `tasks/data/`.
     pub fn builtin() -> Result<Self, TaskError> {
@@ -144,22 +190,79 @@ impl Language {
             file: file.into(),
             cause,
         };
-        for kind in ["cube", "cylinder", "ball", "bin"] {
+        const NOUN_KINDS: [&str; 4] = ["cube", "cylinder", "ball", "bin"];
+        for (name, rgb) in &self.vocabulary.colors {
+            if rgb.iter().any(|v| !(0.0..=1.0).contains(v)) {
+                return Err(err(
+                    vocab_name,
+                    format!("colors.{name} = {rgb:?}: each component must be in [0, 1]"),
+                ));
+            }
+            if name.trim().is_empty() || name.contains(char::is_whitespace) {
+                return Err(err(
+                    vocab_name,
+                    format!(
+                        "colors: {name:?} must be one word (instructions say \"<colour> <noun>\")"
+                    ),
+                ));
+            }
+        }
+        for (kind, nouns) in &self.vocabulary.nouns {
+            if !NOUN_KINDS.contains(&kind.as_str()) {
+                return Err(err(
+                    vocab_name,
+                    format!("nouns.{kind}: unknown kind; expected one of {NOUN_KINDS:?}"),
+                ));
+            }
+            if let Some(n) = nouns.iter().find(|n| n.trim().is_empty()) {
+                return Err(err(vocab_name, format!("nouns.{kind}: empty noun {n:?}")));
+            }
+        }
+        for kind in NOUN_KINDS {
             if self.vocabulary.nouns.get(kind).is_none_or(|n| n.is_empty()) {
                 return Err(err(vocab_name, format!("nouns.{kind} is missing or empty")));
             }
         }
-        for kind in SUBTASK_KINDS {
-            if self
-                .vocabulary
-                .subtasks
-                .get(*kind)
-                .is_none_or(|t| t.trim().is_empty())
-            {
+        for kind in self.vocabulary.subtasks.keys() {
+            if !SUBTASK_KINDS.contains(&kind.as_str()) {
                 return Err(err(
                     vocab_name,
-                    format!("subtasks.{kind} is missing or empty"),
+                    format!(
+                        "subtasks.{kind}: unknown kind of step; expected one of {SUBTASK_KINDS:?}"
+                    ),
                 ));
+            }
+        }
+        for kind in SUBTASK_KINDS {
+            match self.vocabulary.subtasks.get(*kind) {
+                Some(t) if !t.trim().is_empty() => {
+                    check_placeholders(t, placeholders_of(kind))
+                        .map_err(|cause| err(vocab_name, format!("subtasks.{kind}: {cause}")))?;
+                }
+                _ => {
+                    return Err(err(
+                        vocab_name,
+                        format!("subtasks.{kind} is missing or empty"),
+                    ))
+                }
+            }
+        }
+        for family in self.vocabulary.templates.keys() {
+            if !crate::FAMILIES.contains(&family.as_str()) {
+                return Err(err(
+                    vocab_name,
+                    format!(
+                        "templates.{family}: unknown task family; expected one of {:?}",
+                        crate::FAMILIES
+                    ),
+                ));
+            }
+        }
+        for (family, templates) in &self.vocabulary.templates {
+            for (i, t) in templates.iter().enumerate() {
+                check_placeholders(t, placeholders_of(family)).map_err(|cause| {
+                    err(vocab_name, format!("templates.{family}[{i}]: {cause}"))
+                })?;
             }
         }
         for family in crate::FAMILIES {
@@ -199,7 +302,24 @@ impl Language {
             if !self.vocabulary.colors.contains_key(c) {
                 return Err(err(
                     splits_name,
-                    format!("unseen colour {c:?} is not in the vocabulary"),
+                    format!(
+                        "unseen.colors: {c:?} is not a colour of {vocab_name} (a vocabulary of \
+                         your own needs a splits file that holds out its own colours)"
+                    ),
+                ));
+            }
+        }
+        for combo in &self.splits.unseen.combos {
+            let ok = combo.split_once(' ').is_some_and(|(c, k)| {
+                self.vocabulary.colors.contains_key(c)
+                    && ObjectKind::ALL.iter().any(|x| x.as_str() == k)
+            });
+            if !ok {
+                return Err(err(
+                    splits_name,
+                    format!(
+                        "unseen.combos: {combo:?} is not \"<colour of {vocab_name}> <cube|cylinder|ball>\""
+                    ),
                 ));
             }
         }

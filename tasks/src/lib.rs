@@ -6,6 +6,7 @@ pub mod families;
 pub mod language;
 pub mod layout;
 pub mod runner;
+pub mod vqa;
 
 pub use expert::ExpertNoise;
 pub use language::{Language, Split};

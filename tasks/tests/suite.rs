@@ -429,3 +429,124 @@ fn single_step_families_name_their_step_in_canonical_words() {
         "{seq:?}"
     );
 }
+
+/// RT-2-style co-training may show the held-out colours and colour–object pairs in
+/// vision-language data; the robot data of the seen split must never show them, in the
+/// instruction or anywhere on the table (a distractor or a bin included).
+#[test]
+fn held_out_words_never_reach_a_seen_robot_scene() {
+    let lang = Language::builtin().unwrap();
+    let robot = RobotDescription::default_arm().unwrap();
+    let config = EnvConfig {
+        render_enabled: false,
+        ..Default::default()
+    };
+    let held = &lang.splits.unseen.colors;
+    for family in FAMILIES {
+        for seed in 0..40 {
+            let task = make_task(family, Split::Seen, &lang, 0.0, seed).unwrap();
+            let mut env = Env::new(task, config.clone(), robot.clone());
+            env.reset_physics(seed).unwrap();
+            let cell = env.cell().unwrap();
+            for o in &cell.objects {
+                assert!(
+                    lang.seen_allows(&o.spec.color_name, o.spec.kind),
+                    "{family} seed {seed}: a {} {:?} is on the table of a seen scene",
+                    o.spec.color_name,
+                    o.spec.kind
+                );
+            }
+            for r in &cell.receptacles {
+                assert!(
+                    !held.contains(&r.spec.color_name),
+                    "{family} seed {seed}: a {} bin in a seen scene",
+                    r.spec.color_name
+                );
+            }
+            let words: Vec<&str> = env.instruction().split_whitespace().collect();
+            assert!(
+                !held.iter().any(|c| words.contains(&c.as_str())),
+                "{family} seed {seed}: {:?}",
+                env.instruction()
+            );
+        }
+    }
+}
+
+/// A vocabulary of one's own (`--vocabulary`): the shipped paraphrases parse and are all
+/// new wording; each kind of mistake is refused with the file and the key at fault.
+#[test]
+fn user_vocabularies_parse_or_name_file_and_key() {
+    use vla_tasks::language::{SPLITS_TOML, VOCABULARY_TOML};
+    let paraphrases = include_str!("../data/paraphrases.toml");
+    let builtin = Language::builtin().unwrap();
+    let mut splits: vla_tasks::language::Splits = toml::from_str(SPLITS_TOML).unwrap();
+    splits.unseen.templates.clear();
+    let splits = toml::to_string(&splits).unwrap();
+    let lang = Language::from_strs(paraphrases, "p.toml", &splits, "s.toml").unwrap();
+    for (family, templates) in &lang.vocabulary.templates {
+        for t in templates {
+            assert!(
+                !builtin.vocabulary.templates[family].contains(t),
+                "{t:?} is already a built-in {family} template"
+            );
+        }
+    }
+
+    let bad = |from: &str, to: &str| {
+        assert!(VOCABULARY_TOML.contains(from), "{from:?}");
+        let text = VOCABULARY_TOML.replacen(from, to, 1);
+        Language::from_strs(&text, "mine.toml", SPLITS_TOML, "tasks/data/splits.toml")
+            .unwrap_err()
+            .to_string()
+    };
+    let cases = [
+        // Not TOML: the parser's line and column.
+        ("[colors]", "[colors", "mine.toml"),
+        (
+            "\"grab the {object}\"",
+            "\"grab the {thing}\"",
+            "templates.pick[1]",
+        ),
+        (
+            "\"grab the {object}\"",
+            "\"grab the {object\"",
+            "templates.pick[1]",
+        ),
+        (
+            "\"drop the {object} in the {bin}\"",
+            "\"drop the {object}\"",
+            "{bin}",
+        ),
+        (
+            "[templates]",
+            "[templates]\npour = [\"pour the {object}\"]",
+            "templates.pour",
+        ),
+        (
+            "red = [0.85, 0.12, 0.10]",
+            "red = [8.5, 0.12, 0.10]",
+            "colors.red",
+        ),
+        (
+            "ball = [\"ball\", \"sphere\"]",
+            "ball = [\"ball\"]\ncone = [\"cone\"]",
+            "nouns.cone",
+        ),
+        (
+            "stack = \"put the {object} on the {base}\"",
+            "stack = \"\"",
+            "subtasks.stack",
+        ),
+        ("purple = [0.55, 0.22, 0.72]\n", "", "purple"),
+        ("[nouns]", "[nounz]\nx = 1\n[nouns]", "nounz"),
+    ];
+    for (from, to, expect) in cases {
+        let e = bad(from, to);
+        assert!(
+            e.contains("mine.toml") || e.contains("splits.toml"),
+            "{from:?} -> {to:?}: {e}"
+        );
+        assert!(e.contains(expect), "{from:?} -> {to:?}: {e}");
+    }
+}

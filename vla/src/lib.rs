@@ -30,10 +30,13 @@ pub use action_tokenizer::{ActionStats, ActionTokenizer, NormStats, StateStats};
 pub use checkpoint::{load_run, save_run, RunConfig};
 pub use config::{ActionDecoding, PlanConfig, VlaConfig};
 pub use error::{Result, VlaError};
-pub use model::{left_pad, right_pad, Generated, SubtaskInput, TrainOutput, VlaBatch, VlaModel};
+pub use model::{
+    left_pad, right_pad, Generated, SubtaskInput, TextBatch, TextOutput, TrainOutput, VlaBatch,
+    VlaModel,
+};
 pub use policy::{Decision, Policy};
-pub use text_tokenizer::{prompt, TextTokenizer};
-pub use train::optim::{AuxTargets, OptimConfig, StepStats, TrainStep};
+pub use text_tokenizer::{prompt, question_prompt, TextTokenizer};
+pub use train::optim::{AuxTargets, OptimConfig, StepStats, TextTargets, TrainStep};
 
 /// Re-exported so downstream crates use the same `tch` (devices, tensors) as this crate.
 pub use tch;

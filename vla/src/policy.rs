@@ -125,6 +125,30 @@ impl Policy {
         &self.tokenizer
     }
 
+    /// The model's greedy answer to a question about the front and wrist images (what
+    /// co-training on vision-language data teaches; `vla ask`), at most `max_tokens` tokens.
+    pub fn ask(
+        &self,
+        front: &RgbImage,
+        wrist: &RgbImage,
+        question: &str,
+        max_tokens: usize,
+    ) -> Result<String> {
+        let size = self.model.config().vision.image_size as u32;
+        let images = Tensor::stack(
+            &[image_to_tensor(front, size), image_to_tensor(wrist, size)],
+            0,
+        )
+        .unsqueeze(0);
+        let (ids, mask) = crate::model::left_pad(
+            &[self.tokenizer.encode_question(question)?],
+            self.tokenizer.pad_id(),
+        );
+        let answers = self.model.answer(&images, None, &ids, &mask, max_tokens)?;
+        let ids = answers.first().map(Vec::as_slice).unwrap_or_default();
+        Ok(self.tokenizer.decode(ids)?.trim().to_string())
+    }
+
     /// One action for one observation.
     pub fn act(&self, obs: &Observation, instruction: &str) -> Result<Action> {
         let mut actions = self.act_batch(&[(obs, instruction)])?;

@@ -31,6 +31,12 @@ pub fn prompt(instruction: &str) -> String {
     format!("In: What action should the robot take to {instruction}?\nOut:")
 }
 
+/// The prompt of a question about the images (vision-language data and `vla ask`): the
+/// robot's prompt format with the question in place of the action request.
+pub fn question_prompt(question: &str) -> String {
+    format!("In: {}\nOut:", question.trim().to_lowercase())
+}
+
 /// Wrapper with the prompt conventions of the VLA.
 #[derive(Clone, Debug)]
 pub struct TextTokenizer {
@@ -166,8 +172,15 @@ impl TextTokenizer {
         Ok(ids)
     }
 
-    /// A sub-task sentence → ids, as it follows the prompt's `Out:` (one leading space,
-    /// lower case; the end token is the model's to add).
+    /// `[BOS] + question_prompt(question)` ids.
+    pub fn encode_question(&self, question: &str) -> Result<Vec<i64>> {
+        let mut ids: Vec<i64> = self.bos_id.into_iter().collect();
+        ids.extend(self.encode(&question_prompt(question))?);
+        Ok(ids)
+    }
+
+    /// A sub-task sentence or an answer → ids, as it follows the prompt's `Out:` (one
+    /// leading space, lower case; the end token is the model's to add).
     pub fn encode_subtask(&self, subtask: &str) -> Result<Vec<i64>> {
         self.encode(&format!(" {}", subtask.trim().to_lowercase()))
     }

@@ -100,6 +100,8 @@ fn options(data: &Path, out: &Path, steps: usize, resume: bool) -> TrainOptions 
         resume,
         init: None,
         corpus: vec!["put the red cube in the blue bin".into()],
+        questions: Vec::new(),
+        cotrain: None,
     }
 }
 

@@ -82,6 +82,51 @@ impl VlaBatch {
     }
 }
 
+/// Vision-language examples (co-training, RT-2): images, a question as the prompt and its
+/// answer as text tokens, which the model learns by the same cross-entropy over the text
+/// vocabulary as a sub-task, with no action loss.
+#[derive(Debug)]
+pub struct TextBatch {
+    /// `[B, num_cameras, 3, H, W]`, as in [`VlaBatch::images`].
+    pub images: Tensor,
+    /// `[B, state_dim]` raw state; `None` reads the data's mean state (a scene without a
+    /// robot state, as a vision-language scene is).
+    pub state: Option<Tensor>,
+    /// `[B, L]` question ids (BOS + question), **left**-padded, and their validity.
+    pub prompt_ids: Tensor,
+    pub prompt_mask: Tensor,
+    /// `[B, S]` answer ids without the end token, **right**-padded, and their validity.
+    pub answer_ids: Tensor,
+    pub answer_mask: Tensor,
+}
+
+impl TextBatch {
+    pub fn to_device(&self, device: Device) -> TextBatch {
+        TextBatch {
+            images: self.images.to_device(device),
+            state: self.state.as_ref().map(|s| s.to_device(device)),
+            prompt_ids: self.prompt_ids.to_device(device),
+            prompt_mask: self.prompt_mask.to_device(device),
+            answer_ids: self.answer_ids.to_device(device),
+            answer_mask: self.answer_mask.to_device(device),
+        }
+    }
+}
+
+/// What [`VlaModel::forward_text`] returns.
+#[derive(Debug)]
+pub struct TextOutput {
+    /// Mean cross-entropy over the answer tokens and their end token (differentiable).
+    pub loss: Tensor,
+    /// Fraction of answer tokens (end token included) and of whole answers predicted
+    /// exactly, teacher-forced (scalar f32 tensors).
+    pub token_accuracy: Tensor,
+    pub accuracy: Tensor,
+    /// The grounding heat maps the question's phrases gave (a model without a plan, with
+    /// grounding heads), for a pointing question's map loss.
+    pub grounding_log_maps: Option<Tensor>,
+}
+
 /// Right-pads variable-length sequences into `([B, L] ids, [B, L] bool mask)`.
 pub fn right_pad(rows: &[Vec<i64>], pad_id: i64) -> (Tensor, Tensor) {
     pad(rows, pad_id, false)
@@ -247,6 +292,28 @@ pub(crate) fn spatial_soft_argmax(logits: &Tensor, gh: i64, gw: i64) -> Tensor {
     let x = (&attn * xs).sum_dim_intlist(1i64, false, Kind::Float);
     let y = (&attn * ys).sum_dim_intlist(1i64, false, Kind::Float);
     Tensor::stack(&[x, y], 2)
+}
+
+/// Each row's valid ids of right-padded `ids [B, S]` / `valid [B, S]`.
+fn valid_rows(ids: &Tensor, valid: &Tensor) -> Result<Vec<Vec<i64>>> {
+    let rows: Vec<i64> = Vec::try_from(ids.to_device(Device::Cpu).flatten(0, -1))?;
+    let keep: Vec<bool> = Vec::try_from(valid.to_device(Device::Cpu).flatten(0, -1))?;
+    let b = ids.size().first().copied().unwrap_or(0).max(0) as usize;
+    let s = ids.size().get(1).copied().unwrap_or(0).max(0) as usize;
+    if s == 0 {
+        return Ok(vec![Vec::new(); b]);
+    }
+    Ok(rows
+        .chunks(s)
+        .zip(keep.chunks(s))
+        .map(|(r, k)| {
+            r.iter()
+                .zip(k)
+                .filter(|(_, k)| **k)
+                .map(|(t, _)| *t)
+                .collect()
+        })
+        .collect())
 }
 
 fn check_device(device: Device) -> Result<()> {
@@ -767,7 +834,7 @@ impl VlaModel {
             .ok_or_else(|| {
                 VlaError::invalid(
                     "text.eos_token_id",
-                    "a model with a plan needs the id that ends a sub-task",
+                    "a model that says text (a sub-task, an answer) needs the id that ends it",
                 )
             })
     }
@@ -880,15 +947,12 @@ impl VlaModel {
     /// zero weight.
     pub fn target_map_loss(
         &self,
-        out: &TrainOutput,
+        log_maps: Option<&Tensor>,
         (pixels, mask): (&Tensor, &Tensor),
         camera: usize,
         weight: f64,
     ) -> Option<Tensor> {
-        let (grounding, maps) = self
-            .grounding
-            .as_ref()
-            .zip(out.grounding_log_maps.as_ref())?;
+        let (grounding, maps) = self.grounding.as_ref().zip(log_maps)?;
         (weight > 0.0).then(|| grounding.map_loss(maps, pixels, mask, camera) * weight)
     }
 
@@ -1146,6 +1210,107 @@ impl VlaModel {
         })
     }
 
+    /// What a model with a plan reads before its sub-task: the vision tokens, the state and
+    /// the prompt (`[B, P, D]` and validity `[B, P]`), and the observation the grounding
+    /// heads read after the sub-task.
+    fn plan_head(
+        &self,
+        images: &Tensor,
+        state: Option<&Tensor>,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+    ) -> Result<(Observed, Tensor, Tensor)> {
+        let b = images.size().first().copied().unwrap_or(0);
+        let (text, prompt_valid) = self.embed_text(prompt_ids, prompt_mask, b, "prompt")?;
+        let obs = self.observe(images, state, None)?;
+        let mut head: Vec<Tensor> = obs.tokens.iter().map(Tensor::shallow_clone).collect();
+        head.extend(self.proprio_token(&obs));
+        let n = head.iter().map(|t| t.size()[1]).sum::<i64>();
+        head.push(text);
+        let mask = Tensor::cat(
+            &[
+                Tensor::ones([b, n], (Kind::Bool, self.device())),
+                prompt_valid,
+            ],
+            1,
+        );
+        Ok((obs, Tensor::cat(&head, 1), mask))
+    }
+
+    /// The LM input in front of a text answer, where a sub-task would start: for a model
+    /// with a plan its [`Self::plan_head`]; without, the whole prefix (whose grounding token
+    /// reads the question, so an answer about where a named thing is can use it).
+    fn text_prefix(
+        &self,
+        images: &Tensor,
+        state: Option<&Tensor>,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+    ) -> Result<(Tensor, Tensor, Option<GroundingReadout>)> {
+        let b = images.size().first().copied().unwrap_or(0);
+        let neutral = match (state, &self.proprio_projector) {
+            (None, Some(_)) => Some(self.state_mean.unsqueeze(0).expand([b, -1], false)),
+            _ => None,
+        };
+        let state = state.or(neutral.as_ref());
+        if self.config.plan.enabled() {
+            let (_, embeds, mask) = self.plan_head(images, state, prompt_ids, prompt_mask)?;
+            Ok((embeds, mask, None))
+        } else {
+            let prefix = self.embed_prefix(images, state, prompt_ids, prompt_mask, None)?;
+            Ok((prefix.embeds, prefix.mask, prefix.grounding))
+        }
+    }
+
+    /// Teacher-forced answers of vision-language examples: the cross-entropy of the answer
+    /// tokens and their end token over the text vocabulary (no action is involved).
+    pub fn forward_text(&self, batch: &TextBatch) -> Result<TextOutput> {
+        let b = batch.images.size().first().copied().unwrap_or(0);
+        let (embeds, mask, grounding) = self.text_prefix(
+            &batch.images,
+            batch.state.as_ref(),
+            &batch.prompt_ids,
+            &batch.prompt_mask,
+        )?;
+        let (answer, answer_valid) =
+            self.embed_text(&batch.answer_ids, &batch.answer_mask, b, "answer")?;
+        let p = embeds.size()[1];
+        let x = Tensor::cat(&[embeds, answer], 1);
+        let mask = Tensor::cat(&[mask, answer_valid], 1);
+        let hidden = self.lm.forward(&x, &mask, &mut self.lm.new_cache())?;
+        let (loss, (token_accuracy, accuracy)) =
+            self.subtask_loss(&hidden, p - 1, &batch.answer_ids, &batch.answer_mask)?;
+        Ok(TextOutput {
+            loss,
+            token_accuracy,
+            accuracy,
+            grounding_log_maps: grounding.map(|g| g.log_maps),
+        })
+    }
+
+    /// Greedy answers to questions about images (`vla ask`): each row's answer ids, end
+    /// token excluded, at most `max_tokens` tokens with it. `state` as in [`TextBatch`].
+    pub fn answer(
+        &self,
+        images: &Tensor,
+        state: Option<&Tensor>,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+        max_tokens: usize,
+    ) -> Result<Vec<Vec<i64>>> {
+        tch::no_grad(|| {
+            let mut cache = self.lm.new_cache();
+            let (embeds, mask, _) = self.text_prefix(images, state, prompt_ids, prompt_mask)?;
+            let p = embeds.size()[1];
+            let mut last = self
+                .lm
+                .forward(&embeds, &mask, &mut cache)?
+                .narrow(1, p - 1, 1);
+            let (ids, valid) = self.decode_text(&mut last, &mut cache, max_tokens)?;
+            valid_rows(&ids, &valid)
+        })
+    }
+
     /// The high-level step of a model with a plan: runs the vision side, the state and the
     /// prompt through the LM, then the sub-task (greedy text tokens until each row's end
     /// token, or `subtask` as given), the end token and the grounding token (whose heads
@@ -1163,17 +1328,7 @@ impl VlaModel {
     ) -> Result<(Tensor, Vec<Vec<i64>>, Option<GroundingReadout>)> {
         let b = images.size().first().copied().unwrap_or(0);
         let device = self.device();
-        let (text, prompt_valid) = self.embed_text(prompt_ids, prompt_mask, b, "prompt")?;
-        let obs = self.observe(images, state, None)?;
-        let mut head: Vec<Tensor> = obs.tokens.iter().map(Tensor::shallow_clone).collect();
-        head.extend(self.proprio_token(&obs));
-        let n = head.iter().map(|t| t.size()[1]).sum::<i64>();
-        head.push(text);
-        let mask = Tensor::cat(
-            &[Tensor::ones([b, n], (Kind::Bool, device)), prompt_valid],
-            1,
-        );
-        let embeds = Tensor::cat(&head, 1);
+        let (obs, embeds, mask) = self.plan_head(images, state, prompt_ids, prompt_mask)?;
         let p = embeds.size()[1];
         let mut last = self.lm.forward(&embeds, &mask, cache)?.narrow(1, p - 1, 1);
         let (ids, valid) = match subtask {
@@ -1184,22 +1339,11 @@ impl VlaModel {
                 }
                 (ids.to_device(device).to_kind(Kind::Int64), v)
             }
-            SubtaskInput::Decode => self.decode_subtask(&mut last, cache)?,
+            SubtaskInput::Decode => {
+                self.decode_text(&mut last, cache, self.config.plan.max_tokens)?
+            }
         };
-        let rows: Vec<i64> = Vec::try_from(ids.to_device(Device::Cpu).flatten(0, -1))?;
-        let keep: Vec<bool> = Vec::try_from(valid.to_device(Device::Cpu).flatten(0, -1))?;
-        let s = ids.size().get(1).copied().unwrap_or(0).max(1) as usize;
-        let subtasks: Vec<Vec<i64>> = rows
-            .chunks(s)
-            .zip(keep.chunks(s))
-            .map(|(r, k)| {
-                r.iter()
-                    .zip(k)
-                    .filter(|(_, k)| **k)
-                    .map(|(t, _)| *t)
-                    .collect()
-            })
-            .collect();
+        let subtasks = valid_rows(&ids, &valid)?;
         let ones = Tensor::ones([b, 1], (Kind::Bool, device));
         last = self.lm.forward(&self.eos_embedding(b)?, &ones, cache)?;
         let (sub, sub_valid) = self.embed_text(&ids, &valid, b, "sub-task")?;
@@ -1214,15 +1358,17 @@ impl VlaModel {
         Ok((last, subtasks, grounding))
     }
 
-    /// Greedy decoding of the sub-task over the text vocabulary from `last` (the last prompt
-    /// token's hidden state), feeding each token into `cache`. A row that ends (its end token
-    /// is the most likely) takes masked padding while the others go on, so every row's
-    /// tokens sit where teacher forcing puts them (right-padded); the end token itself is
-    /// fed by the caller. Returns `[B, S]` ids and validity.
-    fn decode_subtask(
+    /// Greedy decoding of text (a sub-task, an answer) over the text vocabulary from `last`
+    /// (the last prompt token's hidden state), feeding each token into `cache`, for at most
+    /// `max_tokens` tokens counting the end token. A row that ends (its end token is the most
+    /// likely) takes masked padding while the others go on, so every row's tokens sit where
+    /// teacher forcing puts them (right-padded); the end token itself is fed by the caller.
+    /// Returns `[B, S]` ids and validity.
+    fn decode_text(
         &self,
         last: &mut Tensor,
         cache: &mut crate::model::llama::KvCache,
+        max_tokens: usize,
     ) -> Result<(Tensor, Tensor)> {
         let device = self.device();
         let b = last.size()[0];
@@ -1230,8 +1376,7 @@ impl VlaModel {
         let vocab = self.config.text.vocab_size as i64;
         let mut alive = Tensor::ones([b, 1], (Kind::Bool, device));
         let (mut ids, mut valid) = (Vec::new(), Vec::new());
-        // `max_tokens` counts the end token.
-        for _ in 1..self.config.plan.max_tokens {
+        for _ in 1..max_tokens {
             let tok = self.lm.logits_range(last, 0, vocab).argmax(-1, false); // [B, 1]
             alive = alive.logical_and(&tok.ne(eos));
             if alive.any().int64_value(&[]) == 0 {
@@ -1858,15 +2003,7 @@ mod tests {
             subtask: Some((ids, mask)),
             ..batch_clone(&b)
         };
-        let mut step = crate::train::optim::TrainStep::new(
-            &mut model,
-            crate::train::optim::OptimConfig {
-                lr: 3e-3,
-                warmup_steps: 0,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let mut step = fast_step(&mut model);
         let first = step.step(&model, &train).unwrap();
         let mut last = first.clone();
         for _ in 0..60 {
@@ -1878,5 +2015,201 @@ mod tests {
         );
         let generated = generate(&model, &b, &images, SubtaskInput::Decode);
         assert_eq!(generated.subtasks, rows);
+    }
+
+    /// An optimiser that learns a toy batch in a few dozen steps.
+    fn fast_step(model: &mut VlaModel) -> crate::train::optim::TrainStep {
+        crate::train::optim::TrainStep::new(
+            model,
+            crate::train::optim::OptimConfig {
+                lr: 3e-3,
+                warmup_steps: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    /// Vision-language examples on a model without a plan (the demo's layout).
+    fn text_batch(model: &VlaModel, answers: &[Vec<i64>]) -> TextBatch {
+        let b = answers.len() as i64;
+        let s = model.config().vision.image_size as i64;
+        let questions: Vec<Vec<i64>> = (0..b).map(|i| (5..(9 + i)).collect()).collect();
+        let (prompt_ids, prompt_mask) = left_pad(&questions, 0);
+        let (answer_ids, answer_mask) = right_pad(answers, 0);
+        TextBatch {
+            images: crate::model::rng_locked(|| {
+                Tensor::randint(256, [b, 2, 3, s, s], (Kind::Uint8, Device::Cpu))
+            }),
+            state: None,
+            prompt_ids,
+            prompt_mask,
+            answer_ids,
+            answer_mask,
+        }
+    }
+
+    fn row(batch: &TextBatch, i: i64) -> TextBatch {
+        let len = batch.answer_mask.get(i).sum(Kind::Int64).int64_value(&[]);
+        TextBatch {
+            images: batch.images.narrow(0, i, 1),
+            state: None,
+            prompt_ids: batch.prompt_ids.narrow(0, i, 1),
+            prompt_mask: batch.prompt_mask.narrow(0, i, 1),
+            answer_ids: batch.answer_ids.narrow(0, i, 1).narrow(1, 0, len),
+            answer_mask: batch.answer_mask.narrow(0, i, 1).narrow(1, 0, len),
+        }
+    }
+
+    /// Co-training's masking: an answer's padding carries no loss (a mixed batch's loss is
+    /// each row's own, weighted by its tokens), answers train only the text rows of the LM
+    /// head and actions only the action rows, so neither kind of example teaches the
+    /// other's output.
+    #[test]
+    fn answers_are_masked_text_losses_and_actions_stay_apart() {
+        let mut cfg = VlaConfig::test_tiny();
+        cfg.text.eos_token_id = Some(2);
+        let model = VlaModel::new(cfg.clone(), NormStats::unit(&cfg), Device::Cpu, 3).unwrap();
+        let answers = vec![vec![20i64], vec![30, 31, 32]];
+        let both = text_batch(&model, &answers);
+        let loss = |b: &TextBatch| {
+            tch::no_grad(|| model.forward_text(b))
+                .unwrap()
+                .loss
+                .double_value(&[])
+        };
+        let (l0, l1) = (loss(&row(&both, 0)), loss(&row(&both, 1)));
+        let expected = (2.0 * l0 + 4.0 * l1) / 6.0;
+        assert!(
+            (loss(&both) - expected).abs() < 1e-5,
+            "{} vs {expected}",
+            loss(&both)
+        );
+
+        let vocab = model.config().text.vocab_size as i64;
+        let head = model
+            .var_store()
+            .variables()
+            .into_iter()
+            .find(|(n, _)| n == "language_model.lm_head.weight")
+            .map(|(_, t)| t)
+            .expect("untied LM head");
+        let grads = |loss: Tensor| {
+            for (_, t) in model.var_store().variables() {
+                let mut g = t.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            loss.backward();
+            let g = head.grad();
+            let rows = g.size()[0];
+            (
+                g.narrow(0, 0, vocab)
+                    .abs()
+                    .sum(Kind::Float)
+                    .double_value(&[]),
+                g.narrow(0, vocab, rows - vocab)
+                    .abs()
+                    .sum(Kind::Float)
+                    .double_value(&[]),
+            )
+        };
+        let (text, action) = grads(model.forward_text(&both).unwrap().loss);
+        assert!(
+            text > 0.0 && action == 0.0,
+            "answers: text {text}, action {action}"
+        );
+        let (text, action) = grads(model.forward_train(&batch(&model, 2)).unwrap().loss);
+        assert!(
+            text == 0.0 && action > 0.0,
+            "actions: text {text}, action {action}"
+        );
+    }
+
+    /// What greedy answering says is what teacher forcing predicts, on both layouts (with a
+    /// plan an answer sits where the sub-task does), and a few steps teach two answers.
+    #[test]
+    fn answers_decode_as_teacher_forcing_predicts_and_are_learned() {
+        for cfg in [VlaConfig::test_tiny_plan(2), {
+            let mut c = VlaConfig::test_tiny();
+            c.text.eos_token_id = Some(2);
+            c
+        }] {
+            let mut model =
+                VlaModel::new(cfg.clone(), NormStats::unit(&cfg), Device::Cpu, 7).unwrap();
+            let mut train = text_batch(&model, &[vec![20i64, 21, 22], vec![30, 31]]);
+            train.images = Tensor::cat(
+                &[
+                    Tensor::zeros([1, 2, 3, 16, 16], (Kind::Uint8, Device::Cpu)),
+                    Tensor::full([1, 2, 3, 16, 16], 255, (Kind::Uint8, Device::Cpu)),
+                ],
+                0,
+            );
+            let answer = |m: &VlaModel| {
+                m.answer(
+                    &train.images,
+                    None,
+                    &train.prompt_ids,
+                    &train.prompt_mask,
+                    6,
+                )
+                .unwrap()
+            };
+            let said = answer(&model);
+            let (ids, mask) = right_pad(&said, 0);
+            let forced = TextBatch {
+                answer_ids: ids,
+                answer_mask: mask,
+                images: train.images.shallow_clone(),
+                prompt_ids: train.prompt_ids.shallow_clone(),
+                prompt_mask: train.prompt_mask.shallow_clone(),
+                state: None,
+            };
+            let out = tch::no_grad(|| model.forward_text(&forced)).unwrap();
+            let labels: usize = said.iter().map(|s| s.len() + 1).sum();
+            let cut = said.iter().filter(|s| s.len() == 5).count();
+            let expected = (labels - cut) as f64 / labels as f64;
+            assert!(
+                (out.token_accuracy.double_value(&[]) - expected).abs() < 1e-6,
+                "{said:?}: {} vs {expected}",
+                out.token_accuracy
+            );
+
+            let mut step = fast_step(&mut model);
+            let robot = batch(&model, 2);
+            let robot = VlaBatch {
+                subtask: cfg
+                    .plan
+                    .enabled()
+                    .then(|| right_pad(&[vec![9i64], vec![9]], 0)),
+                ..robot
+            };
+            let mut first = None;
+            let mut last = None;
+            for _ in 0..60 {
+                let targets = crate::train::optim::AuxTargets {
+                    text: Some(crate::train::optim::TextTargets {
+                        batch: TextBatch {
+                            images: train.images.shallow_clone(),
+                            prompt_ids: train.prompt_ids.shallow_clone(),
+                            prompt_mask: train.prompt_mask.shallow_clone(),
+                            answer_ids: train.answer_ids.shallow_clone(),
+                            answer_mask: train.answer_mask.shallow_clone(),
+                            state: None,
+                        },
+                        weight: 1.0,
+                        pixels: None,
+                    }),
+                    ..Default::default()
+                };
+                let stats = step.step_with_targets(&model, &robot, &targets).unwrap();
+                first.get_or_insert(stats.vqa_loss.unwrap());
+                last = stats.vqa_loss;
+            }
+            let (first, last) = (first.unwrap(), last.unwrap());
+            assert!(last < 0.2 * first, "{first} -> {last}");
+            assert_eq!(answer(&model), vec![vec![20, 21, 22], vec![30, 31]]);
+        }
     }
 }

@@ -688,7 +688,7 @@ fn check_features(ds: &Dataset, dir: &Path) -> Result<()> {
 }
 
 /// `[B, C, 3, H, W]` u8 → augmented float in `[0, 1]`.
-fn augment_images(images: &Tensor, cfg: &AugmentConfig, rng: &mut ChaCha8Rng) -> Tensor {
+pub(crate) fn augment_images(images: &Tensor, cfg: &AugmentConfig, rng: &mut ChaCha8Rng) -> Tensor {
     let size = images.size();
     let (b, c, h, w) = (size[0], size[1], size[3], size[4]);
     let mut x = images.to_kind(Kind::Float) / 255.0;

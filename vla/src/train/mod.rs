@@ -15,6 +15,7 @@
 
 pub mod data;
 pub mod optim;
+pub mod vqa;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,11 +30,12 @@ use crate::checkpoint::{load_run, save_run};
 use crate::config::VlaConfig;
 use crate::error::{Result, VlaError};
 use crate::model::VlaModel;
-use crate::text_tokenizer::TextTokenizer;
+use crate::text_tokenizer::{prompt, question_prompt, TextTokenizer};
 use crate::train::data::{
     step_rng, AugmentConfig, DataSummary, GroundingTargets, PromptCache, TrainingData,
 };
-use crate::train::optim::{AuxTargets, OptimConfig, StepStats, TrainStep};
+use crate::train::optim::{AuxTargets, OptimConfig, StepStats, TextTargets, TrainStep};
+use crate::train::vqa::{VqaData, VqaExample};
 
 /// The `[train]` table of a config file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -153,6 +155,31 @@ pub struct TrainOptions {
     pub init: Option<PathBuf>,
     /// Instructions the text tokenizer is trained on (besides the datasets' own tasks).
     pub corpus: Vec<String>,
+    /// Questions and answers the text tokenizer is trained on besides the co-training
+    /// data's own (so a run without co-training can share a co-trained run's tokenizer).
+    pub questions: Vec<String>,
+    /// Co-training on vision-language examples (RT-2), when given.
+    pub cotrain: Option<CoTraining>,
+}
+
+/// Co-training: vision-language examples learned beside the robot frames.
+#[derive(Clone, Debug)]
+pub struct CoTraining {
+    /// Where they came from (for `train.json`).
+    pub source: PathBuf,
+    pub examples: Vec<VqaExample>,
+    /// The vision-language share of each batch: a step takes `batch_size` robot frames and
+    /// `round(batch_size · ratio / (1 − ratio))` examples, and weighs their answer loss by
+    /// their number against the frames', as one mixed batch with each row's own loss would.
+    pub ratio: f64,
+}
+
+impl CoTraining {
+    /// Examples per step beside `batch_size` robot frames.
+    pub fn per_step(&self, batch_size: usize) -> usize {
+        let r = self.ratio.clamp(0.0, 0.95);
+        ((batch_size as f64 * r / (1.0 - r)).round() as usize).max(1)
+    }
 }
 
 /// Validation metrics on held-out episodes (teacher-forced, as OpenVLA reports them).
@@ -180,6 +207,10 @@ pub struct ValStats {
     pub subtask_loss: Option<f64>,
     pub subtask_token_accuracy: Option<f64>,
     pub subtask_accuracy: Option<f64>,
+    /// Co-training: exact-match accuracy of greedy answers on the held-out scenes, for
+    /// questions in seen words and in words the robot data holds out.
+    pub vqa_accuracy_seen: Option<f64>,
+    pub vqa_accuracy_held_out: Option<f64>,
     pub frames: usize,
 }
 
@@ -334,7 +365,14 @@ pub fn train(
             let mut corpus: Vec<String> = opts.corpus.clone();
             corpus.extend(data.tasks().iter().cloned());
             corpus.extend(data.subtasks().iter().cloned());
-            let tok = TextTokenizer::train_for_instructions(&corpus, opts.model.text.vocab_size)?;
+            let mut texts: Vec<String> = corpus.iter().map(|c| prompt(c)).collect();
+            let examples = opts.cotrain.iter().flat_map(|c| &c.examples);
+            let questions = opts
+                .questions
+                .iter()
+                .chain(examples.flat_map(|e| [&e.question, &e.answer]));
+            texts.extend(questions.map(|q| question_prompt(q)));
+            let tok = TextTokenizer::train(&texts, opts.model.text.vocab_size)?;
             let mut config = opts.model.clone();
             if config.text.eos_token_id.is_none() {
                 config.text.eos_token_id = tok.eos_id().map(|id| id as usize);
@@ -352,6 +390,20 @@ pub fn train(
     let mut metrics = open_metrics(&opts.out, start_step)?;
     let prompts = PromptCache::new(&data, &tokenizer)?;
     let val_subset = evenly_spaced(data.val_indices(), train_cfg.val_frames);
+    let vqa = match &opts.cotrain {
+        Some(c) => Some(VqaData::from_examples(
+            &c.examples,
+            model.config().vision.image_size as u32,
+            train_cfg.val_fraction.max(0.05),
+            train_cfg.seed,
+            &tokenizer,
+        )?),
+        None => None,
+    };
+    let vqa_val = vqa
+        .as_ref()
+        .map(|v| evenly_spaced(v.val_indices(), train_cfg.val_frames.min(256)))
+        .unwrap_or_default();
 
     if !on_event(TrainEvent::Started {
         data: &summary,
@@ -404,6 +456,21 @@ pub fn train(
             wrist_map_weight,
             subgoals: (cfg.action.subgoal_weight > 0.0)
                 .then(|| data.subgoal_labels(&indices, heads)),
+            text: match (&vqa, &opts.cotrain) {
+                (Some(vqa), Some(c)) => {
+                    let n = c.per_step(indices.len());
+                    let examples = vqa.sample(n, &mut rng);
+                    let augment = Some((&train_cfg.augment, &mut rng));
+                    let batch = vqa.batch(&examples, &tokenizer, augment);
+                    Some(TextTargets {
+                        batch: batch.to_device(opts.device),
+                        weight: n as f64 / indices.len() as f64,
+                        pixels: (map_weight > 0.0 && heads > 0)
+                            .then(|| vqa.pixels(&examples, heads)),
+                    })
+                }
+                _ => None,
+            },
         };
         let stats = step_fn.step_with_targets(&model, &batch, &targets)?;
         step += 1;
@@ -435,6 +502,12 @@ pub fn train(
             if let Some(t) = stats.subtask_accuracy {
                 record["subtask_accuracy"] = t.into();
             }
+            if let Some(t) = stats.vqa_loss {
+                record["vqa_loss"] = t.into();
+            }
+            if let Some(t) = stats.vqa_accuracy {
+                record["vqa_token_accuracy"] = t.into();
+            }
             write_metric(&mut metrics, &record, &opts.out)?;
             keep_going &= on_event(TrainEvent::Step {
                 stats: &stats,
@@ -442,7 +515,7 @@ pub fn train(
             });
         }
         if !val_subset.is_empty() && (step % train_cfg.val_every == 0 || step == train_cfg.steps) {
-            let val = validate(
+            let mut val = validate(
                 &data,
                 &val_subset,
                 &model,
@@ -451,6 +524,12 @@ pub fn train(
                 &train_cfg,
                 step,
             )?;
+            if let Some(vqa) = &vqa {
+                let (seen, held) = vqa.accuracy(&model, &tokenizer, &vqa_val)?;
+                let rate = |(right, n): (usize, usize)| (n > 0).then(|| right as f64 / n as f64);
+                val.vqa_accuracy_seen = rate(seen);
+                val.vqa_accuracy_held_out = rate(held);
+            }
             write_metric(
                 &mut metrics,
                 &serde_json::json!({
@@ -462,6 +541,8 @@ pub fn train(
                     "subtask_loss": val.subtask_loss,
                     "subtask_token_accuracy": val.subtask_token_accuracy,
                     "subtask_accuracy": val.subtask_accuracy,
+                    "vqa_accuracy_seen": val.vqa_accuracy_seen,
+                    "vqa_accuracy_held_out": val.vqa_accuracy_held_out,
                     "elapsed_s": started.elapsed().as_secs_f64(),
                 }),
                 &opts.out,
@@ -577,6 +658,8 @@ fn validate(
         subtask_loss: subtask.map(|s| s[0] / n),
         subtask_token_accuracy: subtask.map(|s| s[1] / n),
         subtask_accuracy: subtask.map(|s| s[2] / n),
+        vqa_accuracy_seen: None,
+        vqa_accuracy_held_out: None,
         frames: subset.len(),
     })
 }
@@ -655,6 +738,10 @@ fn write_train_json(opts: &TrainOptions, cfg: &TrainConfig, data: &DataSummary) 
         "model": opts.model,
         "train": cfg,
         "data": data,
+        "cotrain": opts.cotrain.as_ref().map(|c| serde_json::json!({
+            "source": c.source, "examples": c.examples.len(), "ratio": c.ratio,
+            "per_step": c.per_step(cfg.batch_size),
+        })),
         "device": format!("{:?}", opts.device),
     });
     let text = serde_json::to_string_pretty(&value).map_err(|e| VlaError::checkpoint(&path, e))?;

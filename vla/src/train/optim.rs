@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, VlaError};
 use crate::model::layers::{DECAY_GROUP, NO_DECAY_GROUP};
-use crate::model::{VlaBatch, VlaModel};
+use crate::model::{TextBatch, VlaBatch, VlaModel};
 
 /// Optimiser and schedule settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,6 +95,10 @@ pub struct StepStats {
     /// The sub-task tokens' cross-entropy (unweighted) and token accuracy, with a plan.
     pub subtask_loss: Option<f64>,
     pub subtask_accuracy: Option<f64>,
+    /// Co-training: the vision-language answers' cross-entropy (unweighted) and token
+    /// accuracy, when the step had vision-language examples.
+    pub vqa_loss: Option<f64>,
+    pub vqa_accuracy: Option<f64>,
 }
 
 /// Targets of the auxiliary grounding losses for one batch (see
@@ -113,6 +117,21 @@ pub struct AuxTargets {
     /// `[B]` each frame's subgoal class (a head, or the number of heads for "hold"; -1:
     /// unknown), for the subgoal gate's loss.
     pub subgoals: Option<Tensor>,
+    /// Co-training (RT-2): vision-language examples learned in the same step.
+    pub text: Option<TextTargets>,
+}
+
+/// Vision-language examples of a co-training step.
+#[derive(Debug)]
+pub struct TextTargets {
+    pub batch: TextBatch,
+    /// Weight of their losses against the robot frames' (their share of the step's rows).
+    pub weight: f64,
+    /// `[B, H, 2]` front-image (x, y) in `[0, 1]` and `[B, H]` mask: where a pointing
+    /// question's answer is, for the heat-map loss of the head that reads its phrase (with
+    /// the robot frames' `map_weight`): vision-language data teaching the grounding heads
+    /// words the robot data never had.
+    pub pixels: Option<(Tensor, Tensor)>,
 }
 
 /// The sum of the loss terms that are there (`None` when none is).
@@ -275,14 +294,18 @@ impl TrainStep {
             .locations
             .as_ref()
             .and_then(|(xy, mask)| model.target_loss(&out, xy, mask));
-        let front_map = targets
-            .pixels
-            .as_ref()
-            .and_then(|(px, m)| model.target_map_loss(&out, (px, m), 0, targets.map_weight));
-        let wrist_map = targets
-            .wrist_pixels
-            .as_ref()
-            .and_then(|(px, m)| model.target_map_loss(&out, (px, m), 1, targets.wrist_map_weight));
+        let front_map = targets.pixels.as_ref().and_then(|(px, m)| {
+            model.target_map_loss(
+                out.grounding_log_maps.as_ref(),
+                (px, m),
+                0,
+                targets.map_weight,
+            )
+        });
+        let wrist_map = targets.wrist_pixels.as_ref().and_then(|(px, m)| {
+            let maps = out.grounding_log_maps.as_ref();
+            model.target_map_loss(maps, (px, m), 1, targets.wrist_map_weight)
+        });
         let map = sum_present([front_map.as_ref(), wrist_map.as_ref()]);
         let subgoal = targets
             .subgoals
@@ -292,11 +315,26 @@ impl TrainStep {
             .subtask_loss
             .as_ref()
             .map(|l| l * model.config().plan.weight);
+        let text = match &targets.text {
+            Some(t) => Some((model.forward_text(&t.batch)?, t)),
+            None => None,
+        };
+        let text_loss = text.as_ref().map(|(out, t)| {
+            let pointing = t.pixels.as_ref().and_then(|(px, m)| {
+                let maps = out.grounding_log_maps.as_ref();
+                model.target_map_loss(maps, (px, m), 0, targets.map_weight)
+            });
+            match pointing {
+                Some(p) => (&out.loss + p) * t.weight,
+                None => &out.loss * t.weight,
+            }
+        });
         let aux = sum_present([
             regression.as_ref(),
             map.as_ref(),
             subgoal.as_ref(),
             plan.as_ref(),
+            text_loss.as_ref(),
         ]);
         let train_loss = if self.config.label_sigma_bins > 0.0 {
             soft_target_loss(
@@ -343,6 +381,10 @@ impl TrainStep {
                 .subtask_accuracy
                 .as_ref()
                 .map(|(tokens, _)| tokens.double_value(&[])),
+            vqa_loss: text.as_ref().map(|(out, _)| out.loss.double_value(&[])),
+            vqa_accuracy: text
+                .as_ref()
+                .map(|(out, _)| out.token_accuracy.double_value(&[])),
         };
         self.step += 1;
         Ok(stats)
