@@ -88,7 +88,9 @@ pub struct Args {
     device: String,
     /// Co-train (RT-2) on this many vision-language scenes (`vla vqa collect`, seed
     /// `VQA_SEED`), whose questions name every colour and object, held-out ones included;
-    /// 0: robot data only.
+    /// 0: robot data only, the default: with 1,000 scenes (session 15, seeds 1000 and 2000
+    /// pooled) the unseen split rose (`pick` 37 % → 53 %, `place` 16 % → 24 %) but seen
+    /// `place` fell 20 points (76 % → 56 %).
     #[arg(long, default_value_t = 0)]
     vqa_scenes: usize,
     /// The vision-language share of each training batch (see `vla train --vqa-ratio`).
