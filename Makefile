@@ -45,11 +45,13 @@ venv:
 	  torch==$(TORCH_VERSION) cyclonedds==$(CYCLONEDDS_VERSION)
 	@ln -sfn "$$(.venv/bin/python -W ignore -c 'import torch, os; print(os.path.dirname(os.path.realpath(torch.__file__)))')" .venv/libtorch
 
-# Python lerobot for the dataset interoperability tests. It pins torch<2.11, so it lives in a
-# venv of its own, never in the .venv whose torch 2.13 tch links.
+# Python lerobot for the dataset interoperability tests, and Python MCAP with its ROS 2 (CDR)
+# support, the independent writer of the bags tests/mcap_import.rs imports. lerobot pins
+# torch<2.11, so it lives in a venv of its own, never in the .venv whose torch 2.13 tch links.
 venv-lerobot:
 	@PYTHON=$(PYTHON) scripts/ensure-venv .venv-lerobot $(LEROBOT_VENV) 12 \
-	  "import lerobot" lerobot==$(LEROBOT_VERSION)
+	  "import lerobot, mcap, mcap_ros2" lerobot==$(LEROBOT_VERSION) \
+	  mcap==1.6.0 mcap-ros2-support==0.6.0
 
 # libtorch's random generator is process-global, so the model crate's seeded tests run on one
 # test thread (the rest of the suite runs in parallel).

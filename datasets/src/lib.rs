@@ -31,4 +31,7 @@ pub use format::{DatasetInfo, EpisodeInfo, FeatureInfo, CODEBASE_VERSION};
 pub use reader::{split_episodes, BatchIter, Dataset, Frame, PrefetchIter};
 pub use stats::{FeatureStats, NormMode, Stats};
 pub use validate::{validate, ValidationReport};
-pub use writer::{DatasetSpec, DatasetWriter, EpisodeIndex, FrameRecord, ImageSize, CAMERAS};
+pub use writer::{
+    CameraSpec, DatasetSpec, DatasetWriter, EpisodeIndex, FrameRecord, ImageSize, RawFrameRecord,
+    CAMERAS,
+};

@@ -53,17 +53,45 @@ pub struct ImageSize {
     pub height: u32,
 }
 
+impl std::fmt::Display for ImageSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
+}
+
+/// One camera of a dataset: its name (feature key `observation.images.<name>`) and the size
+/// of its images (each camera has its own).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CameraSpec {
+    pub name: String,
+    pub size: ImageSize,
+}
+
+impl CameraSpec {
+    pub fn new(name: impl Into<String>, size: ImageSize) -> Self {
+        CameraSpec {
+            name: name.into(),
+            size,
+        }
+    }
+
+    /// Feature key of the camera (`observation.images.<name>`).
+    pub fn key(&self) -> String {
+        image_key(&self.name)
+    }
+}
+
 /// What a new dataset records.
 #[derive(Clone, Debug)]
 pub struct DatasetSpec {
     pub robot_type: String,
     /// Control rate (frames per second).
     pub fps: u32,
-    /// Size of both cameras' images.
-    pub image_size: ImageSize,
-    /// Names of the state vector entries (`observation.state`).
+    /// The cameras, each with its own image size (feature keys `observation.images.<name>`).
+    pub cameras: Vec<CameraSpec>,
+    /// Names of the state vector entries (`observation.state`); their number is the state's.
     pub state_names: Vec<String>,
-    /// Names of the action entries (`action`).
+    /// Names of the action entries (`action`); their number is the action's.
     pub action_names: Vec<String>,
     /// Files per `chunk-XXX` directory.
     pub chunks_size: usize,
@@ -82,17 +110,78 @@ impl DatasetSpec {
     /// The spec of this stack's robot: [`STATE_NAMES`] state, [`ACTION_NAMES`] actions, front
     /// and wrist cameras, lerobot's default file sizes, a flush every 5 episodes.
     pub fn new(robot_type: impl Into<String>, fps: u32, image_size: ImageSize) -> Self {
+        Self::with_features(
+            robot_type,
+            fps,
+            CAMERAS
+                .iter()
+                .map(|c| CameraSpec::new(*c, image_size))
+                .collect(),
+            STATE_NAMES.iter().map(|s| s.to_string()).collect(),
+            ACTION_NAMES.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    /// The spec of any robot: these cameras, state and action entries, lerobot's default file
+    /// sizes, a flush every 5 episodes.
+    pub fn with_features(
+        robot_type: impl Into<String>,
+        fps: u32,
+        cameras: Vec<CameraSpec>,
+        state_names: Vec<String>,
+        action_names: Vec<String>,
+    ) -> Self {
         DatasetSpec {
             robot_type: robot_type.into(),
             fps,
-            image_size,
-            state_names: STATE_NAMES.iter().map(|s| s.to_string()).collect(),
-            action_names: ACTION_NAMES.iter().map(|s| s.to_string()).collect(),
+            cameras,
+            state_names,
+            action_names,
             chunks_size: DEFAULT_CHUNKS_SIZE,
             data_files_size_in_mb: DEFAULT_DATA_FILE_SIZE_IN_MB,
             flush_every_episodes: 5,
             subtasks: false,
         }
+    }
+
+    /// Why `create` would refuse this spec, if it would: the message names the field.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.fps == 0 {
+            return Err("fps must be positive".into());
+        }
+        for (field, names) in [
+            ("state_names", &self.state_names),
+            ("action_names", &self.action_names),
+        ] {
+            if names.is_empty() {
+                return Err(format!("{field} is empty (at least one entry is needed)"));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for cam in &self.cameras {
+            let valid = !cam.name.is_empty()
+                && cam
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !valid {
+                return Err(format!(
+                    "camera name {:?} must be non-empty ASCII letters, digits, '_', '-' or '.'",
+                    cam.name
+                ));
+            }
+            if !seen.insert(cam.name.as_str()) {
+                return Err(format!("camera {:?} is listed twice", cam.name));
+            }
+            if cam.size.width == 0 || cam.size.height == 0 {
+                return Err(format!(
+                    "{}: image size {} must be positive",
+                    cam.key(),
+                    cam.size
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn features(&self) -> std::collections::BTreeMap<String, FeatureInfo> {
@@ -108,10 +197,10 @@ impl DatasetSpec {
             ACTION_KEY.to_string(),
             FeatureInfo::vector("float32", &names(&self.action_names)),
         );
-        for cam in CAMERAS {
+        for cam in &self.cameras {
             f.insert(
-                image_key(cam),
-                FeatureInfo::image(self.image_size.height, self.image_size.width),
+                cam.key(),
+                FeatureInfo::image(cam.size.height, cam.size.width),
             );
         }
         f.insert("timestamp".into(), FeatureInfo::scalar("float32"));
@@ -138,10 +227,28 @@ pub struct FrameRecord<'a> {
     pub subtask: Option<&'a str>,
 }
 
+/// One frame to record, of any robot: named camera images, state and action vectors (see
+/// [`DatasetWriter::add_raw_frame`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RawFrameRecord<'a> {
+    /// One image per camera of the dataset, by camera name (`front` for
+    /// `observation.images.front`), in any order.
+    pub images: &'a [(&'a str, &'a RgbImage)],
+    /// `observation.state`, as many values as the dataset's state names.
+    pub state: &'a [f32],
+    /// `action`, as many values as the dataset's action names.
+    pub action: &'a [f32],
+    /// Seconds since the start of the episode (normally `frame_index / fps`).
+    pub timestamp: f32,
+    /// As [`FrameRecord::subtask`].
+    pub subtask: Option<&'a str>,
+}
+
 struct RawFrame {
-    images: [RgbImage; 2],
+    /// In the order of [`DatasetWriter::cameras`].
+    images: Vec<RgbImage>,
     state: Vec<f32>,
-    action: [f32; 7],
+    action: Vec<f32>,
     timestamp: f32,
     /// `Some` exactly when the dataset records sub-tasks.
     subtask: Option<String>,
@@ -166,7 +273,10 @@ pub struct DatasetWriter {
     stats: Stats,
     schema: Arc<Schema>,
     schema_kv: Vec<parquet::file::metadata::KeyValue>,
-    image_size: ImageSize,
+    /// Sorted by feature key (the order of the data files' columns).
+    cameras: Vec<CameraSpec>,
+    /// Feature key of each camera, parallel to `cameras`.
+    camera_keys: Vec<String>,
     state_dim: usize,
     action_dim: usize,
     flush_every: usize,
@@ -192,12 +302,8 @@ impl DatasetWriter {
                 ));
             }
         }
-        if spec.fps == 0 || spec.image_size.width == 0 || spec.image_size.height == 0 {
-            return Err(DatasetError::usage(
-                &root,
-                "fps and image size must be positive",
-            ));
-        }
+        spec.check()
+            .map_err(|detail| DatasetError::usage(&root, detail))?;
         std::fs::create_dir_all(root.join("meta")).at(&root)?;
         let info = DatasetInfo {
             codebase_version: CODEBASE_VERSION.to_string(),
@@ -378,32 +484,26 @@ impl DatasetWriter {
         };
         let state_dim = feature(STATE_KEY)?.numel();
         let action_dim = feature(ACTION_KEY)?.numel();
-        if action_dim != 7 {
-            return Err(DatasetError::schema(
-                &info_path,
-                format!("action has {action_dim} values, this writer records 7"),
-            ));
-        }
-        let mut image_size = None;
-        for cam in CAMERAS {
-            let f = feature(&image_key(cam))?;
-            if !f.is_image() || f.shape.len() != 3 || f.shape[2] != 3 {
+        let mut cameras = Vec::new();
+        for key in info.image_keys() {
+            let f = feature(&key)?;
+            if f.shape.len() != 3 || f.shape[2] != 3 || f.shape[0] == 0 || f.shape[1] == 0 {
                 return Err(DatasetError::schema(
                     &info_path,
                     format!(
-                        "feature {:?} must be an RGB image, found dtype {:?} shape {:?}",
-                        image_key(cam),
-                        f.dtype,
-                        f.shape
+                        "feature {key:?} must be an RGB image, found dtype {:?} shape {:?}",
+                        f.dtype, f.shape
                     ),
                 ));
             }
-            image_size = Some(ImageSize {
+            let size = ImageSize {
                 height: f.shape[0] as u32,
                 width: f.shape[1] as u32,
-            });
+            };
+            let name = key.strip_prefix(IMAGE_PREFIX).unwrap_or(&key);
+            cameras.push(CameraSpec::new(name, size));
         }
-        let image_size = image_size.ok_or_else(|| DatasetError::schema(&info_path, "no camera"))?;
+        let camera_keys = info.image_keys();
         for key in format::DEFAULT_FEATURE_KEYS {
             feature(key)?;
         }
@@ -427,7 +527,8 @@ impl DatasetWriter {
             stats,
             schema,
             schema_kv,
-            image_size,
+            cameras,
+            camera_keys,
             state_dim,
             action_dim,
             flush_every: flush_every.max(1),
@@ -476,36 +577,106 @@ impl DatasetWriter {
         self.current.len()
     }
 
-    /// Append a frame to the current episode.
+    /// The dataset's cameras (name and image size), sorted by name: the order of the data
+    /// files' image columns.
+    pub fn cameras(&self) -> &[CameraSpec] {
+        &self.cameras
+    }
+
+    /// Number of values of `observation.state`.
+    pub fn state_dim(&self) -> usize {
+        self.state_dim
+    }
+
+    /// Number of values of `action`.
+    pub fn action_dim(&self) -> usize {
+        self.action_dim
+    }
+
+    /// Append a frame of this stack's robot (front and wrist cameras, its state and 7-number
+    /// action) to the current episode.
     pub fn add_frame(&mut self, frame: FrameRecord<'_>) -> Result<()> {
         let obs = frame.observation;
-        let ImageSize { width, height } = self.image_size;
-        for (cam, img) in CAMERAS.iter().zip([&obs.front, &obs.wrist]) {
-            if img.dimensions() != (width, height) {
-                return Err(DatasetError::usage(
-                    &self.root,
-                    format!(
-                        "{cam} image is {:?}, the dataset records {width}x{height}",
-                        img.dimensions()
-                    ),
-                ));
-            }
-        }
-        if obs.state.len() != self.state_dim {
+        self.add_raw_frame(RawFrameRecord {
+            images: &[(CAMERAS[0], &obs.front), (CAMERAS[1], &obs.wrist)],
+            state: &obs.state,
+            action: &frame.action.0,
+            timestamp: frame.timestamp,
+            subtask: frame.subtask,
+        })
+    }
+
+    /// Append a frame of any robot to the current episode: one image per camera (by name, each
+    /// of its camera's size), and state and action vectors of the dataset's lengths. Errors
+    /// name the feature key and the cause; nothing is appended then.
+    pub fn add_raw_frame(&mut self, frame: RawFrameRecord<'_>) -> Result<()> {
+        let camera_names = || {
+            self.cameras
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some((name, _)) = frame
+            .images
+            .iter()
+            .find(|(name, _)| !self.cameras.iter().any(|c| c.name == *name))
+        {
             return Err(DatasetError::usage(
                 &self.root,
                 format!(
-                    "state has {} values, the dataset records {}",
-                    obs.state.len(),
-                    self.state_dim
+                    "{}: no such camera in the dataset (it records: {})",
+                    image_key(name),
+                    camera_names()
                 ),
             ));
         }
-        if let Some(i) = frame.action.0.iter().position(|v| !v.is_finite()) {
-            return Err(DatasetError::usage(
-                &self.root,
-                format!("action dimension {i} is not finite"),
-            ));
+        let mut images = Vec::with_capacity(self.cameras.len());
+        for (cam, key) in self.cameras.iter().zip(&self.camera_keys) {
+            let mut given = frame.images.iter().filter(|(name, _)| *name == cam.name);
+            let img = match (given.next(), given.next()) {
+                (Some((_, img)), None) => *img,
+                (None, _) => {
+                    return Err(DatasetError::usage(
+                        &self.root,
+                        format!("{key}: the frame has no image for camera {:?}", cam.name),
+                    ))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(DatasetError::usage(
+                        &self.root,
+                        format!("{key}: the frame has two images for camera {:?}", cam.name),
+                    ))
+                }
+            };
+            let (width, height) = img.dimensions();
+            if (width, height) != (cam.size.width, cam.size.height) {
+                return Err(DatasetError::usage(
+                    &self.root,
+                    format!(
+                        "{key}: image is {width}x{height}, the dataset records {}",
+                        cam.size
+                    ),
+                ));
+            }
+            images.push(img);
+        }
+        for (key, values, dim) in [
+            (STATE_KEY, frame.state, self.state_dim),
+            (ACTION_KEY, frame.action, self.action_dim),
+        ] {
+            if values.len() != dim {
+                return Err(DatasetError::usage(
+                    &self.root,
+                    format!("{key}: {} values, the dataset records {dim}", values.len()),
+                ));
+            }
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(DatasetError::usage(
+                    &self.root,
+                    format!("{key}: dimension {i} is not finite"),
+                ));
+            }
         }
         let subtask = match (self.records_subtasks(), frame.subtask) {
             (false, _) => None,
@@ -522,9 +693,9 @@ impl DatasetWriter {
             }
         };
         self.current.push(RawFrame {
-            images: [obs.front.clone(), obs.wrist.clone()],
-            state: obs.state.to_vec(),
-            action: frame.action.0,
+            images: images.into_iter().cloned().collect(),
+            state: frame.state.to_vec(),
+            action: frame.action.to_vec(),
             timestamp: frame.timestamp,
             subtask,
         });
@@ -605,22 +776,28 @@ impl DatasetWriter {
         from_index: usize,
     ) -> Result<(RecordBatch, Stats, usize)> {
         let n = frames.len();
-        let encoded: Vec<[Vec<u8>; 2]> = frames
+        let encoded: Vec<Vec<Vec<u8>>> = frames
             .par_iter()
-            .map(|f| -> Result<[Vec<u8>; 2]> {
-                Ok([
-                    encode_png(&self.root, &f.images[0])?,
-                    encode_png(&self.root, &f.images[1])?,
-                ])
+            .map(|f| -> Result<Vec<Vec<u8>>> {
+                f.images
+                    .iter()
+                    .map(|img| encode_png(&self.root, img))
+                    .collect()
             })
             .collect::<Result<_>>()?;
-        let bytes: usize = encoded.iter().map(|e| e[0].len() + e[1].len()).sum();
+        let bytes: usize = encoded
+            .iter()
+            .map(|e| e.iter().map(Vec::len).sum::<usize>())
+            .sum();
 
         let state: Vec<f32> = frames
             .iter()
             .flat_map(|f| f.state.iter().copied())
             .collect();
-        let action: Vec<f32> = frames.iter().flat_map(|f| f.action).collect();
+        let action: Vec<f32> = frames
+            .iter()
+            .flat_map(|f| f.action.iter().copied())
+            .collect();
         let timestamp: Vec<f32> = frames.iter().map(|f| f.timestamp).collect();
         let frame_index: Vec<i64> = (0..n as i64).collect();
         let index: Vec<i64> = (from_index as i64..(from_index + n) as i64).collect();
@@ -662,7 +839,7 @@ impl DatasetWriter {
                 FeatureStats::from_vectors(&as_f32(subtask_index), 1),
             );
         }
-        let hists: Vec<[[u64; 256]; 3]> = (0..2)
+        let hists: Vec<[[u64; 256]; 3]> = (0..self.cameras.len())
             .into_par_iter()
             .map(|cam| {
                 let mut h = [[0u64; 256]; 3];
@@ -676,8 +853,8 @@ impl DatasetWriter {
                 h
             })
             .collect();
-        for (cam, h) in CAMERAS.iter().zip(&hists) {
-            s.insert(image_key(cam), FeatureStats::from_histograms(h, n as u64));
+        for (key, h) in self.camera_keys.iter().zip(&hists) {
+            s.insert(key.clone(), FeatureStats::from_histograms(h, n as u64));
         }
 
         let path = self.root.join(DATA_DIR);
@@ -700,7 +877,7 @@ impl DatasetWriter {
                         ))
                     }
                 },
-                name => match CAMERAS.iter().position(|c| image_key(c) == name) {
+                name => match self.camera_keys.iter().position(|k| k == name) {
                     Some(cam) => image_struct(encoded.iter().map(|e| e[cam].as_slice())),
                     None => {
                         return Err(DatasetError::schema(
@@ -929,4 +1106,201 @@ fn remove_tmp_files(root: &Path) -> Result<()> {
     }
     walk(&root.join("meta"), 3)?;
     walk(&root.join(DATA_DIR), 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("vla-datasets-writer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn size(width: u32, height: u32) -> ImageSize {
+        ImageSize { width, height }
+    }
+
+    fn picture(w: u32, h: u32, t: usize) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, t as u8]))
+    }
+
+    fn names(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    }
+
+    /// Three cameras of three sizes, listed out of name order, a 2-number state and a
+    /// 6-number action.
+    fn spec() -> DatasetSpec {
+        DatasetSpec::with_features(
+            "other_robot",
+            5,
+            vec![
+                CameraSpec::new("top", size(6, 4)),
+                CameraSpec::new("left", size(3, 5)),
+                CameraSpec::new("right", size(2, 2)),
+            ],
+            names("joint_", 2),
+            names("v_", 6),
+        )
+    }
+
+    #[test]
+    fn raw_frames_of_any_robot_round_trip_and_validate() {
+        let dir = scratch("raw");
+        let mut w = DatasetWriter::create(&dir, spec()).expect("create");
+        let cams: Vec<&str> = w.cameras().iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(cams, ["left", "right", "top"], "sorted like the columns");
+        assert_eq!((w.state_dim(), w.action_dim()), (2, 6));
+        for t in 0..4 {
+            let (top, left, right) = (picture(6, 4, t), picture(3, 5, t + 10), picture(2, 2, t));
+            let action: Vec<f32> = (0..6).map(|i| (t * 10 + i) as f32).collect();
+            w.add_raw_frame(RawFrameRecord {
+                images: &[("top", &top), ("right", &right), ("left", &left)],
+                state: &[t as f32, -(t as f32)],
+                action: &action,
+                timestamp: t as f32 / 5.0,
+                subtask: None,
+            })
+            .expect("add_raw_frame");
+        }
+        w.save_episode("wave").expect("save");
+        w.finalize().expect("finalize");
+        crate::validate(&dir).expect("valid");
+
+        let ds = crate::Dataset::open(&dir).expect("open");
+        let info = ds.info();
+        assert_eq!(info.features["observation.images.top"].shape, [4, 6, 3]);
+        assert_eq!(info.features["observation.images.left"].shape, [5, 3, 3]);
+        assert_eq!(
+            info.features[ACTION_KEY].names,
+            serde_json::json!(names("v_", 6))
+        );
+        let f = ds.frame(2).expect("frame");
+        assert_eq!(f.state, [2.0, -2.0]);
+        assert_eq!(f.action, [20.0, 21.0, 22.0, 23.0, 24.0, 25.0]);
+        assert_eq!(f.images["observation.images.left"], picture(3, 5, 12));
+        assert_eq!(f.images["observation.images.top"], picture(6, 4, 2));
+        assert_eq!(f.images["observation.images.right"], picture(2, 2, 2));
+        // Resuming finds the same cameras and lengths in info.json.
+        let w = DatasetWriter::open_resume(&dir).expect("resume");
+        assert_eq!(w.cameras().len(), 3);
+        assert_eq!((w.state_dim(), w.action_dim()), (2, 6));
+        drop(w);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn raw_frame_errors_name_the_key_and_keep_the_episode() {
+        let dir = scratch("raw-errors");
+        let mut w = DatasetWriter::create(&dir, spec()).expect("create");
+        let (top, left, right) = (picture(6, 4, 0), picture(3, 5, 0), picture(2, 2, 0));
+        let six = [0.0f32; 6];
+        let good = RawFrameRecord {
+            images: &[("top", &top), ("left", &left), ("right", &right)],
+            state: &[0.0, 1.0],
+            action: &six,
+            timestamp: 0.0,
+            subtask: None,
+        };
+        w.add_raw_frame(good).expect("a good frame");
+        let small = picture(3, 3, 0);
+        fn expect_err(w: &mut DatasetWriter, frame: RawFrameRecord<'_>, words: &[&str]) {
+            let err = w.add_raw_frame(frame).expect_err("refused").to_string();
+            for word in words {
+                assert!(err.contains(word), "{word:?} not in {err}");
+            }
+        }
+        let bad_size = [("top", &top), ("left", &small), ("right", &right)];
+        expect_err(
+            &mut w,
+            RawFrameRecord {
+                images: &bad_size,
+                ..good
+            },
+            &["observation.images.left", "3x3", "3x5"],
+        );
+        let missing = [("top", &top), ("left", &left)];
+        expect_err(
+            &mut w,
+            RawFrameRecord {
+                images: &missing,
+                ..good
+            },
+            &["observation.images.right", "no image"],
+        );
+        let unknown = [
+            ("top", &top),
+            ("left", &left),
+            ("right", &right),
+            ("x", &top),
+        ];
+        expect_err(
+            &mut w,
+            RawFrameRecord {
+                images: &unknown,
+                ..good
+            },
+            &["observation.images.x", "left, right, top"],
+        );
+        expect_err(
+            &mut w,
+            RawFrameRecord {
+                state: &[1.0],
+                ..good
+            },
+            &["observation.state", "1 values", "records 2"],
+        );
+        expect_err(
+            &mut w,
+            RawFrameRecord {
+                action: &[0.0; 7],
+                ..good
+            },
+            &["action", "7 values", "records 6"],
+        );
+        expect_err(
+            &mut w,
+            RawFrameRecord {
+                action: &[0.0, 0.0, f32::NAN, 0.0, 0.0, 0.0],
+                ..good
+            },
+            &["action", "dimension 2"],
+        );
+        assert_eq!(
+            w.current_episode_len(),
+            1,
+            "refused frames are not appended"
+        );
+        drop(w);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn specs_that_cannot_be_written_are_refused_naming_the_field() {
+        fn refused(case: &str, change: impl Fn(&mut DatasetSpec), word: &str) {
+            let dir = scratch(&format!("spec-{case}"));
+            let mut s = spec();
+            change(&mut s);
+            let err = DatasetWriter::create(&dir, s).err().expect("refused");
+            assert!(err.to_string().contains(word), "{word:?} not in {err}");
+            assert!(!dir.join("meta").exists(), "nothing written");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        refused("fps", |s| s.fps = 0, "fps");
+        refused("actions", |s| s.action_names.clear(), "action_names");
+        refused("name", |s| s.cameras[0].name = "a b".into(), "\"a b\"");
+        refused(
+            "twice",
+            |s| s.cameras[1].name = "top".into(),
+            "listed twice",
+        );
+        refused(
+            "size",
+            |s| s.cameras[2].size = size(0, 2),
+            "observation.images.right",
+        );
+    }
 }

@@ -6,11 +6,13 @@
 //! r2r behind a feature), [`image`] (camera messages to policy images), [`safety`]
 //! (command-sink decorators: limits, watchdog, emergency stop), [`output`] (commands to
 //! MoveIt Servo / ros2_control messages), [`bridge`] (the node), [`config`] (TOML +
-//! overrides), [`sim_node`] (the simulator as a robot), [`netns`] (test isolation).
+//! overrides), [`sim_node`] (the simulator as a robot), [`netns`] (test isolation),
+//! [`mcap_import`] (rosbag2 MCAP recordings to dataset frames, for `vla dataset from-mcap`).
 
 pub mod bridge;
 pub mod config;
 pub mod image;
+pub mod mcap_import;
 pub mod msg;
 pub mod netns;
 pub mod output;

@@ -1,9 +1,16 @@
-//! `vla dataset …`: inspect, check and look at LeRobot v3.0 datasets.
+//! `vla dataset …`: inspect, check and look at LeRobot v3.0 datasets, and make them from
+//! rosbag2 recordings (`from-mcap`).
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
+use anyhow::Context;
 use serde::Serialize;
-use vla_datasets::{validate, Dataset};
+use vla_datasets::{
+    validate, CameraSpec, Dataset, DatasetSpec, DatasetWriter, ImageSize, RawFrameRecord,
+};
+use vla_ros_bridge::mcap_import::{plan_bag, BagFrame, BagPlan, ImportOptions};
 
 #[derive(clap::Subcommand)]
 pub enum What {
@@ -27,6 +34,76 @@ pub enum What {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Make a new dataset from rosbag2 recordings (MCAP storage): camera, state and action
+    /// topics sampled at --fps; one episode per bag, or per start/stop marker.
+    FromMcap(FromMcapArgs),
+}
+
+/// `vla dataset from-mcap`.
+#[derive(clap::Args)]
+pub struct FromMcapArgs {
+    /// rosbag2 MCAP files, imported in this order (one episode each without --episode-topic).
+    #[arg(required = true, value_name = "BAG.mcap")]
+    bags: Vec<PathBuf>,
+    /// Directory of the new dataset (must not exist, or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// A camera as NAME=TOPIC (sensor_msgs/Image: rgb8, bgr8, rgba8, bgra8, mono8; or
+    /// sensor_msgs/CompressedImage: jpeg, png), recorded as `observation.images.NAME` at its
+    /// own size; repeat for more cameras.
+    #[arg(long = "camera", value_name = "NAME=TOPIC", required = true, value_parser = parse_camera)]
+    cameras: Vec<CameraTopic>,
+    /// State topic: sensor_msgs/JointState (positions, named by the joint names), or any type
+    /// --action reads.
+    #[arg(long, value_name = "TOPIC")]
+    state: String,
+    /// Action topic: geometry_msgs/TwistStamped or Twist (linear x y z, angular x y z),
+    /// trajectory_msgs/JointTrajectory (the first point's positions),
+    /// std_msgs/Float64MultiArray (data) or sensor_msgs/JointState (positions).
+    #[arg(long, value_name = "TOPIC")]
+    action: String,
+    /// Frames per second: the bag is sampled at this rate on its log-time clock.
+    #[arg(long)]
+    fps: u32,
+    /// Task (instruction) of every episode [default: the bag's file name without extension].
+    #[arg(long)]
+    task: Option<String>,
+    /// A topic whose latest message is older than this at a tick makes the tick stale: it is
+    /// dropped and counted (seconds) [default: 2/fps].
+    #[arg(long, value_name = "SECONDS")]
+    tolerance: Option<f64>,
+    /// A topic silent for longer than this inside an episode is an error (seconds).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    max_gap: f64,
+    /// std_msgs/String topic of episode markers (`start`, `stop`, `discard`): one episode per
+    /// start…stop instead of one per bag.
+    #[arg(long, value_name = "TOPIC")]
+    episode_topic: Option<String>,
+    /// `robot_type` of meta/info.json.
+    #[arg(long, default_value = "ros2")]
+    robot_type: String,
+    /// Print the report (episodes, frames, stale ticks per topic, seconds) as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A `--camera NAME=TOPIC`.
+#[derive(Clone, Debug)]
+struct CameraTopic {
+    name: String,
+    topic: String,
+}
+
+fn parse_camera(s: &str) -> Result<CameraTopic, String> {
+    match s.split_once('=') {
+        Some((name, topic)) if !name.is_empty() && !topic.is_empty() => Ok(CameraTopic {
+            name: name.to_string(),
+            topic: topic.to_string(),
+        }),
+        _ => Err(format!(
+            "{s:?} is not NAME=TOPIC (e.g. front=/camera/image_raw)"
+        )),
+    }
 }
 
 #[derive(Serialize)]
@@ -58,6 +135,10 @@ pub fn dir_size(path: &std::path::Path) -> u64 {
 
 pub fn run(what: What) -> anyhow::Result<()> {
     match what {
+        What::FromMcap(args) => {
+            let report = from_mcap(&args)?;
+            super::print_report(args.json, &report, || report.summary())
+        }
         What::Info { dir, json } => {
             // Vision-language data (`vla vqa collect`) has no LeRobot `meta/`.
             if vla_datasets::vqa::is_vqa_dataset(&dir) {
@@ -168,5 +249,300 @@ fn vqa_info(dir: PathBuf, json: bool) -> anyhow::Result<()> {
             dir_size(&dir) as f64 / 1e6,
             kinds.join(", ")
         )
+    })
+}
+
+/// What `vla dataset from-mcap` did with one bag.
+#[derive(Serialize)]
+struct BagReport {
+    bag: PathBuf,
+    task: String,
+    episodes: usize,
+    frames: usize,
+    /// Ticks dropped because a topic was stale (see `dropped`).
+    dropped_ticks: usize,
+    /// Per topic: ticks it made stale.
+    dropped: BTreeMap<String, usize>,
+    /// Marker episodes that held no frame.
+    empty_episodes: usize,
+    /// `stop`/`discard` markers outside an episode.
+    ignored_markers: usize,
+    /// Recorded time the episodes span.
+    duration_s: f64,
+}
+
+/// The report of `vla dataset from-mcap`.
+#[derive(Serialize)]
+struct FromMcapReport {
+    out: PathBuf,
+    episodes: usize,
+    frames: usize,
+    dropped_ticks: usize,
+    dropped: BTreeMap<String, usize>,
+    duration_s: f64,
+    /// Wall-clock time of the import.
+    seconds: f64,
+    bags: Vec<BagReport>,
+}
+
+impl FromMcapReport {
+    fn summary(&self) -> String {
+        let dropped: Vec<String> = self
+            .dropped
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect();
+        format!(
+            "{}: {} episodes, {} frames from {} bags ({:.1} s recorded); dropped {} stale ticks{}; took {:.1} s",
+            self.out.display(),
+            self.episodes,
+            self.frames,
+            self.bags.len(),
+            self.duration_s,
+            self.dropped_ticks,
+            if dropped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", dropped.join(", "))
+            },
+            self.seconds
+        )
+    }
+}
+
+/// Writes the frames of every bag through one [`DatasetWriter`], created at the first frame
+/// (which gives the cameras' image sizes). Every episode is committed to disk as it is saved.
+struct McapSink<'a> {
+    args: &'a FromMcapArgs,
+    state_names: Vec<String>,
+    action_names: Vec<String>,
+    writer: Option<DatasetWriter>,
+    bar: indicatif::ProgressBar,
+}
+
+impl McapSink<'_> {
+    fn frame(&mut self, plan: &BagPlan, task: &str, f: BagFrame<'_>) -> anyhow::Result<()> {
+        let args = self.args;
+        if self.writer.is_none() {
+            let cameras = f
+                .images
+                .iter()
+                .map(|(name, img)| {
+                    let (width, height) = img.dimensions();
+                    CameraSpec::new(*name, ImageSize { width, height })
+                })
+                .collect();
+            let mut spec = DatasetSpec::with_features(
+                args.robot_type.clone(),
+                args.fps,
+                cameras,
+                self.state_names.clone(),
+                self.action_names.clone(),
+            );
+            spec.flush_every_episodes = 1;
+            self.writer = Some(DatasetWriter::create(&args.out, spec)?);
+        }
+        let Some(writer) = self.writer.as_mut() else {
+            anyhow::bail!("no dataset writer");
+        };
+        writer
+            .add_raw_frame(RawFrameRecord {
+                images: f.images,
+                state: f.state,
+                action: f.action,
+                timestamp: f.frame as f32 / args.fps as f32,
+                subtask: None,
+            })
+            .with_context(|| {
+                let cameras: Vec<String> = args
+                    .cameras
+                    .iter()
+                    .map(|c| format!("{} is {}", c.name, c.topic))
+                    .collect();
+                format!(
+                    "{}: frame {} of episode {} does not fit the dataset (cameras: {}; --state {}, --action {})",
+                    plan.path().display(),
+                    f.frame,
+                    f.episode,
+                    cameras.join(", "),
+                    args.state,
+                    args.action
+                )
+            })?;
+        if f.last_of_episode {
+            writer.save_episode(task)?;
+        }
+        self.bar.inc(1);
+        Ok(())
+    }
+}
+
+/// The task of a bag's episodes: `--task`, or the bag's file name without extension.
+fn bag_task(args: &FromMcapArgs, bag: &Path) -> String {
+    args.task.clone().unwrap_or_else(|| {
+        bag.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| bag.display().to_string())
+    })
+}
+
+/// `vla dataset from-mcap`: every bag is read and checked first (so a bad bag writes nothing),
+/// then the frames are written, each episode committed as it ends. An error while writing
+/// keeps the episodes committed before it; one before the first episode leaves `--out` as it
+/// was.
+fn from_mcap(args: &FromMcapArgs) -> anyhow::Result<FromMcapReport> {
+    let started = Instant::now();
+    let opts = ImportOptions {
+        cameras: args
+            .cameras
+            .iter()
+            .map(|c| (c.name.clone(), c.topic.clone()))
+            .collect(),
+        state_topic: args.state.clone(),
+        action_topic: args.action.clone(),
+        episode_topic: args.episode_topic.clone(),
+        fps: args.fps,
+        tolerance_s: args
+            .tolerance
+            .unwrap_or_else(|| ImportOptions::default_tolerance_s(args.fps)),
+        max_gap_s: args.max_gap,
+    };
+    opts.validate()?;
+    let out = &args.out;
+    let out_existed = out.exists();
+    if out_existed {
+        let mut entries = std::fs::read_dir(out)
+            .with_context(|| format!("--out {}: not a readable directory", out.display()))?;
+        anyhow::ensure!(
+            entries.next().is_none(),
+            "--out {}: the directory is not empty (from-mcap makes a new dataset)",
+            out.display()
+        );
+    }
+
+    // Pass 1 over every bag: whatever is wrong with one is found before anything is written.
+    let bar = super::progress(args.bags.len() as u64, "reading");
+    let mut plans = Vec::with_capacity(args.bags.len());
+    for bag in &args.bags {
+        bar.set_message(bag.display().to_string());
+        plans.push(plan_bag(bag, &opts)?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let Some((first, rest)) = plans.split_first() else {
+        anyhow::bail!("no bag given");
+    };
+    for plan in rest {
+        for (flag, topic, theirs, ours) in [
+            (
+                "--state",
+                &args.state,
+                plan.state_names(),
+                first.state_names(),
+            ),
+            (
+                "--action",
+                &args.action,
+                plan.action_names(),
+                first.action_names(),
+            ),
+        ] {
+            anyhow::ensure!(
+                theirs == ours,
+                "{}: {flag} {topic} has entries [{}], but {} has [{}]; one dataset needs the same",
+                plan.path().display(),
+                theirs.join(", "),
+                first.path().display(),
+                ours.join(", ")
+            );
+        }
+    }
+    let frames: usize = plans.iter().map(BagPlan::frames).sum();
+    anyhow::ensure!(
+        frames > 0,
+        "no frames to write: {} (with --episode-topic, are there start markers after every \
+         named topic has spoken?)",
+        args.bags
+            .iter()
+            .map(|b| b.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    // Pass 2: decode the camera images and write.
+    let mut sink = McapSink {
+        args,
+        state_names: first.state_names().to_vec(),
+        action_names: first.action_names().to_vec(),
+        writer: None,
+        bar: super::progress(frames as u64, "writing"),
+    };
+    let tasks: Vec<String> = args.bags.iter().map(|b| bag_task(args, b)).collect();
+    let written = plans
+        .iter()
+        .zip(&tasks)
+        .try_for_each(|(plan, task)| plan.replay(|f| sink.frame(plan, task, f)));
+    sink.bar.finish_and_clear();
+    let info = match (written, sink.writer.take()) {
+        (Ok(()), Some(writer)) => writer.finalize()?,
+        (Ok(()), None) => anyhow::bail!("no frames were written"),
+        (Err(err), writer) => {
+            // The episode in progress is dropped; every saved one is already committed.
+            let committed = match writer {
+                Some(w) => w.finalize().map(|i| i.total_episodes).unwrap_or(0),
+                None => 0,
+            };
+            if committed == 0 {
+                // Leave --out as it was.
+                let _ = std::fs::remove_dir_all(out);
+                if out_existed {
+                    let _ = std::fs::create_dir_all(out);
+                }
+                return Err(err.context(format!("nothing was written to {}", out.display())));
+            }
+            let episodes = if committed == 1 {
+                "episode"
+            } else {
+                "episodes"
+            };
+            return Err(err.context(format!(
+                "{} keeps the {committed} {episodes} written before this error",
+                out.display()
+            )));
+        }
+    };
+
+    let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
+    let bags: Vec<BagReport> = plans
+        .iter()
+        .zip(tasks)
+        .map(|(plan, task)| {
+            let per_topic = plan.stale_per_topic();
+            for (topic, n) in &per_topic {
+                *dropped.entry(topic.clone()).or_default() += n;
+            }
+            BagReport {
+                bag: plan.path().to_path_buf(),
+                task,
+                episodes: plan.episodes().len(),
+                frames: plan.frames(),
+                dropped_ticks: plan.dropped_ticks(),
+                dropped: per_topic,
+                empty_episodes: plan.empty_episodes(),
+                ignored_markers: plan.ignored_markers(),
+                duration_s: plan.duration_s(),
+            }
+        })
+        .collect();
+    Ok(FromMcapReport {
+        out: out.clone(),
+        episodes: info.total_episodes,
+        frames: info.total_frames,
+        dropped_ticks: bags.iter().map(|b| b.dropped_ticks).sum(),
+        dropped,
+        duration_s: bags.iter().map(|b| b.duration_s).sum(),
+        seconds: started.elapsed().as_secs_f64(),
+        bags,
     })
 }
