@@ -1037,6 +1037,34 @@ impl BagPlan {
     }
 
     /// Pass-1 checks of the frames: finite state and action values, raw images of one size.
+    /// A camera's images keep the size of its first one; `at` is (episode, frame, camera,
+    /// message) for the error.
+    fn same_size(
+        &self,
+        size: &mut Option<(u32, u32)>,
+        now: (u32, u32),
+        (e, f, c, pick): (usize, usize, usize, usize),
+    ) -> Result<(), ImportError> {
+        match *size {
+            None => *size = Some(now),
+            Some(before) if before != now => {
+                return Err(self.topic_err(
+                    c,
+                    format!(
+                        "image size changes from {}x{} to {}x{} at {}",
+                        before.0,
+                        before.1,
+                        now.0,
+                        now.1,
+                        self.frame_at(e, f, c, pick)
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
     fn check_frames(&self) -> Result<(), ImportError> {
         let ncam = self.opts.cameras.len();
         let mut sizes: Vec<Option<(u32, u32)>> = vec![None; ncam];
@@ -1046,23 +1074,7 @@ impl BagPlan {
                     let Some(&now) = self.tracks[c].sizes.get(picks[c]) else {
                         continue; // compressed: checked when decoded
                     };
-                    match *size {
-                        None => *size = Some(now),
-                        Some(before) if before != now => {
-                            return Err(self.topic_err(
-                                c,
-                                format!(
-                                    "image size changes from {}x{} to {}x{} at {}",
-                                    before.0,
-                                    before.1,
-                                    now.0,
-                                    now.1,
-                                    self.frame_at(e, f, c, picks[c])
-                                ),
-                            ))
-                        }
-                        Some(_) => {}
-                    }
+                    self.same_size(size, now, (e, f, c, picks[c]))?;
                 }
                 for track in [ncam, ncam + 1] {
                     let t = &self.tracks[track];
@@ -1163,23 +1175,7 @@ impl BagPlan {
                         break;
                     };
                     let now = img.dimensions();
-                    match *size {
-                        None => *size = Some(now),
-                        Some(before) if before != now => {
-                            return Err(self.topic_err(
-                                c,
-                                format!(
-                                    "image size changes from {}x{} to {}x{} at {}",
-                                    before.0,
-                                    before.1,
-                                    now.0,
-                                    now.1,
-                                    self.frame_at(e, f, c, p[c])
-                                ),
-                            ))
-                        }
-                        Some(_) => {}
-                    }
+                    self.same_size(size, now, (e, f, c, p[c]))?;
                     images.push((names[c], img));
                 }
                 let frame = BagFrame {
