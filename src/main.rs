@@ -38,6 +38,8 @@ enum Command {
     Act(commands::act::Args),
     /// A trained model's answer to a question about images (what co-training taught it).
     Ask(commands::ask::Args),
+    /// Greedy continuation of a prompt by a pretrained language model directory.
+    Generate(commands::generate::Args),
     /// Closed-loop success of a trained policy on the task suite.
     Eval(commands::eval::Args),
     /// Benchmarks.
@@ -53,6 +55,13 @@ enum Command {
     Ros {
         #[command(subcommand)]
         what: commands::ros::What,
+    },
+    /// Import a llama.cpp GGUF language model as a Hugging Face model directory.
+    ImportLm(commands::import_lm::Args),
+    /// LoRA runs: merge adapters into their base weights.
+    Lora {
+        #[command(subcommand)]
+        what: commands::lora::What,
     },
     /// Vision-language data: question/answer pairs rendered from the simulator.
     Vqa {
@@ -86,11 +95,14 @@ fn main() {
         Command::Train(a) => commands::train::run(a),
         Command::Act(a) => commands::act::run(a),
         Command::Ask(a) => commands::ask::run(a),
+        Command::Generate(a) => commands::generate::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Bench { what } => commands::bench::run(what),
         Command::View(a) => commands::view::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Ros { what } => commands::ros::run(what),
+        Command::ImportLm(a) => commands::import_lm::run(a),
+        Command::Lora { what } => commands::lora::run(what),
         Command::Vqa { what } => commands::vqa::run(what),
     };
     if let Err(e) = result {

@@ -286,6 +286,77 @@ fn collect_train_act_eval_bench() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// A chunked model (`action.chunk_size = 3`, after a plan) through the same commands: `vla
+/// act` reports the chunk and acts its first action, `vla eval` executes chunks open loop.
+#[test]
+fn a_chunked_model_acts_evaluates_and_benches() {
+    let (root, config, data) = toy_root_with_data("chunk");
+    let toy = std::fs::read_to_string(&config).unwrap();
+    let chunked = toy.replace("[action]\n", "[action]\nchunk_size = 3\n");
+    assert_ne!(chunked, toy);
+    std::fs::write(&config, chunked).unwrap();
+    let run = root.join("run");
+    let train = json(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run),
+        "--config",
+        s(&config),
+        "--json",
+    ]);
+    assert!(train["final_val"]["l1"].is_number(), "{train}");
+    let png = root.join("front.png");
+    json(&["render", "--suite", "pick", "--out", s(&png), "--json"]);
+    let act = json(&[
+        "act",
+        "--ckpt",
+        s(&run),
+        "--image",
+        s(&png),
+        "--instruction",
+        "pick up the red cube",
+        "--json",
+    ]);
+    let chunk = act["chunk"].as_array().expect("the chunk");
+    assert_eq!(chunk.len(), 3, "{act}");
+    assert!(chunk.iter().all(|a| a.as_array().map(Vec::len) == Some(7)));
+    assert_eq!(chunk[0], act["action"], "the first action is the one acted");
+    assert_eq!(act["tokens"].as_array().map(Vec::len), Some(7), "{act}");
+    let eval = json(&[
+        "eval",
+        "--ckpt",
+        s(&run),
+        "--suite",
+        "pick",
+        "--episodes",
+        "1",
+        "--seed",
+        "1000",
+        "--trace",
+        s(&root.join("trace.jsonl")),
+        "--json",
+    ]);
+    assert_eq!(eval["per_family"]["pick"]["episodes"], 1, "{eval}");
+    let trace = std::fs::read_to_string(root.join("trace.jsonl")).unwrap();
+    assert!(trace
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .all(|l| l["action"].as_array().map(Vec::len) == Some(7)));
+    let bench = json(&[
+        "bench",
+        "policy",
+        "--ckpt",
+        s(&run),
+        "--steps",
+        "6",
+        "--json",
+    ]);
+    assert_eq!(bench["actions_per_decode"], 3, "{bench}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 #[test]
 fn act_rejects_bad_input_naming_it() {
     let out = vla(&[

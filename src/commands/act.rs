@@ -68,8 +68,13 @@ struct ActReport {
     /// The next step the model said (or was given) before its action; `null` for a model
     /// without a plan.
     subtask: Option<String>,
+    /// The action's tokens (a chunked model's: its chunk's first action's).
     tokens: Vec<i64>,
     action: Vec<f32>,
+    /// A chunked model's K actions (`action.chunk_size`), `action` first; absent for the
+    /// one-action head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunk: Option<Vec<Vec<f32>>>,
     action_names: Vec<&'static str>,
     latency_ms: f64,
     /// Per camera, per grounding head: the soft-argmax (x, y) in pixels of the model's input.
@@ -148,6 +153,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         subtask: decision.subtask,
         tokens: decision.tokens,
         action: decision.action.0.to_vec(),
+        chunk: (decision.chunk.len() > 1)
+            .then(|| decision.chunk.iter().map(|a| a.0.to_vec()).collect()),
         action_names: ACTION_NAMES.to_vec(),
         latency_ms,
     };
@@ -159,6 +166,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         s += &format!("tokens {:?}\n", report.tokens);
         for (n, v) in report.action_names.iter().zip(&report.action) {
             s += &format!("  {n:8} {v:+.5}\n");
+        }
+        for (i, a) in report.chunk.iter().flatten().enumerate().skip(1) {
+            let values: Vec<String> = a.iter().map(|v| format!("{v:+.5}")).collect();
+            s += &format!("  then {i}: {}\n", values.join(" "));
         }
         s + &format!("({:.1} ms)", report.latency_ms)
     })

@@ -33,6 +33,9 @@ pub struct PolicyArgs {
 #[derive(Serialize)]
 struct PolicyReport {
     params: i64,
+    /// Control steps per forward pass: `action.chunk_size` when a chunk is executed open
+    /// loop (the timed steps then mix decodes with steps read off the queue), else 1.
+    actions_per_decode: usize,
     step_ms_p50: f64,
     step_ms_p99: f64,
     step_ms_mean: f64,
@@ -98,7 +101,9 @@ fn fresh_model(
     config: &std::path::Path,
     device: Device,
 ) -> anyhow::Result<(VlaModel, TextTokenizer)> {
-    let (mut cfg, _) = vla_model::train::load_config_file(config)?;
+    let (mut cfg, train) = vla_model::train::load_config_file(config)?;
+    // LoRA freezes the LM: what a step costs then differs (no weight gradients kept).
+    cfg.text.lora = train.lora;
     let corpus = vla_tasks::Language::builtin()?.corpus();
     let tok = TextTokenizer::train_for_instructions(&corpus, cfg.text.vocab_size)?;
     if cfg.text.eos_token_id.is_none() {
@@ -133,8 +138,13 @@ pub fn policy(args: PolicyArgs) -> anyhow::Result<()> {
     }
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     times.sort_by(f64::total_cmp);
+    let action = &policy.model().config().action;
     let report = PolicyReport {
         params: policy.model().num_parameters(),
+        actions_per_decode: match action.chunk_execution {
+            vla_model::config::ChunkExecution::OpenLoop => action.chunk_size,
+            vla_model::config::ChunkExecution::Ensemble => 1,
+        },
         step_ms_p50: percentile(&times, 0.5),
         step_ms_p99: percentile(&times, 0.99),
         step_ms_mean: mean,
@@ -188,7 +198,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         )),
         prompt_ids,
         prompt_mask,
-        action_tokens: model.encode_actions(&actions)?,
+        // A chunked model learns K actions per frame: the same one K times will do here.
+        action_tokens: model
+            .encode_actions(&actions)?
+            .repeat([1, cfg.action.chunk_size as i64]),
+        action_is_pad: None,
         // A model with a plan also learns the sub-task's tokens (the prompt's sentence).
         subtask: match cfg.plan.enabled() {
             true => Some(right_pad(

@@ -667,6 +667,7 @@ fn training(
         device: args.device.clone(),
         resume: false,
         init: init.map(Path::to_path_buf),
+        init_lm: None,
         threads: None,
         json: false,
     }

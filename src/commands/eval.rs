@@ -120,6 +120,11 @@ impl<'a> PolicyAgent<'a> {
 }
 
 impl Agent for PolicyAgent<'_> {
+    /// A chunked policy must not carry the last episode's chunk into this one.
+    fn begin(&mut self, slot: usize, _instruction: &str) {
+        self.policy.reset_stream(slot);
+    }
+
     fn act(
         &mut self,
         envs: &mut [Env],
@@ -139,22 +144,19 @@ impl Agent for PolicyAgent<'_> {
             .map(|o| (*o, o.instruction.as_str()))
             .collect();
         let policy_error = |e| TaskError::Agent(format!("policy: {e}"));
-        let mut actions = match self.diagnostics {
-            Some(cells) => {
-                let mut cells = cells.borrow_mut();
-                let mut actions = Vec::with_capacity(active.len());
-                let decided = self.policy.decide(&items, None).map_err(policy_error)?;
-                for (&i, d) in active.iter().zip(decided) {
-                    if cells.len() <= i {
-                        cells.resize(i + 1, None);
-                    }
-                    cells[i] = Some(StepDiagnostics::of(d.points, d.subtask, &envs[i]));
-                    actions.push(d.action);
+        // Each environment slot is one stream of the policy (its chunk queue, if any).
+        let decided = self.policy.step(active, &items).map_err(policy_error)?;
+        let mut actions = Vec::with_capacity(active.len());
+        let mut cells = self.diagnostics.map(RefCell::borrow_mut);
+        for (&i, d) in active.iter().zip(decided) {
+            if let Some(cells) = cells.as_mut() {
+                if cells.len() <= i {
+                    cells.resize(i + 1, None);
                 }
-                actions
+                cells[i] = Some(StepDiagnostics::of(d.points, d.subtask, &envs[i]));
             }
-            None => self.policy.act_batch(&items).map_err(policy_error)?,
-        };
+            actions.push(d.action);
+        }
         if self.expert_share > 0.0 {
             for (action, expert) in actions.iter_mut().zip(&expert) {
                 if self.rng.random::<f64>() < self.expert_share {

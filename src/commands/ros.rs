@@ -122,13 +122,16 @@ impl ActionSource for PolicySource {
         self.policy.model().config().vision.image_size as u32
     }
 
-    /// The policy keeps no context between steps; nothing to forget.
-    fn reset(&mut self) {}
+    /// A chunked policy forgets the chunk it was executing (a new instruction is a new
+    /// episode); the one-action policy keeps nothing between steps.
+    fn reset(&mut self) {
+        self.policy.reset();
+    }
 
     fn act(&mut self, obs: &Observation) -> anyhow::Result<PolicyOutput> {
         let decision = self
             .policy
-            .decide(&[(obs, obs.instruction.as_str())], None)?
+            .step(&[0], &[(obs, obs.instruction.as_str())])?
             .into_iter()
             .next()
             .context("the policy returned no decision for one observation")?;

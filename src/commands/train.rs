@@ -43,6 +43,11 @@ pub struct Args {
     /// fresh optimiser and schedule (e.g. a DAgger round on aggregated data).
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Start the language model from a pretrained Hugging Face directory (`vla import-lm`'s
+    /// output, or any `LlamaForCausalLM` saved as safetensors): its config replaces the
+    /// `[text]` table, its tokenizer becomes the run's, and the action ids are added.
+    #[arg(long, conflicts_with = "init")]
+    pub init_lm: Option<PathBuf>,
     /// Co-train (RT-2) on this vision-language dataset (`vla vqa collect`): its answers are
     /// learned as text tokens by the same LM head, beside the robot frames' actions.
     #[arg(long)]
@@ -154,6 +159,7 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
         device,
         resume: args.resume,
         init: args.init.clone(),
+        init_lm: args.init_lm.clone(),
         corpus,
         questions,
         cotrain,

@@ -48,6 +48,7 @@ fn main() -> anyhow::Result<()> {
             prompt_ids: ids,
             prompt_mask: mask,
             action_tokens: model.encode_actions(&actions)?,
+            action_is_pad: None,
             subtask: None,
         })
     };

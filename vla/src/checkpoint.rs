@@ -40,6 +40,11 @@ pub struct RunConfig {
     pub format_version: u32,
     pub config: VlaConfig,
     pub norm_stats: NormStats,
+    /// A LoRA run's frozen base: the pretrained LM directory and its weights' hash. Its
+    /// `model.safetensors` then holds only what was trained (adapters, the added ids'
+    /// rows, the vision side), and loading reads the base from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_lm: Option<crate::hf::BaseLm>,
 }
 
 impl RunConfig {
@@ -49,6 +54,7 @@ impl RunConfig {
             format_version: FORMAT_VERSION,
             config,
             norm_stats,
+            base_lm: None,
         }
     }
 
@@ -165,10 +171,40 @@ fn to_host(name: &str, t: &Tensor) -> Result<HostTensor> {
     })
 }
 
+/// Names of the variables of `vs` that are not trained (a LoRA run's frozen base).
+pub fn frozen_names(vs: &VarStore) -> HashSet<String> {
+    let Ok(vars) = vs.variables_.lock() else {
+        return HashSet::new();
+    };
+    let trainable: HashSet<usize> = vars
+        .trainable_variables
+        .iter()
+        .map(|v| v.tensor.data_ptr() as usize)
+        .collect();
+    vars.named_variables
+        .iter()
+        .filter(|(_, t)| !trainable.contains(&(t.data_ptr() as usize)))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
 /// Saves all variables of `vs` to a safetensors file (sorted names, `format: pt` metadata).
 pub fn save_weights(path: impl AsRef<Path>, vs: &VarStore) -> Result<()> {
+    save_weights_except(path, vs, &HashSet::new())
+}
+
+/// As [`save_weights`], leaving out the variables named in `skip`.
+pub fn save_weights_except(
+    path: impl AsRef<Path>,
+    vs: &VarStore,
+    skip: &HashSet<String>,
+) -> Result<()> {
     let path = path.as_ref();
-    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let vars: BTreeMap<String, Tensor> = vs
+        .variables()
+        .into_iter()
+        .filter(|(n, _)| !skip.contains(n))
+        .collect();
     let host: Vec<(String, HostTensor)> = vars
         .iter()
         .map(|(n, t)| Ok((n.clone(), to_host(n, t)?)))
@@ -236,10 +272,24 @@ fn copy_into(path: &Path, name: &str, dst: &Tensor, src: &Tensor) -> Result<()> 
 /// Strictly loads every variable of `vs` from `path`: all must be present with the same
 /// shape, and the file may not contain unknown tensors.
 pub fn load_weights(path: impl AsRef<Path>, vs: &VarStore) -> Result<()> {
+    load_weights_except(path, vs, &HashSet::new())
+}
+
+/// As [`load_weights`] for every variable not named in `skip` (which the file must not hold
+/// either).
+pub fn load_weights_except(
+    path: impl AsRef<Path>,
+    vs: &VarStore,
+    skip: &HashSet<String>,
+) -> Result<()> {
     let path = path.as_ref();
     let bytes = read_bytes(path)?;
     let st = parse_safetensors(path, &bytes)?;
-    let vars = vs.variables();
+    let vars: HashMap<String, Tensor> = vs
+        .variables()
+        .into_iter()
+        .filter(|(n, _)| !skip.contains(n))
+        .collect();
     let file_names: HashSet<&str> = st.names().into_iter().collect();
     let mut missing: Vec<&str> = vars
         .keys()
@@ -291,15 +341,22 @@ pub struct ImportReport {
     pub missing: Vec<String>,
     /// File tensors the name map dropped or that match no variable.
     pub unused: Vec<String>,
+    /// Variables (of `grow`) that have more rows than the file: `(name, rows in the file,
+    /// rows in the model)`; the added rows were initialised by [`crate::hf::init_added_rows`].
+    pub resized: Vec<(String, i64, i64)>,
 }
 
 /// Non-strict import of pretrained weights (e.g. an HF ViT or Llama checkpoint): `rename`
 /// maps each file tensor name to a model variable name (or `None` to skip it). Shapes must
-/// still match. Typical use: `|n| Some(format!("vision_backbone.{}", n.strip_prefix("vit.")?))`.
+/// still match, except that the variables named in `grow` may have more rows than the file
+/// (a vocabulary extended by action ids, as `resize_token_embeddings`): the file fills the
+/// first rows and the rest start at the old rows' mean. Typical use:
+/// `|n| Some(format!("vision_backbone.{}", n.strip_prefix("vit.")?))`.
 pub fn import_weights(
     path: impl AsRef<Path>,
     vs: &VarStore,
     rename: impl Fn(&str) -> Option<String>,
+    grow: &[&str],
 ) -> Result<ImportReport> {
     let path = path.as_ref();
     let bytes = read_bytes(path)?;
@@ -309,7 +366,20 @@ pub fn import_weights(
     for (file_name, view) in st.iter() {
         match rename(file_name).and_then(|n| vars.get(&n).map(|v| (n, v))) {
             Some((name, var)) => {
-                copy_into(path, &name, var, &view_to_tensor(path, file_name, &view)?)?;
+                let src = view_to_tensor(path, file_name, &view)?;
+                let (rows, want) = (src.size(), var.size());
+                let grows = grow.contains(&name.as_str())
+                    && rows.len() == want.len()
+                    && !rows.is_empty()
+                    && rows[0] < want[0]
+                    && rows[1..] == want[1..];
+                if grows {
+                    copy_into(path, &name, &var.narrow(0, 0, rows[0]), &src)?;
+                    crate::hf::init_added_rows(var, rows[0])?;
+                    report.resized.push((name.clone(), rows[0], want[0]));
+                } else {
+                    copy_into(path, &name, var, &src)?;
+                }
                 report.loaded.push(name);
             }
             None => report.unused.push(file_name.to_string()),
@@ -337,9 +407,17 @@ pub fn save_run(dir: impl AsRef<Path>, model: &VlaModel, tokenizer: &TextTokeniz
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir)
         .map_err(|e| VlaError::checkpoint(dir, format!("cannot create: {e}")))?;
-    save_weights(dir.join(WEIGHTS_FILE), model.var_store())?;
-    RunConfig::new(model.config().clone(), model.norm_stats().clone())
-        .save(dir.join(CONFIG_FILE))?;
+    let mut rc = RunConfig::new(model.config().clone(), model.norm_stats().clone());
+    // A LoRA run stores what it trained and a reference to its frozen base.
+    let frozen = match (model.base_lm(), &model.config().text.lora) {
+        (Some(base), Some(_)) => {
+            rc.base_lm = Some(base.clone());
+            frozen_names(model.var_store())
+        }
+        _ => HashSet::new(),
+    };
+    save_weights_except(dir.join(WEIGHTS_FILE), model.var_store(), &frozen)?;
+    rc.save(dir.join(CONFIG_FILE))?;
     tokenizer.save(dir.join(TOKENIZER_FILE))?;
     tracing::info!(dir = %dir.display(), "saved run");
     Ok(())
@@ -361,8 +439,17 @@ pub fn load_run(dir: impl AsRef<Path>, device: Device) -> Result<(VlaModel, Text
             ),
         ));
     }
-    let model = VlaModel::new(rc.config, rc.norm_stats, device, 0)?;
-    load_weights(dir.join(WEIGHTS_FILE), model.var_store())?;
+    let mut model = VlaModel::new(rc.config, rc.norm_stats, device, 0)?;
+    match &rc.base_lm {
+        Some(base) => {
+            base.verify()
+                .map_err(|e| VlaError::checkpoint(dir.join(CONFIG_FILE), e))?;
+            model.import_base(base.clone())?;
+            let frozen = frozen_names(model.var_store());
+            load_weights_except(dir.join(WEIGHTS_FILE), model.var_store(), &frozen)?;
+        }
+        None => load_weights(dir.join(WEIGHTS_FILE), model.var_store())?,
+    }
     tracing::info!(dir = %dir.display(), ?device, "loaded run");
     Ok((model, tokenizer))
 }

@@ -100,12 +100,98 @@ pub struct TextConfig {
     pub rms_norm_eps: f64,
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
+    /// Width of one attention head; `hidden_size / num_attention_heads` when absent (as
+    /// `LlamaConfig.head_dim`, which some models set to something else).
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// The LM head is the embedding matrix (`lm_head.weight` is `model.embed_tokens.weight`),
+    /// as in SmolLM2 and other small models whose weights are tied.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Low-rank adapters (LoRA) on the LM's linear layers: the pretrained weights are then
+    /// frozen, and only the adapters and the rows of the added (action) ids are trained.
+    /// Set from `[train.lora]` when training; kept in a run's config so it loads the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
     /// Longest sequence (vision + state + prompt + action tokens) the model accepts.
     pub max_position_embeddings: usize,
     /// The text id that ends a generated sequence (Hugging Face's `eos_token_id`): a
     /// sub-task ends with it (see [`PlanConfig`]). Training sets it from the tokenizer.
     #[serde(default)]
     pub eos_token_id: Option<usize>,
+}
+
+/// LoRA (Hu et al., 2021) as PEFT's `LoraConfig`: `W x + (alpha / rank) · B A x` with
+/// `A` `[rank, in]` (Kaiming-uniform) and `B` `[out, rank]` (zeros), so a fresh adapter
+/// changes nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    /// Which of the LM's projections get adapters (`q_proj`, `k_proj`, `v_proj`, `o_proj`,
+    /// `gate_proj`, `up_proj`, `down_proj`).
+    #[serde(default = "default_lora_targets")]
+    pub targets: Vec<String>,
+}
+
+/// The LM projections LoRA can adapt.
+pub const LORA_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+fn default_lora_targets() -> Vec<String> {
+    vec!["q_proj".into(), "v_proj".into()]
+}
+
+impl LoraConfig {
+    /// `alpha / rank`, the factor on `B A x`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank.max(1) as f64
+    }
+
+    /// Adapter rank and scale for the projection `name`, when it is a target.
+    pub fn for_target(&self, name: &str) -> Option<(usize, f64)> {
+        self.targets
+            .iter()
+            .any(|t| t == name)
+            .then(|| (self.rank, self.scale()))
+    }
+
+    pub fn validate(&self, field: &str) -> Result<()> {
+        if self.rank == 0 {
+            return Err(VlaError::invalid(
+                format!("{field}.rank"),
+                "must be at least 1",
+            ));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(VlaError::invalid(
+                format!("{field}.alpha"),
+                format!("{} must be a positive number", self.alpha),
+            ));
+        }
+        if self.targets.is_empty() {
+            return Err(VlaError::invalid(format!("{field}.targets"), "is empty"));
+        }
+        if let Some(t) = self
+            .targets
+            .iter()
+            .find(|t| !LORA_TARGETS.contains(&t.as_str()))
+        {
+            return Err(VlaError::invalid(
+                format!("{field}.targets"),
+                format!("unknown projection `{t}` (one of {LORA_TARGETS:?})"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Action discretisation and proprioception.
@@ -161,6 +247,44 @@ pub struct ActionConfig {
     /// (greedy decoding; sampling at a temperature draws instead).
     #[serde(default)]
     pub decoding: ActionDecoding,
+    /// Actions predicted in one forward pass (parallel decoding, OpenVLA-OFT). 1 (the
+    /// default) is the one-action head, its 7 tokens decoded one after the other. K > 1
+    /// appends K·`action_dim` learned query positions after the prefix (the
+    /// `action_chunk_queries` table), which see the prefix and each other (the prefix never
+    /// sees them), and reads the actions of frames t … t+K−1 off them at once: one pass
+    /// instead of 7 cached steps, and K steps of control per pass.
+    #[serde(default = "default_chunk_size", skip_serializing_if = "is_one")]
+    pub chunk_size: usize,
+    /// How a policy executes a chunk (with `chunk_size > 1`).
+    #[serde(default, skip_serializing_if = "ChunkExecution::is_default")]
+    pub chunk_execution: ChunkExecution,
+    /// Temporal ensembling's `m`: the chunks that predicted the current step weigh
+    /// `exp(-m·i)`, `i = 0` the oldest (as ACT), so a larger `m` trusts the older ones more.
+    #[serde(
+        default = "default_ensemble_decay",
+        skip_serializing_if = "is_default_ensemble_decay"
+    )]
+    pub ensemble_decay: f64,
+}
+
+/// Executing the K actions a chunked model predicts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkExecution {
+    /// Decode once, execute the K actions, decode again (OpenVLA-OFT): K times fewer
+    /// forward passes, but blind between them.
+    #[default]
+    OpenLoop,
+    /// Decode every step and execute the weighted mean of what the last K chunks predicted
+    /// for this step (ACT's temporal ensembling; the binary gripper by weighted majority):
+    /// smoother, and every step sees a fresh observation, at one pass per step.
+    Ensemble,
+}
+
+impl ChunkExecution {
+    fn is_default(&self) -> bool {
+        *self == ChunkExecution::default()
+    }
 }
 
 /// Reading one action dimension's bin off its predicted distribution.
@@ -235,8 +359,10 @@ fn default_plan_tokens() -> usize {
 fn default_channels() -> usize {
     3
 }
+/// `ViTConfig.layer_norm_eps`'s default, so a config that leaves it out means what it means
+/// to `transformers` (the shipped configs set it explicitly).
 fn default_ln_eps() -> f64 {
-    1e-6
+    1e-12
 }
 fn default_cameras() -> usize {
     2
@@ -247,8 +373,9 @@ fn default_mean() -> [f32; 3] {
 fn default_std() -> [f32; 3] {
     [0.5; 3]
 }
+/// `LlamaConfig.rms_norm_eps`'s default (see `default_ln_eps`).
 fn default_rms_eps() -> f64 {
-    1e-5
+    1e-6
 }
 fn default_rope_theta() -> f64 {
     10_000.0
@@ -268,8 +395,33 @@ fn default_state_dim() -> usize {
 fn default_true() -> bool {
     true
 }
+fn default_chunk_size() -> usize {
+    1
+}
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+fn default_ensemble_decay() -> f64 {
+    0.01
+}
+fn is_default_ensemble_decay(v: &f64) -> bool {
+    *v == default_ensemble_decay()
+}
+
+impl TextConfig {
+    /// Width of one attention head (`head_dim`, or the hidden size split over the heads).
+    pub fn attention_head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+}
 
 impl ActionConfig {
+    /// Action tokens one forward pass predicts: `chunk_size · action_dim`.
+    pub fn chunk_tokens(&self) -> usize {
+        self.chunk_size * self.action_dim
+    }
+
     /// Number of state values the proprioception token carries.
     pub fn proprio_width(&self) -> usize {
         if self.proprio_indices.is_empty() {
@@ -479,16 +631,28 @@ impl VlaConfig {
                 ),
             ));
         }
-        if !t.hidden_size.is_multiple_of(t.num_attention_heads)
-            || !(t.hidden_size / t.num_attention_heads).is_multiple_of(2)
-        {
-            return Err(VlaError::invalid(
-                "text.hidden_size",
-                format!(
-                    "{} must be divisible by text.num_attention_heads {} with an even head size (rotary embeddings)",
-                    t.hidden_size, t.num_attention_heads
-                ),
-            ));
+        if let Some(lora) = &t.lora {
+            lora.validate("text.lora")?;
+        }
+        match t.head_dim {
+            None if !t.hidden_size.is_multiple_of(t.num_attention_heads)
+                || !(t.hidden_size / t.num_attention_heads).is_multiple_of(2) =>
+            {
+                return Err(VlaError::invalid(
+                    "text.hidden_size",
+                    format!(
+                        "{} must be divisible by text.num_attention_heads {} with an even head size (rotary embeddings), or set text.head_dim",
+                        t.hidden_size, t.num_attention_heads
+                    ),
+                ));
+            }
+            Some(hd) if hd == 0 || !hd.is_multiple_of(2) => {
+                return Err(VlaError::invalid(
+                    "text.head_dim",
+                    format!("{hd} must be even and positive (rotary embeddings)"),
+                ));
+            }
+            _ => {}
         }
         if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
             return Err(VlaError::invalid(
@@ -518,7 +682,19 @@ impl VlaConfig {
                 ));
             }
         }
-        let min_len = self.num_prefix_tokens() + a.action_dim + 2;
+        if a.chunk_size == 0 {
+            return Err(VlaError::invalid(
+                "action.chunk_size",
+                "must be >= 1 (1: one action per forward pass)",
+            ));
+        }
+        if !(a.ensemble_decay.is_finite() && a.ensemble_decay >= 0.0) {
+            return Err(VlaError::invalid(
+                "action.ensemble_decay",
+                format!("{} must be a finite number >= 0", a.ensemble_decay),
+            ));
+        }
+        let min_len = self.num_prefix_tokens() + a.chunk_tokens() + 2;
         if t.max_position_embeddings < min_len {
             return Err(VlaError::invalid(
                 "text.max_position_embeddings",
@@ -564,6 +740,9 @@ impl VlaConfig {
                 num_key_value_heads: 2,
                 rms_norm_eps: 1e-5,
                 rope_theta: 10_000.0,
+                head_dim: None,
+                tie_word_embeddings: false,
+                lora: None,
                 max_position_embeddings: 128,
                 eos_token_id: None,
             },
@@ -578,6 +757,9 @@ impl VlaConfig {
                 relative_targets: true,
                 subgoal_weight: 0.0,
                 decoding: ActionDecoding::Argmax,
+                chunk_size: 1,
+                chunk_execution: ChunkExecution::OpenLoop,
+                ensemble_decay: 0.01,
             },
             plan: PlanConfig::default(),
         }
@@ -594,6 +776,13 @@ impl VlaConfig {
             weight: 1.0,
             max_tokens: 8,
         };
+        cfg
+    }
+
+    /// [`Self::test_tiny`] predicting chunks of `k` actions in one pass.
+    pub fn test_tiny_chunk(k: usize) -> Self {
+        let mut cfg = Self::test_tiny();
+        cfg.action.chunk_size = k;
         cfg
     }
 
@@ -614,10 +803,50 @@ mod tests {
     #[test]
     fn shipped_configs_parse_and_validate() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
-        for name in ["tiny.toml", "tiny_plan.toml", "base.toml"] {
+        for name in [
+            "tiny.toml",
+            "tiny_plan.toml",
+            "base.toml",
+            "tiny_chunk.toml",
+        ] {
             let cfg = VlaConfig::from_toml_file(dir.join(name)).expect(name);
             assert_eq!(cfg.action.action_dim, 7);
         }
+        // tiny_chunk.toml is tiny.toml with chunks and nothing else.
+        let tiny = VlaConfig::from_toml_file(dir.join("tiny.toml")).expect("tiny");
+        let chunk = VlaConfig::from_toml_file(dir.join("tiny_chunk.toml")).expect("tiny_chunk");
+        assert_eq!(tiny.action.chunk_size, 1);
+        assert_eq!(chunk.action.chunk_size, 4);
+        let mut same = chunk.clone();
+        same.action.chunk_size = 1;
+        same.action.chunk_execution = ChunkExecution::OpenLoop;
+        assert_eq!(same, tiny);
+        let train = |name: &str| {
+            crate::train::load_config_file(dir.join(name))
+                .map(|(_, t)| serde_json::to_string(&t).expect("json"))
+                .expect(name)
+        };
+        assert_eq!(train("tiny.toml"), train("tiny_chunk.toml"));
+    }
+
+    #[test]
+    fn one_action_configs_read_and_write_as_before_chunks() {
+        // A config without the chunk fields is the one-action head, and writes none back,
+        // so the `config.json` of existing runs loads and reads unchanged.
+        let cfg = VlaConfig::test_tiny();
+        let text = cfg.to_toml_string().expect("toml");
+        for field in ["chunk_size", "chunk_execution", "ensemble_decay"] {
+            assert!(!text.contains(field), "{field} in\n{text}");
+        }
+        let back = VlaConfig::from_toml_str(&text).expect("parses");
+        assert_eq!(back.action.chunk_size, 1);
+        assert_eq!(back.action.chunk_execution, ChunkExecution::OpenLoop);
+        assert_eq!(back.action.ensemble_decay, 0.01);
+        let mut chunked = VlaConfig::test_tiny_chunk(4);
+        chunked.action.chunk_execution = ChunkExecution::Ensemble;
+        let text = chunked.to_toml_string().expect("toml");
+        assert!(text.contains("chunk_execution = \"ensemble\""), "{text}");
+        assert_eq!(VlaConfig::from_toml_str(&text).expect("parses"), chunked);
     }
 
     #[test]
@@ -701,6 +930,19 @@ mod tests {
         bad.action.relative_targets = false;
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("action.subgoal_weight"), "{err}");
+        // Chunks: at least one action, a decay that is a number, and room for the slots.
+        let mut bad = VlaConfig::test_tiny();
+        bad.action.chunk_size = 0;
+        refused_naming(bad, "no action per pass", "action.chunk_size");
+        let mut bad = VlaConfig::test_tiny_chunk(4);
+        bad.action.ensemble_decay = -0.1;
+        refused_naming(bad, "a negative decay", "action.ensemble_decay");
+        let mut bad = VlaConfig::test_tiny_chunk(16);
+        bad.text.max_position_embeddings = 100;
+        refused_naming(bad, "112 slots", "text.max_position_embeddings");
+        VlaConfig::test_tiny_chunk(4)
+            .validate()
+            .expect("a chunk fits the test config");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -10,7 +10,8 @@
 //! - [`train`]: the loop (validation, checkpoints, exact resumption), the optimiser step
 //!   ([`train::optim`]) and the batches ([`train::data`]).
 //!
-//! [`checkpoint`] saves/loads run directories and [`policy`] turns observations into
+//! [`checkpoint`] saves/loads run directories, [`hf`] reads Hugging Face model directories
+//! (`LlamaConfig`/`ViTConfig` and their weights), and [`policy`] turns observations into
 //! [`vla_core::Action`]s.
 //!
 //! Parameter names follow Hugging Face (`vision_backbone.encoder.layer.0.attention.attention.query`,
@@ -21,6 +22,7 @@ pub mod action_tokenizer;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod hf;
 pub mod model;
 pub mod policy;
 pub mod text_tokenizer;

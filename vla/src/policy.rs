@@ -1,5 +1,12 @@
 //! Closed-loop inference: observation + instruction → [`vla_core::Action`].
+//!
+//! A chunked model (`action.chunk_size` K > 1) predicts K actions per pass; the policy
+//! executes them per *stream* (an environment, a robot), keeping each stream's chunks
+//! between steps (see [`Policy::step`]): open loop, or temporally ensembled
+//! ([`crate::config::ChunkExecution`]). A stream forgets them when its instruction changes
+//! and when told an episode starts ([`Policy::reset_stream`]).
 
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -10,6 +17,7 @@ use tch::{Device, Tensor};
 use vla_core::{Action, Observation, RgbImage};
 
 use crate::checkpoint::load_run;
+use crate::config::ChunkExecution;
 use crate::error::{Result, VlaError};
 use crate::model::{left_pad, right_pad, GroundingReadout, SubtaskInput, VlaModel};
 use crate::text_tokenizer::TextTokenizer;
@@ -69,13 +77,37 @@ impl HeadPoints {
 /// What the policy decided for one observation.
 #[derive(Clone, Debug)]
 pub struct Decision {
-    /// The generated action token ids and the action they decode to.
+    /// The action to execute now and its token ids (temporal ensembling executes a mean
+    /// that no tokens spell: the tokens are then the newest chunk's first action's).
     pub tokens: Vec<i64>,
     pub action: Action,
+    /// The actions of the chunk this decision was read from, in order (one for the
+    /// one-action head): what `vla act` shows of a chunked model.
+    pub chunk: Vec<Action>,
     /// The sub-task it said first (`None` for a model without a plan).
     pub subtask: Option<String>,
     /// Where its grounding heads looked (`None` without heads).
     pub points: Option<HeadPoints>,
+}
+
+/// One decoded chunk that a stream is executing.
+#[derive(Clone, Debug)]
+struct HeldChunk {
+    /// The decode's decision (its `chunk` is the K actions).
+    decision: Decision,
+    /// All K·action_dim token ids.
+    tokens: Vec<i64>,
+    /// Steps since it was decoded: which of its actions is meant for the current step.
+    age: usize,
+}
+
+/// What a chunked model's policy keeps about one stream between steps.
+#[derive(Debug, Default)]
+struct Stream {
+    /// The instruction its chunks were decoded for.
+    instruction: String,
+    /// Oldest first: one chunk in open loop, up to K for temporal ensembling.
+    chunks: VecDeque<HeldChunk>,
 }
 
 /// A loaded model ready to act.
@@ -85,12 +117,63 @@ pub struct Policy {
     tokenizer: TextTokenizer,
     /// Decoding temperature and the generator of its draws: `None` is greedy (the default).
     sampling: Option<(f64, Mutex<ChaCha8Rng>)>,
+    /// Per stream, the chunks being executed (chunked models only).
+    streams: Mutex<BTreeMap<usize, Stream>>,
+}
+
+/// Temporal ensembling's weights (ACT) of `n` predictions of one step, oldest first:
+/// `exp(-m·i)` normalised to sum to 1, so with `m > 0` the oldest counts most.
+pub fn ensemble_weights(n: usize, m: f64) -> Vec<f64> {
+    let w: Vec<f64> = (0..n).map(|i| (-m * i as f64).exp()).collect();
+    let sum: f64 = w.iter().sum();
+    w.into_iter().map(|v| v / sum).collect()
+}
+
+/// The temporally ensembled action: the weighted mean of `predictions` of the current step
+/// (oldest first, weights [`ensemble_weights`]); the binary gripper dimension closes when
+/// the weighted share of predictions that close it is at least one half, so it stays a
+/// command the gripper knows. `None` for no predictions.
+pub fn ensemble_actions(predictions: &[Action], m: f64, gripper: Option<usize>) -> Option<Action> {
+    if predictions.is_empty() {
+        return None;
+    }
+    let weights = ensemble_weights(predictions.len(), m);
+    let mut out = [0.0f32; vla_core::ACTION_DIM];
+    for (d, value) in out.iter_mut().enumerate() {
+        let mean: f64 = predictions
+            .iter()
+            .zip(&weights)
+            .map(|(a, w)| f64::from(a.0[d]) * w)
+            .sum();
+        *value = if gripper == Some(d) {
+            let closed: f64 = predictions
+                .iter()
+                .zip(&weights)
+                .filter(|(a, _)| a.0[d] >= 0.5)
+                .map(|(_, w)| w)
+                .sum();
+            if closed >= 0.5 {
+                1.0
+            } else {
+                0.0
+            }
+        } else {
+            mean as f32
+        };
+    }
+    Some(Action(out))
 }
 
 impl Policy {
     /// Loads a run directory written by [`crate::checkpoint::save_run`].
+    /// Loads a run for inference. On CUDA the activations are bf16, as in training there
+    /// (`optim.bf16_on_cuda`): the weights stay f32 and are cast on use, so the checkpoint is
+    /// the same; on the CPU everything stays f32.
     pub fn load(run_dir: impl AsRef<Path>, device: Device) -> Result<Self> {
-        let (model, tokenizer) = load_run(run_dir, device)?;
+        let (mut model, tokenizer) = load_run(run_dir, device)?;
+        if matches!(device, Device::Cuda(_)) {
+            model.set_compute_kind(tch::Kind::BFloat16)?;
+        }
         Ok(Self::from_parts(model, tokenizer))
     }
 
@@ -99,6 +182,7 @@ impl Policy {
             model,
             tokenizer,
             sampling: None,
+            streams: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -149,7 +233,7 @@ impl Policy {
         Ok(self.tokenizer.decode(ids)?.trim().to_string())
     }
 
-    /// One action for one observation.
+    /// One control step of stream 0 (see [`Self::step`]): the action for this observation.
     pub fn act(&self, obs: &Observation, instruction: &str) -> Result<Action> {
         let mut actions = self.act_batch(&[(obs, instruction)])?;
         actions
@@ -157,13 +241,118 @@ impl Policy {
             .ok_or_else(|| VlaError::Input("model returned no action".into()))
     }
 
-    /// Actions for several (observation, instruction) pairs in one batched forward pass.
+    /// One control step of streams `0..n` for `n` (observation, instruction) pairs, in one
+    /// batched forward pass (see [`Self::step`]).
     pub fn act_batch(&self, items: &[(&Observation, &str)]) -> Result<Vec<Action>> {
+        let streams: Vec<usize> = (0..items.len()).collect();
         Ok(self
-            .decide(items, None)?
+            .step(&streams, items)?
             .into_iter()
             .map(|d| d.action)
             .collect())
+    }
+
+    /// Forgets what every stream was executing (a new episode everywhere).
+    pub fn reset(&self) {
+        self.lock_streams().clear();
+    }
+
+    /// Forgets what `stream` was executing: call it where its episode starts, so no action
+    /// planned for the last scene is executed in the next.
+    pub fn reset_stream(&self, stream: usize) {
+        self.lock_streams().remove(&stream);
+    }
+
+    fn lock_streams(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, Stream>> {
+        // A poisoned lock means a panic mid-step; what it held is still a valid state.
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One control step for item `i` of stream `streams[i]` (distinct ids), the streams
+    /// that need a decode batched in one pass. The one-action head decodes every item (as
+    /// [`Self::decide`]). A chunked model executes per `action.chunk_execution`: open loop
+    /// decodes a stream only when its chunk is used up (or missing: a new stream, a reset,
+    /// another instruction) and otherwise returns the chunk's next action; temporal
+    /// ensembling decodes every step and returns the weighted mean of what the last K
+    /// chunks predicted for this step ([`ensemble_actions`]).
+    pub fn step(&self, streams: &[usize], items: &[(&Observation, &str)]) -> Result<Vec<Decision>> {
+        if streams.len() != items.len() {
+            return Err(VlaError::Input(format!(
+                "{} streams for {} observations",
+                streams.len(),
+                items.len()
+            )));
+        }
+        let action = &self.model.config().action;
+        let (k, a) = (action.chunk_size, action.action_dim);
+        if k <= 1 {
+            return self.decide(items, None);
+        }
+        let distinct: std::collections::BTreeSet<usize> = streams.iter().copied().collect();
+        if distinct.len() != streams.len() {
+            return Err(VlaError::Input(format!(
+                "a stream appears twice in one step: {streams:?}"
+            )));
+        }
+        let mut held = self.lock_streams();
+        let mut need = Vec::new();
+        for (i, (&id, (_, instruction))) in streams.iter().zip(items).enumerate() {
+            let stream = held.entry(id).or_default();
+            if stream.instruction != *instruction {
+                stream.chunks.clear();
+                stream.instruction = instruction.to_string();
+            }
+            let used_up = stream.chunks.back().is_none_or(|c| c.age >= k);
+            if action.chunk_execution == ChunkExecution::Ensemble || used_up {
+                need.push(i);
+            }
+        }
+        let subset: Vec<(&Observation, &str)> = need.iter().map(|&i| items[i]).collect();
+        for (&i, (decision, tokens)) in need.iter().zip(self.decode(&subset, None)?) {
+            let stream = held.entry(streams[i]).or_default();
+            if action.chunk_execution == ChunkExecution::OpenLoop {
+                stream.chunks.clear();
+            }
+            stream.chunks.push_back(HeldChunk {
+                decision,
+                tokens,
+                age: 0,
+            });
+        }
+        streams
+            .iter()
+            .map(|id| {
+                let stream = held.entry(*id).or_default();
+                stream.chunks.retain(|c| c.age < k);
+                let newest = stream
+                    .chunks
+                    .back()
+                    .ok_or_else(|| VlaError::Input("no chunk to execute".into()))?;
+                let mut decision = newest.decision.clone();
+                let at = newest.age;
+                let pick = |c: &HeldChunk| c.decision.chunk.get(c.age).copied();
+                decision.action = match action.chunk_execution {
+                    ChunkExecution::OpenLoop => {
+                        decision.tokens = newest
+                            .tokens
+                            .get(at * a..(at + 1) * a)
+                            .map(<[i64]>::to_vec)
+                            .unwrap_or_default();
+                        pick(newest)
+                    }
+                    ChunkExecution::Ensemble => {
+                        let predictions: Vec<Action> =
+                            stream.chunks.iter().filter_map(pick).collect();
+                        ensemble_actions(&predictions, action.ensemble_decay, action.gripper_dim)
+                    }
+                }
+                .ok_or_else(|| VlaError::Input("a chunk shorter than action.chunk_size".into()))?;
+                for c in &mut stream.chunks {
+                    c.age += 1;
+                }
+                Ok(decision)
+            })
+            .collect()
     }
 
     /// The model's inputs for a batch: images, states, prompt ids and mask (on its device).
@@ -222,11 +411,27 @@ impl Policy {
     /// Everything the policy decides for each item in one batched pass: action tokens,
     /// action, sub-task and where the grounding heads looked. `subtasks` imposes each
     /// item's sub-task instead of decoding it (a model with a plan; ignored without).
+    /// Every call decodes, holding nothing between calls: of a chunk, the action (and
+    /// tokens) is the first, and `chunk` has all K (closed-loop control goes through
+    /// [`Self::step`]).
     pub fn decide(
         &self,
         items: &[(&Observation, &str)],
         subtasks: Option<&[&str]>,
     ) -> Result<Vec<Decision>> {
+        Ok(self
+            .decode(items, subtasks)?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect())
+    }
+
+    /// [`Self::decide`] with each item's K·action_dim token ids.
+    fn decode(
+        &self,
+        items: &[(&Observation, &str)],
+        subtasks: Option<&[&str]>,
+    ) -> Result<Vec<(Decision, Vec<i64>)>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -277,26 +482,37 @@ impl Policy {
         let flat: Vec<i64> =
             Vec::<i64>::try_from(generated.actions.to_device(Device::Cpu).flatten(0, 1))?;
         let points = self.head_points(generated.grounding.as_ref(), items.len())?;
-        flat.chunks(a)
+        flat.chunks(cfg.action.chunk_tokens())
             .zip(generated.subtasks)
             .zip(points)
             .map(|((row, subtask), points)| {
-                let values = self.model.action_tokenizer().decode(row)?;
-                let action =
-                    Action::from_slice(&values).map_err(|e| VlaError::Input(e.to_string()))?;
-                action
-                    .validate()
-                    .map_err(|e| VlaError::Input(e.to_string()))?;
+                let chunk = row
+                    .chunks(a)
+                    .map(|tokens| {
+                        let values = self.model.action_tokenizer().decode(tokens)?;
+                        let action = Action::from_slice(&values)
+                            .map_err(|e| VlaError::Input(e.to_string()))?;
+                        action
+                            .validate()
+                            .map_err(|e| VlaError::Input(e.to_string()))?;
+                        Ok(action)
+                    })
+                    .collect::<Result<Vec<Action>>>()?;
+                let action = *chunk
+                    .first()
+                    .ok_or_else(|| VlaError::Input("the model returned no action".into()))?;
                 let subtask = match cfg.plan.enabled() {
                     true => Some(self.tokenizer.decode(&subtask)?.trim().to_string()),
                     false => None,
                 };
-                Ok(Decision {
-                    tokens: row.to_vec(),
+                let decision = Decision {
+                    tokens: row[..a.min(row.len())].to_vec(),
                     action,
+                    chunk,
                     subtask,
                     points,
-                })
+                };
+                Ok((decision, row.to_vec()))
             })
             .collect()
     }
@@ -336,5 +552,149 @@ impl Policy {
                 None => vec![None; n],
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action_tokenizer::NormStats;
+    use crate::config::VlaConfig;
+
+    const INSTRUCTION: &str = "pick up the red cube";
+
+    fn policy(k: usize, execution: ChunkExecution) -> Policy {
+        crate::test_setup();
+        let mut cfg = VlaConfig::test_tiny_chunk(k);
+        cfg.action.chunk_execution = execution;
+        let stats = NormStats::unit(&cfg);
+        let model = VlaModel::new(cfg, stats, Device::Cpu, 9).expect("valid config");
+        let tokenizer = TextTokenizer::train_for_instructions(
+            &[INSTRUCTION, "put the green can in the blue bin"],
+            300,
+        )
+        .expect("tokenizer");
+        Policy::from_parts(model, tokenizer)
+    }
+
+    /// An observation whose images are one colour, set by `shade`.
+    fn observation(shade: u8) -> Observation {
+        let image = RgbImage::from_pixel(16, 16, image::Rgb([shade, 255 - shade, shade / 2]));
+        Observation {
+            front: image.clone(),
+            wrist: image,
+            front_depth: None,
+            state: [0.1; vla_core::observation::STATE_DIM],
+            instruction: INSTRUCTION.into(),
+        }
+    }
+
+    fn chunk_of(policy: &Policy, obs: &Observation, instruction: &str) -> Vec<Action> {
+        let mut d = policy.decide(&[(obs, instruction)], None).expect("decide");
+        d.pop().expect("one decision").chunk
+    }
+
+    #[test]
+    fn open_loop_executes_the_chunk_then_decodes_again() {
+        let policy = policy(3, ChunkExecution::OpenLoop);
+        let (a, b) = (observation(20), observation(220));
+        let chunk_a = chunk_of(&policy, &a, INSTRUCTION);
+        let chunk_b = chunk_of(&policy, &b, INSTRUCTION);
+        assert_eq!(chunk_a.len(), 3);
+        assert!(
+            chunk_a[0] != chunk_a[1] && chunk_a[1] != chunk_a[2] && chunk_a[0] != chunk_a[2],
+            "three slots, three actions: {chunk_a:?}"
+        );
+        assert_ne!(chunk_a, chunk_b, "the two scenes must differ for this test");
+        // One decode on `a`, then its next two actions whatever is observed, then a decode
+        // of what is observed then.
+        let act = |obs: &Observation| policy.act(obs, INSTRUCTION).expect("act");
+        assert_eq!(act(&a), chunk_a[0]);
+        assert_eq!(act(&b), chunk_a[1]);
+        assert_eq!(act(&b), chunk_a[2]);
+        assert_eq!(act(&b), chunk_b[0]);
+        assert_eq!(act(&a), chunk_b[1]);
+        // The tokens are the executed action's.
+        let step = policy
+            .step(&[0], &[(&a, INSTRUCTION)])
+            .expect("step")
+            .pop()
+            .expect("a decision");
+        let own = policy
+            .model()
+            .action_tokenizer()
+            .decode(&step.tokens)
+            .expect("action tokens");
+        assert_eq!(step.action.0.to_vec(), own);
+        assert_eq!(step.action, chunk_b[2]);
+        // A reset, or another instruction, drops the rest of the chunk.
+        assert_eq!(act(&b), chunk_b[0]);
+        policy.reset_stream(0);
+        assert_eq!(act(&a), chunk_a[0]);
+        let other = "put the green can in the blue bin";
+        let fresh = chunk_of(&policy, &b, other);
+        assert_eq!(policy.act(&b, other).expect("act"), fresh[0]);
+        // Streams are independent: stream 1 starts its own chunk, stream 0 goes on.
+        let both = policy
+            .step(&[0, 1], &[(&b, other), (&a, INSTRUCTION)])
+            .expect("step");
+        assert_eq!(both[0].action, fresh[1]);
+        assert_eq!(both[1].action, chunk_a[0]);
+        assert!(policy
+            .step(&[2, 2], &[(&a, INSTRUCTION), (&b, INSTRUCTION)])
+            .is_err());
+    }
+
+    #[test]
+    fn ensembling_weighs_the_chunks_that_predicted_this_step_oldest_first() {
+        let w = ensemble_weights(3, 0.01);
+        let raw = [1.0, (-0.01f64).exp(), (-0.02f64).exp()];
+        let sum: f64 = raw.iter().sum();
+        for (got, want) in w.iter().zip(raw) {
+            assert!((got - want / sum).abs() < 1e-12, "{w:?}");
+        }
+        assert!(w[0] > w[1] && w[1] > w[2], "the oldest weighs most: {w:?}");
+        assert_eq!(ensemble_weights(4, 0.0), vec![0.25; 4]);
+        // Continuous dimensions are the weighted mean; the gripper the weighted majority.
+        let act = |x: f32, g: f32| Action([x, 0.0, 0.0, 0.0, 0.0, 0.0, g]);
+        let predictions = [act(0.3, 1.0), act(0.0, 0.0), act(0.0, 0.0)];
+        let mean = ensemble_actions(&predictions, 0.01, Some(6)).expect("an action");
+        assert!((mean.0[0] as f64 - 0.3 * w[0]).abs() < 1e-7, "{mean:?}");
+        assert_eq!(mean.0[6], 0.0, "one of three closes: open");
+        let trusting_the_oldest = ensemble_actions(&predictions, 5.0, Some(6)).expect("action");
+        assert_eq!(
+            trusting_the_oldest.0[6], 1.0,
+            "the oldest outweighs the rest"
+        );
+        assert!(ensemble_actions(&[], 0.01, Some(6)).is_none());
+        let one = act(0.123, 1.0);
+        assert_eq!(ensemble_actions(&[one], 0.01, Some(6)), Some(one));
+
+        // The policy: every step decodes; step 1 averages chunk 0's second action with
+        // chunk 1's first, chunk 0 (the older) weighing more.
+        let policy = policy(2, ChunkExecution::Ensemble);
+        let (a, b) = (observation(20), observation(220));
+        let (chunk_a, chunk_b) = (
+            chunk_of(&policy, &a, INSTRUCTION),
+            chunk_of(&policy, &b, INSTRUCTION),
+        );
+        let act = |obs: &Observation| policy.act(obs, INSTRUCTION).expect("act");
+        assert_eq!(act(&a), chunk_a[0]);
+        let expected = ensemble_actions(&[chunk_a[1], chunk_b[0]], 0.01, Some(6));
+        assert_eq!(Some(act(&b)), expected);
+        // Chunk a no longer predicts step 2: b's second action and b's first again.
+        let expected = ensemble_actions(&[chunk_b[1], chunk_b[0]], 0.01, Some(6));
+        assert_eq!(Some(act(&b)), expected);
+    }
+
+    #[test]
+    fn the_one_action_policy_decodes_every_step() {
+        let policy = policy(1, ChunkExecution::OpenLoop);
+        let (a, b) = (observation(20), observation(220));
+        for obs in [&a, &b, &a] {
+            let fresh = chunk_of(&policy, obs, INSTRUCTION);
+            assert_eq!(fresh.len(), 1);
+            assert_eq!(policy.act(obs, INSTRUCTION).expect("act"), fresh[0]);
+        }
     }
 }

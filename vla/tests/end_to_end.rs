@@ -89,6 +89,7 @@ fn tiny_model_overfits_synthetic_frames() {
         prompt_ids: prompt_ids.shallow_clone(),
         prompt_mask: prompt_mask.shallow_clone(),
         action_tokens: model.encode_actions(&actions).unwrap(),
+        action_is_pad: None,
         subtask: None,
     };
     let mut trainer = TrainStep::new(

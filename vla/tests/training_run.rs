@@ -99,6 +99,7 @@ fn options(data: &Path, out: &Path, steps: usize, resume: bool) -> TrainOptions 
         device: Device::Cpu,
         resume,
         init: None,
+        init_lm: None,
         corpus: vec!["put the red cube in the blue bin".into()],
         questions: Vec::new(),
         cotrain: None,
@@ -165,6 +166,46 @@ fn same_seed_same_run_and_resume_is_exact() {
         && m["target_error_far_cm"].as_array().map(Vec::len) == Some(2)
         && m["target_error_near_cm"].as_array().map(Vec::len) == Some(2)));
     for d in [&data, &a, &b, &c] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// A chunked model (`action.chunk_size` 3) through the whole loop: targets of the next
+/// frames read from the dataset's episodes, validation, and a checkpoint that loads into a
+/// policy executing its chunk.
+#[test]
+fn a_chunked_model_trains_validates_and_acts_from_its_checkpoint() {
+    vla_model::tch::set_num_threads(1);
+    let data = tmp("chunk-data");
+    write_dataset(&data);
+    let out = tmp("chunk");
+    let mut opts = options(&data, &out, 3, false);
+    opts.model.action.chunk_size = 3;
+    let summary = train::train(&opts, &mut |_: TrainEvent<'_>| true).unwrap();
+    let val = summary.final_val.expect("validated");
+    assert!(val.loss.is_finite() && val.l1.is_finite(), "{val:?}");
+    let (_, dir) = train::latest_checkpoint(&out)
+        .unwrap()
+        .expect("a checkpoint");
+    let policy = vla_model::Policy::load(&dir, Device::Cpu).unwrap();
+    assert_eq!(policy.model().config().action.chunk_size, 3);
+    let obs = Observation {
+        front: RgbImage::from_pixel(32, 32, Rgb([120, 90, 60])),
+        wrist: RgbImage::from_pixel(32, 32, Rgb([120, 90, 60])),
+        front_depth: None,
+        state: [0.0; 13],
+        instruction: "pick up the red cube".into(),
+    };
+    let chunk = policy
+        .decide(&[(&obs, "pick up the red cube")], None)
+        .unwrap()[0]
+        .chunk
+        .clone();
+    assert_eq!(chunk.len(), 3);
+    for expected in &chunk {
+        assert_eq!(&policy.act(&obs, "pick up the red cube").unwrap(), expected);
+    }
+    for d in [&data, &out] {
         let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -34,11 +34,22 @@ pub(crate) fn lecun_init(fan_in: usize) -> Init {
     }
 }
 
-/// `y = x W^T + b`, weight `[out, in]` like `torch.nn.Linear`.
+/// `y = x W^T + b`, weight `[out, in]` like `torch.nn.Linear`, optionally with a LoRA
+/// adapter.
 #[derive(Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+}
+
+/// A low-rank adapter `scale · B A` beside a frozen weight: `lora_A.weight` `[rank, in]`,
+/// `lora_B.weight` `[out, rank]` (PEFT's layout, without its adapter-name level).
+#[derive(Debug)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
 }
 
 impl Linear {
@@ -49,18 +60,64 @@ impl Linear {
             lecun_init(in_dim),
         );
         let bias = bias.then(|| p.set_group(NO_DECAY_GROUP).zeros("bias", &[out_dim as i64]));
-        Linear { weight, bias }
+        Linear {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    /// A layer whose weight and bias are frozen (not trained, no optimiser state; their
+    /// values come from a pretrained model), with a trainable adapter of `(rank, scale)`
+    /// when given. `A` is Kaiming-uniform as PEFT's (`a = √5`: bound `1/√in`), `B` zero.
+    pub fn frozen(
+        p: &Path,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        adapter: Option<(usize, f64)>,
+    ) -> Self {
+        let weight = p.zeros_no_train("weight", &[out_dim as i64, in_dim as i64]);
+        let bias = bias.then(|| p.zeros_no_train("bias", &[out_dim as i64]));
+        let lora = adapter.map(|(rank, scale)| {
+            let bound = 1.0 / (in_dim.max(1) as f64).sqrt();
+            Lora {
+                a: p.sub("lora_A").set_group(DECAY_GROUP).var(
+                    "weight",
+                    &[rank as i64, in_dim as i64],
+                    Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    },
+                ),
+                b: p.sub("lora_B")
+                    .set_group(DECAY_GROUP)
+                    .zeros("weight", &[out_dim as i64, rank as i64]),
+                scale,
+            }
+        });
+        Linear { weight, bias, lora }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
-        if kind == self.weight.kind() {
+        let y = if kind == self.weight.kind() {
             // Fast path (f32): no casts, which matters for per-token decoding overhead.
-            return x.linear(&self.weight, self.bias.as_ref());
+            x.linear(&self.weight, self.bias.as_ref())
+        } else {
+            let w = self.weight.to_kind(kind);
+            let b = self.bias.as_ref().map(|b| b.to_kind(kind));
+            x.linear(&w, b.as_ref())
+        };
+        match &self.lora {
+            None => y,
+            Some(l) => {
+                let low = x
+                    .linear(&l.a.to_kind(kind), None::<Tensor>)
+                    .linear(&l.b.to_kind(kind), None::<Tensor>);
+                y + low * l.scale
+            }
         }
-        let w = self.weight.to_kind(kind);
-        let b = self.bias.as_ref().map(|b| b.to_kind(kind));
-        x.linear(&w, b.as_ref())
     }
 }
 
@@ -105,6 +162,14 @@ impl RmsNorm {
     pub fn new(p: &Path, dim: usize, eps: f64) -> Self {
         RmsNorm {
             weight: p.set_group(NO_DECAY_GROUP).ones("weight", &[dim as i64]),
+            eps,
+        }
+    }
+
+    /// Frozen gain (a pretrained model's, under LoRA).
+    pub fn frozen(p: &Path, dim: usize, eps: f64) -> Self {
+        RmsNorm {
+            weight: p.ones_no_train("weight", &[dim as i64]),
             eps,
         }
     }

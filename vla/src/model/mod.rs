@@ -18,15 +18,22 @@
 //! `a_{i+1}`. Prompts are left-padded so every sample's actions sit at the same positions;
 //! the padding is masked and skipped by the rotary positions (see [`crate::model::llama`]).
 //!
+//! With `action.chunk_size` K > 1 (parallel decoding, OpenVLA-OFT) the action tokens are
+//! not fed back: K·action_dim learned queries (`action_chunk_queries`) follow the prefix,
+//! attend to it and to each other in both directions (the prefix stays causal and never
+//! sees them), and the hidden state at query `j` predicts token `j` of the actions of frames
+//! t … t+K−1, all in one pass (training and generation alike).
+//!
 //! Parameter names (HF-style, so importing pretrained weights is a name map):
 //! `vision_backbone.*` (HF `ViTModel`), `camera_embeddings.weight`, `projector.fc{1,2}`,
 //! `keypoint_head`, `keypoint_projector.fc{1,2}`, `film_generator`, `grounding.*`,
-//! `proprio_projector.fc{1,2}`, `language_model.model.*` / `language_model.lm_head`
-//! (HF `LlamaForCausalLM`).
+//! `proprio_projector.fc{1,2}`, `action_chunk_queries` (chunked models only),
+//! `language_model.model.*` / `language_model.lm_head` (HF `LlamaForCausalLM`).
 
 pub mod grounding;
 pub mod layers;
 pub mod llama;
+pub mod lora;
 pub mod projector;
 pub mod vit;
 
@@ -35,6 +42,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::action_tokenizer::{ActionTokenizer, NormStats};
+use crate::checkpoint::{import_weights, ImportReport};
 use crate::config::{ActionDecoding, VlaConfig};
 use crate::error::{Result, VlaError};
 use crate::model::grounding::Grounding;
@@ -54,8 +62,14 @@ pub struct VlaBatch {
     pub prompt_ids: Tensor,
     /// `[B, L]` bool/int, 1 where `prompt_ids` is a real token.
     pub prompt_mask: Tensor,
-    /// `[B, action_dim]` i64 action token ids (see [`ActionTokenizer::encode`]).
+    /// `[B, action_dim]` i64 action token ids (see [`ActionTokenizer::encode`]); for a
+    /// chunked model (`action.chunk_size` K > 1) `[B, K·action_dim]`, the actions of frames
+    /// t, t+1, …, t+K−1 one after the other.
     pub action_tokens: Tensor,
+    /// Chunked models: `[B, K]` bool, true for the slots past the episode's end (LeRobot's
+    /// `action_is_pad`), whose tokens are filler and carry no loss. `None`: every slot is a
+    /// real frame. The one-action head ignores it (its frame always exists).
+    pub action_is_pad: Option<Tensor>,
     /// The sub-task each frame's actions follow, for a model with a plan (see
     /// [`crate::config::PlanConfig`]): `[B, S]` i64 ids, **right**-padded, without the end
     /// token, and their `[B, S]` validity.
@@ -70,6 +84,7 @@ impl VlaBatch {
             prompt_ids: self.prompt_ids.to_device(device),
             prompt_mask: self.prompt_mask.to_device(device),
             action_tokens: self.action_tokens.to_device(device),
+            action_is_pad: self.action_is_pad.as_ref().map(|p| p.to_device(device)),
             subtask: self
                 .subtask
                 .as_ref()
@@ -165,13 +180,16 @@ fn pad(rows: &[Vec<i64>], pad_id: i64, left: bool) -> (Tensor, Tensor) {
 /// What a training forward pass returns.
 #[derive(Debug)]
 pub struct TrainOutput {
-    /// Mean cross-entropy over the action tokens (scalar, differentiable).
+    /// Mean cross-entropy over the action tokens (scalar, differentiable); of a chunk,
+    /// over the tokens of its real (unpadded) slots.
     pub loss: Tensor,
-    /// `[B, action_dim, num_bins]` f32 logits over the action vocabulary.
+    /// `[B, action_dim, num_bins]` f32 logits over the action vocabulary (`[B,
+    /// K·action_dim, num_bins]` for a chunk).
     pub action_logits: Tensor,
-    /// `[B, action_dim]` constrained greedy predictions (token ids).
+    /// `[B, action_dim]` (`[B, K·action_dim]`) constrained greedy predictions (token ids).
     pub predicted: Tensor,
-    /// Fraction of action tokens predicted exactly (scalar f32 tensor).
+    /// Fraction of action tokens predicted exactly (scalar f32 tensor); of a chunk, of
+    /// its real slots' tokens.
     pub accuracy: Tensor,
     /// `[B*C, H, 2]` grounding readout coordinates, when the model has grounding heads.
     pub grounding: Option<Tensor>,
@@ -234,7 +252,7 @@ pub enum SubtaskInput<'a> {
 /// What one batched generation produced.
 #[derive(Debug)]
 pub struct Generated {
-    /// `[B, action_dim]` action token ids.
+    /// `[B, action_dim]` action token ids (`[B, K·action_dim]`, K actions, for a chunk).
     pub actions: Tensor,
     /// Each row's sub-task ids, end token excluded (empty without a plan).
     pub subtasks: Vec<Vec<i64>>,
@@ -264,6 +282,10 @@ pub struct VlaModel {
     /// `action.proprio_indices` as an index tensor on the model's device (`None` = all).
     proprio_index: Option<Tensor>,
     lm: Llama,
+    /// `action_chunk_queries.weight` `[K·action_dim, D]`: the inputs of the action slots of a
+    /// chunked model (`action.chunk_size` K > 1; `None` for the one-action head, which feeds
+    /// back its own tokens instead).
+    action_queries: Option<Tensor>,
     action_tokenizer: ActionTokenizer,
     norm_stats: NormStats,
     state_mean: Tensor,
@@ -273,6 +295,7 @@ pub struct VlaModel {
     /// `[action_dim, num_bins]` f32: 0 for bins generation may emit at each step, -inf else.
     allowed_bias: Tensor,
     compute_kind: Kind,
+    base_lm: Option<crate::hf::BaseLm>,
 }
 
 /// Expected patch-grid coordinates under a softmax over patches: `logits [N, gh*gw, K]` →
@@ -408,6 +431,7 @@ impl VlaModel {
                     .set_group(DECAY_GROUP)
                     .zeros("weight", &[2 * channels, t.hidden_size as i64]),
                 bias: Some(p.set_group(NO_DECAY_GROUP).zeros("bias", &[2 * channels])),
+                lora: None,
             }
         });
         let grounding = Grounding::new(&root.sub("grounding"), &config);
@@ -425,6 +449,14 @@ impl VlaModel {
             config.lm_vocab_size(),
             device,
         );
+        // Drawn last, so every other weight is what the one-action model of the same seed
+        // gets; outside `language_model`, so LoRA never freezes it.
+        let chunk = config.action.chunk_tokens() as i64;
+        let action_queries = (config.action.chunk_size > 1).then(|| {
+            root.sub("action_chunk_queries")
+                .set_group(NO_DECAY_GROUP)
+                .var("weight", &[chunk, t.hidden_size as i64], normal_init())
+        });
         vs.set_device(device);
 
         let action_tokenizer = ActionTokenizer::new(&config, norm_stats.action.clone())?;
@@ -469,9 +501,11 @@ impl VlaModel {
             grounding,
             proprio_projector,
             lm,
+            action_queries,
             action_tokenizer,
             norm_stats,
             compute_kind: Kind::Float,
+            base_lm: None,
         };
         tracing::debug!(
             parameters = model.num_parameters(),
@@ -499,6 +533,74 @@ impl VlaModel {
 
     pub fn var_store_mut(&mut self) -> &mut VarStore {
         &mut self.vs
+    }
+
+    /// Loads a pretrained `LlamaForCausalLM` directory into `language_model.*` (see
+    /// [`crate::hf`]); the embeddings (and an untied head) grow by the action ids, started
+    /// at the mean of the pretrained rows. Every LM parameter must come from the file; the
+    /// rest of the VLA keeps its initialisation.
+    pub fn import_language_model(&mut self, dir: &std::path::Path) -> Result<ImportReport> {
+        self.import_base(crate::hf::BaseLm::of(dir)?)
+    }
+
+    /// [`Self::import_language_model`] of a base whose hash is already known.
+    pub(crate) fn import_base(&mut self, base: crate::hf::BaseLm) -> Result<ImportReport> {
+        let weights = base.dir.join(crate::checkpoint::WEIGHTS_FILE);
+        let grow = [
+            "language_model.model.embed_tokens.weight",
+            "language_model.lm_head.weight",
+        ];
+        let report = import_weights(
+            &weights,
+            &self.vs,
+            |n| Some(format!("language_model.{n}")),
+            &grow,
+        )?;
+        let missing: Vec<&String> = report
+            .missing
+            .iter()
+            .filter(|n| n.starts_with("language_model."))
+            // What LoRA adds is ours to train, not the base's to hold.
+            .filter(|n| !(n.contains(".lora_") || n.ends_with(".trainable_tokens_delta")))
+            .collect();
+        if !missing.is_empty() {
+            return Err(VlaError::checkpoint(
+                &weights,
+                format!(
+                    "{} language-model parameters are not in the file (another architecture?), e.g. {:?}",
+                    missing.len(),
+                    &missing[..missing.len().min(5)]
+                ),
+            ));
+        }
+        if !report.unused.is_empty() {
+            tracing::info!(file = %weights.display(), tensors = ?report.unused, "tensors not used");
+        }
+        self.lm.init_trainable_rows()?;
+        self.base_lm = Some(base);
+        Ok(report)
+    }
+
+    /// The same network without LoRA: adapters folded into their weights and the trained
+    /// rows of the added ids into the embeddings (and head), as `vla lora merge` writes it.
+    /// A model without adapters comes back as a copy.
+    pub fn merged(&self) -> Result<VlaModel> {
+        let mut config = self.config.clone();
+        let scale = config.text.lora.take().map_or(0.0, |l| l.scale());
+        let merged = VlaModel::new(config, self.norm_stats.clone(), self.device(), 0)?;
+        let report = lora::merge_into(
+            &self.vs,
+            &merged.vs,
+            scale,
+            self.config.text.vocab_size as i64,
+        )?;
+        tracing::info!(?report, "merged LoRA adapters");
+        Ok(merged)
+    }
+
+    /// The pretrained LM this model was started from (see [`Self::import_language_model`]).
+    pub fn base_lm(&self) -> Option<&crate::hf::BaseLm> {
+        self.base_lm.as_ref()
     }
 
     pub fn device(&self) -> Device {
@@ -847,7 +949,7 @@ impl VlaModel {
     }
 
     fn check_action_tokens(&self, tokens: &Tensor, b: i64) -> Result<Tensor> {
-        let a = self.config.action.action_dim as i64;
+        let a = self.config.action.chunk_tokens() as i64;
         if tokens.size() != [b, a] {
             return Err(VlaError::Input(format!(
                 "action tokens have shape {:?}, expected [{b}, {a}]",
@@ -966,10 +1068,20 @@ impl VlaModel {
     }
 
     /// Masks (to -inf) the bins not allowed at action steps `first_step..` of
-    /// `logits [B, S, bins]`.
+    /// `logits [B, S, bins]` (step `i` is dimension `i mod action_dim`: a chunk's steps run
+    /// over several actions).
     fn constrain(&self, logits: &Tensor, first_step: i64) -> Tensor {
         let s = logits.size()[1];
-        logits + self.allowed_bias.narrow(0, first_step, s).unsqueeze(0)
+        let a = self.config.action.action_dim as i64;
+        let bias = if first_step + s <= a {
+            self.allowed_bias.narrow(0, first_step, s)
+        } else {
+            let dims =
+                Tensor::arange_start(first_step, first_step + s, (Kind::Int64, self.device()))
+                    .remainder(a);
+            self.allowed_bias.index_select(0, &dims)
+        };
+        logits + bias.unsqueeze(0)
     }
 
     /// The bins `[B, S]` that greedy decoding reads off action logits `[B, S, bins]` whose
@@ -988,8 +1100,9 @@ impl VlaModel {
             .round()
             .to_kind(Kind::Int64)
             .clamp(0, bins - 1);
+        let a = self.config.action.action_dim;
         let gripper: Vec<bool> = (first_step..first_step + s)
-            .map(|d| self.config.action.gripper_dim == Some(d as usize))
+            .map(|d| self.config.action.gripper_dim == Some(d as usize % a))
             .collect();
         let is_gripper = Tensor::from_slice(&gripper).to_device(device).unsqueeze(0);
         greedy.where_self(&is_gripper, &mean)
@@ -1003,6 +1116,7 @@ impl VlaModel {
     pub fn forward_train(&self, batch: &VlaBatch) -> Result<TrainOutput> {
         let b = batch.images.size().first().copied().unwrap_or(0);
         let targets = self.check_action_tokens(&batch.action_tokens, b)?;
+        let weights = self.action_token_weights(batch.action_is_pad.as_ref(), b)?;
         let subtask = batch.subtask.as_ref().map(|(ids, mask)| (ids, mask));
         let prefix = self.embed_prefix(
             &batch.images,
@@ -1013,30 +1127,54 @@ impl VlaModel {
         )?;
         let a = self.config.action.action_dim as i64;
         let p = prefix.embeds.size()[1];
-        let inputs = self
-            .lm
-            .embed(&targets.narrow(1, 0, a - 1), self.compute_kind);
-        let x = Tensor::cat(&[&prefix.embeds, &inputs], 1);
-        let mask = Tensor::cat(
-            &[
-                &prefix.mask,
-                &Tensor::ones([b, a - 1], (Kind::Bool, self.device())),
-            ],
-            1,
-        );
         let mut cache = self.lm.new_cache();
-        let hidden = self.lm.forward(&x, &mask, &mut cache)?;
-        let logits = self.action_logits(&hidden.narrow(1, p - 1, a)); // [B, A, bins]
+        let (hidden, logits) = match &self.action_queries {
+            None => {
+                let inputs = self
+                    .lm
+                    .embed(&targets.narrow(1, 0, a - 1), self.compute_kind);
+                let x = Tensor::cat(&[&prefix.embeds, &inputs], 1);
+                let mask = Tensor::cat(
+                    &[
+                        &prefix.mask,
+                        &Tensor::ones([b, a - 1], (Kind::Bool, self.device())),
+                    ],
+                    1,
+                );
+                let hidden = self.lm.forward(&x, &mask, &mut cache)?;
+                let logits = self.action_logits(&hidden.narrow(1, p - 1, a)); // [B, A, bins]
+                (hidden, logits)
+            }
+            Some(queries) => {
+                let (x, mask, n) = self.append_queries(queries, &prefix.embeds, &prefix.mask);
+                let hidden = self.lm.forward_with_tail(&x, &mask, &mut cache, n)?;
+                let logits = self.action_logits(&hidden.narrow(1, p, n)); // [B, K·A, bins]
+                (hidden, logits)
+            }
+        };
         let bins = self.config.action.num_bins as i64;
         let target_bins = &targets - self.action_tokenizer.token_offset();
-        let loss = logits
-            .view([-1, bins])
-            .cross_entropy_for_logits(&target_bins.view([-1]));
         let predicted_bins = self.decode_bins(&logits.detach(), 0);
-        let accuracy = predicted_bins
-            .eq_tensor(&target_bins)
-            .to_kind(Kind::Float)
-            .mean(Kind::Float);
+        let hits = predicted_bins.eq_tensor(&target_bins).to_kind(Kind::Float);
+        let (loss, accuracy) = match &weights {
+            None => (
+                logits
+                    .view([-1, bins])
+                    .cross_entropy_for_logits(&target_bins.view([-1])),
+                hits.mean(Kind::Float),
+            ),
+            Some(w) => {
+                let nll = -logits
+                    .log_softmax(-1, Kind::Float)
+                    .gather(2, &target_bins.unsqueeze(-1), false)
+                    .squeeze_dim(-1);
+                let count = w.sum(Kind::Float).clamp_min(1.0);
+                (
+                    (nll * w).sum(Kind::Float) / &count,
+                    (hits * w).sum(Kind::Float) / &count,
+                )
+            }
+        };
         let (subtask_loss, subtask_accuracy) = match subtask.filter(|_| self.config.plan.enabled())
         {
             Some((ids, mask)) => {
@@ -1062,6 +1200,71 @@ impl VlaModel {
             subtask_loss,
             subtask_accuracy,
         })
+    }
+
+    /// `embeds [B, P, D]` / `mask [B, P]` followed by the chunk's action query positions
+    /// (always valid: they are inputs, not frames), and how many there are.
+    fn append_queries(
+        &self,
+        queries: &Tensor,
+        embeds: &Tensor,
+        mask: &Tensor,
+    ) -> (Tensor, Tensor, i64) {
+        let (q, ones) = self.query_inputs(queries, embeds.size()[0]);
+        let n = ones.size()[1];
+        (
+            Tensor::cat(&[embeds.shallow_clone(), q], 1),
+            Tensor::cat(&[mask.to_kind(Kind::Bool), ones], 1),
+            n,
+        )
+    }
+
+    /// The chunk's query embeddings for `b` rows, `[b, K·A, D]`, and their validity.
+    fn query_inputs(&self, queries: &Tensor, b: i64) -> (Tensor, Tensor) {
+        let n = queries.size()[0];
+        let q = queries
+            .to_kind(self.compute_kind)
+            .unsqueeze(0)
+            .expand([b, n, -1], false);
+        (q, Tensor::ones([b, n], (Kind::Bool, self.device())))
+    }
+
+    /// Weights `[B, K·action_dim]` (f32) of a chunk's action tokens in the loss: 1 in the
+    /// slots of real frames, 0 in those past the episode's end (`pad [B, K]`, true where
+    /// padded; `None`: all real). `None` for the one-action head, whose loss stays the
+    /// plain mean (its one slot is always a real frame).
+    pub(crate) fn action_token_weights(
+        &self,
+        pad: Option<&Tensor>,
+        b: i64,
+    ) -> Result<Option<Tensor>> {
+        if self.action_queries.is_none() {
+            return Ok(None);
+        }
+        let (k, a) = (
+            self.config.action.chunk_size as i64,
+            self.config.action.action_dim as i64,
+        );
+        let device = self.device();
+        let real = match pad {
+            None => Tensor::ones([b, k], (Kind::Float, device)),
+            Some(p) if p.size() == [b, k] => p
+                .to_device(device)
+                .to_kind(Kind::Bool)
+                .logical_not()
+                .to_kind(Kind::Float),
+            Some(p) => {
+                return Err(VlaError::Input(format!(
+                    "action_is_pad has shape {:?}, expected [{b}, {k}] (action.chunk_size)",
+                    p.size()
+                )))
+            }
+        };
+        Ok(Some(
+            real.unsqueeze(-1)
+                .expand([b, k, a], false)
+                .reshape([b, k * a]),
+        ))
     }
 
     /// Cross-entropy of the sub-task tokens and their end token over the text vocabulary:
@@ -1117,7 +1320,8 @@ impl VlaModel {
 
     /// Greedy, constrained generation of the action tokens (after the sub-task, which a model
     /// with a plan decodes first): one prefill over the prefix, then one cached decoding step
-    /// per token. Returns `[B, action_dim]` ids.
+    /// per token. Returns `[B, action_dim]` ids; a chunked model's K actions, `[B,
+    /// K·action_dim]`, come out of one pass instead.
     pub fn generate_action_tokens(
         &self,
         images: &Tensor,
@@ -1167,6 +1371,19 @@ impl VlaModel {
         subtask: SubtaskInput<'_>,
         mut sampling: Option<(f64, &mut ChaCha8Rng)>,
     ) -> Result<Generated> {
+        if let Some(queries) = &self.action_queries {
+            return tch::no_grad(|| {
+                self.generate_chunk(
+                    queries,
+                    images,
+                    state,
+                    prompt_ids,
+                    prompt_mask,
+                    subtask,
+                    sampling,
+                )
+            });
+        }
         tch::no_grad(|| {
             let mut cache = self.lm.new_cache();
             let (mut last, subtasks, grounding) = if self.config.plan.enabled() {
@@ -1207,6 +1424,55 @@ impl VlaModel {
                 subtasks,
                 grounding,
             })
+        })
+    }
+
+    /// [`Self::generate`] of a chunked model: the prefix (with a plan, after its sub-task)
+    /// and the K·action_dim query positions in one pass with a bidirectional tail, every
+    /// slot's token read off its own hidden state (greedily, or each drawn by the
+    /// Gumbel-max trick at `sampling`'s temperature).
+    #[allow(clippy::too_many_arguments)]
+    fn generate_chunk(
+        &self,
+        queries: &Tensor,
+        images: &Tensor,
+        state: Option<&Tensor>,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+        subtask: SubtaskInput<'_>,
+        sampling: Option<(f64, &mut ChaCha8Rng)>,
+    ) -> Result<Generated> {
+        let mut cache = self.lm.new_cache();
+        let (hidden, subtasks, grounding) = if self.config.plan.enabled() {
+            let (last, subtasks, grounding) =
+                self.plan(images, state, prompt_ids, prompt_mask, subtask, &mut cache)?;
+            let (q, ones) = self.query_inputs(queries, last.size()[0]);
+            let n = ones.size()[1];
+            let hidden = self.lm.forward_with_tail(&q, &ones, &mut cache, n)?;
+            (hidden, subtasks, grounding)
+        } else {
+            let prefix = self.embed_prefix(images, state, prompt_ids, prompt_mask, None)?;
+            let (b, p) = (prefix.embeds.size()[0], prefix.embeds.size()[1]);
+            let (x, mask, n) = self.append_queries(queries, &prefix.embeds, &prefix.mask);
+            let hidden = self
+                .lm
+                .forward_with_tail(&x, &mask, &mut cache, n)?
+                .narrow(1, p, n);
+            (hidden, vec![Vec::new(); b as usize], prefix.grounding)
+        };
+        let raw = self.action_logits(&hidden); // [B, K·A, bins]
+        let bins = match sampling {
+            Some((t, rng)) if t > 0.0 => {
+                let logits = self.constrain(&raw, 0);
+                let noise = gumbel_noise(&logits.size(), rng).to_device(logits.device());
+                (logits.to_kind(Kind::Float) / t + noise).argmax(-1, false)
+            }
+            _ => self.decode_bins(&raw, 0),
+        };
+        Ok(Generated {
+            actions: bins + self.action_tokenizer.token_offset(),
+            subtasks,
+            grounding,
         })
     }
 
@@ -1428,7 +1694,8 @@ impl VlaModel {
         })
     }
 
-    /// [`Self::generate_action_tokens`] decoded to continuous actions (one row per sample).
+    /// [`Self::generate_action_tokens`] decoded to continuous actions: one row per sample,
+    /// its action (a chunk's K actions one after the other).
     pub fn generate_actions(
         &self,
         images: &Tensor,
@@ -1441,8 +1708,14 @@ impl VlaModel {
             .to_device(Device::Cpu);
         let a = self.config.action.action_dim;
         let flat: Vec<i64> = Vec::<i64>::try_from(tokens.flatten(0, 1))?;
-        flat.chunks(a)
-            .map(|row| self.action_tokenizer.decode(row))
+        flat.chunks(self.config.action.chunk_tokens())
+            .map(|row| {
+                let actions = row
+                    .chunks(a)
+                    .map(|t| self.action_tokenizer.decode(t))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(actions.concat())
+            })
             .collect()
     }
 }
@@ -1474,7 +1747,7 @@ mod tests {
         VlaModel::new(cfg, stats, Device::Cpu, seed).unwrap()
     }
 
-    fn batch(model: &VlaModel, b: i64) -> VlaBatch {
+    pub(crate) fn batch(model: &VlaModel, b: i64) -> VlaBatch {
         let cfg = model.config();
         let s = cfg.vision.image_size as i64;
         let prompts: Vec<Vec<i64>> = (0..b).map(|i| (1..(4 + i)).collect()).collect();
@@ -1492,6 +1765,7 @@ mod tests {
             prompt_ids,
             prompt_mask,
             action_tokens: model.encode_actions(&actions).unwrap(),
+            action_is_pad: None,
             subtask: None,
         }
     }
@@ -1576,6 +1850,7 @@ mod tests {
             prompt_ids: b.prompt_ids.shallow_clone(),
             prompt_mask: b.prompt_mask.shallow_clone(),
             action_tokens: b.action_tokens.shallow_clone(),
+            action_is_pad: b.action_is_pad.as_ref().map(Tensor::shallow_clone),
             subtask: b
                 .subtask
                 .as_ref()
@@ -2211,5 +2486,378 @@ mod tests {
             assert!(last < 0.2 * first, "{first} -> {last}");
             assert_eq!(answer(&model), vec![vec![20, 21, 22], vec![30, 31]]);
         }
+    }
+    /// A batch that draws nothing from libtorch's generator, so values computed from it can
+    /// be saved and compared across builds.
+    fn fixed_batch(model: &VlaModel, b: i64) -> VlaBatch {
+        let s = model.config().vision.image_size as i64;
+        let n = b * 2 * 3 * s * s;
+        let images = (Tensor::arange(n, (Kind::Int64, Device::Cpu)) * 37)
+            .remainder(256)
+            .to_kind(Kind::Uint8)
+            .view([b, 2, 3, s, s]);
+        let state = (Tensor::arange(b * 13, (Kind::Float, Device::Cpu)) * 0.37)
+            .sin()
+            .view([b, 13]);
+        let prompts: Vec<Vec<i64>> = (0..b).map(|i| (1..(4 + i)).collect()).collect();
+        let (prompt_ids, prompt_mask) = left_pad(&prompts, 0);
+        let actions: Vec<[f32; 7]> = (0..b)
+            .map(|i| [0.1 * i as f32, -0.2, 0.3, 0.0, 0.5, -0.5, (i % 2) as f32])
+            .collect();
+        let one = model.encode_actions(&actions).expect("valid actions");
+        let k = model.config().action.chunk_size as i64;
+        VlaBatch {
+            images,
+            state: Some(state),
+            prompt_ids,
+            prompt_mask,
+            // A chunk's later slots: the same actions with the gripper flipped and the
+            // first dimension shifted by a few bins per slot, so slots differ.
+            action_tokens: match k {
+                1 => one,
+                _ => Tensor::cat(
+                    &(0..k)
+                        .map(|j| {
+                            let t = one.copy();
+                            let _ = t.narrow(1, 0, 1).g_add_scalar_(5 * j);
+                            if j % 2 == 1 {
+                                let mut g = t.narrow(1, 6, 1);
+                                let flipped = (g.shallow_clone() - 300).neg() + 555;
+                                g.copy_(&flipped);
+                            }
+                            t
+                        })
+                        .collect::<Vec<_>>(),
+                    1,
+                ),
+            },
+            action_is_pad: None,
+            subtask: None,
+        }
+    }
+
+    /// The one-action head must be exactly what it was before chunks existed: these values
+    /// were printed by the code before `action.chunk_size` was added (same seed, same
+    /// fixed batch; loss, logits, teacher-forced and free-running tokens, a seeded sample,
+    /// three AdamW steps on HL-Gauss targets, and a model with a plan).
+    #[test]
+    fn the_one_action_head_is_unchanged_by_chunking() {
+        let mut model = tiny_model(11);
+        assert!(
+            model
+                .var_store()
+                .variables()
+                .keys()
+                .all(|n| !n.starts_with("action_chunk_queries")),
+            "chunk_size 1 adds no variable"
+        );
+        let b = fixed_batch(&model, 3);
+        let out = tch::no_grad(|| model.forward_train(&b)).unwrap();
+        let close = |got: f64, want: f64| {
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{got} vs {want} (saved before chunking)"
+            )
+        };
+        close(out.loss.double_value(&[]), 5.351158618927002);
+        close(
+            out.action_logits.sum(Kind::Double).double_value(&[]),
+            -123.43880587883177,
+        );
+        let ids = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, 1)).expect("i64 tokens");
+        assert_eq!(
+            ids(&out.predicted),
+            [
+                516, 306, 472, 472, 472, 547, 300, 356, 472, 472, 472, 472, 547, 300, 547, 544,
+                349, 516, 550, 508, 300
+            ]
+        );
+        let generated = model
+            .generate_action_tokens(&b.images, b.state.as_ref(), &b.prompt_ids, &b.prompt_mask)
+            .unwrap();
+        assert_eq!(
+            ids(&generated),
+            [
+                516, 460, 516, 532, 306, 306, 300, 356, 306, 306, 492, 306, 492, 555, 547, 550,
+                471, 460, 504, 547, 300
+            ]
+        );
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let sampled = model
+            .sample_action_tokens(
+                &b.images,
+                b.state.as_ref(),
+                &b.prompt_ids,
+                &b.prompt_mask,
+                Some((1.0, &mut rng)),
+            )
+            .unwrap();
+        assert_eq!(
+            ids(&sampled),
+            [
+                514, 475, 320, 413, 515, 371, 300, 513, 504, 516, 452, 480, 488, 300, 451, 374,
+                380, 486, 453, 320, 300
+            ]
+        );
+        let mut step = crate::train::optim::TrainStep::new(
+            &mut model,
+            crate::train::optim::OptimConfig {
+                lr: 3e-3,
+                warmup_steps: 0,
+                label_sigma_bins: 3.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for (loss, grad_norm) in [
+            (5.351158618927002, 20.314313888549805),
+            (5.4457173347473145, 5.513180255889893),
+            (4.931643486022949, 2.2383015155792236),
+        ] {
+            let stats = step.step(&model, &b).unwrap();
+            close(stats.loss, loss);
+            close(stats.grad_norm, grad_norm);
+        }
+        let cfg = VlaConfig::test_tiny_plan(2);
+        let plan = VlaModel::new(cfg.clone(), NormStats::unit(&cfg), Device::Cpu, 12).unwrap();
+        let b = fixed_batch(&plan, 3);
+        let g = generate(&plan, &b, &b.images, SubtaskInput::Decode);
+        assert_eq!(
+            ids(&g.actions),
+            [
+                494, 428, 346, 346, 346, 498, 300, 483, 346, 346, 346, 498, 385, 300, 533, 385,
+                548, 346, 346, 346, 300
+            ]
+        );
+        assert_eq!(
+            g.subtasks,
+            [
+                vec![46, 207, 25, 16, 91, 16, 226],
+                vec![25, 76, 102, 16, 23, 78, 180],
+                vec![25, 231, 16, 207, 239, 16, 94]
+            ]
+        );
+        let (ids, mask) = right_pad(&[vec![10, 11, 12], vec![10], vec![40, 41]], 0);
+        let tf = VlaBatch {
+            subtask: Some((ids, mask)),
+            ..b
+        };
+        let out = tch::no_grad(|| plan.forward_train(&tf)).unwrap();
+        close(out.loss.double_value(&[]), 6.189608573913574);
+        let subtask_loss = out.subtask_loss.expect("a plan").double_value(&[]);
+        close(subtask_loss, 6.552504062652588);
+    }
+
+    fn chunk_model(k: usize, seed: i64) -> VlaModel {
+        crate::test_setup();
+        let cfg = VlaConfig::test_tiny_chunk(k);
+        let stats = NormStats::unit(&cfg);
+        VlaModel::new(cfg, stats, Device::Cpu, seed).expect("valid chunk config")
+    }
+
+    #[test]
+    fn one_pass_predicts_a_chunk_as_teacher_forcing_does() {
+        let model = chunk_model(3, 2);
+        let queries = &model.var_store().variables()["action_chunk_queries.weight"];
+        assert_eq!(queries.size(), [21, 32], "[K·action_dim, D]");
+        let b = fixed_batch(&model, 3);
+        assert_eq!(b.action_tokens.size(), [3, 21]);
+        let out = tch::no_grad(|| model.forward_train(&b)).unwrap();
+        assert_eq!(out.action_logits.size(), [3, 21, 256]);
+        assert_eq!(out.predicted.size(), [3, 21]);
+        assert!(out.loss.double_value(&[]).is_finite());
+        // Generation is the same single pass: K·7 tokens, each slot constrained like its
+        // action dimension (every 7th a gripper bin), equal to teacher forcing's argmax.
+        let generated = model
+            .generate_action_tokens(&b.images, b.state.as_ref(), &b.prompt_ids, &b.prompt_mask)
+            .unwrap();
+        assert_eq!(generated.size(), [3, 21]);
+        assert!(
+            generated.equal(&out.predicted),
+            "{generated} vs {}",
+            out.predicted
+        );
+        let tokens = Vec::<i64>::try_from(generated.flatten(0, 1)).expect("i64 tokens");
+        assert_constrained(&tokens);
+        // The slots are different positions with different queries: not one action K times.
+        let row: Vec<&[i64]> = tokens[..21].chunks(7).collect();
+        assert!(row[0] != row[1] || row[1] != row[2], "{row:?}");
+        // A cold sample is the argmax; a hot one stays constrained.
+        let sample = |t: f64| {
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let toks = model
+                .sample_action_tokens(
+                    &b.images,
+                    b.state.as_ref(),
+                    &b.prompt_ids,
+                    &b.prompt_mask,
+                    Some((t, &mut rng)),
+                )
+                .unwrap();
+            Vec::<i64>::try_from(toks.flatten(0, 1)).expect("i64 tokens")
+        };
+        assert_eq!(sample(1e-4), tokens);
+        assert_constrained(&sample(100.0));
+        // Continuous actions: one row of K·7 values per sample.
+        let actions = model
+            .generate_actions(&b.images, b.state.as_ref(), &b.prompt_ids, &b.prompt_mask)
+            .unwrap();
+        assert_eq!(actions.len(), 3);
+        assert!(actions.iter().all(|a| a.len() == 21));
+        // Action tokens of one action where a chunk is expected are refused.
+        let bad = VlaBatch {
+            action_tokens: b.action_tokens.narrow(1, 0, 7),
+            ..batch_clone(&b)
+        };
+        assert!(model.forward_train(&bad).is_err());
+        let bad = VlaBatch {
+            action_is_pad: Some(Tensor::zeros([3, 2], (Kind::Bool, Device::Cpu))),
+            ..batch_clone(&b)
+        };
+        assert!(model.forward_train(&bad).is_err(), "a pad mask of [B, K]");
+    }
+
+    #[test]
+    fn the_action_block_is_bidirectional_and_the_prefix_causal() {
+        let model = chunk_model(3, 4);
+        let b = fixed_batch(&model, 2);
+        let queries = model.var_store().variables()["action_chunk_queries.weight"].shallow_clone();
+        let run = || {
+            tch::no_grad(|| {
+                let prefix = model
+                    .embed_prefix(
+                        &b.images,
+                        b.state.as_ref(),
+                        &b.prompt_ids,
+                        &b.prompt_mask,
+                        None,
+                    )
+                    .unwrap();
+                let (x, mask, n) = model.append_queries(&queries, &prefix.embeds, &prefix.mask);
+                let hidden = model
+                    .lm
+                    .forward_with_tail(&x, &mask, &mut model.lm.new_cache(), n)
+                    .unwrap();
+                let p = prefix.embeds.size()[1];
+                (
+                    hidden.narrow(1, 0, p),
+                    model.action_logits(&hidden.narrow(1, p, n)),
+                )
+            })
+        };
+        let (prefix_before, logits_before) = run();
+        // Change the query of the last slot (the third action's gripper).
+        tch::no_grad(|| {
+            let _ = queries.narrow(0, 20, 1).g_add_scalar_(0.5);
+        });
+        let (prefix_after, logits_after) = run();
+        let moved = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+        assert_eq!(
+            moved(&prefix_before, &prefix_after),
+            0.0,
+            "the prefix never sees the action slots"
+        );
+        for slot in [0, 6, 13] {
+            let earlier = moved(
+                &logits_before.narrow(1, slot, 1),
+                &logits_after.narrow(1, slot, 1),
+            );
+            assert!(earlier > 1e-6, "slot {slot} must see a later slot's query");
+        }
+    }
+
+    #[test]
+    fn padded_slots_carry_no_loss() {
+        let model = chunk_model(3, 5);
+        let b = fixed_batch(&model, 2);
+        // Row 0 ends after two frames, row 1 after one.
+        let pad = Tensor::from_slice(&[false, false, true, false, true, true]).view([2, 3]);
+        let with = |tokens: &Tensor| VlaBatch {
+            action_tokens: tokens.shallow_clone(),
+            action_is_pad: Some(pad.shallow_clone()),
+            ..batch_clone(&b)
+        };
+        let losses = |batch: &VlaBatch| {
+            let out = tch::no_grad(|| model.forward_train(batch)).unwrap();
+            let soft =
+                crate::train::optim::soft_target_loss(&model, &out.action_logits, batch, 3.0)
+                    .unwrap();
+            (
+                out.loss.double_value(&[]),
+                soft.double_value(&[]),
+                out.accuracy.double_value(&[]),
+            )
+        };
+        let original = losses(&with(&b.action_tokens));
+        // Other targets in the padded slots (row 0's third action, row 1's last two).
+        let changed = b.action_tokens.copy();
+        let _ = changed.get(0).narrow(0, 14, 6).fill_(400);
+        let _ = changed.get(1).narrow(0, 7, 13).fill_(410);
+        assert_eq!(losses(&with(&changed)), original, "padding is not learned");
+        // The same change in a real slot does change the loss.
+        let real = b.action_tokens.copy();
+        let _ = real.get(0).narrow(0, 7, 6).fill_(400);
+        let moved = losses(&with(&real));
+        assert!(moved.0 != original.0 && moved.1 != original.1);
+        // Without padding every slot counts.
+        let unpadded = VlaBatch {
+            action_tokens: changed,
+            ..batch_clone(&b)
+        };
+        assert_ne!(losses(&unpadded).0, original.0);
+    }
+
+    #[test]
+    fn a_few_steps_lower_the_chunk_loss() {
+        let mut model = chunk_model(3, 6);
+        let mut b = fixed_batch(&model, 2);
+        b.action_is_pad =
+            Some(Tensor::from_slice(&[false, false, true, false, false, false]).view([2, 3]));
+        let mut step = crate::train::optim::TrainStep::new(
+            &mut model,
+            crate::train::optim::OptimConfig {
+                lr: 3e-3,
+                warmup_steps: 0,
+                label_sigma_bins: 2.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let first = step.step(&model, &b).unwrap();
+        let mut last = first.clone();
+        for _ in 0..40 {
+            last = step.step(&model, &b).unwrap();
+        }
+        assert!(last.loss < 0.5 * first.loss, "{first:?} -> {last:?}");
+        assert!(last.accuracy > first.accuracy, "{first:?} -> {last:?}");
+        // The queries are learned.
+        let q = &model.var_store().variables()["action_chunk_queries.weight"];
+        let fresh = chunk_model(3, 6);
+        let q0 = &fresh.var_store().variables()["action_chunk_queries.weight"];
+        assert!((q - q0).abs().max().double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn a_chunk_follows_a_decoded_subtask_as_teacher_forcing_places_it() {
+        crate::test_setup();
+        let mut cfg = VlaConfig::test_tiny_plan(2);
+        cfg.action.chunk_size = 2;
+        let model = VlaModel::new(cfg.clone(), NormStats::unit(&cfg), Device::Cpu, 8).unwrap();
+        let b = fixed_batch(&model, 3);
+        let generated = generate(&model, &b, &b.images, SubtaskInput::Decode);
+        assert_eq!(generated.actions.size(), [3, 14]);
+        let (ids, mask) = right_pad(&generated.subtasks, 0);
+        let tf = VlaBatch {
+            action_tokens: generated.actions.shallow_clone(),
+            subtask: Some((ids, mask)),
+            ..batch_clone(&b)
+        };
+        let out = tch::no_grad(|| model.forward_train(&tf)).unwrap();
+        assert!(
+            out.predicted.equal(&generated.actions),
+            "{} vs {}",
+            out.predicted,
+            generated.actions
+        );
     }
 }

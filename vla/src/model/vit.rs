@@ -331,11 +331,7 @@ impl VitModel {
         if let Some(last) = features.pop() {
             features.push(modulate(last));
         }
-        let mut x = self.embeddings.tokens(features.last().unwrap_or(pixels));
-        for layer in &self.layers {
-            x = layer.forward(&x);
-        }
-        let x = self.layernorm.forward(&x);
+        let x = self.encode(self.embeddings.tokens(features.last().unwrap_or(pixels)));
         let tokens = if self.has_cls {
             let t = x.size()[1];
             x.narrow(1, 1, t - 1)
@@ -343,6 +339,18 @@ impl VitModel {
             x
         };
         (tokens, features)
+    }
+
+    /// `ViTModel`'s `last_hidden_state`: every token, the CLS one first when there is one.
+    pub fn last_hidden_state(&self, pixels: &Tensor) -> Tensor {
+        self.encode(self.embeddings.forward(pixels))
+    }
+
+    fn encode(&self, mut x: Tensor) -> Tensor {
+        for layer in &self.layers {
+            x = layer.forward(&x);
+        }
+        self.layernorm.forward(&x)
     }
 }
 

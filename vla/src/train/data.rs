@@ -156,6 +156,9 @@ pub struct TrainingData {
     states: Tensor,
     /// Continuous actions, one row per frame.
     actions: Vec<Vec<f32>>,
+    /// The frame that follows each frame in its episode (`None` for an episode's last):
+    /// where a chunk's future actions come from, and where they stop.
+    next_frame: Vec<Option<usize>>,
     /// Index into `tasks` per frame.
     frame_task: Vec<usize>,
     /// Index into `subtasks` per frame (`None`: the dataset records no sub-task).
@@ -237,6 +240,7 @@ impl TrainingData {
         let mut subtasks = Vec::new();
         let mut targets: Vec<[Option<EventTarget>; 2]> = Vec::with_capacity(total);
         let mut subgoals: Vec<Subgoal> = Vec::with_capacity(total);
+        let mut next_frame: Vec<Option<usize>> = Vec::with_capacity(total);
         let mut task_ids: BTreeMap<String, usize> = BTreeMap::new();
         let mut tasks = Vec::new();
         let (mut train, mut val) = (Vec::new(), Vec::new());
@@ -309,6 +313,7 @@ impl TrainingData {
             }
             targets.resize(actions.len(), [None; 2]);
             subgoals.resize(actions.len(), Subgoal::Unknown);
+            next_frame.resize(actions.len(), None);
             let sd = state_dim.unwrap_or(0);
             let xy = vla_core::StateLayout::EE_POSITION.start;
             for episode in tr.iter().chain(&va) {
@@ -317,6 +322,9 @@ impl TrainingData {
                     .into_iter()
                     .map(|i| i + offset)
                     .collect();
+                for pair in frames.windows(2) {
+                    next_frame[pair[0]] = Some(pair[1]);
+                }
                 if sd <= xy + 2 {
                     continue;
                 }
@@ -396,6 +404,7 @@ impl TrainingData {
         Ok(TrainingData {
             targets,
             subgoals,
+            next_frame,
             images: Tensor::stack(&image_rows, 0),
             states: Tensor::from_slice(&states).view([actions.len() as i64, state_dim]),
             actions,
@@ -471,6 +480,32 @@ impl TrainingData {
 
     pub fn action(&self, index: usize) -> &[f32] {
         &self.actions[index]
+    }
+
+    /// The actions of frames `frame`, `frame + 1`, …, `frame + k − 1` of its episode (the
+    /// targets of a chunk of `k`) and, per slot, whether it lies past the episode's end
+    /// (LeRobot's `action_is_pad`). A padded slot repeats the episode's last action, as
+    /// LeRobot pads: a valid action to encode, though the loss never reads it.
+    pub fn future_actions(&self, frame: usize, k: usize) -> (Vec<&[f32]>, Vec<bool>) {
+        let mut actions = Vec::with_capacity(k);
+        let mut pad = Vec::with_capacity(k);
+        let mut at = Some(frame);
+        let mut last = frame;
+        for _ in 0..k {
+            match at {
+                Some(i) => {
+                    last = i;
+                    actions.push(self.actions[i].as_slice());
+                    pad.push(false);
+                    at = self.next_frame.get(i).copied().flatten();
+                }
+                None => {
+                    actions.push(self.actions[last].as_slice());
+                    pad.push(true);
+                }
+            }
+        }
+        (actions, pad)
     }
 
     /// Auxiliary targets of the given frames for `heads` grounding heads: `[B, H, 2]`
@@ -599,11 +634,27 @@ impl TrainingData {
             Some((cfg, rng)) => augment_images(&images, cfg, rng),
             None => images,
         };
-        let actions: Vec<&[f32]> = indices
-            .iter()
-            .map(|&i| self.actions[i].as_slice())
-            .collect();
-        let action_tokens = model.encode_actions(&actions)?.to_device(tch::Device::Cpu);
+        let k = model.config().action.chunk_size.max(1);
+        let (action_tokens, action_is_pad) = if k == 1 {
+            let actions: Vec<&[f32]> = indices
+                .iter()
+                .map(|&i| self.actions[i].as_slice())
+                .collect();
+            (model.encode_actions(&actions)?, None)
+        } else {
+            let mut actions = Vec::with_capacity(indices.len() * k);
+            let mut pad = Vec::with_capacity(indices.len() * k);
+            for &i in indices {
+                let (a, p) = self.future_actions(i, k);
+                actions.extend(a);
+                pad.extend(p);
+            }
+            let b = indices.len() as i64;
+            let tokens = model.encode_actions(&actions)?.view([b, -1]);
+            let pad = Tensor::from_slice(&pad).view([b, k as i64]);
+            (tokens, Some(pad))
+        };
+        let action_tokens = action_tokens.to_device(tch::Device::Cpu);
         let prompt_rows: Vec<Vec<i64>> = indices
             .iter()
             .map(|&i| prompts.ids(self.frame_task[i]).to_vec())
@@ -632,6 +683,7 @@ impl TrainingData {
             prompt_ids,
             prompt_mask,
             action_tokens,
+            action_is_pad,
             subtask,
         })
     }
@@ -743,5 +795,90 @@ mod tests {
         assert!(a.equal(&b));
         assert!(!a.equal(&c));
         assert!(a.max().double_value(&[]) <= 1.0 && a.min().double_value(&[]) >= 0.0);
+    }
+    /// Two episodes of 4 and 2 frames; frame i's action is `[i/10, 0, …, gripper]`.
+    fn two_episodes(image_size: i64) -> TrainingData {
+        let n = 6;
+        let actions: Vec<Vec<f32>> = (0..n)
+            .map(|i| {
+                let mut a = vec![0.0f32; 7];
+                a[0] = i as f32 / 10.0;
+                a[GRIPPER_DIM] = (i % 2) as f32;
+                a
+            })
+            .collect();
+        TrainingData {
+            images: Tensor::zeros(
+                [n as i64, 2, 3, image_size, image_size],
+                (Kind::Uint8, tch::Device::Cpu),
+            ),
+            states: Tensor::zeros([n as i64, 13], (Kind::Float, tch::Device::Cpu)),
+            actions,
+            next_frame: vec![Some(1), Some(2), Some(3), None, Some(5), None],
+            frame_task: vec![0; n],
+            frame_subtask: vec![None; n],
+            subtasks: Vec::new(),
+            targets: vec![[None; 2]; n],
+            subgoals: vec![Subgoal::Unknown; n],
+            tasks: vec!["pick up the red cube".into()],
+            train: (0..n).collect(),
+            val: Vec::new(),
+            train_episodes: 2,
+            val_episodes: 0,
+            sources: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn chunk_targets_stop_at_the_episodes_end() {
+        crate::test_setup();
+        let data = two_episodes(16);
+        let first =
+            |frames: &[usize]| -> Vec<f32> { frames.iter().map(|&i| i as f32 / 10.0).collect() };
+        for (frame, want, pad) in [
+            (0, first(&[0, 1, 2]), [false, false, false]),
+            (2, first(&[2, 3, 3]), [false, false, true]),
+            (3, first(&[3, 3, 3]), [false, true, true]),
+            // The next episode starts afresh: frame 3 never leaks into it, nor 4 into 3.
+            (4, first(&[4, 5, 5]), [false, false, true]),
+        ] {
+            let (actions, is_pad) = data.future_actions(frame, 3);
+            let got: Vec<f32> = actions.iter().map(|a| a[0]).collect();
+            assert_eq!(got, want, "frame {frame}");
+            assert_eq!(is_pad, pad, "frame {frame}");
+        }
+        // Through a batch: tokens of the three actions one after the other, and the mask.
+        let cfg = crate::config::VlaConfig::test_tiny_chunk(3);
+        let stats = crate::action_tokenizer::NormStats::unit(&cfg);
+        let model = VlaModel::new(cfg, stats, tch::Device::Cpu, 0).expect("valid config");
+        let tokenizer = TextTokenizer::train_for_instructions(&data.tasks, 300).expect("tokenizer");
+        let prompts = PromptCache::new(&data, &tokenizer).expect("prompts");
+        let batch = data
+            .batch(&[2, 5], &model, &tokenizer, &prompts, None)
+            .expect("batch");
+        let expected: Vec<&[f32]> = [2, 3, 3, 5, 5, 5].iter().map(|&i| data.action(i)).collect();
+        let tokens = model
+            .encode_actions(&expected)
+            .expect("tokens")
+            .view([2, 21]);
+        assert!(batch.action_tokens.equal(&tokens));
+        let pad = Tensor::from_slice(&[false, false, true, false, true, true]).view([2, 3]);
+        assert!(batch.action_is_pad.expect("a chunk's pad mask").equal(&pad));
+        // The one-action model's batch is what it always was: no mask, frame t's action.
+        let one = VlaModel::new(
+            crate::config::VlaConfig::test_tiny(),
+            crate::action_tokenizer::NormStats::unit(&crate::config::VlaConfig::test_tiny()),
+            tch::Device::Cpu,
+            0,
+        )
+        .expect("valid config");
+        let batch = data
+            .batch(&[2, 5], &one, &tokenizer, &prompts, None)
+            .expect("batch");
+        assert!(batch.action_is_pad.is_none());
+        let own = one
+            .encode_actions(&[data.action(2), data.action(5)])
+            .expect("tokens");
+        assert!(batch.action_tokens.equal(&own));
     }
 }

@@ -27,7 +27,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::action_tokenizer::NormStats;
 use crate::checkpoint::{load_run, save_run};
-use crate::config::VlaConfig;
+use crate::config::{LoraConfig, TextConfig, VlaConfig};
 use crate::error::{Result, VlaError};
 use crate::model::VlaModel;
 use crate::text_tokenizer::{prompt, question_prompt, TextTokenizer};
@@ -58,6 +58,10 @@ pub struct TrainConfig {
     pub augment: AugmentConfig,
     /// How the data teaches the grounding heads (`vision.grounding_heads`).
     pub grounding: GroundingTargets,
+    /// Fine-tune a pretrained LM (`--init-lm`) through low-rank adapters, its weights
+    /// frozen (see [`crate::config::LoraConfig`]); `None` trains every weight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
 }
 
 impl Default for TrainConfig {
@@ -75,6 +79,7 @@ impl Default for TrainConfig {
             optim: OptimConfig::default(),
             augment: AugmentConfig::default(),
             grounding: GroundingTargets::default(),
+            lora: None,
         }
     }
 }
@@ -99,6 +104,9 @@ impl TrainConfig {
                 "train.val_fraction",
                 format!("{} must be in [0, 1)", self.val_fraction),
             ));
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate("train.lora")?;
         }
         for (field, w) in [
             ("train.grounding.map_weight", self.grounding.map_weight),
@@ -153,6 +161,11 @@ pub struct TrainOptions {
     /// Start from this run's weights, tokenizer and statistics (fine-tuning, e.g. a DAgger
     /// round on aggregated data) with a fresh optimiser and schedule. Ignored on resume.
     pub init: Option<PathBuf>,
+    /// Start the language model from this pretrained Hugging Face directory (`config.json`,
+    /// `model.safetensors`, `tokenizer.json`, e.g. from `vla import-lm`): its config replaces
+    /// `[text]`, its tokenizer is the run's, and its embeddings grow by the action ids.
+    /// Ignored on resume and with `init`.
+    pub init_lm: Option<PathBuf>,
     /// Instructions the text tokenizer is trained on (besides the datasets' own tasks).
     pub corpus: Vec<String>,
     /// Questions and answers the text tokenizer is trained on besides the co-training
@@ -342,13 +355,13 @@ pub fn train(
     }
     let summary = data.summary();
 
-    let (mut model, tokenizer, start_step) = match (&resume_from, &opts.init) {
-        (Some((step, dir)), _) => {
+    let (mut model, tokenizer, start_step) = match (&resume_from, &opts.init, &opts.init_lm) {
+        (Some((step, dir)), _, _) => {
             let (model, tok) = load_run(dir, opts.device)?;
             tracing::info!(step, dir = %dir.display(), "resuming");
             (model, tok, *step)
         }
-        (None, Some(dir)) => {
+        (None, Some(dir), _) => {
             let (model, tok) = load_run(dir, opts.device)?;
             if model.config() != &opts.model {
                 tracing::warn!(
@@ -359,7 +372,43 @@ pub fn train(
             tracing::info!(init = %dir.display(), "fine-tuning from");
             (model, tok, 0)
         }
-        (None, None) => {
+        (None, None, Some(dir)) => {
+            let (actions, states) = data.train_actions_and_states();
+            let stats = NormStats::from_data(&actions, &states, &opts.model)?;
+            let tok = TextTokenizer::from_file(dir.join(crate::checkpoint::TOKENIZER_FILE))?;
+            let mut config = opts.model.clone();
+            let text = crate::hf::llama_config(dir.join(crate::checkpoint::CONFIG_FILE))?.config;
+            if text != config.text {
+                tracing::info!(
+                    lm = %dir.display(),
+                    "[text] of --config replaced by the pretrained model's config.json"
+                );
+            }
+            config.text = TextConfig {
+                lora: train_cfg.lora.clone(),
+                ..text
+            };
+            if config.text.eos_token_id.is_none() {
+                config.text.eos_token_id = tok.eos_id().map(|id| id as usize);
+            }
+            config.validate()?;
+            let mut model = VlaModel::new(config, stats, opts.device, train_cfg.seed as i64)?;
+            let report = model.import_language_model(dir)?;
+            tracing::info!(
+                lm = %dir.display(),
+                tensors = report.loaded.len(),
+                resized = ?report.resized,
+                "language model initialised from pretrained weights"
+            );
+            (model, tok, 0)
+        }
+        (None, None, None) => {
+            if train_cfg.lora.is_some() {
+                return Err(VlaError::invalid(
+                    "train.lora",
+                    "adapters fine-tune a pretrained language model: give --init-lm DIR",
+                ));
+            }
             let (actions, states) = data.train_actions_and_states();
             let stats = NormStats::from_data(&actions, &states, &opts.model)?;
             let mut corpus: Vec<String> = opts.corpus.clone();
@@ -630,8 +679,11 @@ fn validate(
                     .to_kind(Kind::Int64)
                     .flatten(0, 1),
             )?;
-            for (row, &i) in predicted.chunks(tok.action_dim()).zip(chunk) {
-                let decoded = tok.decode(row)?;
+            // A chunk's L1 and gripper accuracy are its first action's: frame i's own, the
+            // one the one-action head predicts, so the two stay comparable.
+            let per_frame = model.config().action.chunk_tokens();
+            for (row, &i) in predicted.chunks(per_frame).zip(chunk) {
+                let decoded = tok.decode(&row[..tok.action_dim().min(row.len())])?;
                 let truth = data.action(i);
                 for (d, (p, t)) in decoded.iter().zip(truth).enumerate() {
                     if Some(d) == gripper {

@@ -142,31 +142,43 @@ fn sum_present<'a>(terms: impl IntoIterator<Item = Option<&'a Tensor>>) -> Optio
 }
 
 /// Cross-entropy against Gaussian soft targets centred on the true bins (hard targets for
-/// the gripper dimension).
-fn soft_target_loss(model: &VlaModel, logits: &Tensor, batch: &VlaBatch, sigma: f64) -> Tensor {
+/// the gripper dimension). A chunk's tokens (`[B, K·A]`, the gripper at every action's
+/// gripper dimension) are averaged over its real slots, as the plain cross-entropy is.
+pub(crate) fn soft_target_loss(
+    model: &VlaModel,
+    logits: &Tensor,
+    batch: &VlaBatch,
+    sigma: f64,
+) -> Result<Tensor> {
     let bins = model.config().action.num_bins as i64;
     let dims = model.config().action.action_dim as i64;
     let device = logits.device();
     let target = (batch.action_tokens.to_device(device) - model.action_tokenizer().token_offset())
         .to_kind(Kind::Float)
-        .unsqueeze(-1); // [B, A, 1]
+        .unsqueeze(-1); // [B, S, 1]
+    let (b, steps) = (target.size()[0], target.size()[1]);
     let grid = Tensor::arange(bins, (Kind::Float, device)).view([1, 1, bins]);
     let mut weights = (-(grid - &target).square() / (2.0 * sigma * sigma)).exp();
     if let Some(g) = model.config().action.gripper_dim {
-        let hard = target
-            .narrow(1, g as i64, 1)
-            .to_kind(Kind::Int64)
-            .squeeze_dim(-1);
+        // Each step's own one-hot: where the mask is 0 it is multiplied away exactly, so the
+        // one-action head's weights are the same numbers as with the gripper's alone.
+        let hard = target.squeeze_dim(-1).to_kind(Kind::Int64);
         let one_hot = hard.one_hot(bins).to_kind(Kind::Float);
-        let mask = Tensor::zeros([1, dims, 1], (Kind::Float, device));
-        let _ = mask.narrow(1, g as i64, 1).fill_(1.0);
-        weights = &weights * (1.0 - &mask) + one_hot.view([-1, 1, bins]) * &mask;
+        let mask = Tensor::zeros([1, steps, 1], (Kind::Float, device));
+        for step in (g as i64..steps).step_by(dims.max(1) as usize) {
+            let _ = mask.narrow(1, step, 1).fill_(1.0);
+        }
+        weights = &weights * (1.0 - &mask) + one_hot * &mask;
     }
     let weights = &weights / weights.sum_dim_intlist(-1, true, Kind::Float);
     let log_probs = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
-    -(weights * log_probs)
-        .sum_dim_intlist(-1, false, Kind::Float)
-        .mean(Kind::Float)
+    let per_token = (weights * log_probs).sum_dim_intlist(-1, false, Kind::Float);
+    Ok(
+        match model.action_token_weights(batch.action_is_pad.as_ref(), b)? {
+            None => -per_token.mean(Kind::Float),
+            Some(w) => -(per_token * &w).sum(Kind::Float) / w.sum(Kind::Float).clamp_min(1.0),
+        },
+    )
 }
 
 /// One trainable tensor with its AdamW moments.
@@ -342,7 +354,7 @@ impl TrainStep {
                 &out.action_logits,
                 batch,
                 self.config.label_sigma_bins,
-            )
+            )?
         } else {
             out.loss.shallow_clone()
         };
