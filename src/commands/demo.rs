@@ -669,6 +669,10 @@ fn training(
         init: init.map(Path::to_path_buf),
         init_lm: None,
         threads: None,
+        until: None,
+        nproc: 1,
+        dist_backend: None,
+        dist_timeout: 600,
         json: false,
     }
 }

@@ -61,9 +61,28 @@ pub struct Args {
     /// tokenizer (`vla demo --ablation cotrain`).
     #[arg(long, conflicts_with = "vqa")]
     pub vqa_words: Option<PathBuf>,
-    /// libtorch intra-op threads (default: libtorch's choice, one per core).
+    /// libtorch intra-op threads (default: libtorch's choice, one per core; with --nproc,
+    /// the cores shared among the workers).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Stop after this step with a checkpoint, as Ctrl-C would; `--resume` continues the run
+    /// exactly (a job's share of a long run under a scheduler's time limit).
+    #[arg(long)]
+    pub until: Option<usize>,
+    /// Data-parallel training: start this many local worker processes (ranks) that split
+    /// every global batch and average gradients on PyTorch's c10d. Under a launcher
+    /// (`torchrun --nproc-per-node N --no-python vla train …`, Slurm's `srun`, `mpirun`) the
+    /// ranks come from RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT instead.
+    #[arg(long, default_value_t = 1)]
+    pub nproc: usize,
+    /// Collective backend of a data-parallel run: gloo (CPU) or nccl (CUDA). Default: nccl
+    /// on a CUDA device, gloo otherwise.
+    #[arg(long)]
+    pub dist_backend: Option<vla_dist::Backend>,
+    /// Seconds a rank waits for the others (rendezvous and every collective) before it
+    /// gives up with an error: a dead rank stops the run instead of hanging it.
+    #[arg(long, default_value_t = 600)]
+    pub dist_timeout: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -89,7 +108,14 @@ pub fn set_threads(threads: Option<i32>) -> anyhow::Result<()> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let summary = train(&args)?;
+    let launched = vla_dist::Rendezvous::from_env()?.is_some();
+    if args.nproc > 1 && !launched {
+        return launch(&args);
+    }
+    let (summary, main) = train_ranked(&args)?;
+    if !main {
+        return Ok(());
+    }
     super::print_report(args.json, &summary, || {
         let mut s = format!(
             "trained {} steps ({} → {}) in {:.0} s, {:.1} samples/s, {} parameters\n",
@@ -113,8 +139,73 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })
 }
 
+/// Starts `args.nproc` ranks of this same command on this machine, as torchrun would, and
+/// waits for them; one rank's failure stops the others.
+fn launch(args: &Args) -> anyhow::Result<()> {
+    let n = args.nproc;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("--nproc: no free local port for the rendezvous")?
+        .port();
+    let exe = std::env::current_exe().context("--nproc: cannot find this executable")?;
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.threads.is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        argv.extend(["--threads".into(), (cores / n).max(1).to_string().into()]);
+    }
+    tracing::info!(ranks = n, port, "starting data-parallel workers");
+    let mut children = Vec::with_capacity(n);
+    for rank in 0..n {
+        let child = std::process::Command::new(&exe)
+            .args(&argv)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .spawn()
+            .with_context(|| format!("--nproc: cannot start rank {rank}"))?;
+        children.push(Some(child));
+    }
+    // Ctrl-C reaches every rank (one process group): they agree on a step, rank 0 writes a
+    // checkpoint, and all exit; the launcher only waits for that.
+    let _ = ctrlc::set_handler(|| {});
+    loop {
+        let mut running = 0;
+        for rank in 0..n {
+            let Some(child) = children[rank].as_mut() else {
+                continue;
+            };
+            match child.try_wait()? {
+                None => running += 1,
+                Some(status) if status.success() => children[rank] = None,
+                Some(status) => {
+                    for other in children.iter_mut().flatten() {
+                        let _ = other.kill();
+                        let _ = other.wait();
+                    }
+                    anyhow::bail!(
+                        "data-parallel rank {rank} of {n} failed ({status}); stopped the other \
+                         ranks (the last checkpoint is intact: --resume continues from it)"
+                    );
+                }
+            }
+        }
+        if running == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Trains as `args` say; used by `vla train` and `vla demo`.
 pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
+    Ok(train_ranked(args)?.0)
+}
+
+/// Trains as `args` say, as one rank of a data-parallel run when a launcher set the
+/// environment; returns whether this process is the one that reports (rank 0).
+fn train_ranked(args: &Args) -> anyhow::Result<(TrainSummary, bool)> {
     let (model, mut train_cfg) = train::load_config_file(&args.config)?;
     if let Some(s) = args.steps {
         train_cfg.steps = s;
@@ -129,7 +220,30 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
         train_cfg.seed = seed;
     }
     set_threads(args.threads)?;
-    let device = parse_device(&args.device)?;
+    let mut device = parse_device(&args.device)?;
+    let dist = match vla_dist::Rendezvous::from_env()? {
+        Some(rv) if rv.world_size > 1 => {
+            let backend = args.dist_backend.unwrap_or(match device {
+                Device::Cuda(_) => vla_dist::Backend::Nccl,
+                _ => vla_dist::Backend::Gloo,
+            });
+            if let (vla_dist::Backend::Nccl, Device::Cuda(_)) = (backend, device) {
+                // One GPU per rank on its node.
+                device = Device::Cuda(rv.local_rank);
+            }
+            let timeout = std::time::Duration::from_secs(args.dist_timeout);
+            let pg = vla_dist::ProcessGroup::new(&rv, backend, timeout)?;
+            tracing::info!(
+                rank = rv.rank,
+                world_size = rv.world_size,
+                %backend,
+                "joined the data-parallel run"
+            );
+            Some(train::distributed::DataParallel::new(pg))
+        }
+        _ => None,
+    };
+    let main = dist.as_ref().is_none_or(|d| d.is_main());
     let corpus = vla_tasks::Language::builtin()?.corpus();
     anyhow::ensure!(
         args.vqa_ratio > 0.0 && args.vqa_ratio < 0.95,
@@ -163,6 +277,8 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
         corpus,
         questions,
         cotrain,
+        until: args.until,
+        dist,
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -175,7 +291,15 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
             eprintln!("\ninterrupt: saving a checkpoint, then stopping (Ctrl-C again to abort)");
         });
     }
-    let load_bar = super::progress(0, "loading");
+    // Rank 0 shows progress and writes the run's plots; the others work quietly.
+    let bar_for = |total: u64, what: &str| {
+        if main {
+            super::progress(total, what)
+        } else {
+            indicatif::ProgressBar::hidden()
+        }
+    };
+    let load_bar = bar_for(0, "loading");
     let mut bar: Option<indicatif::ProgressBar> = None;
     let out = args.out.clone();
     let mut on_event = |event: TrainEvent<'_>| -> bool {
@@ -200,7 +324,7 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
                     start_step,
                     "training"
                 );
-                let b = super::progress(total_steps as u64, "train");
+                let b = bar_for(total_steps as u64, "train");
                 b.set_position(start_step as u64);
                 b.reset_eta();
                 bar = Some(b);
@@ -219,7 +343,7 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
                     ));
                 }
             }
-            TrainEvent::Validated(v) => {
+            TrainEvent::Validated(v) if main => {
                 tracing::info!(
                     step = v.step,
                     loss = format!("{:.4}", v.loss),
@@ -233,10 +357,11 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
                     vqa_held_out = ?v.vqa_accuracy_held_out,
                     "validation"
                 );
-                if let Err(e) = plot_losses(&out) {
+                if let Err(e) = main.then(|| plot_losses(&out)).transpose() {
                     tracing::warn!("loss plot: {e:#}");
                 }
             }
+            TrainEvent::Validated(_) => {}
             TrainEvent::Checkpoint { step, dir } => {
                 tracing::debug!(step, dir = %dir.display(), "checkpoint");
             }
@@ -248,8 +373,10 @@ pub fn train(args: &Args) -> anyhow::Result<TrainSummary> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    plot_losses(&args.out)?;
-    Ok(summary)
+    if main {
+        plot_losses(&args.out)?;
+    }
+    Ok((summary, main))
 }
 
 /// `RUN/loss.png`: training loss (mean per log interval) and validation loss per step.

@@ -27,6 +27,10 @@ pub enum VlaError {
     /// An error raised by libtorch.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+
+    /// A data-parallel collective failed (a rank died, timed out or disagreed).
+    #[error("data-parallel: {0}")]
+    Distributed(#[from] vla_dist::DistError),
 }
 
 /// Crate-wide result alias.

@@ -103,6 +103,8 @@ fn options(data: &Path, out: &Path, steps: usize, resume: bool) -> TrainOptions 
         corpus: vec!["put the red cube in the blue bin".into()],
         questions: Vec::new(),
         cotrain: None,
+        until: None,
+        dist: None,
     }
 }
 
@@ -386,4 +388,138 @@ fn targets_come_from_the_first_gripper_close_and_the_release_after_it() {
     }
     assert!(seen > 0, "no target in any wrist view");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a rank of [`two_ranks_step_as_one_process`] is to do, passed to the child process.
+const DP_ENV: &str = "VLA_TEST_DATA_PARALLEL";
+
+/// DDP's promise on PyTorch's Gloo: two ranks at global batch 4 take the same steps as one
+/// process at batch 4 (to the reduction order's rounding), and a two-rank run stopped after
+/// step 3 and resumed ends exactly where an uninterrupted one does. The ranks are this test
+/// binary started again, one process each as torchrun's workers are (libtorch's generator
+/// is process-global).
+#[test]
+fn two_ranks_step_as_one_process() {
+    if let Ok(job) = std::env::var(DP_ENV) {
+        return run_rank(&job);
+    }
+    vla_model::tch::set_num_threads(1);
+    let data = tmp("dp-data");
+    write_dataset(&data);
+    let one = tmp("dp-one");
+    train::train(&options(&data, &one, 6, false), &mut |_| true).unwrap();
+    let two = tmp("dp-two");
+    launch_ranks(&data, &two, None, false);
+
+    // The logged loss is the global batch's, and so is the gradient norm: a sum of the ranks'
+    // gradients instead of their mean would pass unseen through Adam but not through this.
+    // The norm gets a looser bound: the auxiliary target loss is a mean over each rank's
+    // frames that have a target, so unequal counts weigh frames a little differently (as
+    // in PyTorch's DDP); the action loss has one term per frame and matches to rounding.
+    for (key, tolerance) in [("loss", 1e-5), ("grad_norm", 1e-3)] {
+        let series = |dir: &Path| -> Vec<f64> {
+            train::read_metrics(dir)
+                .unwrap()
+                .iter()
+                .filter(|m| m["kind"] == "train")
+                .filter_map(|m| m[key].as_f64())
+                .collect()
+        };
+        let (s1, s2) = (series(&one), series(&two));
+        assert_eq!(s1.len(), 6);
+        assert_eq!(s2.len(), 6, "rank 0 alone writes one record per step");
+        for (a, b) in s1.iter().zip(&s2) {
+            let close = (a - b).abs() <= tolerance * a.abs().max(1.0);
+            assert!(close, "{key}: {s1:?} vs {s2:?}");
+        }
+    }
+    let tensors = |dir: &Path| {
+        let named =
+            vla_model::tch::Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
+        named
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (w1, w2) = (tensors(&one), tensors(&two));
+    assert_eq!(w1.len(), w2.len());
+    let (mut worst, mut sum, mut count) = (0.0f64, 0.0f64, 0i64);
+    for ((n1, t1), (n2, t2)) in w1.iter().zip(&w2) {
+        assert_eq!(n1, n2);
+        let d = (t1 - t2).abs();
+        worst = worst.max(d.max().double_value(&[]));
+        sum += d.sum(vla_model::tch::Kind::Double).double_value(&[]);
+        count += d.numel() as i64;
+    }
+    let mean = sum / count as f64;
+    eprintln!("two ranks vs one process: weight difference max {worst:.2e}, mean {mean:.2e}");
+    // Adam divides by the gradient's running RMS, so a weight whose gradient is at rounding
+    // level moves by up to the learning rate either way whatever the reduction order: the
+    // largest difference is bounded by the summed learning rate, the mean stays far below.
+    let mut optim = options(&data, &one, 6, false).train.optim;
+    optim.total_steps = 6;
+    let lr_sum: f64 = (0..6).map(|s| optim.lr_at(s)).sum();
+    assert!(
+        worst <= lr_sum,
+        "weights differ by up to {worst} (summed lr {lr_sum})"
+    );
+    assert!(mean <= 1e-6, "weights differ by {mean} on average");
+
+    let resumed = tmp("dp-resumed");
+    launch_ranks(&data, &resumed, Some(3), false);
+    assert_eq!(
+        train::latest_checkpoint(&resumed).unwrap().map(|(s, _)| s),
+        Some(3)
+    );
+    launch_ranks(&data, &resumed, None, true);
+    assert_eq!(
+        weights(&two),
+        weights(&resumed),
+        "a resumed two-rank run must equal the uninterrupted one"
+    );
+}
+
+/// Runs two ranks of a 6-step run into `out` and waits for both.
+fn launch_ranks(data: &Path, out: &Path, until: Option<usize>, resume: bool) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let job = serde_json::json!({
+        "data": data, "out": out, "until": until, "resume": resume,
+    })
+    .to_string();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|rank| {
+            std::process::Command::new(&exe)
+                .args(["two_ranks_step_as_one_process", "--exact", "--nocapture"])
+                .env(DP_ENV, &job)
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, mut child) in children.into_iter().enumerate() {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "rank {rank}: {status}");
+    }
+}
+
+/// One rank: joins the process group the environment names and trains its share.
+fn run_rank(job: &str) {
+    use vla_model::train::distributed::DataParallel;
+    vla_model::tch::set_num_threads(1);
+    let job: serde_json::Value = serde_json::from_str(job).unwrap();
+    let path = |k: &str| PathBuf::from(job[k].as_str().unwrap());
+    let rv = vla_dist::Rendezvous::from_env().unwrap().unwrap();
+    let timeout = std::time::Duration::from_secs(120);
+    let pg = vla_dist::ProcessGroup::new(&rv, vla_dist::Backend::Gloo, timeout).unwrap();
+    let mut opts = options(&path("data"), &path("out"), 6, job["resume"] == true);
+    opts.until = job["until"].as_u64().map(|s| s as usize);
+    opts.dist = Some(DataParallel::new(pg));
+    train::train(&opts, &mut |_| true).unwrap();
 }

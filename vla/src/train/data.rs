@@ -619,19 +619,19 @@ impl TrainingData {
     }
 
     /// Builds a batch of the given frames; augments images when `augment` is given, with
-    /// parameters drawn from `rng` so a seed reproduces a run.
+    /// parameters drawn from one generator per frame so a seed reproduces a run.
     pub fn batch(
         &self,
         indices: &[usize],
         model: &VlaModel,
         tokenizer: &TextTokenizer,
         prompts: &PromptCache,
-        augment: Option<(&AugmentConfig, &mut ChaCha8Rng)>,
+        augment: Option<(&AugmentConfig, &mut [ChaCha8Rng])>,
     ) -> Result<VlaBatch> {
         let idx = index_tensor(indices);
         let images = self.images.index_select(0, &idx);
         let images = match augment {
-            Some((cfg, rng)) => augment_images(&images, cfg, rng),
+            Some((cfg, rngs)) => augment_images(&images, cfg, rngs),
             None => images,
         };
         let k = model.config().action.chunk_size.max(1);
@@ -739,32 +739,47 @@ fn check_features(ds: &Dataset, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `[B, C, 3, H, W]` u8 → augmented float in `[0, 1]`.
-pub(crate) fn augment_images(images: &Tensor, cfg: &AugmentConfig, rng: &mut ChaCha8Rng) -> Tensor {
+/// `[B, C, 3, H, W]` u8 → augmented float in `[0, 1]`. Sample `i` draws its crop, brightness,
+/// contrast and channel gains from `rngs[i]` alone, so a sample is augmented the same whether
+/// it is built in one batch or in a data-parallel rank's slice of it.
+pub(crate) fn augment_images(
+    images: &Tensor,
+    cfg: &AugmentConfig,
+    rngs: &mut [ChaCha8Rng],
+) -> Tensor {
     let size = images.size();
     let (b, c, h, w) = (size[0], size[1], size[3], size[4]);
+    debug_assert_eq!(rngs.len() as i64, b, "one generator per sample");
     let mut x = images.to_kind(Kind::Float) / 255.0;
-    if cfg.shift_px > 0 {
-        let p = cfg.shift_px;
+    let p = cfg.shift_px;
+    let mut crops = Vec::with_capacity((b * c) as usize);
+    let (mut brightness, mut contrast) = (Vec::new(), Vec::new());
+    let mut gain = Vec::with_capacity((b * 3) as usize);
+    let jitter = |rng: &mut ChaCha8Rng, range: f64| 1.0 + rng.random_range(-range..=range) as f32;
+    for rng in rngs.iter_mut() {
+        for _ in 0..c {
+            if p > 0 {
+                crops.push((rng.random_range(0..=2 * p), rng.random_range(0..=2 * p)));
+            }
+        }
+        brightness.push(jitter(rng, cfg.brightness));
+        contrast.push(jitter(rng, cfg.contrast));
+        for _ in 0..3 {
+            gain.push(jitter(rng, cfg.channel_gain));
+        }
+    }
+    if p > 0 {
         let padded = x.view([b * c, 3, h, w]).replication_pad2d([p, p, p, p]);
-        let crops: Vec<Tensor> = (0..b * c)
-            .map(|i| {
-                let dy = rng.random_range(0..=2 * p);
-                let dx = rng.random_range(0..=2 * p);
-                padded.get(i).narrow(1, dy, h).narrow(2, dx, w)
-            })
+        let crops: Vec<Tensor> = crops
+            .iter()
+            .enumerate()
+            .map(|(i, &(dy, dx))| padded.get(i as i64).narrow(1, dy, h).narrow(2, dx, w))
             .collect();
         x = Tensor::stack(&crops, 0).view([b, c, 3, h, w]);
     }
-    let mut draw = |range: f64, per: i64| -> Tensor {
-        let v: Vec<f32> = (0..b * per)
-            .map(|_| 1.0 + rng.random_range(-range..=range) as f32)
-            .collect();
-        Tensor::from_slice(&v)
-    };
-    let brightness = draw(cfg.brightness, 1).view([b, 1, 1, 1, 1]);
-    let contrast = draw(cfg.contrast, 1).view([b, 1, 1, 1, 1]);
-    let gain = draw(cfg.channel_gain, 3).view([b, 1, 3, 1, 1]);
+    let brightness = Tensor::from_slice(&brightness).view([b, 1, 1, 1, 1]);
+    let contrast = Tensor::from_slice(&contrast).view([b, 1, 1, 1, 1]);
+    let gain = Tensor::from_slice(&gain).view([b, 1, 3, 1, 1]);
     let mean = x.mean_dim([2i64, 3, 4].as_slice(), true, Kind::Float);
     (((x - &mean) * contrast + mean) * brightness * gain).clamp(0.0, 1.0)
 }
@@ -775,6 +790,18 @@ pub fn step_rng(seed: u64, step: usize) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(step as u64 + 1);
     rng
+}
+
+/// The generators of samples `positions` of step `step`'s global batch: the step's stream at
+/// word offsets far past what drawing the batch's indices uses, one 2^32-word window each.
+pub fn sample_rngs(seed: u64, step: usize, positions: std::ops::Range<usize>) -> Vec<ChaCha8Rng> {
+    positions
+        .map(|i| {
+            let mut rng = step_rng(seed, step);
+            rng.set_word_pos(((i as u128) + 1) << 32);
+            rng
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -788,13 +815,16 @@ mod tests {
             Tensor::randint(256, [4, 2, 3, 32, 32], (Kind::Uint8, tch::Device::Cpu))
         });
         let cfg = AugmentConfig::default();
-        let a = augment_images(&images, &cfg, &mut step_rng(3, 7));
-        let b = augment_images(&images, &cfg, &mut step_rng(3, 7));
-        let c = augment_images(&images, &cfg, &mut step_rng(3, 8));
+        let a = augment_images(&images, &cfg, &mut sample_rngs(3, 7, 0..4));
+        let b = augment_images(&images, &cfg, &mut sample_rngs(3, 7, 0..4));
+        let c = augment_images(&images, &cfg, &mut sample_rngs(3, 8, 0..4));
         assert_eq!(a.size(), [4, 2, 3, 32, 32]);
         assert!(a.equal(&b));
         assert!(!a.equal(&c));
         assert!(a.max().double_value(&[]) <= 1.0 && a.min().double_value(&[]) >= 0.0);
+        // A data-parallel rank building samples 2..4 alone augments them as the whole batch did.
+        let tail = augment_images(&images.narrow(0, 2, 2), &cfg, &mut sample_rngs(3, 7, 2..4));
+        assert!(tail.equal(&a.narrow(0, 2, 2)));
     }
     /// Two episodes of 4 and 2 frames; frame i's action is `[i/10, 0, …, gripper]`.
     fn two_episodes(image_size: i64) -> TrainingData {

@@ -14,6 +14,7 @@
 //! incomplete and ignored by `--resume`.
 
 pub mod data;
+pub mod distributed;
 pub mod optim;
 pub mod vqa;
 
@@ -32,8 +33,9 @@ use crate::error::{Result, VlaError};
 use crate::model::VlaModel;
 use crate::text_tokenizer::{prompt, question_prompt, TextTokenizer};
 use crate::train::data::{
-    step_rng, AugmentConfig, DataSummary, GroundingTargets, PromptCache, TrainingData,
+    sample_rngs, step_rng, AugmentConfig, DataSummary, GroundingTargets, PromptCache, TrainingData,
 };
+use crate::train::distributed::DataParallel;
 use crate::train::optim::{AuxTargets, OptimConfig, StepStats, TextTargets, TrainStep};
 use crate::train::vqa::{VqaData, VqaExample};
 
@@ -173,6 +175,11 @@ pub struct TrainOptions {
     pub questions: Vec<String>,
     /// Co-training on vision-language examples (RT-2), when given.
     pub cotrain: Option<CoTraining>,
+    /// Stop after this step with a checkpoint, as Ctrl-C would (a job's share of a longer
+    /// run under a scheduler's time limit; `--resume` continues it exactly).
+    pub until: Option<usize>,
+    /// This process's rank in a data-parallel run; `None` trains alone.
+    pub dist: Option<DataParallel>,
 }
 
 /// Co-training: vision-language examples learned beside the robot frames.
@@ -325,6 +332,12 @@ pub fn train(
     let mut train_cfg = opts.train.clone();
     train_cfg.validate()?;
     train_cfg.optim.total_steps = train_cfg.steps;
+    let dist = opts.dist.as_ref();
+    // Rank 0 alone writes the run directory; every rank computes.
+    let main = dist.is_none_or(DataParallel::is_main);
+    if let Some(dp) = dist {
+        distributed::check_batch(train_cfg.batch_size, dp.world_size())?;
+    }
     let resume_from = if opts.resume {
         latest_checkpoint(&opts.out)?
     } else {
@@ -435,8 +448,15 @@ pub fn train(
         step_fn.load_state(dir.join("optimizer.safetensors"))?;
         step_fn.set_step(*step);
     }
-    write_train_json(opts, &train_cfg, &summary)?;
-    let mut metrics = open_metrics(&opts.out, start_step)?;
+    if let Some(dp) = dist {
+        join_data_parallel(dp, &model, &tokenizer, &mut step_fn, start_step, &opts.out)?;
+    }
+    let mut metrics = if main {
+        write_train_json(opts, &train_cfg, &summary)?;
+        Some(open_metrics(&opts.out, start_step)?)
+    } else {
+        None
+    };
     let prompts = PromptCache::new(&data, &tokenizer)?;
     let val_subset = evenly_spaced(data.val_indices(), train_cfg.val_frames);
     let vqa = match &opts.cotrain {
@@ -475,17 +495,23 @@ pub fn train(
     let mut samples = 0usize;
     let mut step = start_step;
     while step < train_cfg.steps {
+        // Every rank draws the whole global batch from the step's generator and keeps its
+        // slice; each sample is augmented from its own generator, so the slices together are
+        // exactly the batch one process would build.
         let mut rng = step_rng(train_cfg.seed, step);
-        let indices: Vec<usize> = (0..train_cfg.batch_size)
+        let global: Vec<usize> = (0..train_cfg.batch_size)
             .map(|_| train_idx[rng.random_range(0..train_idx.len())])
             .collect();
+        let mine = dist.map_or(0..global.len(), |dp| dp.shard(global.len()));
+        let indices = &global[mine.clone()];
+        let mut rngs = sample_rngs(train_cfg.seed, step, mine);
         let batch = data
             .batch(
-                &indices,
+                indices,
                 &model,
                 &tokenizer,
                 &prompts,
-                Some((&train_cfg.augment, &mut rng)),
+                Some((&train_cfg.augment, &mut rngs)),
             )?
             .to_device(opts.device);
         // Auxiliary targets only for a model that has those losses (no per-step work else).
@@ -495,27 +521,32 @@ pub fn train(
         let wrist_map_weight = train_cfg.grounding.wrist_map_weight;
         let targets = AuxTargets {
             locations: (cfg.action.target_aux_weight > 0.0 && heads > 0)
-                .then(|| data.target_locations(&indices, heads)),
+                .then(|| data.target_locations(indices, heads)),
             pixels: (map_weight > 0.0 && heads > 0)
-                .then(|| data.target_pixels(&indices, heads, &train_cfg.grounding.front_camera)),
+                .then(|| data.target_pixels(indices, heads, &train_cfg.grounding.front_camera)),
             map_weight,
             wrist_pixels: (wrist_map_weight > 0.0 && heads > 0).then(|| {
-                data.wrist_target_pixels(&indices, heads, &train_cfg.grounding.wrist_camera)
+                data.wrist_target_pixels(indices, heads, &train_cfg.grounding.wrist_camera)
             }),
             wrist_map_weight,
             subgoals: (cfg.action.subgoal_weight > 0.0)
-                .then(|| data.subgoal_labels(&indices, heads)),
+                .then(|| data.subgoal_labels(indices, heads)),
             text: match (&vqa, &opts.cotrain) {
                 (Some(vqa), Some(c)) => {
-                    let n = c.per_step(indices.len());
-                    let examples = vqa.sample(n, &mut rng);
-                    let augment = Some((&train_cfg.augment, &mut rng));
-                    let batch = vqa.batch(&examples, &tokenizer, augment);
+                    let n = c.per_step(global.len());
+                    let all = vqa.sample(n, &mut rng);
+                    let part = dist.map_or(0..n, |dp| dp.shard(n));
+                    let examples = &all[part.clone()];
+                    // After the robot frames' positions in the step's stream.
+                    let b = global.len();
+                    let mut rngs = sample_rngs(train_cfg.seed, step, b + part.start..b + part.end);
+                    let augment = Some((&train_cfg.augment, rngs.as_mut_slice()));
+                    let batch = vqa.batch(examples, &tokenizer, augment);
                     Some(TextTargets {
                         batch: batch.to_device(opts.device),
-                        weight: n as f64 / indices.len() as f64,
+                        weight: examples.len() as f64 / indices.len() as f64,
                         pixels: (map_weight > 0.0 && heads > 0)
-                            .then(|| vqa.pixels(&examples, heads)),
+                            .then(|| vqa.pixels(examples, heads)),
                     })
                 }
                 _ => None,
@@ -523,11 +554,14 @@ pub fn train(
         };
         let stats = step_fn.step_with_targets(&model, &batch, &targets)?;
         step += 1;
-        samples += indices.len();
-        window_samples += indices.len();
+        samples += global.len();
+        window_samples += global.len();
         last_loss = Some(stats.loss);
-        let mut keep_going = true;
-        if step % train_cfg.log_every == 0 || step == train_cfg.steps {
+        let mut keep_going = opts.until != Some(step);
+        let logged = step % train_cfg.log_every == 0 || step == train_cfg.steps;
+        let validated =
+            !val_subset.is_empty() && (step % train_cfg.val_every == 0 || step == train_cfg.steps);
+        if logged {
             let sps = window_samples as f64 / window.elapsed().as_secs_f64().max(1e-9);
             window = Instant::now();
             window_samples = 0;
@@ -557,13 +591,15 @@ pub fn train(
             if let Some(t) = stats.vqa_accuracy {
                 record["vqa_token_accuracy"] = t.into();
             }
-            write_metric(&mut metrics, &record, &opts.out)?;
+            if let Some(m) = metrics.as_mut() {
+                write_metric(m, &record, &opts.out)?;
+            }
             keep_going &= on_event(TrainEvent::Step {
                 stats: &stats,
                 samples_per_s: sps,
             });
         }
-        if !val_subset.is_empty() && (step % train_cfg.val_every == 0 || step == train_cfg.steps) {
+        if validated {
             let mut val = validate(
                 &data,
                 &val_subset,
@@ -571,17 +607,19 @@ pub fn train(
                 &tokenizer,
                 &prompts,
                 &train_cfg,
-                step,
+                dist,
             )?;
-            if let Some(vqa) = &vqa {
+            val.step = step;
+            if let (Some(vqa), true) = (&vqa, main) {
                 let (seen, held) = vqa.accuracy(&model, &tokenizer, &vqa_val)?;
                 let rate = |(right, n): (usize, usize)| (n > 0).then(|| right as f64 / n as f64);
                 val.vqa_accuracy_seen = rate(seen);
                 val.vqa_accuracy_held_out = rate(held);
             }
-            write_metric(
-                &mut metrics,
-                &serde_json::json!({
+            if let Some(m) = metrics.as_mut() {
+                write_metric(
+                    m,
+                    &serde_json::json!({
                     "kind": "val", "step": step, "loss": val.loss, "accuracy": val.accuracy,
                     "l1": val.l1, "gripper_accuracy": val.gripper_accuracy,
                     "target_error_far_cm": val.target_error_far_cm,
@@ -593,14 +631,20 @@ pub fn train(
                     "vqa_accuracy_seen": val.vqa_accuracy_seen,
                     "vqa_accuracy_held_out": val.vqa_accuracy_held_out,
                     "elapsed_s": started.elapsed().as_secs_f64(),
-                }),
-                &opts.out,
-            )?;
+                    }),
+                    &opts.out,
+                )?;
+            }
             keep_going &= on_event(TrainEvent::Validated(&val));
             final_val = Some(val);
         }
+        // A stop asked for on one rank stops them all at this step (the others would
+        // otherwise wait for it in the next collective).
+        if let (Some(dp), true) = (dist, logged || validated) {
+            keep_going = dp.all(keep_going)?;
+        }
         let last = step == train_cfg.steps;
-        if !keep_going || last || step % train_cfg.checkpoint_every == 0 {
+        if main && (!keep_going || last || step % train_cfg.checkpoint_every == 0) {
             let dir = save_checkpoint(&opts.out, step, &model, &tokenizer, &step_fn, &train_cfg)?;
             on_event(TrainEvent::Checkpoint { step, dir: &dir });
         }
@@ -609,7 +653,7 @@ pub fn train(
             break;
         }
     }
-    if step == start_step && resume_from.is_none() {
+    if main && step == start_step && resume_from.is_none() {
         save_run(&opts.out, &model, &tokenizer)?;
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -634,8 +678,11 @@ fn validate(
     tokenizer: &TextTokenizer,
     prompts: &PromptCache,
     cfg: &TrainConfig,
-    step: usize,
+    dist: Option<&DataParallel>,
 ) -> Result<ValStats> {
+    // Each rank takes its share of the frames; the sums are added up across ranks.
+    let all = subset;
+    let subset = &all[dist.map_or(0..all.len(), |dp| dp.shard(all.len()))];
     let tok = model.action_tokenizer();
     let gripper = model.config().action.gripper_dim;
     let (mut loss, mut acc, mut l1, mut grip) = (0.0, 0.0, 0.0, 0.0);
@@ -697,9 +744,41 @@ fn validate(
         }
         Ok(())
     })?;
+    if let Some(dp) = dist {
+        // One flat vector of every sum and count: a single collective.
+        let mut v = vec![loss, acc, l1, l1_count as f64, grip];
+        v.extend([subgoal_right as f64, subgoal_known as f64]);
+        v.push(f64::from(u8::from(subtask.is_some())));
+        v.extend(subtask.unwrap_or_default());
+        let present = !target_errors.far.is_empty() || !target_errors.near.is_empty();
+        v.push(f64::from(u8::from(present)));
+        target_errors.far.resize(heads, (0.0, 0));
+        target_errors.near.resize(heads, (0.0, 0));
+        for &(sum, count) in target_errors.far.iter().chain(&target_errors.near) {
+            v.extend([sum, count as f64]);
+        }
+        dp.sum(&mut v)?;
+        [loss, acc, l1] = [v[0], v[1], v[2]];
+        l1_count = v[3] as usize;
+        grip = v[4];
+        subgoal_right = v[5] as usize;
+        subgoal_known = v[6] as usize;
+        subtask = (v[7] > 0.0).then(|| [v[8], v[9], v[10]]);
+        let pairs: Vec<(f64, usize)> = v[12..].chunks(2).map(|p| (p[0], p[1] as usize)).collect();
+        let (far, near) = pairs.split_at(heads);
+        target_errors = if v[11] > 0.0 {
+            TargetErrors {
+                far: far.to_vec(),
+                near: near.to_vec(),
+            }
+        } else {
+            TargetErrors::default()
+        };
+    }
+    let subset = all;
     let n = subset.len() as f64;
     Ok(ValStats {
-        step,
+        step: 0,
         loss: loss / n,
         accuracy: acc / n,
         l1: l1 / l1_count.max(1) as f64,
@@ -714,6 +793,55 @@ fn validate(
         vqa_accuracy_held_out: None,
         frames: subset.len(),
     })
+}
+
+/// Makes every rank start from rank 0's state: the same resume step and tokenizer (checked,
+/// since each rank read or trained its own), then rank 0's weights and optimiser moments.
+fn join_data_parallel(
+    dp: &DataParallel,
+    model: &VlaModel,
+    tokenizer: &TextTokenizer,
+    step_fn: &mut TrainStep,
+    start_step: usize,
+    out: &Path,
+) -> Result<()> {
+    let main_step = dp.main_value(start_step as f64)? as usize;
+    if main_step != start_step {
+        return Err(VlaError::Input(format!(
+            "rank {} would start at step {start_step} but rank 0 at step {main_step}: with \
+             --resume every rank must see the same {} (a filesystem they share)",
+            dp.rank(),
+            out.display()
+        )));
+    }
+    let json = tokenizer
+        .inner()
+        .to_string(false)
+        .map_err(|e| VlaError::Input(format!("tokenizer: {e}")))?;
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(json.as_bytes());
+    // 48 bits of the digest: exact in an f64.
+    let mine = digest[..6]
+        .iter()
+        .fold(0u64, |h, &b| (h << 8) | u64::from(b)) as f64;
+    if dp.main_value(mine)? != mine {
+        return Err(VlaError::Input(format!(
+            "rank {}'s text tokenizer differs from rank 0's: every rank must train on the same \
+             --data and --config",
+            dp.rank()
+        )));
+    }
+    let mut variables: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    let tensors: Vec<Tensor> = variables.into_iter().map(|(_, t)| t).collect();
+    dp.broadcast_from_main(&tensors)?;
+    step_fn.broadcast_state(dp)?;
+    step_fn.set_data_parallel(dp.clone());
+    tracing::info!(
+        rank = dp.rank(),
+        world_size = dp.world_size(),
+        "data-parallel: weights and optimiser state taken from rank 0"
+    );
+    Ok(())
 }
 
 /// Up to `n` indices spread evenly over `all` (deterministic).

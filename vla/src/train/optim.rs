@@ -12,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Result, VlaError};
 use crate::model::layers::{DECAY_GROUP, NO_DECAY_GROUP};
 use crate::model::{TextBatch, VlaBatch, VlaModel};
+use crate::train::distributed::DataParallel;
 
 /// Optimiser and schedule settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -198,6 +199,8 @@ pub struct TrainStep {
     params: Vec<Param>,
     config: OptimConfig,
     step: usize,
+    /// Averages gradients over ranks between backward and the update (data-parallel runs).
+    data_parallel: Option<DataParallel>,
 }
 
 impl std::fmt::Debug for TrainStep {
@@ -263,6 +266,7 @@ impl TrainStep {
             params,
             config,
             step: 0,
+            data_parallel: None,
         })
     }
 
@@ -278,6 +282,21 @@ impl TrainStep {
     /// Resumes the schedule at `step` (e.g. after reloading weights).
     pub fn set_step(&mut self, step: usize) {
         self.step = step;
+    }
+
+    /// From now on, gradients are averaged over `dp`'s ranks before every update.
+    pub fn set_data_parallel(&mut self, dp: DataParallel) {
+        self.data_parallel = Some(dp);
+    }
+
+    /// Overwrites the optimiser moments with rank 0's.
+    pub fn broadcast_state(&self, dp: &DataParallel) -> Result<()> {
+        let moments: Vec<Tensor> = self
+            .params
+            .iter()
+            .flat_map(|p| [p.exp_avg.shallow_clone(), p.exp_avg_sq.shallow_clone()])
+            .collect();
+        dp.broadcast_from_main(&moments)
     }
 
     fn zero_grad(&mut self) {
@@ -363,6 +382,18 @@ impl TrainStep {
             None => train_loss,
         };
         train_loss.backward();
+        if let Some(dp) = &self.data_parallel {
+            // The global batch's mean gradient, and its mean loss and accuracy for the log,
+            // in the same buckets (the other logged losses stay this rank's).
+            let mut tensors: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|p| p.tensor.grad())
+                .filter(Tensor::defined)
+                .collect();
+            tensors.extend([out.loss.detach(), out.accuracy.detach()]);
+            dp.average(&tensors)?;
+        }
         let loss = out.loss.double_value(&[]);
         let accuracy = out.accuracy.double_value(&[]);
         let grad_norm = self.clip_gradients();

@@ -151,14 +151,14 @@ impl VqaData {
         &self,
         indices: &[usize],
         tokenizer: &TextTokenizer,
-        augment: Option<(&AugmentConfig, &mut ChaCha8Rng)>,
+        augment: Option<(&AugmentConfig, &mut [ChaCha8Rng])>,
     ) -> TextBatch {
         let rows: Vec<i64> = indices.iter().map(|&i| self.image_row[i] as i64).collect();
         let images = self
             .images
             .index_select(0, &Tensor::from_slice(&rows).to_device(Device::Cpu));
         let images = match augment {
-            Some((cfg, rng)) => augment_images(&images, cfg, rng),
+            Some((cfg, rngs)) => augment_images(&images, cfg, rngs),
             None => images,
         };
         let questions: Vec<Vec<i64>> = indices.iter().map(|&i| self.questions[i].clone()).collect();
