@@ -91,7 +91,8 @@ impl DataParallel {
 
     /// Rank 0's value of a host number, for checking that every rank agrees on it.
     pub fn main_value(&self, value: f64) -> Result<f64> {
-        let mut t = Tensor::from_slice(&[value]);
+        // NCCL moves only device tensors.
+        let mut t = Tensor::from_slice(&[value]).to_device(self.pg.device());
         self.pg.broadcast(std::slice::from_mut(&mut t), 0)?;
         Ok(t.double_value(&[0]))
     }
