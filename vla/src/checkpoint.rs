@@ -392,6 +392,10 @@ pub fn import_weights(
         .cloned()
         .collect();
     report.missing.sort();
+    // The file's tensors come in hash order: sort what is reported, so a report repeats.
+    report.loaded.sort();
+    report.unused.sort();
+    report.resized.sort();
     tracing::info!(
         file = %path.display(),
         loaded = report.loaded.len(),
