@@ -156,3 +156,67 @@ fn ctrl_c_finishes_the_episodes_in_flight_and_closes_the_dataset() {
     let v = json(vla().args(["dataset", "validate", "--json"]).arg(&out));
     assert_eq!(v["episodes"], r["total_episodes"]);
 }
+
+/// `vla collect --shard i/N` splits one request's episodes between processes (disjoint seeds),
+/// and `vla dataset merge` joins the shards into the very dataset one process writes.
+#[test]
+fn sharded_collection_merges_into_the_unsharded_dataset() {
+    let root = scratch("shards");
+    let (one, shards, merged) = (root.join("one"), root.join("shards"), root.join("merged"));
+    let request = [
+        "collect",
+        "--suite",
+        "pick",
+        "--episodes",
+        "3",
+        "--seed",
+        "5",
+    ];
+    json(vla().args(request).args(["--json", "--out"]).arg(&one));
+    for shard in ["0/2", "1/2"] {
+        let r = json(
+            vla()
+                .args(request)
+                .args(["--shard", shard, "--json", "--out"])
+                .arg(&shards),
+        );
+        assert!(r["total_episodes"].as_u64().is_some_and(|n| n <= 2), "{r}");
+    }
+    let bad = vla()
+        .args(request)
+        .args(["--shard", "2/2", "--out"])
+        .arg(&shards)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("below the shard count"));
+
+    let parts = [
+        shards.join("shard-000-of-002"),
+        shards.join("shard-001-of-002"),
+    ];
+    let report = json(
+        vla()
+            .args(["dataset", "merge"])
+            .args(&parts)
+            .args(["--json", "--out"])
+            .arg(&merged),
+    );
+    let v = json(vla().args(["dataset", "validate", "--json"]).arg(&merged));
+    assert_eq!(v["valid"], true);
+    let (m, o) = (
+        vla_datasets::Dataset::open(&merged).unwrap(),
+        vla_datasets::Dataset::open(&one).unwrap(),
+    );
+    assert_eq!(report["episodes"], o.episodes().len(), "{report}");
+    assert_eq!(
+        (m.len(), m.tasks(), m.subtasks()),
+        (o.len(), o.tasks(), o.subtasks())
+    );
+    for i in 0..o.len() {
+        assert_eq!(m.frame(i).unwrap(), o.frame(i).unwrap(), "frame {i}");
+    }
+    let stats = |d: &Path| std::fs::read_to_string(d.join("meta/stats.json")).unwrap();
+    assert_eq!(stats(&merged), stats(&one), "stats.json");
+    let _ = std::fs::remove_dir_all(&root);
+}

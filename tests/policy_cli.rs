@@ -235,6 +235,51 @@ fn collect_train_act_eval_bench() {
     let gifs = std::fs::read_dir(run.join("eval/seen")).unwrap().count();
     assert_eq!(gifs, 1, "one rollout GIF for one episode");
 
+    // Sharded evaluation: two processes' shards, merged, are the unsharded report, digest
+    // included; a missing shard is named.
+    let evals = root.join("evals");
+    let request = |extra: &[&'static str]| -> Vec<String> {
+        let args: Vec<String> = [
+            "eval",
+            "--ckpt",
+            s(&run),
+            "--suite",
+            "pick",
+            "--episodes",
+            "2",
+            "--seed",
+            "2000",
+            "--gifs",
+            "0",
+            "--out",
+            s(&evals),
+            "--json",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect();
+        args
+    };
+    let run_json = |args: Vec<String>| json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let whole = run_json(request(&[]));
+    for shard in ["0/2", "1/2"] {
+        let part = run_json(request(&["--shard", shard]));
+        assert_eq!(part["episodes"], 1, "{part}");
+    }
+    let merged = run_json(request(&["--merge-shards"]));
+    assert_eq!(merged["digest"], whole["digest"], "{merged} vs {whole}");
+    assert_eq!(merged["per_family"], whole["per_family"]);
+    std::fs::remove_file(evals.join("pick_seen.shard-001-of-002.json")).unwrap();
+    let missing_args = request(&["--merge-shards"]);
+    let missing = vla(&missing_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("shard(s) 1/2 missing"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
     let bench = json(&[
         "bench",
         "policy",

@@ -15,11 +15,14 @@
 //!                                              images embedded as PNG ({bytes, path} structs)
 //! ```
 //!
+//! [`merge()`] joins datasets (the shards of a sharded collection) into one.
+//!
 //! [`vqa`] writes and reads the vision-language data of `vla vqa collect` (Hugging Face
 //! `datasets` Parquet layout, not LeRobot).
 
 pub mod error;
 pub mod format;
+pub mod merge;
 pub mod reader;
 pub mod stats;
 pub mod validate;
@@ -28,6 +31,7 @@ pub mod writer;
 
 pub use error::{DatasetError, Result};
 pub use format::{DatasetInfo, EpisodeInfo, FeatureInfo, CODEBASE_VERSION};
+pub use merge::{merge, MergeReport, MergedSource};
 pub use reader::{split_episodes, BatchIter, Dataset, Frame, PrefetchIter};
 pub use stats::{FeatureStats, NormMode, Stats};
 pub use validate::{validate, ValidationReport};

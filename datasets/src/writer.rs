@@ -333,6 +333,49 @@ impl DatasetWriter {
         )
     }
 
+    /// Start a new, empty dataset in `dir` that records exactly the features (names and all),
+    /// fps, robot type and file sizes of `like`, e.g. a source of `vla dataset merge`. Fails,
+    /// naming the feature, when `like` has a feature this writer does not record (anything
+    /// beyond cameras, `observation.state`, `action`, the bookkeeping columns and
+    /// `subtask_index`), or video features.
+    pub fn create_like(dir: impl AsRef<Path>, like: &DatasetInfo) -> Result<Self> {
+        let root = dir.as_ref().to_path_buf();
+        if root.exists() && std::fs::read_dir(&root).at(&root)?.next().is_some() {
+            return Err(DatasetError::usage(&root, "directory is not empty"));
+        }
+        for (key, f) in &like.features {
+            let known = key == STATE_KEY
+                || key == ACTION_KEY
+                || key == SUBTASK_KEY
+                || format::DEFAULT_FEATURE_KEYS.contains(&key.as_str())
+                || (f.is_image() && key.starts_with(IMAGE_PREFIX));
+            if !known {
+                return Err(DatasetError::schema(
+                    &root,
+                    format!(
+                        "feature {key:?} (dtype {:?}) is not one this writer records (cameras as \
+                         {IMAGE_PREFIX}NAME images, {STATE_KEY}, {ACTION_KEY}, {SUBTASK_KEY})",
+                        f.dtype
+                    ),
+                ));
+            }
+        }
+        std::fs::create_dir_all(root.join("meta")).at(&root)?;
+        let info = DatasetInfo {
+            codebase_version: CODEBASE_VERSION.to_string(),
+            total_episodes: 0,
+            total_frames: 0,
+            total_tasks: 0,
+            splits: Default::default(),
+            data_path: format::DEFAULT_DATA_PATH.to_string(),
+            video_path: None,
+            ..like.clone()
+        };
+        let writer = Self::from_parts(root, info, Vec::new(), Stats::default(), (0, 0), (0, 0), 5)?;
+        writer.info.save(&writer.root)?;
+        Ok(writer)
+    }
+
     /// Continue the dataset in `dir`: new episodes go to new files after the existing ones.
     /// Leftovers of an interrupted flush (temporary files, files not yet committed to
     /// `meta/info.json`) are removed first.

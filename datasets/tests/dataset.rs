@@ -730,3 +730,145 @@ fn frame_without_subtask_is_refused_and_saved_episodes_survive() {
     assert_eq!(ds.subtasks(), [RED, BLUE, GREEN]);
     check_subtasks(&ds, &[&EP0, &EP1]);
 }
+
+/// Episodes `eps` (global numbers, with their tasks and sub-tasks) written as one dataset.
+fn write_episodes(dir: &Path, eps: &[(usize, usize, &str)], subtasks: bool) {
+    let mut s = spec();
+    s.subtasks = subtasks;
+    let mut w = DatasetWriter::create(dir, s).expect("create");
+    for &(ep, len, task) in eps {
+        for t in 0..len {
+            let obs = observation(ep, t, task);
+            let step = format!("{task}, step {}", t / 3);
+            w.add_frame(FrameRecord {
+                observation: &obs,
+                action: action(ep, t),
+                timestamp: t as f32 / FPS as f32,
+                subtask: subtasks.then_some(step.as_str()),
+            })
+            .expect("add_frame");
+        }
+        w.save_episode(task).expect("save_episode");
+    }
+    w.finalize().expect("finalize");
+}
+
+#[test]
+fn merge_equals_one_recording_of_the_same_episodes() {
+    // Two shards with different task sets (the second has a task the first lacks, and
+    // shares one), merged, against the same episodes recorded in one go.
+    let a_eps = [(0, 5, "pick up the red cube"), (1, 7, "open the drawer")];
+    let b_eps = [
+        (2, 4, "stack the blocks"),
+        (3, 6, "pick up the red cube"),
+        (4, 3, "stack the blocks"),
+    ];
+    let all: Vec<_> = a_eps.iter().chain(&b_eps).copied().collect();
+    for subtasks in [false, true] {
+        let tmp = TempDir::new("merge");
+        let (a, b, one, merged) = (
+            tmp.path().join("a"),
+            tmp.path().join("b"),
+            tmp.path().join("one"),
+            tmp.path().join("merged"),
+        );
+        write_episodes(&a, &a_eps, subtasks);
+        write_episodes(&b, &b_eps, subtasks);
+        write_episodes(&one, &all, subtasks);
+        let mut calls = Vec::new();
+        let report = vla_datasets::merge(&[a.clone(), b.clone()], &merged, &mut |done, total| {
+            calls.push((done, total))
+        })
+        .expect("merge");
+        assert_eq!(calls.last(), Some(&(5, 5)));
+        assert_eq!((report.episodes, report.frames, report.tasks), (5, 25, 3));
+        assert_eq!(report.sources[1].first_episode, 2);
+        validate(&merged).expect("the merged dataset validates");
+
+        let (m, o) = (
+            Dataset::open(&merged).unwrap(),
+            Dataset::open(&one).unwrap(),
+        );
+        assert_eq!(m.tasks(), o.tasks());
+        assert_eq!(
+            m.tasks(),
+            [
+                "pick up the red cube",
+                "open the drawer",
+                "stack the blocks"
+            ]
+        );
+        assert_eq!(m.subtasks(), o.subtasks());
+        assert_eq!(m.episodes().len(), 5);
+        for i in 0..o.len() {
+            assert_eq!(m.frame(i).unwrap(), o.frame(i).unwrap(), "frame {i}");
+        }
+        // Statistics are recomputed from the frames by the writer's own rule: the same, bit
+        // for bit, as the single recording's, and equal to a recomputation from the data.
+        let stats = |d: &Path| Stats::load(d).unwrap().to_json();
+        assert_eq!(stats(&merged), stats(&one));
+        // (Through JSON text, as stats.json went: serde_json's parser may round the last bit.)
+        let recomputed: serde_json::Value =
+            serde_json::from_str(&m.compute_stats().unwrap().to_json().to_string()).unwrap();
+        assert_eq!(recomputed, stats(&merged));
+        // Mean and std over all frames are exact, whatever the split into sources.
+        let state = m.stats().unwrap().get("observation.state").unwrap();
+        let values: Vec<f32> = (0..m.len())
+            .flat_map(|i| m.frame(i).unwrap().state)
+            .collect();
+        let exact = vla_datasets::FeatureStats::from_vectors(&values, STATE_DIM);
+        for k in 0..STATE_DIM {
+            assert!((state.mean[k] - exact.mean[k]).abs() < 1e-9);
+            assert!((state.std[k] - exact.std[k]).abs() < 1e-9);
+        }
+        assert_eq!(
+            (state.min.clone(), state.max.clone()),
+            (exact.min, exact.max)
+        );
+        assert_eq!(state.count, 25);
+    }
+}
+
+#[test]
+fn merge_refuses_what_it_cannot_join_and_leaves_nothing() {
+    let tmp = TempDir::new("merge-bad");
+    let (a, b, out) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("out"),
+    );
+    write_episodes(&a, &[(0, 3, "pick up the red cube")], false);
+    // Another fps.
+    let mut other = spec();
+    other.fps = 20;
+    let mut w = DatasetWriter::create(&b, other).unwrap();
+    record(&mut w, 1, 2, "open the drawer");
+    w.finalize().unwrap();
+    let err = vla_datasets::merge(&[a.clone(), b.clone()], &out, &mut |_, _| {}).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("fps") && msg.contains("info.json"), "{msg}");
+    assert!(!out.exists(), "a refused merge leaves no output");
+
+    // Sub-tasks in one source only: the feature lists differ.
+    let c = tmp.path().join("c");
+    write_episodes(&c, &[(2, 3, "open the drawer")], true);
+    let msg = vla_datasets::merge(&[a.clone(), c], &out, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("feature list") && msg.contains("subtask_index"),
+        "{msg}"
+    );
+
+    // The output must be new, and not a source.
+    std::fs::create_dir_all(out.join("meta")).unwrap();
+    let msg = vla_datasets::merge(std::slice::from_ref(&a), &out, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("not empty"), "{msg}");
+    let msg = vla_datasets::merge(std::slice::from_ref(&a), &a, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("not empty") || msg.contains("source"), "{msg}");
+    assert!(vla_datasets::merge(&[], &tmp.path().join("none"), &mut |_, _| {}).is_err());
+}

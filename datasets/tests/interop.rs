@@ -87,6 +87,43 @@ fn lerobot_reads_our_dataset_and_we_read_theirs() {
     );
     assert_eq!(f.subtask.as_deref(), Some("python subtask b"));
 
+    // Python → Rust merge → Python: lerobot's dataset twice, joined by `merge`, loads in
+    // lerobot with episodes renumbered and sub-tasks intact.
+    let merged = temp("merged");
+    let _ = std::fs::remove_dir_all(&merged);
+    let report = vla_datasets::merge(&[theirs.clone(), theirs.clone()], &merged, &mut |_, _| {})
+        .expect("merge lerobot's dataset with itself");
+    assert_eq!((report.episodes, report.frames, report.tasks), (4, 12, 2));
+    validate(&merged).unwrap();
+    let index = [0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0];
+    let sentences = ["python subtask a", "python subtask b"];
+    let expected = serde_json::json!({
+        "tasks": ["python task 0", "python task 1"],
+        "fps": 10,
+        "episodes": 4,
+        "frames": 12,
+        "first_task": "python task 0",
+        "first_state": vec![0.0; 13],
+        "first_action": vec![0.0; 7],
+        "subtasks": sentences,
+        "frame_subtask_index": index,
+        "frame_subtask": index.map(|i| sentences[i]),
+    });
+    let out = Command::new(&py)
+        .arg(script())
+        .arg("read")
+        .arg(&merged)
+        .arg(expected.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lerobot could not read the merged dataset:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&merged);
+
     let _ = std::fs::remove_dir_all(&ours);
     let _ = std::fs::remove_dir_all(&ours_subtasks);
     let _ = std::fs::remove_dir_all(&theirs);

@@ -18,7 +18,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use vla_core::{Action, Observation};
 use vla_datasets::{DatasetSpec, DatasetWriter, FrameRecord, ImageSize};
-use vla_tasks::runner::{episode_specs, run as run_episodes, Agent, Event, ExpertAgent, RunSetup};
+use vla_tasks::runner::{
+    episode_specs, run as run_episodes, Agent, Event, ExpertAgent, RunSetup, Shard,
+};
 
 use super::eval::PolicyAgent;
 use super::{EpisodeOptions, SimOptions};
@@ -43,6 +45,13 @@ pub struct Args {
     /// β), so that later phases of the task are reached too.
     #[arg(long, default_value_t = 0.0)]
     pub expert_share: f64,
+    /// Collect only this part of the episodes: `i/N` (the i-th of N contiguous blocks of the
+    /// episode specs, so shards have disjoint seeds), or `env` under a launcher (torchrun,
+    /// Slurm, mpirun: its rank and world size). The shard's dataset goes to
+    /// `OUT/shard-iii-of-NNN`, so every shard can share one `--out`; `vla dataset merge
+    /// OUT/shard-* --out DATA` joins them into the dataset one process would have written.
+    #[arg(long, value_name = "i/N|env")]
+    pub shard: Option<super::ShardArg>,
     /// Device for `--policy`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -67,6 +76,8 @@ struct Progress {
     vocabulary: Option<PathBuf>,
     #[serde(default)]
     splits: Option<PathBuf>,
+    #[serde(default)]
+    shard: Option<Shard>,
     /// Spec indices whose episode is flushed into the dataset, or was dropped as a failure.
     settled: BTreeSet<usize>,
 }
@@ -124,6 +135,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
     let (families, split) = args.run.validate()?;
+    let shard = args.shard.map(super::ShardArg::resolve).transpose()?;
+    let out = match shard {
+        Some(s) => args.out.join(s.tag()),
+        None => args.out.clone(),
+    };
+    let out = &out;
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.expert_share),
         "--expert-share must be in [0, 1], got {}",
@@ -146,7 +163,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
     let lang = args.run.language.language()?;
 
     let (mut writer, mut progress) = if args.resume {
-        let progress_path = Progress::path(&args.out);
+        let progress_path = Progress::path(out);
         let text = std::fs::read_to_string(&progress_path)
             .with_context(|| format!("--resume: cannot read {}", progress_path.display()))?;
         let progress: Progress = serde_json::from_str(&text)
@@ -158,10 +175,11 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
                 && progress.noise == args.run.noise
                 && progress.push == args.run.push
                 && progress.vocabulary == args.run.language.vocabulary
-                && progress.splits == args.run.language.splits,
+                && progress.splits == args.run.language.splits
+                && progress.shard == shard,
             "--resume: {} was collected with --suite {} --split {} --seed {} --noise {} --push {} \
-             --vocabulary {} --splits {}",
-            args.out.display(),
+             --vocabulary {} --splits {} --shard {}",
+            out.display(),
             progress.suite,
             progress.split,
             progress.seed,
@@ -169,13 +187,14 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
             progress.push,
             shown(&progress.vocabulary),
             shown(&progress.splits),
+            progress.shard.map_or("(none)".into(), |s| s.to_string()),
         );
-        (DatasetWriter::open_resume(&args.out)?, progress)
+        (DatasetWriter::open_resume(out)?, progress)
     } else {
         anyhow::ensure!(
-            !args.out.join("meta").exists(),
+            !out.join("meta").exists(),
             "{} already holds a dataset: use --resume to continue it, or another --out",
-            args.out.display()
+            out.display()
         );
         let mut spec = DatasetSpec::new(
             robot.name.clone(),
@@ -188,7 +207,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
         // Every frame records the step the expert is on (`subtask_index`), the labels of a
         // policy that says its next step before it acts.
         spec.subtasks = true;
-        let writer = DatasetWriter::create(&args.out, spec)?;
+        let writer = DatasetWriter::create(out, spec)?;
         let progress = Progress {
             suite: args.run.suite.clone(),
             split: args.run.split.clone(),
@@ -198,14 +217,19 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
             push: args.run.push,
             vocabulary: args.run.language.vocabulary.clone(),
             splits: args.run.language.splits.clone(),
+            shard,
             settled: BTreeSet::new(),
         };
-        progress.save(&args.out)?;
+        progress.save(out)?;
         (writer, progress)
     };
     progress.episodes = progress.episodes.max(args.run.episodes);
 
-    let specs: Vec<_> = episode_specs(&families, split, args.run.episodes, args.run.seed)
+    let mut specs = episode_specs(&families, split, args.run.episodes, args.run.seed);
+    if let Some(s) = shard {
+        specs = s.select(specs);
+    }
+    let specs: Vec<_> = specs
         .into_iter()
         .filter(|s| !progress.settled.contains(&s.index))
         .collect();
@@ -297,7 +321,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
                 if writer.committed_episodes() != committed {
                     committed = writer.committed_episodes();
                     progress.settled.extend(pending.drain(..));
-                    if let Err(e) = progress.save(&args.out) {
+                    if let Err(e) = progress.save(out) {
                         failure = Some(e);
                         return false;
                     }
@@ -318,9 +342,9 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
     }
     let info = writer.finalize()?;
     progress.settled.extend(pending.drain(..));
-    progress.save(&args.out)?;
+    progress.save(out)?;
     Ok(CollectReport {
-        out: args.out.clone(),
+        out: out.clone(),
         episodes_written: written,
         episodes_dropped: dropped,
         frames_written: frames,

@@ -37,6 +37,19 @@ pub enum What {
     /// Make a new dataset from rosbag2 recordings (MCAP storage): camera, state and action
     /// topics sampled at --fps; one episode per bag, or per start/stop marker.
     FromMcap(FromMcapArgs),
+    /// Join datasets (e.g. the shards of `vla collect --shard i/N`) into a new one, in the
+    /// order given: episodes and frames renumbered, task and sub-task tables joined, every
+    /// frame re-recorded so statistics are recomputed from the data. The sources must record
+    /// the same features, fps and robot type.
+    Merge {
+        #[arg(required = true, num_args = 1.., value_name = "DATASET")]
+        sources: Vec<PathBuf>,
+        /// Directory of the merged dataset (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `vla dataset from-mcap`.
@@ -138,6 +151,27 @@ pub fn run(what: What) -> anyhow::Result<()> {
         What::FromMcap(args) => {
             let report = from_mcap(&args)?;
             super::print_report(args.json, &report, || report.summary())
+        }
+        What::Merge { sources, out, json } => {
+            let bar = super::progress(0, "merge");
+            let report = vla_datasets::merge(&sources, &out, &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            super::print_report(json, &report, || {
+                format!(
+                    "{}: merged {} datasets into {} episodes, {} frames, {} tasks{}",
+                    report.out.display(),
+                    report.sources.len(),
+                    report.episodes,
+                    report.frames,
+                    report.tasks,
+                    report
+                        .subtasks
+                        .map_or(String::new(), |n| format!(", {n} sub-tasks"))
+                )
+            })
         }
         What::Info { dir, json } => {
             // Vision-language data (`vla vqa collect`) has no LeRobot `meta/`.

@@ -594,6 +594,7 @@ fn collect_cached(
         } else {
             0.0
         },
+        shard: None,
         device: args.device.clone(),
         json: false,
         sim: args.sim.clone(),
@@ -761,6 +762,8 @@ fn eval_cached(
         gifs: 1,
         out: None,
         trace: None,
+        shard: None,
+        merge_shards: false,
         temperature: 0.0,
         device: args.device.clone(),
         threads: None,

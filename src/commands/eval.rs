@@ -5,17 +5,20 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use vla_core::{Action, Observation};
 use vla_model::policy::HeadPoints;
 use vla_model::Policy;
 use vla_sim::record::GifRecorder;
 use vla_sim::Env;
-use vla_tasks::runner::{episode_specs, run as run_episodes, Agent, Event, RunSetup, SuiteReport};
+use vla_tasks::runner::{
+    episode_specs, run as run_episodes, Agent, EpisodeOutcome, Event, RunSetup, Shard, SuiteReport,
+};
 use vla_tasks::TaskError;
 
 use super::train::parse_device;
@@ -42,6 +45,17 @@ pub struct Args {
     /// and whether it looked in the right place.
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Run only this part of the episodes: `i/N` (the i-th of N contiguous blocks of the
+    /// episode specs) or `env` under a launcher (its rank and world size). The shard's
+    /// outcomes go to `OUT/{suite}_{split}.shard-iii-of-NNN.json`; `--merge-shards` then
+    /// joins them into the report (and digest) an unsharded run writes.
+    #[arg(long, value_name = "i/N|env", conflicts_with = "merge_shards")]
+    pub shard: Option<super::ShardArg>,
+    /// Run nothing: join the shard files of this same command line (same `--suite`,
+    /// `--split`, `--episodes`, `--seed`, `--vocabulary`) found in OUT into
+    /// `OUT/{suite}_{split}.json`, and print that report.
+    #[arg(long)]
+    pub merge_shards: bool,
     /// Decoding temperature of the action tokens: 0 is greedy; above 0 each token is sampled
     /// (libtorch's generator seeded from `--seed`, so a run repeats).
     #[arg(long, default_value_t = 0.0)]
@@ -177,25 +191,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// `--vocabulary`) and the GIFs.
 pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
     let (families, split) = args.run.validate()?;
-    let lang = args.run.language.language()?;
-    super::train::set_threads(args.threads)?;
-    let policy = Policy::load(&args.ckpt, parse_device(&args.device)?)
-        .with_context(|| format!("loading the policy from {}", args.ckpt.display()))?
-        .with_temperature(args.temperature, args.run.seed)
-        .context("--temperature")?;
     let out_dir = args.out.clone().unwrap_or_else(|| args.ckpt.join("eval"));
     // Another vocabulary's results sit beside the built-in one's, not over them.
     let words = match &args.run.language.vocabulary {
         Some(v) => format!("_{}", v.file_stem().unwrap_or_default().to_string_lossy()),
         None => String::new(),
     };
+    let stem = format!("{}_{}{words}", args.run.suite, split.as_str());
+    let total_specs = episode_specs(&families, split, args.run.episodes, args.run.seed).len();
+    if args.merge_shards {
+        return merge_shards(args, &out_dir, &stem, total_specs);
+    }
+    let shard = args.shard.map(super::ShardArg::resolve).transpose()?;
+    let lang = args.run.language.language()?;
+    super::train::set_threads(args.threads)?;
+    let policy = Policy::load(&args.ckpt, parse_device(&args.device)?)
+        .with_context(|| format!("loading the policy from {}", args.ckpt.display()))?
+        .with_temperature(args.temperature, args.run.seed)
+        .context("--temperature")?;
     let gif_dir = out_dir.join(format!("{}{words}", split.as_str()));
     std::fs::create_dir_all(&gif_dir)
         .with_context(|| format!("cannot create {}", gif_dir.display()))?;
     let mut config = args.sim.env_config()?;
     config.render_enabled = true;
     let robot = args.sim.robot()?;
-    let specs = episode_specs(&families, split, args.run.episodes, args.run.seed);
+    let mut specs = episode_specs(&families, split, args.run.episodes, args.run.seed);
+    if let Some(s) = shard {
+        specs = s.select(specs);
+    }
     let mut bar = super::SuccessBar::new(specs.len() as u64, &format!("eval {}", split.as_str()));
     let slots = args.run.envs.max(1);
     let mut recorders: Vec<Option<GifRecorder>> = (0..slots).map(|_| None).collect();
@@ -316,7 +339,131 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
         return Err(e);
     }
     let report = SuiteReport::from_outcomes(&args.run.suite, split, &outcomes);
-    let path = out_dir.join(format!("{}_{}{words}.json", args.run.suite, split.as_str()));
+    let (path, text) = match shard {
+        Some(shard) => (
+            out_dir.join(format!("{stem}.{}.json", shard.tag())),
+            serde_json::to_string_pretty(&ShardResults {
+                request: Request::of(args),
+                shard,
+                total_specs,
+                outcomes,
+            })?,
+        ),
+        None => (
+            out_dir.join(format!("{stem}.json")),
+            serde_json::to_string_pretty(&report)?,
+        ),
+    };
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(report)
+}
+
+/// What a sharded evaluation ran, so that only shards of one request are merged.
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct Request {
+    suite: String,
+    split: String,
+    episodes: usize,
+    seed: u64,
+    vocabulary: Option<PathBuf>,
+    splits: Option<PathBuf>,
+}
+
+impl Request {
+    fn of(args: &Args) -> Self {
+        Request {
+            suite: args.run.suite.clone(),
+            split: args.run.split.clone(),
+            episodes: args.run.episodes,
+            seed: args.run.seed,
+            vocabulary: args.run.language.vocabulary.clone(),
+            splits: args.run.language.splits.clone(),
+        }
+    }
+}
+
+/// One shard's file: every episode's outcome (the report is computed when merging).
+#[derive(Serialize, Deserialize)]
+struct ShardResults {
+    request: Request,
+    shard: Shard,
+    /// Episodes of the whole (unsharded) run.
+    total_specs: usize,
+    outcomes: Vec<EpisodeOutcome>,
+}
+
+/// `--merge-shards`: every shard of this request present once, every episode once; the report
+/// is [`SuiteReport::from_outcomes`] over all of them, as an unsharded run computes it.
+fn merge_shards(
+    args: &Args,
+    out_dir: &Path,
+    stem: &str,
+    total_specs: usize,
+) -> anyhow::Result<SuiteReport> {
+    let (_, split) = args.run.validate()?;
+    let prefix = format!("{stem}.shard-");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out_dir)
+        .with_context(|| format!("--merge-shards: cannot read {}", out_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".json"))
+        })
+        .collect();
+    files.sort();
+    anyhow::ensure!(
+        !files.is_empty(),
+        "--merge-shards: no {prefix}*.json in {} (run `vla eval … --shard i/N` first)",
+        out_dir.display()
+    );
+    let want = Request::of(args);
+    let mut count = None;
+    let mut seen_shards = std::collections::BTreeSet::new();
+    let mut outcomes: Vec<EpisodeOutcome> = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let part: ShardResults = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a shard file of vla eval", file.display()))?;
+        anyhow::ensure!(
+            part.request == want && part.total_specs == total_specs,
+            "{}: the shard ran {:?} ({} episodes in all), not this command's {:?} ({total_specs})",
+            file.display(),
+            part.request,
+            part.total_specs,
+            want
+        );
+        let n = *count.get_or_insert(part.shard.count);
+        anyhow::ensure!(
+            part.shard.count == n,
+            "{}: shard {} of another split into shards ({} here, {n} in the first file)",
+            file.display(),
+            part.shard,
+            part.shard.count
+        );
+        seen_shards.insert(part.shard.index);
+        outcomes.extend(part.outcomes);
+    }
+    let n = count.unwrap_or(0);
+    let missing: Vec<String> = (0..n)
+        .filter(|i| !seen_shards.contains(i))
+        .map(|i| format!("{i}/{n}"))
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "--merge-shards: shard(s) {} missing in {}",
+        missing.join(", "),
+        out_dir.display()
+    );
+    let mut indices: Vec<usize> = outcomes.iter().map(|o| o.spec.index).collect();
+    indices.sort_unstable();
+    anyhow::ensure!(
+        indices == (0..total_specs).collect::<Vec<_>>(),
+        "--merge-shards: the shards hold episodes {indices:?}, not each of 0..{total_specs} once"
+    );
+    let report = SuiteReport::from_outcomes(&args.run.suite, split, &outcomes);
+    let path = out_dir.join(format!("{stem}.json"));
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(report)

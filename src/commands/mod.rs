@@ -246,3 +246,42 @@ impl EpisodeOptions {
         Ok((families, split))
     }
 }
+
+/// `--shard i/N`, or `--shard env`: the rank and world size a launcher set (torchrun's
+/// RANK/WORLD_SIZE, Slurm's SLURM_PROCID/SLURM_NTASKS, Open MPI's), so every process of
+/// `torchrun --nproc-per-node N --no-python vla collect … --shard env` takes its own part.
+#[derive(Clone, Copy, Debug)]
+pub enum ShardArg {
+    Fixed(vla_tasks::runner::Shard),
+    Env,
+}
+
+impl std::str::FromStr for ShardArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "env" => Ok(ShardArg::Env),
+            _ => s.parse().map(ShardArg::Fixed),
+        }
+    }
+}
+
+impl ShardArg {
+    /// The shard this process runs; `env` without a launcher's variables is an error.
+    pub fn resolve(self) -> anyhow::Result<vla_tasks::runner::Shard> {
+        match self {
+            ShardArg::Fixed(s) => Ok(s),
+            ShardArg::Env => match vla_dist::Rendezvous::from_env()? {
+                Some(rv) => Ok(vla_tasks::runner::Shard {
+                    index: rv.rank,
+                    count: rv.world_size,
+                }),
+                None => anyhow::bail!(
+                    "--shard env: no launcher set WORLD_SIZE (or SLURM_NTASKS, \
+                     OMPI_COMM_WORLD_SIZE); give the shard as i/N"
+                ),
+            },
+        }
+    }
+}

@@ -160,6 +160,67 @@ pub fn episode_specs(
     specs
 }
 
+/// One process's part of a run's episodes (`--shard i/N`): the `index`-th of `count`
+/// contiguous blocks of the episode specs, so the shards' seeds are disjoint, their union is
+/// the unsharded run, and concatenating them in shard order restores its episode order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// This shard's specs of `specs` (the whole run's, in order).
+    pub fn select(&self, specs: Vec<EpisodeSpec>) -> Vec<EpisodeSpec> {
+        let range = self.range(specs.len());
+        specs
+            .into_iter()
+            .skip(range.start)
+            .take(range.len())
+            .collect()
+    }
+
+    /// Positions of this shard's items among `n`: sizes differ by at most one.
+    pub fn range(&self, n: usize) -> std::ops::Range<usize> {
+        n * self.index / self.count..n * (self.index + 1) / self.count
+    }
+
+    /// `shard-002-of-004`: the name of this shard's dataset directory or report.
+    pub fn tag(&self) -> String {
+        format!("shard-{:03}-of-{:03}", self.index, self.count)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `i/N` with `0 <= i < N`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("shard {s:?} is not of the form i/N (e.g. 0/4)"))?;
+        let parse = |v: &str, what: &str| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("shard {s:?}: {what} {v:?} is not a count ({e})"))
+        };
+        let (index, count) = (parse(i, "index")?, parse(n, "shard count")?);
+        if count == 0 || index >= count {
+            return Err(format!(
+                "shard {s:?}: the index must be below the shard count (0/{count}..{}/{count})",
+                count.saturating_sub(1)
+            ));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
 /// Something that chooses actions: the expert, or a learned policy.
 pub trait Agent {
     /// Called when slot `slot` starts a new episode.
@@ -376,5 +437,41 @@ mod wilson_tests {
         assert_eq!(lo, 0.0);
         assert!((hi - 0.1611).abs() < 1e-3, "{hi}");
         assert_eq!(wilson_interval(0, 0, 1.96), [0.0, 1.0]);
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::{episode_specs, Shard};
+    use crate::Split;
+
+    #[test]
+    fn shards_partition_the_specs_in_order() {
+        let all = episode_specs(&["pick", "place"], Split::Seen, 7, 3);
+        for count in [1, 2, 3, 5, 14, 20] {
+            let joined: Vec<_> = (0..count)
+                .flat_map(|index| Shard { index, count }.select(all.clone()))
+                .collect();
+            assert_eq!(joined, all, "{count} shards");
+        }
+        let sizes: Vec<usize> = (0..3)
+            .map(|index| Shard { index, count: 3 }.select(all.clone()).len())
+            .collect();
+        assert_eq!(sizes, [4, 5, 5]);
+    }
+
+    #[test]
+    fn shard_parses_and_rejects_naming_the_fault() {
+        assert_eq!("1/4".parse::<Shard>(), Ok(Shard { index: 1, count: 4 }));
+        assert_eq!(Shard { index: 1, count: 4 }.tag(), "shard-001-of-004");
+        for (bad, says) in [
+            ("4/4", "below the shard count"),
+            ("1/0", "below the shard count"),
+            ("2", "form i/N"),
+            ("a/3", "index \"a\""),
+        ] {
+            let err = bad.parse::<Shard>().unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }
