@@ -100,6 +100,49 @@ fn bench_sim_reports_the_documented_fields() {
 
 /// `--vocabulary`: the episodes are phrased with the user's templates, and the expert still
 /// solves them (the scene and success check do not depend on wording).
+/// `vla bench train --nproc 2`: two Gloo ranks started by the command itself, timed beside
+/// one process at the same global batch.
+#[test]
+fn bench_train_reports_data_parallel_scaling() {
+    let r = json(&[
+        "bench",
+        "train",
+        "--nproc",
+        "2",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(r["ranks"], 2, "{r}");
+    assert_eq!(r["backend"], "gloo", "{r}");
+    assert_eq!(r["data_parallel"]["ranks"], 2, "{r}");
+    assert_eq!(r["one_process"]["ranks"], 1, "{r}");
+    assert_eq!(r["data_parallel"]["batch_size"], 4, "{r}");
+    let (one, dp) = (
+        r["one_process"]["samples_per_s"].as_f64().unwrap(),
+        r["data_parallel"]["samples_per_s"].as_f64().unwrap(),
+    );
+    assert!(one > 0.0 && dp > 0.0, "{r}");
+    assert!(
+        (r["efficiency"].as_f64().unwrap() - dp / one).abs() < 1e-9,
+        "{r}"
+    );
+    // An odd global batch cannot be split evenly: the ranks refuse it, naming it.
+    let odd = vla(&[
+        "bench",
+        "train",
+        "--nproc",
+        "2",
+        "--batch-size",
+        "3",
+        "--steps",
+        "1",
+    ]);
+    assert!(!odd.status.success());
+}
+
 #[test]
 fn a_vocabulary_of_ones_own_phrases_the_episodes() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/tasks/data/paraphrases.toml");

@@ -285,3 +285,68 @@ impl ShardArg {
         }
     }
 }
+
+/// Starts `n` ranks of this same command line (plus `extra` arguments) on this machine, as
+/// `torchrun --nproc-per-node n` would: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and a free
+/// MASTER_PORT in each one's environment, and `--threads cores/n` unless `threads` was given.
+/// Waits for all; one rank's failure stops the others and is the error.
+pub fn launch_ranks(
+    n: usize,
+    threads: Option<i32>,
+    extra: &[std::ffi::OsString],
+) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("--nproc: no free local port for the rendezvous")?
+        .port();
+    let exe = std::env::current_exe().context("--nproc: cannot find this executable")?;
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    argv.extend(extra.iter().cloned());
+    if threads.is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        argv.extend(["--threads".into(), (cores / n).max(1).to_string().into()]);
+    }
+    tracing::info!(ranks = n, port, "starting data-parallel workers");
+    let mut children = Vec::with_capacity(n);
+    for rank in 0..n {
+        let child = std::process::Command::new(&exe)
+            .args(&argv)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .spawn()
+            .with_context(|| format!("--nproc: cannot start rank {rank}"))?;
+        children.push(Some(child));
+    }
+    // Ctrl-C reaches every rank (one process group): they agree on a step, rank 0 writes a
+    // checkpoint, and all exit; the launcher only waits for that.
+    let _ = ctrlc::set_handler(|| {});
+    loop {
+        let mut running = 0;
+        for rank in 0..n {
+            let Some(child) = children[rank].as_mut() else {
+                continue;
+            };
+            match child.try_wait()? {
+                None => running += 1,
+                Some(status) if status.success() => children[rank] = None,
+                Some(status) => {
+                    for other in children.iter_mut().flatten() {
+                        let _ = other.kill();
+                        let _ = other.wait();
+                    }
+                    anyhow::bail!(
+                        "data-parallel rank {rank} of {n} failed ({status}); stopped the other \
+                         ranks"
+                    );
+                }
+            }
+        }
+        if running == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -142,60 +142,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Starts `args.nproc` ranks of this same command on this machine, as torchrun would, and
 /// waits for them; one rank's failure stops the others.
 fn launch(args: &Args) -> anyhow::Result<()> {
-    let n = args.nproc;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("--nproc: no free local port for the rendezvous")?
-        .port();
-    let exe = std::env::current_exe().context("--nproc: cannot find this executable")?;
-    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if args.threads.is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        argv.extend(["--threads".into(), (cores / n).max(1).to_string().into()]);
-    }
-    tracing::info!(ranks = n, port, "starting data-parallel workers");
-    let mut children = Vec::with_capacity(n);
-    for rank in 0..n {
-        let child = std::process::Command::new(&exe)
-            .args(&argv)
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", n.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .spawn()
-            .with_context(|| format!("--nproc: cannot start rank {rank}"))?;
-        children.push(Some(child));
-    }
-    // Ctrl-C reaches every rank (one process group): they agree on a step, rank 0 writes a
-    // checkpoint, and all exit; the launcher only waits for that.
-    let _ = ctrlc::set_handler(|| {});
-    loop {
-        let mut running = 0;
-        for rank in 0..n {
-            let Some(child) = children[rank].as_mut() else {
-                continue;
-            };
-            match child.try_wait()? {
-                None => running += 1,
-                Some(status) if status.success() => children[rank] = None,
-                Some(status) => {
-                    for other in children.iter_mut().flatten() {
-                        let _ = other.kill();
-                        let _ = other.wait();
-                    }
-                    anyhow::bail!(
-                        "data-parallel rank {rank} of {n} failed ({status}); stopped the other \
-                         ranks (the last checkpoint is intact: --resume continues from it)"
-                    );
-                }
-            }
-        }
-        if running == 0 {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    super::launch_ranks(args.nproc, args.threads, &[])
+        .context("the last checkpoint is intact: --resume continues from it")
+}
+
+/// Joins the launcher's process group (c10d's TCPStore rendezvous at MASTER_ADDR:PORT).
+pub fn join_group(
+    rv: &vla_dist::Rendezvous,
+    backend: vla_dist::Backend,
+    timeout: std::time::Duration,
+) -> anyhow::Result<train::distributed::DataParallel> {
+    let pg = vla_dist::ProcessGroup::new(rv, backend, timeout)?;
+    tracing::info!(
+        rank = rv.rank,
+        world_size = rv.world_size,
+        %backend,
+        "joined the data-parallel run"
+    );
+    Ok(train::distributed::DataParallel::new(pg))
 }
 
 /// Trains as `args` say; used by `vla train` and `vla demo`.
@@ -232,14 +196,7 @@ fn train_ranked(args: &Args) -> anyhow::Result<(TrainSummary, bool)> {
                 device = Device::Cuda(rv.local_rank);
             }
             let timeout = std::time::Duration::from_secs(args.dist_timeout);
-            let pg = vla_dist::ProcessGroup::new(&rv, backend, timeout)?;
-            tracing::info!(
-                rank = rv.rank,
-                world_size = rv.world_size,
-                %backend,
-                "joined the data-parallel run"
-            );
-            Some(train::distributed::DataParallel::new(pg))
+            Some(join_group(&rv, backend, timeout)?)
         }
         _ => None,
     };

@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod hf;
+pub mod host;
 pub mod model;
 pub mod policy;
 pub mod text_tokenizer;
@@ -38,7 +39,7 @@ pub use model::{
 };
 pub use policy::{Decision, Policy};
 pub use text_tokenizer::{prompt, question_prompt, TextTokenizer};
-pub use train::optim::{AuxTargets, OptimConfig, StepStats, TextTargets, TrainStep};
+pub use train::optim::{AuxTargets, OptimConfig, PendingStats, StepStats, TextTargets, TrainStep};
 
 /// Re-exported so downstream crates use the same `tch` (devices, tensors) as this crate.
 pub use tch;

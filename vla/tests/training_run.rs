@@ -172,6 +172,61 @@ fn same_seed_same_run_and_resume_is_exact() {
     }
 }
 
+/// Batches assembled ahead on a background thread are the batches the loop would assemble
+/// itself: the same losses and weights, also when a prefetching run is stopped (its thread
+/// then ends with it) and resumed. Frames memory-mapped from disk (over the memory budget)
+/// train the same run as frames in memory.
+#[test]
+fn prefetched_batches_and_mapped_frames_change_nothing() {
+    vla_model::tch::set_num_threads(1);
+    let data = tmp("prefetch-data");
+    write_dataset(&data);
+    let mut quiet = |_: TrainEvent<'_>| true;
+    let with = |out: &Path, depth: usize, resume: bool| {
+        let mut o = options(&data, out, 6, resume);
+        o.train.prefetch = Some(depth);
+        o
+    };
+    let (plain, ahead, stopped) = (tmp("plain"), tmp("ahead"), tmp("stopped"));
+    train::train(&with(&plain, 0, false), &mut quiet).unwrap();
+    train::train(&with(&ahead, 3, false), &mut quiet).unwrap();
+    let losses = |dir: &Path| -> Vec<f64> {
+        train::read_metrics(dir)
+            .unwrap()
+            .iter()
+            .filter(|m| m["kind"] == "train")
+            .filter_map(|m| m["loss"].as_f64())
+            .collect()
+    };
+    assert_eq!(losses(&plain).len(), 6);
+    assert_eq!(losses(&plain), losses(&ahead));
+    assert_eq!(
+        weights(&plain),
+        weights(&ahead),
+        "prefetching changed the run"
+    );
+    let mut stop_at_2 =
+        |e: TrainEvent<'_>| !matches!(e, TrainEvent::Step { stats, .. } if stats.step + 1 >= 2);
+    let s = train::train(&with(&stopped, 3, false), &mut stop_at_2).unwrap();
+    assert!(s.interrupted && s.steps == 2, "{s:?}");
+    train::train(&with(&stopped, 3, true), &mut quiet).unwrap();
+    assert_eq!(weights(&plain), weights(&stopped));
+
+    let mapped = tmp("mapped");
+    let mut o = with(&mapped, 0, false);
+    o.train.resident_frames_mb = Some(0);
+    let summary = train::train(&o, &mut quiet).unwrap();
+    assert!(summary.data.frames_mapped, "a zero budget maps the frames");
+    assert_eq!(
+        weights(&plain),
+        weights(&mapped),
+        "mapped frames changed the run"
+    );
+    for d in [&data, &plain, &ahead, &stopped, &mapped] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 /// A chunked model (`action.chunk_size` 3) through the whole loop: targets of the next
 /// frames read from the dataset's episodes, validation, and a checkpoint that loads into a
 /// policy executing its chunk.

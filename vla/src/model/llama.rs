@@ -423,7 +423,10 @@ impl Llama {
         }
         let device = embeds.device();
         let mask = mask.to_kind(Kind::Bool);
-        let unpadded = cache.padding.is_none() && mask.all().int64_value(&[]) != 0;
+        // Whether any row is padded decides the path; asking a GPU would stall it, so there the
+        // general (masked) path runs, which is right for unpadded rows too.
+        let unpadded =
+            cache.padding.is_none() && device == Device::Cpu && mask.all().int64_value(&[]) != 0;
         let (positions, attn_mask, is_causal) = if unpadded {
             // Fast path (every single-observation call): plain causal attention.
             let positions = Tensor::arange_start(past, total, (Kind::Int64, device))

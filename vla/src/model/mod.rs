@@ -77,18 +77,17 @@ pub struct VlaBatch {
 }
 
 impl VlaBatch {
+    /// The batch on `device`; copies to a GPU do not block (see [`crate::host::upload`]).
     pub fn to_device(&self, device: Device) -> VlaBatch {
+        let up = |t: &Tensor| crate::host::upload(t, device);
         VlaBatch {
-            images: self.images.to_device(device),
-            state: self.state.as_ref().map(|s| s.to_device(device)),
-            prompt_ids: self.prompt_ids.to_device(device),
-            prompt_mask: self.prompt_mask.to_device(device),
-            action_tokens: self.action_tokens.to_device(device),
-            action_is_pad: self.action_is_pad.as_ref().map(|p| p.to_device(device)),
-            subtask: self
-                .subtask
-                .as_ref()
-                .map(|(ids, mask)| (ids.to_device(device), mask.to_device(device))),
+            images: up(&self.images),
+            state: self.state.as_ref().map(up),
+            prompt_ids: up(&self.prompt_ids),
+            prompt_mask: up(&self.prompt_mask),
+            action_tokens: up(&self.action_tokens),
+            action_is_pad: self.action_is_pad.as_ref().map(up),
+            subtask: self.subtask.as_ref().map(|(ids, mask)| (up(ids), up(mask))),
         }
     }
 
@@ -118,12 +117,12 @@ pub struct TextBatch {
 impl TextBatch {
     pub fn to_device(&self, device: Device) -> TextBatch {
         TextBatch {
-            images: self.images.to_device(device),
-            state: self.state.as_ref().map(|s| s.to_device(device)),
-            prompt_ids: self.prompt_ids.to_device(device),
-            prompt_mask: self.prompt_mask.to_device(device),
-            answer_ids: self.answer_ids.to_device(device),
-            answer_mask: self.answer_mask.to_device(device),
+            images: crate::host::upload(&self.images, device),
+            state: self.state.as_ref().map(|s| crate::host::upload(s, device)),
+            prompt_ids: crate::host::upload(&self.prompt_ids, device),
+            prompt_mask: crate::host::upload(&self.prompt_mask, device),
+            answer_ids: crate::host::upload(&self.answer_ids, device),
+            answer_mask: crate::host::upload(&self.answer_mask, device),
         }
     }
 }
@@ -688,16 +687,12 @@ impl VlaModel {
                 mask.size()
             )));
         }
-        let ids = ids.to_device(device).to_kind(Kind::Int64);
-        if size[1] > 0 {
-            let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
-            let v = self.config.text.vocab_size as i64;
-            if lo < 0 || hi >= v {
-                return Err(VlaError::Input(format!(
-                    "{what} ids span {lo}..={hi}, outside the text vocabulary 0..{v}"
-                )));
-            }
+        // Checked where they are on the host (free there); ids already on a GPU were checked
+        // before they went (see `check_token_ranges`), since reading them back would stall it.
+        if ids.device() == Device::Cpu {
+            self.check_text_ids(ids, what)?;
         }
+        let ids = ids.to_device(device).to_kind(Kind::Int64);
         Ok((
             self.lm.embed(&ids, self.compute_kind),
             mask.to_device(device).to_kind(Kind::Bool),
@@ -959,16 +954,52 @@ impl VlaModel {
         if b == 0 {
             return Err(VlaError::Input("empty batch".into()));
         }
-        let t = tokens.to_device(self.device()).to_kind(Kind::Int64);
-        let off = self.action_tokenizer.token_offset();
-        let (lo, hi) = (t.min().int64_value(&[]), t.max().int64_value(&[]));
-        if lo < off || hi >= off + self.config.action.num_bins as i64 {
+        // As for text ids: checked on the host, never read back from a GPU.
+        if tokens.device() == Device::Cpu {
+            self.check_action_range(tokens)?;
+        }
+        Ok(tokens.to_device(self.device()).to_kind(Kind::Int64))
+    }
+
+    /// Checks, on the host, that a batch's token ids are in range: every id in the text
+    /// vocabulary, every action token an action bin. The forward passes check CPU inputs
+    /// themselves; a caller that moves batches to a GPU first (the training loop) calls this
+    /// on the host copy, so that the GPU never has to report back.
+    pub fn check_token_ranges(&self, batch: &VlaBatch) -> Result<()> {
+        self.check_text_ids(&batch.prompt_ids, "prompt")?;
+        if let Some((ids, _)) = &batch.subtask {
+            self.check_text_ids(ids, "sub-task")?;
+        }
+        self.check_action_range(&batch.action_tokens)
+    }
+
+    fn check_text_ids(&self, ids: &Tensor, what: &str) -> Result<()> {
+        if ids.numel() == 0 {
+            return Ok(());
+        }
+        let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+        let v = self.config.text.vocab_size as i64;
+        if lo < 0 || hi >= v {
             return Err(VlaError::Input(format!(
-                "action tokens span {lo}..={hi}, outside the action range {off}..{}",
-                off + self.config.action.num_bins as i64
+                "{what} ids span {lo}..={hi}, outside the text vocabulary 0..{v}"
             )));
         }
-        Ok(t)
+        Ok(())
+    }
+
+    fn check_action_range(&self, tokens: &Tensor) -> Result<()> {
+        if tokens.numel() == 0 {
+            return Ok(());
+        }
+        let off = self.action_tokenizer.token_offset();
+        let end = off + self.config.action.num_bins as i64;
+        let (lo, hi) = (tokens.min().int64_value(&[]), tokens.max().int64_value(&[]));
+        if lo < off || hi >= end {
+            return Err(VlaError::Input(format!(
+                "action tokens span {lo}..={hi}, outside the action range {off}..{end}"
+            )));
+        }
+        Ok(())
     }
 
     /// The auxiliary target loss (weighted, see `ActionConfig::target_aux_weight`): squared
@@ -2478,7 +2509,10 @@ mod tests {
                     }),
                     ..Default::default()
                 };
-                let stats = step.step_with_targets(&model, &robot, &targets).unwrap();
+                let stats = step
+                    .step_with_targets(&model, &robot, &targets)
+                    .and_then(|p| p.resolve())
+                    .unwrap();
                 first.get_or_insert(stats.vqa_loss.unwrap());
                 last = stats.vqa_loss;
             }
@@ -2859,5 +2893,78 @@ mod tests {
             out.predicted,
             generated.actions
         );
+    }
+
+    /// The training step reads nothing back from the device (so a GPU never waits for the
+    /// host), and a step whose loss is not finite leaves weights and moments untouched,
+    /// decided on the device as well.
+    #[test]
+    fn steps_read_nothing_back_and_a_non_finite_step_changes_nothing() {
+        use crate::train::optim::{AuxTargets, OptimConfig, TrainStep};
+        let mut model = chunk_model(1, 5);
+        let b = fixed_batch(&model, 2);
+        let config = OptimConfig {
+            lr: 1e-3,
+            warmup_steps: 0,
+            ..Default::default()
+        };
+        let mut step = TrainStep::new(&mut model, config).unwrap();
+        let before = crate::host::reads();
+        let pending: Vec<_> = (0..3)
+            .map(|_| {
+                step.step_with_targets(&model, &b, &AuxTargets::default())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(crate::host::reads(), before, "a step read values back");
+        let stats = pending[2].resolve().unwrap();
+        assert_eq!(crate::host::reads(), before + 1, "resolving is one read");
+        assert_eq!(stats.step, 2);
+        assert!(stats.loss.is_finite() && !stats.skipped && stats.skipped_steps == 0);
+        let first = pending[0].resolve().unwrap();
+        assert!(first.loss != stats.loss, "the updates changed the loss");
+
+        let snapshot = |m: &VlaModel| -> Vec<(String, Tensor)> {
+            let mut v: Vec<(String, Tensor)> = m
+                .var_store()
+                .variables()
+                .into_iter()
+                .map(|(k, t)| (k, t.copy()))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let weights = snapshot(&model);
+        let mut bad = batch_clone(&b);
+        bad.state = b.state.as_ref().map(|s| s.full_like(f64::NAN));
+        let skipped = step.step(&model, &bad).unwrap();
+        assert!(skipped.skipped && !skipped.loss.is_finite(), "{skipped:?}");
+        assert_eq!(skipped.skipped_steps, 1);
+        for ((name, w), (_, now)) in weights.iter().zip(snapshot(&model)) {
+            assert!(w.equal(&now), "{name} changed in a skipped step");
+        }
+        // The moments too: the next good step is the one a run without the bad step takes.
+        let mut twin = chunk_model(1, 5);
+        let mut twin_step = TrainStep::new(&mut twin, config_clone()).unwrap();
+        for _ in 0..3 {
+            twin_step.step(&twin, &b).unwrap();
+        }
+        twin_step.set_step(4);
+        step.step(&model, &b).unwrap();
+        twin_step.step(&twin, &b).unwrap();
+        for ((name, w), (_, t)) in snapshot(&model).iter().zip(snapshot(&twin)) {
+            assert!(
+                w.equal(&t),
+                "{name}: a skipped step left a trace in the moments"
+            );
+        }
+    }
+
+    fn config_clone() -> crate::train::optim::OptimConfig {
+        crate::train::optim::OptimConfig {
+            lr: 1e-3,
+            warmup_steps: 0,
+            ..Default::default()
+        }
     }
 }

@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 use vla_datasets::Dataset;
 
+use crate::action_tokenizer::ActionTokenizer;
 use crate::error::{Result, VlaError};
 use crate::model::{left_pad, right_pad, VlaBatch, VlaModel};
 use crate::policy::image_to_tensor;
+use crate::train::frames::FrameStore;
 
 /// The gripper command is the last action dimension (`[dx, dy, dz, droll, dpitch, dyaw, gripper]`).
 const GRIPPER_DIM: usize = vla_core::ACTION_DIM - 1;
@@ -150,8 +152,8 @@ struct EventTarget {
 
 /// Frames of one or more datasets, decoded into tensors.
 pub struct TrainingData {
-    /// `[N, 2, 3, S, S]` u8.
-    images: Tensor,
+    /// `[N, 2, 3, S, S]` u8, in memory or memory-mapped.
+    images: FrameStore,
     /// `[N, state_dim]` f32.
     states: Tensor,
     /// Continuous actions, one row per frame.
@@ -183,6 +185,11 @@ pub struct TrainingData {
     sources: Vec<PathBuf>,
 }
 
+// SAFETY: `TrainingData`'s tensors are written once, at load, and only read afterwards
+// (`index_select`), which libtorch allows from several threads at once; everything else in it
+// is plain data. The prefetch thread (`train::batches`) shares it with the training thread.
+unsafe impl Sync for TrainingData {}
+
 impl std::fmt::Debug for TrainingData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrainingData")
@@ -204,17 +211,40 @@ pub struct DataSummary {
     pub train_episodes: usize,
     pub val_episodes: usize,
     pub tasks: usize,
+    /// The decoded frames exceeded the memory budget and are memory-mapped from disk.
+    #[serde(default)]
+    pub frames_mapped: bool,
 }
 
 impl TrainingData {
     /// Loads every frame of `dirs`, resizing images to `image_size`, and splits each dataset
     /// by episode (`val_fraction` of its episodes, seeded). `on_progress(done, total)` is called
-    /// as frames are decoded.
+    /// as frames are decoded. The decoded frames stay in memory when they take at most half
+    /// the memory available, else they are memory-mapped from disk (see [`FrameStore`]).
     pub fn load(
         dirs: &[PathBuf],
         image_size: u32,
         val_fraction: f64,
         seed: u64,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        Self::load_with_budget(
+            dirs,
+            image_size,
+            val_fraction,
+            seed,
+            crate::train::frames::default_budget(),
+            on_progress,
+        )
+    }
+
+    /// As [`Self::load`], holding at most `budget` bytes of decoded frames in memory.
+    pub fn load_with_budget(
+        dirs: &[PathBuf],
+        image_size: u32,
+        val_fraction: f64,
+        seed: u64,
+        budget: u64,
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         if dirs.is_empty() {
@@ -231,7 +261,9 @@ impl TrainingData {
         if total == 0 {
             return Err(VlaError::Input("the datasets hold no frames".into()));
         }
-        let mut image_rows: Vec<Tensor> = Vec::with_capacity(total);
+        let s = i64::from(image_size);
+        let mut store = FrameStore::new(total, [CAMERA_KEYS.len() as i64, 3, s, s], budget)?;
+        let mut row = 0usize;
         let mut states: Vec<f32> = Vec::with_capacity(total * 13);
         let mut actions = Vec::with_capacity(total);
         let mut frame_task = Vec::with_capacity(total);
@@ -275,7 +307,8 @@ impl TrainingData {
                                 })
                         })
                         .collect::<Result<_>>()?;
-                    image_rows.push(Tensor::stack(&cams, 0));
+                    store.set(row, &Tensor::stack(&cams, 0));
+                    row += 1;
                     if *state_dim.get_or_insert(f.state.len()) != f.state.len() {
                         return Err(VlaError::Input(format!(
                             "dataset {}: frame {} has {} state values, earlier frames {}",
@@ -405,7 +438,7 @@ impl TrainingData {
             targets,
             subgoals,
             next_frame,
-            images: Tensor::stack(&image_rows, 0),
+            images: store,
             states: Tensor::from_slice(&states).view([actions.len() as i64, state_dim]),
             actions,
             frame_task,
@@ -429,6 +462,7 @@ impl TrainingData {
             train_episodes: self.train_episodes,
             val_episodes: self.val_episodes,
             tasks: self.tasks.len(),
+            frames_mapped: self.images.is_mapped(),
         }
     }
 
@@ -623,24 +657,24 @@ impl TrainingData {
     pub fn batch(
         &self,
         indices: &[usize],
-        model: &VlaModel,
+        collate: &Collate,
         tokenizer: &TextTokenizer,
         prompts: &PromptCache,
         augment: Option<(&AugmentConfig, &mut [ChaCha8Rng])>,
     ) -> Result<VlaBatch> {
         let idx = index_tensor(indices);
-        let images = self.images.index_select(0, &idx);
+        let images = self.images.tensor().index_select(0, &idx);
         let images = match augment {
             Some((cfg, rngs)) => augment_images(&images, cfg, rngs),
             None => images,
         };
-        let k = model.config().action.chunk_size.max(1);
+        let k = collate.chunk_size.max(1);
         let (action_tokens, action_is_pad) = if k == 1 {
             let actions: Vec<&[f32]> = indices
                 .iter()
                 .map(|&i| self.actions[i].as_slice())
                 .collect();
-            (model.encode_actions(&actions)?, None)
+            (collate.encode(&actions)?, None)
         } else {
             let mut actions = Vec::with_capacity(indices.len() * k);
             let mut pad = Vec::with_capacity(indices.len() * k);
@@ -650,17 +684,16 @@ impl TrainingData {
                 pad.extend(p);
             }
             let b = indices.len() as i64;
-            let tokens = model.encode_actions(&actions)?.view([b, -1]);
+            let tokens = collate.encode(&actions)?.view([b, -1]);
             let pad = Tensor::from_slice(&pad).view([b, k as i64]);
             (tokens, Some(pad))
         };
-        let action_tokens = action_tokens.to_device(tch::Device::Cpu);
         let prompt_rows: Vec<Vec<i64>> = indices
             .iter()
             .map(|&i| prompts.ids(self.frame_task[i]).to_vec())
             .collect();
         let (prompt_ids, prompt_mask) = left_pad(&prompt_rows, tokenizer.pad_id());
-        let subtask = if model.config().plan.enabled() {
+        let subtask = if collate.plan {
             let rows = indices
                 .iter()
                 .map(|&i| {
@@ -686,6 +719,39 @@ impl TrainingData {
             action_is_pad,
             subtask,
         })
+    }
+}
+
+/// What turning frames into a batch needs of the model: its action tokenizer and shapes.
+/// Plain data, no tensors, so batches can be assembled on another thread; action tokens are
+/// encoded on the host (never through the model's device).
+#[derive(Clone, Debug)]
+pub struct Collate {
+    action_tokenizer: ActionTokenizer,
+    action_dim: usize,
+    chunk_size: usize,
+    /// The model decodes a sub-task first: batches carry each frame's.
+    plan: bool,
+}
+
+impl Collate {
+    pub fn of(model: &VlaModel) -> Self {
+        let cfg = model.config();
+        Collate {
+            action_tokenizer: model.action_tokenizer().clone(),
+            action_dim: cfg.action.action_dim,
+            chunk_size: cfg.action.chunk_size,
+            plan: cfg.plan.enabled(),
+        }
+    }
+
+    /// `[n, action_dim]` i64 token ids of `actions`, on the host.
+    fn encode<A: AsRef<[f32]>>(&self, actions: &[A]) -> Result<Tensor> {
+        let mut ids = Vec::with_capacity(actions.len() * self.action_dim);
+        for a in actions {
+            ids.extend(self.action_tokenizer.encode(a.as_ref())?);
+        }
+        Ok(Tensor::from_slice(&ids).view([actions.len() as i64, self.action_dim as i64]))
     }
 }
 
@@ -838,10 +904,10 @@ mod tests {
             })
             .collect();
         TrainingData {
-            images: Tensor::zeros(
+            images: FrameStore::resident(Tensor::zeros(
                 [n as i64, 2, 3, image_size, image_size],
                 (Kind::Uint8, tch::Device::Cpu),
-            ),
+            )),
             states: Tensor::zeros([n as i64, 13], (Kind::Float, tch::Device::Cpu)),
             actions,
             next_frame: vec![Some(1), Some(2), Some(3), None, Some(5), None],
@@ -884,7 +950,7 @@ mod tests {
         let tokenizer = TextTokenizer::train_for_instructions(&data.tasks, 300).expect("tokenizer");
         let prompts = PromptCache::new(&data, &tokenizer).expect("prompts");
         let batch = data
-            .batch(&[2, 5], &model, &tokenizer, &prompts, None)
+            .batch(&[2, 5], &Collate::of(&model), &tokenizer, &prompts, None)
             .expect("batch");
         let expected: Vec<&[f32]> = [2, 3, 3, 5, 5, 5].iter().map(|&i| data.action(i)).collect();
         let tokens = model
@@ -903,7 +969,7 @@ mod tests {
         )
         .expect("valid config");
         let batch = data
-            .batch(&[2, 5], &one, &tokenizer, &prompts, None)
+            .batch(&[2, 5], &Collate::of(&one), &tokenizer, &prompts, None)
             .expect("batch");
         assert!(batch.action_is_pad.is_none());
         let own = one

@@ -13,16 +13,18 @@
 //! `state.json` is written last in a checkpoint directory: a checkpoint without it is
 //! incomplete and ignored by `--resume`.
 
+pub mod batches;
 pub mod data;
 pub mod distributed;
+pub mod frames;
 pub mod optim;
 pub mod vqa;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -32,11 +34,12 @@ use crate::config::{LoraConfig, TextConfig, VlaConfig};
 use crate::error::{Result, VlaError};
 use crate::model::VlaModel;
 use crate::text_tokenizer::{prompt, question_prompt, TextTokenizer};
+use crate::train::batches::{Prefetcher, StepSource};
 use crate::train::data::{
-    sample_rngs, step_rng, AugmentConfig, DataSummary, GroundingTargets, PromptCache, TrainingData,
+    AugmentConfig, Collate, DataSummary, GroundingTargets, PromptCache, TrainingData,
 };
 use crate::train::distributed::DataParallel;
-use crate::train::optim::{AuxTargets, OptimConfig, StepStats, TextTargets, TrainStep};
+use crate::train::optim::{OptimConfig, PendingStats, StepStats, TrainStep};
 use crate::train::vqa::{VqaData, VqaExample};
 
 /// The `[train]` table of a config file.
@@ -64,6 +67,16 @@ pub struct TrainConfig {
     /// frozen (see [`crate::config::LoraConfig`]); `None` trains every weight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraConfig>,
+    /// Steps whose batches a background thread assembles ahead (0: on the training thread,
+    /// when due). Unset: 2 on a GPU, 0 on CPU (where that thread would take cores from
+    /// libtorch's). Either way a step's batch is the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<usize>,
+    /// At most this many MiB of decoded frames in memory; beyond it they are memory-mapped
+    /// from a file (`VLA_FRAME_CACHE`, else `~/.cache/vla/frames`). Unset: half the memory
+    /// available when training starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resident_frames_mb: Option<u64>,
 }
 
 impl Default for TrainConfig {
@@ -82,6 +95,8 @@ impl Default for TrainConfig {
             augment: AugmentConfig::default(),
             grounding: GroundingTargets::default(),
             lora: None,
+            prefetch: None,
+            resident_frames_mb: None,
         }
     }
 }
@@ -352,15 +367,19 @@ pub fn train(
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| VlaError::checkpoint(&opts.out, format!("cannot create: {e}")))?;
 
-    let data = TrainingData::load(
+    let budget = train_cfg
+        .resident_frames_mb
+        .map_or_else(frames::default_budget, |mb| mb << 20);
+    let data = Arc::new(TrainingData::load_with_budget(
         &opts.data,
         opts.model.vision.image_size as u32,
         train_cfg.val_fraction,
         train_cfg.seed,
+        budget,
         &mut |done, total| {
             on_event(TrainEvent::Loading { done, total });
         },
-    )?;
+    )?);
     if data.train_indices().is_empty() {
         return Err(VlaError::Input(
             "no training frames after the validation split".into(),
@@ -457,16 +476,16 @@ pub fn train(
     } else {
         None
     };
-    let prompts = PromptCache::new(&data, &tokenizer)?;
+    let prompts = Arc::new(PromptCache::new(&data, &tokenizer)?);
     let val_subset = evenly_spaced(data.val_indices(), train_cfg.val_frames);
     let vqa = match &opts.cotrain {
-        Some(c) => Some(VqaData::from_examples(
+        Some(c) => Some(Arc::new(VqaData::from_examples(
             &c.examples,
             model.config().vision.image_size as u32,
             train_cfg.val_fraction.max(0.05),
             train_cfg.seed,
             &tokenizer,
-        )?),
+        )?)),
         None => None,
     };
     let vqa_val = vqa
@@ -485,9 +504,30 @@ pub fn train(
         ));
     }
 
-    let train_idx = data.train_indices();
+    let source = StepSource {
+        data: data.clone(),
+        vqa: vqa.clone(),
+        cotrain: opts.cotrain.clone(),
+        collate: Collate::of(&model),
+        tokenizer: tokenizer.clone(),
+        prompts: prompts.clone(),
+        train: train_cfg.clone(),
+        model: model.config().clone(),
+        rank: dist.map(|dp| (dp.rank(), dp.world_size())),
+    };
+    // On a GPU the next batches are assembled while it runs this one; on CPU that thread
+    // would take cores from libtorch's.
+    let depth = train_cfg.prefetch.unwrap_or(match opts.device {
+        Device::Cuda(_) => 2,
+        _ => 0,
+    });
+    let batches = match depth {
+        0 => Batches::Inline(Box::new(source)),
+        d => Batches::Ahead(Prefetcher::start(source, start_step..train_cfg.steps, d)),
+    };
     let mut interrupted = false;
-    let mut last_loss = None;
+    let mut last_step: Option<PendingStats> = None;
+    let mut skipped_steps = 0;
     let mut final_val = None;
     let mut window = Instant::now();
     let mut window_samples = 0usize;
@@ -495,73 +535,37 @@ pub fn train(
     let mut samples = 0usize;
     let mut step = start_step;
     while step < train_cfg.steps {
-        // Every rank draws the whole global batch from the step's generator and keeps its
-        // slice; each sample is augmented from its own generator, so the slices together are
-        // exactly the batch one process would build.
-        let mut rng = step_rng(train_cfg.seed, step);
-        let global: Vec<usize> = (0..train_cfg.batch_size)
-            .map(|_| train_idx[rng.random_range(0..train_idx.len())])
-            .collect();
-        let mine = dist.map_or(0..global.len(), |dp| dp.shard(global.len()));
-        let indices = &global[mine.clone()];
-        let mut rngs = sample_rngs(train_cfg.seed, step, mine);
-        let batch = data
-            .batch(
-                indices,
-                &model,
-                &tokenizer,
-                &prompts,
-                Some((&train_cfg.augment, &mut rngs)),
-            )?
-            .to_device(opts.device);
-        // Auxiliary targets only for a model that has those losses (no per-step work else).
-        let cfg = model.config();
-        let heads = cfg.vision.grounding_heads;
-        let map_weight = train_cfg.grounding.map_weight;
-        let wrist_map_weight = train_cfg.grounding.wrist_map_weight;
-        let targets = AuxTargets {
-            locations: (cfg.action.target_aux_weight > 0.0 && heads > 0)
-                .then(|| data.target_locations(indices, heads)),
-            pixels: (map_weight > 0.0 && heads > 0)
-                .then(|| data.target_pixels(indices, heads, &train_cfg.grounding.front_camera)),
-            map_weight,
-            wrist_pixels: (wrist_map_weight > 0.0 && heads > 0).then(|| {
-                data.wrist_target_pixels(indices, heads, &train_cfg.grounding.wrist_camera)
-            }),
-            wrist_map_weight,
-            subgoals: (cfg.action.subgoal_weight > 0.0)
-                .then(|| data.subgoal_labels(indices, heads)),
-            text: match (&vqa, &opts.cotrain) {
-                (Some(vqa), Some(c)) => {
-                    let n = c.per_step(global.len());
-                    let all = vqa.sample(n, &mut rng);
-                    let part = dist.map_or(0..n, |dp| dp.shard(n));
-                    let examples = &all[part.clone()];
-                    // After the robot frames' positions in the step's stream.
-                    let b = global.len();
-                    let mut rngs = sample_rngs(train_cfg.seed, step, b + part.start..b + part.end);
-                    let augment = Some((&train_cfg.augment, rngs.as_mut_slice()));
-                    let batch = vqa.batch(examples, &tokenizer, augment);
-                    Some(TextTargets {
-                        batch: batch.to_device(opts.device),
-                        weight: examples.len() as f64 / indices.len() as f64,
-                        pixels: (map_weight > 0.0 && heads > 0)
-                            .then(|| vqa.pixels(examples, heads)),
-                    })
-                }
-                _ => None,
-            },
+        let inputs = match &batches {
+            Batches::Ahead(p) => p.next(step)?,
+            Batches::Inline(source) => source.inputs(step)?,
         };
-        let stats = step_fn.step_with_targets(&model, &batch, &targets)?;
+        if opts.device != Device::Cpu {
+            // Checked on the host: the forward pass cannot read ids back from a GPU cheaply.
+            model.check_token_ranges(&inputs.batch)?;
+        }
+        let batch = inputs.batch.to_device(opts.device);
+        let targets = inputs.targets.to_device(opts.device);
+        let global = inputs.global;
+        // The step's statistics stay on the device unless this step is logged: reading them
+        // would make the host wait for the GPU every step.
+        let pending = step_fn.step_with_targets(&model, &batch, &targets)?;
         step += 1;
-        samples += global.len();
-        window_samples += global.len();
-        last_loss = Some(stats.loss);
+        samples += global;
+        window_samples += global;
         let mut keep_going = opts.until != Some(step);
         let logged = step % train_cfg.log_every == 0 || step == train_cfg.steps;
         let validated =
             !val_subset.is_empty() && (step % train_cfg.val_every == 0 || step == train_cfg.steps);
         if logged {
+            let stats = pending.resolve()?;
+            if stats.skipped_steps > skipped_steps {
+                tracing::warn!(
+                    step,
+                    skipped = stats.skipped_steps - skipped_steps,
+                    "non-finite loss/gradients: updates skipped since the last log"
+                );
+                skipped_steps = stats.skipped_steps;
+            }
             let sps = window_samples as f64 / window.elapsed().as_secs_f64().max(1e-9);
             window = Instant::now();
             window_samples = 0;
@@ -599,6 +603,7 @@ pub fn train(
                 samples_per_s: sps,
             });
         }
+        last_step = Some(pending);
         if validated {
             let mut val = validate(
                 &data,
@@ -666,9 +671,17 @@ pub fn train(
         interrupted,
         seconds,
         samples_per_s: samples as f64 / loop_start.elapsed().as_secs_f64().max(1e-9),
-        final_train_loss: last_loss,
+        final_train_loss: last_step.map(|p| p.resolve()).transpose()?.map(|s| s.loss),
         final_val,
     })
+}
+
+/// Where the loop's step inputs come from.
+enum Batches {
+    /// Assembled when due, on the training thread.
+    Inline(Box<StepSource>),
+    /// Assembled ahead on a background thread.
+    Ahead(Prefetcher),
 }
 
 fn validate(
@@ -694,7 +707,7 @@ fn validate(
     tch::no_grad(|| -> Result<()> {
         for chunk in subset.chunks(cfg.batch_size.max(1)) {
             let batch = data
-                .batch(chunk, model, tokenizer, prompts, None)?
+                .batch(chunk, &Collate::of(model), tokenizer, prompts, None)?
                 .to_device(model.device());
             let out = model.forward_train(&batch)?;
             let n = chunk.len() as f64;

@@ -87,6 +87,8 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// The update was skipped because the loss or gradients were not finite.
     pub skipped: bool,
+    /// Steps skipped so far by this optimiser, this one included.
+    pub skipped_steps: u64,
     /// The weighted auxiliary target (regression) loss, when there was one.
     pub target_loss: Option<f64>,
     /// The weighted auxiliary heat-map loss, when there was one.
@@ -100,6 +102,72 @@ pub struct StepStats {
     /// accuracy, when the step had vision-language examples.
     pub vqa_loss: Option<f64>,
     pub vqa_accuracy: Option<f64>,
+}
+
+/// A step's statistics as device scalars (`f64`), read back by [`PendingStats::resolve`] in
+/// one transfer: the training loop resolves only the steps it logs.
+#[derive(Debug)]
+pub struct PendingStats {
+    step: usize,
+    lr: f64,
+    loss: Tensor,
+    accuracy: Tensor,
+    grad_norm: Tensor,
+    skipped: Tensor,
+    skipped_steps: Tensor,
+    target_loss: Option<Tensor>,
+    map_loss: Option<Tensor>,
+    subgoal_loss: Option<Tensor>,
+    subtask_loss: Option<Tensor>,
+    subtask_accuracy: Option<Tensor>,
+    vqa_loss: Option<Tensor>,
+    vqa_accuracy: Option<Tensor>,
+}
+
+impl PendingStats {
+    /// Reads the statistics back (one host read: it waits for the step to finish).
+    pub fn resolve(&self) -> Result<StepStats> {
+        let optional = [
+            &self.target_loss,
+            &self.map_loss,
+            &self.subgoal_loss,
+            &self.subtask_loss,
+            &self.subtask_accuracy,
+            &self.vqa_loss,
+            &self.vqa_accuracy,
+        ];
+        let mut all = vec![
+            self.loss.shallow_clone(),
+            self.accuracy.shallow_clone(),
+            self.grad_norm.shallow_clone(),
+            self.skipped.shallow_clone(),
+            self.skipped_steps.shallow_clone(),
+        ];
+        all.extend(
+            optional
+                .iter()
+                .filter_map(|t| t.as_ref().map(Tensor::shallow_clone)),
+        );
+        let values = crate::host::f64_values(&Tensor::stack(&all, 0))?;
+        let mut rest = values[5..].iter().copied();
+        let mut next = |t: &Option<Tensor>| t.as_ref().and_then(|_| rest.next());
+        Ok(StepStats {
+            step: self.step,
+            loss: values[0],
+            accuracy: values[1],
+            lr: self.lr,
+            grad_norm: values[2],
+            skipped: values[3] != 0.0,
+            skipped_steps: values[4] as u64,
+            target_loss: next(&self.target_loss),
+            map_loss: next(&self.map_loss),
+            subgoal_loss: next(&self.subgoal_loss),
+            subtask_loss: next(&self.subtask_loss),
+            subtask_accuracy: next(&self.subtask_accuracy),
+            vqa_loss: next(&self.vqa_loss),
+            vqa_accuracy: next(&self.vqa_accuracy),
+        })
+    }
 }
 
 /// Targets of the auxiliary grounding losses for one batch (see
@@ -120,6 +188,27 @@ pub struct AuxTargets {
     pub subgoals: Option<Tensor>,
     /// Co-training (RT-2): vision-language examples learned in the same step.
     pub text: Option<TextTargets>,
+}
+
+impl AuxTargets {
+    /// The targets on `device`, copied without blocking (see [`crate::host::upload`]).
+    pub fn to_device(&self, device: Device) -> AuxTargets {
+        let up = |t: &Tensor| crate::host::upload(t, device);
+        let pair = |p: &Option<(Tensor, Tensor)>| p.as_ref().map(|(a, b)| (up(a), up(b)));
+        AuxTargets {
+            locations: pair(&self.locations),
+            pixels: pair(&self.pixels),
+            map_weight: self.map_weight,
+            wrist_pixels: pair(&self.wrist_pixels),
+            wrist_map_weight: self.wrist_map_weight,
+            subgoals: self.subgoals.as_ref().map(up),
+            text: self.text.as_ref().map(|t| TextTargets {
+                batch: t.batch.to_device(device),
+                weight: t.weight,
+                pixels: pair(&t.pixels),
+            }),
+        }
+    }
 }
 
 /// Vision-language examples of a co-training step.
@@ -201,6 +290,8 @@ pub struct TrainStep {
     step: usize,
     /// Averages gradients over ranks between backward and the update (data-parallel runs).
     data_parallel: Option<DataParallel>,
+    /// Steps whose update was skipped (non-finite), counted on the device.
+    skipped_steps: Tensor,
 }
 
 impl std::fmt::Debug for TrainStep {
@@ -267,6 +358,7 @@ impl TrainStep {
             config,
             step: 0,
             data_parallel: None,
+            skipped_steps: Tensor::zeros([], (Kind::Int64, model.device())),
         })
     }
 
@@ -305,19 +397,24 @@ impl TrainStep {
         }
     }
 
-    /// Forward, backward, clip, update. Non-finite losses or gradients skip the update.
+    /// Forward, backward, clip, update, and the step's statistics read back. Non-finite losses
+    /// or gradients skip the update.
     pub fn step(&mut self, model: &VlaModel, batch: &VlaBatch) -> Result<StepStats> {
-        self.step_with_targets(model, batch, &AuxTargets::default())
+        self.step_with_targets(model, batch, &AuxTargets::default())?
+            .resolve()
     }
 
     /// As [`Self::step`], adding the auxiliary grounding losses whose targets are given
-    /// (when the model has grounding heads).
+    /// (when the model has grounding heads), and without reading anything back: the
+    /// statistics stay on the device until [`PendingStats::resolve`], and whether the update
+    /// applies (finite loss and gradients) is decided on the device too. On a GPU the host
+    /// can then queue the next steps while this one runs.
     pub fn step_with_targets(
         &mut self,
         model: &VlaModel,
         batch: &VlaBatch,
         targets: &AuxTargets,
-    ) -> Result<StepStats> {
+    ) -> Result<PendingStats> {
         let lr = self.config.lr_at(self.step);
         self.zero_grad();
         let out = model.forward_train(batch)?;
@@ -394,71 +491,69 @@ impl TrainStep {
             tensors.extend([out.loss.detach(), out.accuracy.detach()]);
             dp.average(&tensors)?;
         }
-        let loss = out.loss.double_value(&[]);
-        let accuracy = out.accuracy.double_value(&[]);
-        let grad_norm = self.clip_gradients();
-        let skipped = !(loss.is_finite() && grad_norm.is_finite());
-        if skipped {
-            tracing::warn!(
-                step = self.step,
-                loss,
-                grad_norm,
-                "non-finite loss/gradients, update skipped"
-            );
-        } else {
-            self.adamw_update(lr);
-        }
+        let (grad_norm, finite) = tch::no_grad(|| self.clip_gradients(&out.loss));
+        self.adamw_update(lr, &finite);
         self.zero_grad();
-        let stats = StepStats {
+        let _ = self
+            .skipped_steps
+            .g_add_(&finite.logical_not().to_kind(Kind::Int64));
+        let scalar = |t: &Tensor| t.detach().to_kind(Kind::Double);
+        let stats = PendingStats {
             step: self.step,
-            loss,
-            accuracy,
             lr,
-            grad_norm,
-            skipped,
-            target_loss: regression.as_ref().map(|a| a.double_value(&[])),
-            map_loss: map.as_ref().map(|a| a.double_value(&[])),
-            subgoal_loss: subgoal.as_ref().map(|a| a.double_value(&[])),
-            subtask_loss: out.subtask_loss.as_ref().map(|a| a.double_value(&[])),
+            loss: scalar(&out.loss),
+            accuracy: scalar(&out.accuracy),
+            grad_norm: scalar(&grad_norm),
+            skipped: scalar(&finite.logical_not()),
+            skipped_steps: scalar(&self.skipped_steps),
+            target_loss: regression.as_ref().map(scalar),
+            map_loss: map.as_ref().map(scalar),
+            subgoal_loss: subgoal.as_ref().map(scalar),
+            subtask_loss: out.subtask_loss.as_ref().map(scalar),
             subtask_accuracy: out
                 .subtask_accuracy
                 .as_ref()
-                .map(|(tokens, _)| tokens.double_value(&[])),
-            vqa_loss: text.as_ref().map(|(out, _)| out.loss.double_value(&[])),
-            vqa_accuracy: text
-                .as_ref()
-                .map(|(out, _)| out.token_accuracy.double_value(&[])),
+                .map(|(tokens, _)| scalar(tokens)),
+            vqa_loss: text.as_ref().map(|(out, _)| scalar(&out.loss)),
+            vqa_accuracy: text.as_ref().map(|(out, _)| scalar(&out.token_accuracy)),
         };
         self.step += 1;
         Ok(stats)
     }
 
-    /// AdamW (Loshchilov & Hutter): decoupled decay, bias-corrected moments.
-    fn adamw_update(&mut self, lr: f64) {
+    /// AdamW (Loshchilov & Hutter): decoupled decay, bias-corrected moments. Where `finite`
+    /// (a boolean scalar on the device) is false, parameters and moments stay as they were.
+    fn adamw_update(&mut self, lr: f64, finite: &Tensor) {
         let c = &self.config;
         let t = (self.step + 1) as i32;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2 = 1.0 - c.beta2.powi(t);
         tch::no_grad(|| {
+            // Factors that are the update's where it applies and leave values alone where not.
+            let keep = |factor: f64| Tensor::where_scalar(finite, factor, 1.0);
+            let (beta1, beta2) = (keep(c.beta1), keep(c.beta2));
+            let decay = keep(1.0 - lr * c.weight_decay);
+            let apply = finite.to_kind(Kind::Float);
             for p in &mut self.params {
                 let g = p.tensor.grad();
                 if !g.defined() {
                     continue;
                 }
+                // A skipped step's gradient may hold inf/NaN: it must not reach the moments.
+                let g = g.masked_fill(&finite.logical_not(), 0.0);
                 if p.decay && c.weight_decay > 0.0 {
-                    let _ = p.tensor.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                    let _ = p.tensor.g_mul_(&decay.to_kind(p.tensor.kind()));
                 }
-                let _ = p.exp_avg.g_mul_scalar_(c.beta1);
+                let _ = p.exp_avg.g_mul_(&beta1.to_kind(p.exp_avg.kind()));
                 let _ = p.exp_avg.g_add_(&(&g * (1.0 - c.beta1)));
-                let _ = p.exp_avg_sq.g_mul_scalar_(c.beta2);
+                let _ = p.exp_avg_sq.g_mul_(&beta2.to_kind(p.exp_avg_sq.kind()));
                 let _ = p.exp_avg_sq.g_add_(&(&g * &g * (1.0 - c.beta2)));
                 let denom = (&p.exp_avg_sq / bias2).sqrt() + c.eps;
                 let update = (&p.exp_avg / &denom) * (lr / bias1);
-                let _ = p.tensor.g_sub_(&update);
+                let _ = p.tensor.g_sub_(&(update * apply.to_kind(p.tensor.kind())));
             }
         });
     }
-
     /// Saves the optimiser moments (safetensors, `exp_avg.NAME` / `exp_avg_sq.NAME`).
     pub fn save_state(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
@@ -512,32 +607,36 @@ impl TrainStep {
         })
     }
 
-    /// Global L2 norm of all gradients, scaled down in place to `grad_clip_norm` if larger.
-    fn clip_gradients(&self) -> f64 {
-        tch::no_grad(|| {
-            let grads: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(|p| p.tensor.grad())
-                .filter(Tensor::defined)
-                .collect();
-            if grads.is_empty() {
-                return 0.0;
-            }
+    /// Scales the gradients to a global norm of at most `grad_clip_norm`, as
+    /// `torch.nn.utils.clip_grad_norm_` does (always multiplying by a coefficient clamped to 1,
+    /// so nothing is read back). Returns the norm before clipping and whether `loss` and the
+    /// gradients are finite, both as device scalars.
+    fn clip_gradients(&self, loss: &Tensor) -> (Tensor, Tensor) {
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.tensor.grad())
+            .filter(Tensor::defined)
+            .collect();
+        let device = loss.device();
+        let total = if grads.is_empty() {
+            Tensor::zeros([], (Kind::Float, device))
+        } else {
             let norms: Vec<Tensor> = grads
                 .iter()
                 .map(|g| g.norm().to_kind(Kind::Float))
                 .collect();
-            let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
-            let max = self.config.grad_clip_norm;
-            if max > 0.0 && total.is_finite() && total > max {
-                let scale = max / (total + 1e-6);
-                for mut g in grads {
-                    let _ = g.g_mul_scalar_(scale);
-                }
+            Tensor::stack(&norms, 0).norm()
+        };
+        let finite = loss.detach().isfinite().logical_and(&total.isfinite());
+        let max = self.config.grad_clip_norm;
+        if max > 0.0 && !grads.is_empty() {
+            let coef = (max / (&total + 1e-6)).clamp_max(1.0);
+            for mut g in grads {
+                let _ = g.g_mul_(&coef.to_kind(g.kind()));
             }
-            total
-        })
+        }
+        (total, finite)
     }
 }
 

@@ -45,6 +45,9 @@ pub struct VqaData {
     val: Vec<usize>,
 }
 
+// SAFETY: as for `TrainingData`: the images tensor is written at load and only read after.
+unsafe impl Sync for VqaData {}
+
 impl std::fmt::Debug for VqaData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VqaData")
