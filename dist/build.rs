@@ -53,7 +53,8 @@ fn main() {
         .define("USE_C10D_GLOO", None)
         .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi)
         .define("GLOG_USE_GLOG_EXPORT", None)
-        .file(manifest_dir.join("cpp/shim.cpp"));
+        .file(manifest_dir.join("cpp/shim.cpp"))
+        .file(manifest_dir.join("cpp/reducer.cpp"));
 
     let nccl = env::var_os("CARGO_FEATURE_NCCL").is_some();
     if nccl {

@@ -22,6 +22,7 @@ typedef void* vla_dist_tensor;
 
 typedef struct vla_dist_store vla_dist_store;
 typedef struct vla_dist_backend vla_dist_backend;
+typedef struct vla_dist_reducer vla_dist_reducer;
 
 void vla_dist_string_free(char* s);
 
@@ -77,6 +78,29 @@ int vla_dist_broadcast(
     char** err);
 
 int vla_dist_barrier(vla_dist_backend* backend, char** err);
+
+// c10d::Reducer (DDP's gradient engine) over `params`, all-reducing through `backend` in
+// buckets of `bucket_bytes` (the first one `first_bucket_bytes`) while backward runs.
+// With `find_unused`, parameters that a step's graph does not reach count as ready with a
+// zero gradient (DDP's find_unused_parameters).
+vla_dist_reducer* vla_dist_reducer_new(
+    vla_dist_backend* backend,
+    vla_dist_tensor const* params,
+    size_t n,
+    int64_t bucket_bytes,
+    int64_t first_bucket_bytes,
+    int find_unused,
+    char** err);
+
+// Before each backward: arms the reducer's hooks; `outputs` are the roots backward starts
+// from (the loss), searched for unused parameters.
+int vla_dist_reducer_prepare_for_backward(
+    vla_dist_reducer* reducer,
+    vla_dist_tensor const* outputs,
+    size_t n,
+    char** err);
+
+void vla_dist_reducer_free(vla_dist_reducer* reducer);
 
 #ifdef __cplusplus
 } // extern "C"

@@ -17,7 +17,32 @@ pub(crate) struct Backend {
     _opaque: [u8; 0],
 }
 
+/// `vla_dist_reducer`: owns a `c10d::Reducer` and the `c10d::ProcessGroup` it speaks to.
+#[repr(C)]
+pub(crate) struct Reducer {
+    _opaque: [u8; 0],
+}
+
 extern "C" {
+    pub(crate) fn vla_dist_reducer_new(
+        backend: *mut Backend,
+        params: *const *mut C_tensor,
+        n: usize,
+        bucket_bytes: i64,
+        first_bucket_bytes: i64,
+        find_unused: c_int,
+        err: *mut *mut c_char,
+    ) -> *mut Reducer;
+
+    pub(crate) fn vla_dist_reducer_prepare_for_backward(
+        reducer: *mut Reducer,
+        outputs: *const *mut C_tensor,
+        n: usize,
+        err: *mut *mut c_char,
+    ) -> c_int;
+
+    pub(crate) fn vla_dist_reducer_free(reducer: *mut Reducer);
+
     pub(crate) fn vla_dist_string_free(s: *mut c_char);
 
     pub(crate) fn vla_dist_tcp_store_new(

@@ -459,6 +459,119 @@ impl ProcessGroup {
     }
 }
 
+/// DDP's gradient engine: PyTorch's `c10d::Reducer`, as `DistributedDataParallel` drives it.
+/// It hooks every parameter's gradient accumulator; during backward it copies each gradient
+/// (divided by the world size) into flat buckets and starts a bucket's all-reduce as soon as
+/// the bucket is complete, while backward computes the rest; when backward ends the
+/// parameters' `.grad` hold the average over ranks.
+///
+/// Call [`Reducer::prepare_for_backward`] before every backward pass of the parameters it
+/// was built over; a backward without it leaves the gradients local.
+pub struct Reducer {
+    ptr: NonNull<ffi::Reducer>,
+    kind: Backend,
+    rank: usize,
+    world_size: usize,
+}
+
+// SAFETY: as for ProcessGroup: it owns refcounted c10d objects; the hooks it registers run
+// on autograd's threads, which the Reducer synchronises itself.
+unsafe impl Send for Reducer {}
+
+impl Drop for Reducer {
+    fn drop(&mut self) {
+        // Removes the autograd hooks, then releases the group (and its reference to the
+        // backend). SAFETY: from vla_dist_reducer_new, freed once, here.
+        unsafe { ffi::vla_dist_reducer_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl fmt::Debug for Reducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reducer")
+            .field("backend", &self.kind)
+            .field("rank", &self.rank)
+            .field("world_size", &self.world_size)
+            .finish()
+    }
+}
+
+impl ProcessGroup {
+    /// A [`Reducer`] over `params` (leaf tensors that require grad, in the same order on
+    /// every rank), with DDP's bucket sizes: the first bucket `first_bucket_bytes` (so its
+    /// all-reduce starts early), the rest up to `bucket_bytes`. `find_unused`: parameters a
+    /// step's graph does not reach count as ready with zero gradient (DDP's
+    /// `find_unused_parameters`), so models whose steps use different parts still work.
+    pub fn reducer(
+        &self,
+        params: &[Tensor],
+        bucket_bytes: usize,
+        first_bucket_bytes: usize,
+        find_unused: bool,
+    ) -> Result<Reducer> {
+        let mut owned: Vec<Tensor> = params.iter().map(Tensor::shallow_clone).collect();
+        let ptrs: Vec<_> = owned.iter_mut().map(|t| t.as_mut_ptr()).collect();
+        let mut err: *mut c_char = ptr::null_mut();
+        // SAFETY: live backend; `ptrs` are live tensors for the duration of the call (the
+        // reducer keeps its own references).
+        let raw = unsafe {
+            ffi::vla_dist_reducer_new(
+                self.backend.as_ptr(),
+                ptrs.as_ptr(),
+                ptrs.len(),
+                i64::try_from(bucket_bytes).unwrap_or(i64::MAX),
+                i64::try_from(first_bucket_bytes).unwrap_or(i64::MAX),
+                c_int::from(find_unused),
+                &mut err,
+            )
+        };
+        let ptr = NonNull::new(raw).ok_or_else(|| DistError::Collective {
+            op: "reducer",
+            backend: self.kind,
+            rank: self.rank,
+            world_size: self.world_size,
+            // SAFETY: on failure the shim set `err` (or left it null).
+            message: unsafe { ffi::take_message(err) },
+        })?;
+        Ok(Reducer {
+            ptr,
+            kind: self.kind,
+            rank: self.rank,
+            world_size: self.world_size,
+        })
+    }
+}
+
+impl Reducer {
+    /// Arms the hooks for the next backward pass, which starts from `outputs` (the loss);
+    /// with `find_unused`, the graph behind them is searched for parameters it skips.
+    pub fn prepare_for_backward(&self, outputs: &[Tensor]) -> Result<()> {
+        let mut owned: Vec<Tensor> = outputs.iter().map(Tensor::shallow_clone).collect();
+        let ptrs: Vec<_> = owned.iter_mut().map(|t| t.as_mut_ptr()).collect();
+        let mut err: *mut c_char = ptr::null_mut();
+        // SAFETY: live reducer; `ptrs` are live tensors for the call.
+        let rc = unsafe {
+            ffi::vla_dist_reducer_prepare_for_backward(
+                self.ptr.as_ptr(),
+                ptrs.as_ptr(),
+                ptrs.len(),
+                &mut err,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        Err(DistError::Collective {
+            op: "prepare_for_backward",
+            backend: self.kind,
+            rank: self.rank,
+            world_size: self.world_size,
+            // SAFETY: on failure the shim set `err` (or left it null).
+            message: unsafe { ffi::take_message(err) },
+        })
+    }
+}
+
 #[cfg(feature = "nccl")]
 fn nccl_new(
     store: &StoreHandle,

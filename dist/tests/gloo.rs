@@ -153,6 +153,58 @@ fn broadcast_from_rank_one_overwrites_rank_zero() {
     }
 }
 
+/// c10d's Reducer (DDP's engine) averages gradients over the ranks during backward, step
+/// after step, and gives a parameter the step's graph never reached the zero gradient DDP
+/// gives it with `find_unused_parameters`.
+#[test]
+fn reducer_averages_gradients_during_backward() {
+    let [r0, r1] = two_ranks(|pg| {
+        let rank = pg.rank() as f32;
+        let mut w = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true);
+        // Spread over two buckets (the first capped at 8 bytes).
+        let v = Tensor::from_slice(&[0.5f32; 4]).set_requires_grad(true);
+        let mut unused = Tensor::from_slice(&[7.0f32, 7.0]).set_requires_grad(true);
+        let reducer = pg
+            .reducer(
+                &[w.shallow_clone(), v.shallow_clone(), unused.shallow_clone()],
+                16,
+                8,
+                true,
+            )
+            .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+        let mut seen = Vec::new();
+        for step in 1..=3 {
+            let scale = (rank + 1.0) * step as f32;
+            let x = Tensor::from_slice(&[scale, 2.0 * scale, 3.0 * scale]);
+            let loss = (&w * &x).sum(Kind::Float) + (&v * f64::from(scale)).sum(Kind::Float);
+            reducer
+                .prepare_for_backward(std::slice::from_ref(&loss))
+                .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+            loss.backward();
+            seen.push((values::<f32>(&w.grad()), values::<f32>(&v.grad())));
+            w.zero_grad();
+            let mut vv = v.shallow_clone();
+            vv.zero_grad();
+        }
+        let unused_grad = unused.grad();
+        let unused_grad = if unused_grad.defined() {
+            values::<f32>(&unused_grad)
+        } else {
+            Vec::new()
+        };
+        unused.zero_grad();
+        (seen, unused_grad)
+    });
+    assert_eq!(r0, r1, "both ranks end with the same gradients");
+    for (step, (w, v)) in r0.0.iter().enumerate() {
+        // The mean of rank 0's (1·s) and rank 1's (2·s) inputs: 1.5·s.
+        let s = 1.5 * (step + 1) as f32;
+        assert_eq!(w, &vec![s, 2.0 * s, 3.0 * s], "step {step}");
+        assert_eq!(v, &vec![s; 4], "step {step}");
+    }
+    assert!(r0.1.iter().all(|&g| g == 0.0), "{:?}", r0.1);
+}
+
 #[test]
 fn barrier_returns_on_both_ranks() {
     let results = two_ranks(|pg| {

@@ -322,7 +322,7 @@ fn measure(
             variables.sort_by(|a, b| a.0.cmp(&b.0));
             let tensors: Vec<Tensor> = variables.into_iter().map(|(_, t)| t).collect();
             dp.broadcast_from_main(&tensors)?;
-            step.set_data_parallel(dp.clone());
+            step.set_data_parallel(dp.clone())?;
             (dp.world_size(), dp.shard(global).len())
         }
         None => (1, global),

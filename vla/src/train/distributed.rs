@@ -16,6 +16,9 @@ use crate::error::{Result, VlaError};
 /// Gradients travel in flat buckets of about this many bytes: DDP's default `bucket_cap_mb`.
 /// Fewer, larger messages amortise each collective's latency.
 const BUCKET_BYTES: usize = 25 << 20;
+/// The first bucket is small, so its all-reduce starts early in backward: DDP's
+/// `_DEFAULT_FIRST_BUCKET_BYTES`.
+const FIRST_BUCKET_BYTES: usize = 1 << 20;
 
 /// One process's place in a data-parallel run. Shared within the training thread only: c10d
 /// matches collectives by the order ranks issue them, so one thread issues them all.
@@ -55,6 +58,18 @@ impl DataParallel {
     /// first `n % world` ranks take one more, so every item is someone's exactly once.
     pub fn shard(&self, n: usize) -> Range<usize> {
         shard(n, self.rank(), self.world_size())
+    }
+
+    /// DDP's gradient engine over `params` (the trainable tensors, in the same order on every
+    /// rank): during each backward armed by [`vla_dist::Reducer::prepare_for_backward`] it
+    /// averages their gradients in buckets of [`BUCKET_BYTES`] (the first of
+    /// [`FIRST_BUCKET_BYTES`], as DDP), each bucket's all-reduce overlapping the backward
+    /// of the layers before it. Parameters a step does not use get a zero gradient (DDP's
+    /// `find_unused_parameters`): which heads and losses a step has depends on its data.
+    pub fn reducer(&self, params: &[Tensor]) -> Result<vla_dist::Reducer> {
+        Ok(self
+            .pg
+            .reducer(params, BUCKET_BYTES, FIRST_BUCKET_BYTES, true)?)
     }
 
     /// Replaces every tensor by the mean over ranks (in place; gradients after backward).

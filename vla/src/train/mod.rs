@@ -848,7 +848,7 @@ fn join_data_parallel(
     let tensors: Vec<Tensor> = variables.into_iter().map(|(_, t)| t).collect();
     dp.broadcast_from_main(&tensors)?;
     step_fn.broadcast_state(dp)?;
-    step_fn.set_data_parallel(dp.clone());
+    step_fn.set_data_parallel(dp.clone())?;
     tracing::info!(
         rank = dp.rank(),
         world_size = dp.world_size(),

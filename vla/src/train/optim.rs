@@ -288,8 +288,9 @@ pub struct TrainStep {
     params: Vec<Param>,
     config: OptimConfig,
     step: usize,
-    /// Averages gradients over ranks between backward and the update (data-parallel runs).
-    data_parallel: Option<DataParallel>,
+    /// Averages gradients over ranks during backward (data-parallel runs): the group, and
+    /// DDP's reducer over `params`.
+    data_parallel: Option<(DataParallel, vla_dist::Reducer)>,
     /// Steps whose update was skipped (non-finite), counted on the device.
     skipped_steps: Tensor,
 }
@@ -376,9 +377,17 @@ impl TrainStep {
         self.step = step;
     }
 
-    /// From now on, gradients are averaged over `dp`'s ranks before every update.
-    pub fn set_data_parallel(&mut self, dp: DataParallel) {
-        self.data_parallel = Some(dp);
+    /// From now on, gradients are averaged over `dp`'s ranks before every update, by DDP's
+    /// reducer during backward.
+    pub fn set_data_parallel(&mut self, dp: DataParallel) -> Result<()> {
+        let params: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.tensor.shallow_clone())
+            .collect();
+        let reducer = dp.reducer(&params)?;
+        self.data_parallel = Some((dp, reducer));
+        Ok(())
     }
 
     /// Overwrites the optimiser moments with rank 0's.
@@ -478,18 +487,18 @@ impl TrainStep {
             Some(a) => train_loss + a,
             None => train_loss,
         };
-        train_loss.backward();
-        if let Some(dp) = &self.data_parallel {
-            // The global batch's mean gradient, and its mean loss and accuracy for the log,
-            // in the same buckets (the other logged losses stay this rank's).
-            let mut tensors: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(|p| p.tensor.grad())
-                .filter(Tensor::defined)
-                .collect();
-            tensors.extend([out.loss.detach(), out.accuracy.detach()]);
-            dp.average(&tensors)?;
+        if let Some((_, reducer)) = &self.data_parallel {
+            reducer.prepare_for_backward(std::slice::from_ref(&train_loss))?;
+        }
+        // A failed collective inside backward (a peer gone, a timeout) is an error, not a panic.
+        train_loss
+            .f_backward()
+            .map_err(|e| VlaError::Input(format!("backward pass: {e}")))?;
+        if let Some((dp, _)) = &self.data_parallel {
+            // The gradients are the global batch's mean now (the reducer averaged them
+            // during backward); the logged loss and accuracy become the global batch's too
+            // (the other logged losses stay this rank's).
+            dp.average(&[out.loss.detach(), out.accuracy.detach()])?;
         }
         let (grad_norm, finite) = tch::no_grad(|| self.clip_gradients(&out.loss));
         self.adamw_update(lr, &finite);
