@@ -448,14 +448,7 @@ impl ProcessGroup {
         if f(&mut err) == 0 {
             return Ok(());
         }
-        Err(DistError::Collective {
-            op,
-            backend: self.kind,
-            rank: self.rank,
-            world_size: self.world_size,
-            // SAFETY: on failure the shim set `err` (or left it null).
-            message: unsafe { ffi::take_message(err) },
-        })
+        Err(shim_error(op, self.kind, self.rank, self.world_size, err))
     }
 }
 
@@ -525,20 +518,32 @@ impl ProcessGroup {
                 &mut err,
             )
         };
-        let ptr = NonNull::new(raw).ok_or_else(|| DistError::Collective {
-            op: "reducer",
-            backend: self.kind,
-            rank: self.rank,
-            world_size: self.world_size,
-            // SAFETY: on failure the shim set `err` (or left it null).
-            message: unsafe { ffi::take_message(err) },
-        })?;
+        let ptr = NonNull::new(raw)
+            .ok_or_else(|| shim_error("reducer", self.kind, self.rank, self.world_size, err))?;
         Ok(Reducer {
             ptr,
             kind: self.kind,
             rank: self.rank,
             world_size: self.world_size,
         })
+    }
+}
+
+/// The error of a failed shim call: c10d's message, with the operation and the caller's place.
+fn shim_error(
+    op: &'static str,
+    kind: Backend,
+    rank: usize,
+    world_size: usize,
+    err: *mut c_char,
+) -> DistError {
+    DistError::Collective {
+        op,
+        backend: kind,
+        rank,
+        world_size,
+        // SAFETY: the shim set `err` on failure (or left it null), and nothing freed it.
+        message: unsafe { ffi::take_message(err) },
     }
 }
 
@@ -561,14 +566,13 @@ impl Reducer {
         if rc == 0 {
             return Ok(());
         }
-        Err(DistError::Collective {
-            op: "prepare_for_backward",
-            backend: self.kind,
-            rank: self.rank,
-            world_size: self.world_size,
-            // SAFETY: on failure the shim set `err` (or left it null).
-            message: unsafe { ffi::take_message(err) },
-        })
+        Err(shim_error(
+            "prepare_for_backward",
+            self.kind,
+            self.rank,
+            self.world_size,
+            err,
+        ))
     }
 }
 
