@@ -270,6 +270,34 @@ fn collect_train_act_eval_bench() {
     let merged = run_json(request(&["--merge-shards"]));
     assert_eq!(merged["digest"], whole["digest"], "{merged} vs {whole}");
     assert_eq!(merged["per_family"], whole["per_family"]);
+    // Under a launcher (`--shard env`, here two processes given torchrun's variables), the
+    // ranks meet when done and rank 0 prints the merged report.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_vla"))
+                .args(request(&["--shard", "env"]))
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .stderr(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = ranks
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    assert!(outputs.iter().all(|o| o.status.success()));
+    let launched: serde_json::Value = serde_json::from_slice(&outputs[0].stdout).unwrap();
+    assert_eq!(launched["digest"], whole["digest"], "{launched}");
+    assert!(outputs[1].stdout.is_empty(), "only rank 0 reports");
     std::fs::remove_file(evals.join("pick_seen.shard-001-of-002.json")).unwrap();
     let missing_args = request(&["--merge-shards"]);
     let missing = vla(&missing_args.iter().map(String::as_str).collect::<Vec<_>>());

@@ -764,6 +764,7 @@ fn eval_cached(
         trace: None,
         shard: None,
         merge_shards: false,
+        dist_timeout: 3600,
         temperature: 0.0,
         device: args.device.clone(),
         threads: None,

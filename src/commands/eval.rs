@@ -24,7 +24,7 @@ use vla_tasks::TaskError;
 use super::train::parse_device;
 use super::{EpisodeOptions, SimOptions};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// Run directory written by `vla train`.
     #[arg(long)]
@@ -48,7 +48,9 @@ pub struct Args {
     /// Run only this part of the episodes: `i/N` (the i-th of N contiguous blocks of the
     /// episode specs) or `env` under a launcher (its rank and world size). The shard's
     /// outcomes go to `OUT/{suite}_{split}.shard-iii-of-NNN.json`; `--merge-shards` then
-    /// joins them into the report (and digest) an unsharded run writes.
+    /// joins them into the report (and digest) an unsharded run writes. Under a launcher
+    /// (`torchrun --nproc-per-node N --no-python vla eval … --shard env`) the ranks meet when
+    /// done and rank 0 merges and prints the whole report itself (OUT on a shared filesystem).
     #[arg(long, value_name = "i/N|env", conflicts_with = "merge_shards")]
     pub shard: Option<super::ShardArg>,
     /// Run nothing: join the shard files of this same command line (same `--suite`,
@@ -56,6 +58,10 @@ pub struct Args {
     /// `OUT/{suite}_{split}.json`, and print that report.
     #[arg(long)]
     pub merge_shards: bool,
+    /// With `--shard env` under a launcher: seconds the ranks wait for each other at the end
+    /// (the slowest shard's lead), after which a missing rank is an error.
+    #[arg(long, default_value_t = 3600)]
+    pub dist_timeout: u64,
     /// Decoding temperature of the action tokens: 0 is greedy; above 0 each token is sampled
     /// (libtorch's generator seeded from `--seed`, so a run repeats).
     #[arg(long, default_value_t = 0.0)]
@@ -183,8 +189,36 @@ impl Agent for PolicyAgent<'_> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let report = evaluate(&args)?;
-    super::print_report(args.json, &report, || super::expert::human(&report))
+    // `--shard env` under a launcher: every rank runs its shard, they meet at a barrier of
+    // c10d's Gloo group (the launcher's rendezvous), and rank 0 merges and reports.
+    let launched = match args.shard {
+        Some(super::ShardArg::Env) => {
+            vla_dist::Rendezvous::from_env()?.filter(|rv| rv.world_size > 1)
+        }
+        _ => None,
+    };
+    let Some(rv) = launched else {
+        let report = evaluate(&args)?;
+        return super::print_report(args.json, &report, || super::expert::human(&report));
+    };
+    let timeout = std::time::Duration::from_secs(args.dist_timeout);
+    let group = vla_dist::ProcessGroup::new(&rv, vla_dist::Backend::Gloo, timeout)?;
+    let mine = evaluate(&args);
+    // The barrier: every rank arrives, failed or not (so none waits out the timeout), and
+    // learns how many failed.
+    let mut failed = [f64::from(u8::from(mine.is_err()))];
+    group.all_reduce_f64(&mut failed)?;
+    mine?;
+    anyhow::ensure!(failed[0] == 0.0, "{} other shard(s) failed", failed[0]);
+    if rv.rank != 0 {
+        return Ok(());
+    }
+    let merged = evaluate(&Args {
+        merge_shards: true,
+        shard: None,
+        ..args.clone()
+    })?;
+    super::print_report(args.json, &merged, || super::expert::human(&merged))
 }
 
 /// Runs the evaluation and writes `OUT/{suite}_{split}.json` (`…_{vocabulary}.json` with

@@ -491,9 +491,8 @@ impl TrainStep {
             reducer.prepare_for_backward(std::slice::from_ref(&train_loss))?;
         }
         // A failed collective inside backward (a peer gone, a timeout) is an error, not a panic.
-        train_loss
-            .f_backward()
-            .map_err(|e| VlaError::Input(format!("backward pass: {e}")))?;
+        // (c10d's message then names the peer, e.g. gloo's "Connection reset by peer".)
+        train_loss.f_backward()?;
         if let Some((dp, _)) = &self.data_parallel {
             // The gradients are the global batch's mean now (the reducer averaged them
             // during backward); the logged loss and accuracy become the global batch's too
