@@ -639,7 +639,9 @@ impl TrainStep {
         let finite = loss.detach().isfinite().logical_and(&total.isfinite());
         let max = self.config.grad_clip_norm;
         if max > 0.0 && !grads.is_empty() {
-            let coef = (max / (&total + 1e-6)).clamp_max(1.0);
+            // In f64, as the scale was computed on the host before this moved to the device
+            // (the gradients take it as f32): a run steps to the bit as it did then.
+            let coef = (max / (total.to_kind(Kind::Double) + 1e-6)).clamp_max(1.0);
             for mut g in grads {
                 let _ = g.g_mul_(&coef.to_kind(g.kind()));
             }
