@@ -317,11 +317,7 @@ fn measure(
         Some(dp) => {
             vla_model::train::distributed::check_batch(global, dp.world_size())?;
             // Every rank starts from rank 0's weights, as `vla train` does.
-            let mut variables: Vec<(String, Tensor)> =
-                model.var_store().variables().into_iter().collect();
-            variables.sort_by(|a, b| a.0.cmp(&b.0));
-            let tensors: Vec<Tensor> = variables.into_iter().map(|(_, t)| t).collect();
-            dp.broadcast_from_main(&tensors)?;
+            dp.broadcast_model(&model)?;
             step.set_data_parallel(dp.clone())?;
             (dp.world_size(), dp.shard(global).len())
         }

@@ -234,7 +234,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
     let stem = format!("{}_{}{words}", args.run.suite, split.as_str());
     let total_specs = episode_specs(&families, split, args.run.episodes, args.run.seed).len();
     if args.merge_shards {
-        return merge_shards(args, &out_dir, &stem, total_specs);
+        return merge_shards(args, split, &out_dir, &stem, total_specs);
     }
     let shard = args.shard.map(super::ShardArg::resolve).transpose()?;
     let lang = args.run.language.language()?;
@@ -430,11 +430,11 @@ struct ShardResults {
 /// is [`SuiteReport::from_outcomes`] over all of them, as an unsharded run computes it.
 fn merge_shards(
     args: &Args,
+    split: vla_tasks::Split,
     out_dir: &Path,
     stem: &str,
     total_specs: usize,
 ) -> anyhow::Result<SuiteReport> {
-    let (_, split) = args.run.validate()?;
     let prefix = format!("{stem}.shard-");
     let mut files: Vec<PathBuf> = std::fs::read_dir(out_dir)
         .with_context(|| format!("--merge-shards: cannot read {}", out_dir.display()))?

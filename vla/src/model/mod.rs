@@ -2908,7 +2908,7 @@ mod tests {
             warmup_steps: 0,
             ..Default::default()
         };
-        let mut step = TrainStep::new(&mut model, config).unwrap();
+        let mut step = TrainStep::new(&mut model, config.clone()).unwrap();
         let before = crate::host::reads();
         let pending: Vec<_> = (0..3)
             .map(|_| {
@@ -2945,7 +2945,7 @@ mod tests {
         }
         // The moments too: the next good step is the one a run without the bad step takes.
         let mut twin = chunk_model(1, 5);
-        let mut twin_step = TrainStep::new(&mut twin, config_clone()).unwrap();
+        let mut twin_step = TrainStep::new(&mut twin, config).unwrap();
         for _ in 0..3 {
             twin_step.step(&twin, &b).unwrap();
         }
@@ -2957,14 +2957,6 @@ mod tests {
                 w.equal(&t),
                 "{name}: a skipped step left a trace in the moments"
             );
-        }
-    }
-
-    fn config_clone() -> crate::train::optim::OptimConfig {
-        crate::train::optim::OptimConfig {
-            lr: 1e-3,
-            warmup_steps: 0,
-            ..Default::default()
         }
     }
 }

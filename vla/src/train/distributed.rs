@@ -91,6 +91,16 @@ impl DataParallel {
         })
     }
 
+    /// Overwrites every variable of `model` with rank 0's, in name order (the same on every
+    /// rank), so all ranks start from one set of weights.
+    pub fn broadcast_model(&self, model: &crate::model::VlaModel) -> Result<()> {
+        let mut variables: Vec<(String, Tensor)> =
+            model.var_store().variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors: Vec<Tensor> = variables.into_iter().map(|(_, t)| t).collect();
+        self.broadcast_from_main(&tensors)
+    }
+
     /// Elementwise sum over ranks of a few host numbers (validation tallies, logged losses).
     pub fn sum(&self, values: &mut [f64]) -> Result<()> {
         Ok(self.pg.all_reduce_f64(values)?)

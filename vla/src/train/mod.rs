@@ -843,10 +843,7 @@ fn join_data_parallel(
             dp.rank()
         )));
     }
-    let mut variables: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
-    variables.sort_by(|a, b| a.0.cmp(&b.0));
-    let tensors: Vec<Tensor> = variables.into_iter().map(|(_, t)| t).collect();
-    dp.broadcast_from_main(&tensors)?;
+    dp.broadcast_model(model)?;
     step_fn.broadcast_state(dp)?;
     step_fn.set_data_parallel(dp.clone())?;
     tracing::info!(
