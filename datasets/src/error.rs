@@ -48,6 +48,9 @@ pub enum DatasetError {
     Inconsistent { path: PathBuf, detail: String },
     #[error("{}: image error: {detail}", path.display())]
     Image { path: PathBuf, detail: String },
+    /// A video file could not be opened, decoded or written (FFmpeg's reason in `detail`).
+    #[error("{}: video error: {detail}", path.display())]
+    Video { path: PathBuf, detail: String },
     #[error("{}: {detail}", path.display())]
     Usage { path: PathBuf, detail: String },
 }
@@ -65,6 +68,7 @@ impl DatasetError {
             | DatasetError::Schema { path, .. }
             | DatasetError::Inconsistent { path, .. }
             | DatasetError::Image { path, .. }
+            | DatasetError::Video { path, .. }
             | DatasetError::Usage { path, .. } => path,
         }
     }

@@ -105,8 +105,37 @@ impl FeatureInfo {
         }
     }
 
+    /// A camera stored as video (`videos/...mp4`); `info` is lerobot's block of stream facts
+    /// (`video.codec`, `video.pix_fmt`, ...).
+    pub fn video(height: u32, width: u32, info: Value) -> Self {
+        let mut extra = serde_json::Map::new();
+        extra.insert("info".into(), info);
+        FeatureInfo {
+            dtype: "video".to_string(),
+            shape: vec![height as usize, width as usize, 3],
+            names: json!(["height", "width", "channels"]),
+            extra,
+        }
+    }
+
+    /// A camera stored as PNG bytes in the data files.
     pub fn is_image(&self) -> bool {
         self.dtype == "image"
+    }
+
+    /// A camera stored as video files.
+    pub fn is_video(&self) -> bool {
+        self.dtype == "video"
+    }
+
+    /// A camera, stored either way.
+    pub fn is_camera(&self) -> bool {
+        self.is_image() || self.is_video()
+    }
+
+    /// `info["video.codec"]` of a video feature, if given.
+    pub fn video_codec(&self) -> Option<&str> {
+        self.extra.get("info")?.get("video.codec")?.as_str()
     }
 
     /// Number of scalar values of a numeric feature.
@@ -179,7 +208,7 @@ impl DatasetInfo {
         write_atomic(&path, text.as_bytes())
     }
 
-    /// Camera (image) feature keys, sorted.
+    /// Keys of cameras stored as PNG images in the data files (`dtype: "image"`), sorted.
     pub fn image_keys(&self) -> Vec<String> {
         self.features
             .iter()
@@ -188,10 +217,20 @@ impl DatasetInfo {
             .collect()
     }
 
+    /// Keys of cameras stored as video files (`dtype: "video"`), sorted.
     pub fn video_keys(&self) -> Vec<String> {
         self.features
             .iter()
-            .filter(|(_, f)| f.dtype == "video")
+            .filter(|(_, f)| f.is_video())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Keys of every camera, image or video, sorted.
+    pub fn camera_keys(&self) -> Vec<String> {
+        self.features
+            .iter()
+            .filter(|(_, f)| f.is_camera())
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -199,6 +238,16 @@ impl DatasetInfo {
     /// Relative path of a data file.
     pub fn data_file(&self, chunk: usize, file: usize) -> String {
         format_path(&self.data_path, chunk, file)
+    }
+
+    /// Relative path of the video file of camera `key` (`video_path`, lerobot's default
+    /// template when info.json has none).
+    pub fn video_file(&self, key: &str, chunk: usize, file: usize) -> String {
+        let template = self
+            .video_path
+            .as_deref()
+            .unwrap_or(crate::video::DEFAULT_VIDEO_PATH);
+        crate::video::format_video_path(template, key, chunk, file)
     }
 }
 
@@ -568,6 +617,22 @@ pub fn array_i64(path: &Path, name: &str, array: &dyn Array) -> Result<Vec<i64>>
     Ok(out)
 }
 
+/// Float column as `f64` (video timestamps: `f32` is too coarse for long files).
+pub fn column_f64(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<f64>> {
+    let array = column(path, batch, name)?;
+    if array.null_count() > 0 {
+        return Err(DatasetError::schema(
+            path,
+            format!("column {name:?} has null values"),
+        ));
+    }
+    if let Some(a) = array.as_any().downcast_ref::<Float64Array>() {
+        return Ok(a.values().to_vec());
+    }
+    let (values, _) = flatten_f32(path, name, array.as_ref())?;
+    Ok(values.into_iter().map(f64::from).collect())
+}
+
 /// Float column (scalar or length-1 list) as `f32`.
 pub fn column_f32(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<f32>> {
     let array = column(path, batch, name)?;
@@ -826,10 +891,30 @@ pub struct EpisodeInfo {
     /// The episode metadata file this row was read from.
     pub meta_chunk_index: usize,
     pub meta_file_index: usize,
+    /// Where each video feature's frames of this episode are (`videos/<key>/...` columns),
+    /// by feature key; empty for datasets without videos.
+    pub videos: BTreeMap<String, VideoSegment>,
+}
+
+/// Where an episode lies in the video file of one camera.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VideoSegment {
+    pub chunk_index: usize,
+    pub file_index: usize,
+    /// Presentation time of the episode's first frame in the file, in seconds.
+    pub from_timestamp: f64,
+    /// End of the episode in the file (`from_timestamp` + its duration), in seconds.
+    pub to_timestamp: f64,
 }
 
 /// All `*/*.parquet` files under `dir`, sorted.
 pub fn nested_parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    nested_files(dir, ".parquet")
+}
+
+/// All `*/*{suffix}` files under `dir` (`chunk-*/file-*.parquet`, `…mp4`), hidden (temporary)
+/// ones left out, sorted.
+pub fn nested_files(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -844,10 +929,8 @@ pub fn nested_parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
         for file in std::fs::read_dir(&chunk).at(&chunk)? {
             let file = file.at(&chunk)?.path();
             let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
-            if let Some(name) = name {
-                if name.ends_with(".parquet") && !name.starts_with('.') {
-                    out.push(file);
-                }
+            if name.is_some_and(|n| n.ends_with(suffix) && !n.starts_with('.')) {
+                out.push(file);
             }
         }
     }
@@ -886,8 +969,32 @@ pub fn read_episodes(root: &Path) -> Result<Vec<EpisodeInfo>> {
     let mut out = Vec::new();
     for path in files {
         let (meta_chunk, meta_file) = parse_chunk_file(&path).unwrap_or((0, 0));
-        let (_, batches) = read_parquet(&path)?;
+        let (schema, batches) = read_parquet(&path)?;
+        let video_keys: Vec<String> = schema
+            .fields()
+            .iter()
+            .filter_map(|f| {
+                f.name()
+                    .strip_prefix("videos/")?
+                    .strip_suffix("/chunk_index")
+                    .map(str::to_string)
+            })
+            .collect();
         for batch in &batches {
+            // Per video key: chunk index, file index, from and to timestamps of every row.
+            let mut videos = Vec::new();
+            for key in &video_keys {
+                let col = |what: &str| format!("videos/{key}/{what}");
+                let ints = (
+                    column_i64(&path, batch, &col("chunk_index"))?,
+                    column_i64(&path, batch, &col("file_index"))?,
+                );
+                let times = (
+                    column_f64(&path, batch, &col("from_timestamp"))?,
+                    column_f64(&path, batch, &col("to_timestamp"))?,
+                );
+                videos.push((key, ints, times));
+            }
             let idx = column_i64(&path, batch, "episode_index")?;
             let tasks = column_string_lists(&path, batch, "tasks")?;
             let length = column_i64(&path, batch, "length")?;
@@ -913,7 +1020,29 @@ pub fn read_episodes(root: &Path) -> Result<Vec<EpisodeInfo>> {
                     dataset_to_index: to[i] as usize,
                     meta_chunk_index: meta_chunk,
                     meta_file_index: meta_file,
+                    videos: BTreeMap::new(),
                 });
+                let Some(e) = out.last_mut() else { continue };
+                for (key, (chunk, file), (from, to)) in &videos {
+                    if chunk[i] < 0 || file[i] < 0 || !(from[i] >= 0.0 && to[i] >= from[i]) {
+                        return Err(DatasetError::inconsistent(
+                            &path,
+                            format!(
+                                "row {i}: videos/{key}/... has chunk {}, file {}, timestamps {}..{}",
+                                chunk[i], file[i], from[i], to[i]
+                            ),
+                        ));
+                    }
+                    e.videos.insert(
+                        key.to_string(),
+                        VideoSegment {
+                            chunk_index: chunk[i] as usize,
+                            file_index: file[i] as usize,
+                            from_timestamp: from[i],
+                            to_timestamp: to[i],
+                        },
+                    );
+                }
             }
         }
     }

@@ -13,6 +13,9 @@
 //! meta/episodes/chunk-XXX/file-YYY.parquet     one row per episode (ranges, tasks, stats/...)
 //! data/chunk-XXX/file-YYY.parquet              one row per frame, many episodes per file,
 //!                                              images embedded as PNG ({bytes, path} structs)
+//! videos/KEY/chunk-XXX/file-YYY.mp4            cameras with dtype "video": episodes back to
+//!                                              back, found by videos/KEY/from_timestamp in
+//!                                              the episode metadata ([`video`])
 //! ```
 //!
 //! [`merge()`] joins datasets (the shards of a sharded collection) into one.
@@ -26,15 +29,17 @@ pub mod merge;
 pub mod reader;
 pub mod stats;
 pub mod validate;
+pub mod video;
 pub mod vqa;
 pub mod writer;
 
 pub use error::{DatasetError, Result};
-pub use format::{DatasetInfo, EpisodeInfo, FeatureInfo, CODEBASE_VERSION};
+pub use format::{DatasetInfo, EpisodeInfo, FeatureInfo, VideoSegment, CODEBASE_VERSION};
 pub use merge::{merge, MergeReport, MergedSource};
 pub use reader::{split_episodes, BatchIter, Dataset, Frame, PrefetchIter};
 pub use stats::{FeatureStats, NormMode, Stats};
 pub use validate::{validate, ValidationReport};
+pub use video::{available_encoders, VideoCodec, VideoDecoder, VideoSpec};
 pub use writer::{
     CameraSpec, DatasetSpec, DatasetWriter, EpisodeIndex, FrameRecord, ImageSize, RawFrameRecord,
     CAMERAS,

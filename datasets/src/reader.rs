@@ -2,9 +2,11 @@
 //!
 //! Bookkeeping columns, states and actions of every frame are loaded into memory at
 //! [`Dataset::open`]; images stay on disk as PNG bytes and are read (parquet row selection)
-//! and decoded (rayon) per batch.
+//! and decoded (rayon) per batch. Video cameras stay in their MP4 files: per batch, every
+//! (camera, file) is decoded on its own thread, in presentation order, seeking only where the
+//! wanted frames are far apart (see [`crate::video`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -29,11 +31,13 @@ use crate::format::{
     STATS_PATH, SUBTASKS_PATH, SUBTASK_KEY,
 };
 use crate::stats::{FeatureStats, Stats};
+use crate::video::DecoderPool;
 
 /// One frame, images decoded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Frame {
-    /// Decoded RGB images by feature key (`observation.images.front`, ...).
+    /// Decoded RGB images by feature key (`observation.images.front`, ...), from PNG or video
+    /// cameras alike.
     pub images: BTreeMap<String, RgbImage>,
     /// `observation.state` (empty if the dataset has none).
     pub state: Vec<f32>,
@@ -69,7 +73,13 @@ pub struct Dataset {
     episodes: Vec<EpisodeInfo>,
     stats: Option<Stats>,
     files: Vec<DataFile>,
+    /// Every camera (PNG and video), sorted.
     image_keys: Vec<String>,
+    /// Cameras stored as PNG in the data files.
+    png_keys: Vec<String>,
+    /// Cameras stored as video files.
+    video_keys: Vec<String>,
+    decoders: DecoderPool,
     timestamp: Vec<f32>,
     frame_index: Vec<i64>,
     episode_index: Vec<i64>,
@@ -89,12 +99,6 @@ impl Dataset {
         let root = dir.as_ref().to_path_buf();
         let info = DatasetInfo::load(&root)?;
         let info_path = root.join(format::INFO_PATH);
-        if let Some(key) = info.video_keys().first() {
-            return Err(DatasetError::schema(
-                &info_path,
-                format!("feature {key:?} is stored as video, which this reader does not decode"),
-            ));
-        }
         let tasks = format::read_tasks(&root)?;
         let subtasks = if info.features.contains_key(SUBTASK_KEY) {
             Some(format::read_subtasks(&root)?)
@@ -108,7 +112,10 @@ impl Dataset {
             None
         };
         check_episodes(&root, &info, &tasks, &episodes)?;
-        let image_keys = info.image_keys();
+        check_video_meta(&root, &info, &episodes)?;
+        let image_keys = info.camera_keys();
+        let png_keys = info.image_keys();
+        let video_keys = info.video_keys();
         let state_dim = info.features.get(STATE_KEY).map_or(0, |f| f.numel());
         let action_dim = info.features.get(ACTION_KEY).map_or(0, |f| f.numel());
 
@@ -121,6 +128,9 @@ impl Dataset {
             stats,
             files: Vec::new(),
             image_keys,
+            png_keys,
+            video_keys,
+            decoders: DecoderPool::default(),
             timestamp: Vec::new(),
             frame_index: Vec::new(),
             episode_index: Vec::new(),
@@ -172,7 +182,7 @@ impl Dataset {
         let mut image_roots = Vec::new();
         let mut other_roots = Vec::new();
         for (i, field) in schema.fields().iter().enumerate() {
-            if self.image_keys.contains(field.name()) {
+            if self.png_keys.contains(field.name()) {
                 image_roots.push(i);
             } else if field.name() != "task" && !field.name().starts_with("language") {
                 other_roots.push(i);
@@ -300,9 +310,14 @@ impl Dataset {
         self.subtask_index.get(frame).map(|&i| i as usize)
     }
 
-    /// Camera feature keys.
+    /// Camera feature keys (PNG and video cameras alike), sorted.
     pub fn image_keys(&self) -> &[String] {
         &self.image_keys
+    }
+
+    /// Keys of the cameras stored as video files, sorted.
+    pub fn video_keys(&self) -> &[String] {
+        &self.video_keys
     }
 
     /// `meta/stats.json`, if the dataset has one.
@@ -342,7 +357,8 @@ impl Dataset {
     }
 
     /// Frames at the given global indices (any order, duplicates allowed), read per file and
-    /// decoded in parallel.
+    /// decoded in parallel: PNG images per frame, video cameras per (camera, video file), each
+    /// file decoded sequentially from one seek per run of nearby frames.
     pub fn frames(&self, indices: &[usize]) -> Result<Vec<Frame>> {
         for &i in indices {
             if i >= self.len() {
@@ -378,13 +394,45 @@ impl Dataset {
             let first = self.files[f].first_index;
             png.extend(map.into_iter().map(|(row, b)| (first + row, b)));
         }
+        let mut videos = self.decode_videos(indices)?;
+        // A frame asked for twice gets clones; its last request takes the decoded images.
+        let last_use: HashMap<usize, usize> = indices
+            .iter()
+            .enumerate()
+            .map(|(pos, &i)| (i, pos))
+            .collect();
+        let video_images: Vec<BTreeMap<String, RgbImage>> = indices
+            .iter()
+            .enumerate()
+            .map(|(pos, &i)| {
+                let last = last_use.get(&i) == Some(&pos);
+                let mut out = BTreeMap::new();
+                for (k, key) in self.video_keys.iter().enumerate() {
+                    let img = if last {
+                        videos.remove(&(i, k))
+                    } else {
+                        videos.get(&(i, k)).cloned()
+                    };
+                    if let Some(img) = img {
+                        out.insert(key.clone(), img);
+                    }
+                }
+                out
+            })
+            .collect();
         indices
             .par_iter()
-            .map(|&i| {
+            .zip(video_images)
+            .map(|(&i, mut images)| {
                 let f = &self.files[self.file_of(i)];
-                let mut images = BTreeMap::new();
+                if self.video_keys.iter().any(|k| !images.contains_key(k)) {
+                    return Err(DatasetError::usage(
+                        &self.root,
+                        format!("frame {i}: a video image was not decoded"),
+                    ));
+                }
                 if let Some(pngs) = png.get(&i) {
-                    for (key, bytes) in self.image_keys.iter().zip(pngs) {
+                    for (key, bytes) in self.png_keys.iter().zip(pngs) {
                         let img = image::load_from_memory(bytes)
                             .map_err(|e| DatasetError::Image {
                                 path: f.path.clone(),
@@ -397,6 +445,74 @@ impl Dataset {
                 Ok(self.frame_without_images(i, images))
             })
             .collect()
+    }
+
+    /// The video images of the frames at `indices`, by (frame, index in `video_keys`): the
+    /// wanted times grouped per (camera, video file), each group decoded in time order on
+    /// its own thread with a decoder from the pool.
+    fn decode_videos(&self, indices: &[usize]) -> Result<HashMap<(usize, usize), RgbImage>> {
+        let mut out = HashMap::new();
+        if self.video_keys.is_empty() || indices.is_empty() {
+            return Ok(out);
+        }
+        let mut unique = indices.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let mut groups: BTreeMap<(usize, PathBuf), Vec<(f64, usize)>> = BTreeMap::new();
+        for (k, key) in self.video_keys.iter().enumerate() {
+            for &i in &unique {
+                let ep = self.episode_index[i].max(0) as usize;
+                let seg = self
+                    .episodes
+                    .get(ep)
+                    .and_then(|e| e.videos.get(key))
+                    .ok_or_else(|| {
+                        DatasetError::inconsistent(
+                            self.root.join(format::EPISODES_DIR),
+                            format!("episode {ep} has no videos/{key}/... columns"),
+                        )
+                    })?;
+                let path =
+                    self.root
+                        .join(self.info.video_file(key, seg.chunk_index, seg.file_index));
+                let t = seg.from_timestamp + f64::from(self.timestamp[i]);
+                groups.entry((k, path)).or_default().push((t, i));
+            }
+        }
+        let decoded: Vec<Vec<((usize, usize), RgbImage)>> = groups
+            .into_par_iter()
+            .map(|((k, path), mut wanted)| {
+                let key = &self.video_keys[k];
+                wanted.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let times: Vec<f64> = wanted.iter().map(|w| w.0).collect();
+                let shape = &self.info.features[key].shape;
+                let mut decoder = self.decoders.take(&path, key)?;
+                let mut images = Vec::with_capacity(wanted.len());
+                let result = decoder.decode_at(&times, &mut |j, img| {
+                    if shape.len() == 3
+                        && (shape[0], shape[1]) != (img.height() as usize, img.width() as usize)
+                    {
+                        return Err(DatasetError::schema(
+                            &path,
+                            format!(
+                                "{key}: decoded frames are {}x{}, info.json declares shape \
+                                 {shape:?} (height, width, channel)",
+                                img.width(),
+                                img.height()
+                            ),
+                        ));
+                    }
+                    images.push(((wanted[j].1, k), img));
+                    Ok(())
+                });
+                if result.is_ok() {
+                    self.decoders.give_back(decoder);
+                }
+                result.map(|()| images)
+            })
+            .collect::<Result<_>>()?;
+        out.extend(decoded.into_iter().flatten());
+        Ok(out)
     }
 
     fn frame_without_images(&self, i: usize, images: BTreeMap<String, RgbImage>) -> Frame {
@@ -427,7 +543,7 @@ impl Dataset {
     fn read_image_bytes(&self, f: usize, rows: &[usize]) -> Result<BTreeMap<usize, Vec<Vec<u8>>>> {
         let file = &self.files[f];
         let mut out = BTreeMap::new();
-        if self.image_keys.is_empty() || rows.is_empty() {
+        if self.png_keys.is_empty() || rows.is_empty() {
             return Ok(out);
         }
         let handle = File::open(&file.path).at(&file.path)?;
@@ -445,7 +561,7 @@ impl Dataset {
         for batch in reader {
             let batch = batch.at(&file.path)?;
             let cols = self
-                .image_keys
+                .png_keys
                 .iter()
                 .map(|k| image_bytes(&file.path, &batch, k))
                 .collect::<Result<Vec<_>>>()?;
@@ -625,6 +741,39 @@ fn image_bytes(path: &Path, batch: &RecordBatch, key: &str) -> Result<Vec<Vec<u8
             })
         })
         .collect()
+}
+
+/// Every video feature is an RGB image shape and every episode says where its frames are in
+/// that feature's video files; errors name the key.
+pub(crate) fn check_video_meta(
+    root: &Path,
+    info: &DatasetInfo,
+    episodes: &[EpisodeInfo],
+) -> Result<()> {
+    let info_path = root.join(format::INFO_PATH);
+    for key in info.video_keys() {
+        let f = &info.features[&key];
+        if f.shape.len() != 3 || f.shape[2] != 3 || f.shape[0] == 0 || f.shape[1] == 0 {
+            return Err(DatasetError::schema(
+                &info_path,
+                format!(
+                    "video feature {key:?} has shape {:?}, expected [height, width, 3]",
+                    f.shape
+                ),
+            ));
+        }
+        if let Some(e) = episodes.iter().find(|e| !e.videos.contains_key(&key)) {
+            return Err(DatasetError::inconsistent(
+                root.join(format::EPISODES_DIR),
+                format!(
+                    "episode {} has no videos/{key}/chunk_index (and from_timestamp, ...) \
+                     columns, but {key:?} is a video feature",
+                    e.episode_index
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Meta-level consistency: episode numbering, ranges, lengths, tasks, totals.

@@ -11,11 +11,12 @@ use crate::format::{
     self, check_data_schema, column_i64, DatasetInfo, EpisodeInfo, DATA_DIR, STATS_PATH,
     SUBTASKS_PATH, SUBTASK_KEY, TASKS_PATH,
 };
-use crate::reader::check_episodes;
+use crate::reader::{check_episodes, check_video_meta};
 use crate::stats::Stats;
+use crate::video::{VideoDecoder, VIDEOS_DIR};
 
 /// Tolerance on the spacing of timestamps (lerobot's default `tolerance_s`).
-pub const TIMESTAMP_TOLERANCE_S: f64 = 1e-4;
+pub const TIMESTAMP_TOLERANCE_S: f64 = crate::video::TIMESTAMP_TOLERANCE_S;
 
 /// What [`validate`] checked.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,7 +28,10 @@ pub struct ValidationReport {
     pub total_subtasks: usize,
     /// Data files checked, relative to the dataset root.
     pub data_files: Vec<PathBuf>,
-    /// Images decoded as a spot check (first frame of every episode).
+    /// Video files checked, relative to the dataset root.
+    pub video_files: Vec<PathBuf>,
+    /// Images decoded as a spot check (first frame of every episode; for video cameras its
+    /// first and last frame).
     pub images_decoded: usize,
 }
 
@@ -36,7 +40,9 @@ pub struct ValidationReport {
 /// against `info.json` features, its row count, index contiguity, episode/frame/task indices,
 /// sub-task indices against `meta/subtasks.parquet` (when the dataset has the `subtask_index`
 /// feature), timestamps spaced 1/fps apart, and that images are embedded and decode to the
-/// declared shape. The error names the file and the cause.
+/// declared shape. For video cameras: every episode's video file exists, opens, has the
+/// declared frame size and enough frames, and its first and last frame of every episode
+/// decode at their timestamps. The error names the file, the feature key and the cause.
 pub fn validate(dir: impl AsRef<Path>) -> Result<ValidationReport> {
     let root = dir.as_ref();
     let info = DatasetInfo::load(root)?;
@@ -75,6 +81,7 @@ pub fn validate(dir: impl AsRef<Path>) -> Result<ValidationReport> {
         format::read_episodes(root)?
     };
     check_episodes(root, &info, &tasks, &episodes)?;
+    check_video_meta(root, &info, &episodes)?;
     if let Some(stats) = &stats {
         for (key, feature) in &info.features {
             if feature.dtype == "string" || info.total_frames == 0 {
@@ -103,6 +110,7 @@ pub fn validate(dir: impl AsRef<Path>) -> Result<ValidationReport> {
         total_tasks: tasks.len(),
         total_subtasks: subtasks.len(),
         data_files: Vec::new(),
+        video_files: Vec::new(),
         images_decoded: 0,
     };
     let referenced: BTreeSet<PathBuf> = per_file
@@ -117,6 +125,8 @@ pub fn validate(dir: impl AsRef<Path>) -> Result<ValidationReport> {
             ));
         }
     }
+    // First and last timestamp of every episode, for the video checks.
+    let mut spans: BTreeMap<usize, (f32, f32)> = BTreeMap::new();
     for ((chunk, file), eps) in &per_file {
         let rel = PathBuf::from(info.data_file(*chunk, *file));
         report.images_decoded += check_data_file(
@@ -126,10 +136,168 @@ pub fn validate(dir: impl AsRef<Path>) -> Result<ValidationReport> {
             eps,
             tasks.len(),
             has_subtasks.then_some(subtasks.len()),
+            &mut spans,
         )?;
         report.data_files.push(rel);
     }
+    for key in info.video_keys() {
+        let (files, decoded) = check_videos(root, &info, &key, &episodes, &spans)?;
+        report.video_files.extend(files);
+        report.images_decoded += decoded;
+    }
     Ok(report)
+}
+
+/// The video files of camera `key`: referenced ones exist, open, have the declared size and
+/// enough frames, and decode at the first and last frame of each of their episodes; no file
+/// in `videos/<key>/` is unreferenced. Returns the files (relative) and the frames decoded.
+fn check_videos(
+    root: &Path,
+    info: &DatasetInfo,
+    key: &str,
+    episodes: &[EpisodeInfo],
+    spans: &BTreeMap<usize, (f32, f32)>,
+) -> Result<(Vec<PathBuf>, usize)> {
+    let info_path = root.join(format::INFO_PATH);
+    let feature = &info.features[key];
+    let (height, width) = (feature.shape[0], feature.shape[1]);
+    if let Some(block) = feature.extra.get("info") {
+        for (field, want) in [("video.height", height), ("video.width", width)] {
+            if let Some(v) = block.get(field).and_then(|v| v.as_u64()) {
+                if v as usize != want {
+                    return Err(DatasetError::schema(
+                        &info_path,
+                        format!(
+                            "feature {key:?}: info.{field} is {v} but its shape is {:?}",
+                            feature.shape
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let fps = f64::from(info.fps.max(1));
+    let mut per_file: BTreeMap<(usize, usize), Vec<&EpisodeInfo>> = BTreeMap::new();
+    for e in episodes {
+        if let Some(seg) = e.videos.get(key) {
+            per_file
+                .entry((seg.chunk_index, seg.file_index))
+                .or_default()
+                .push(e);
+        }
+    }
+    let referenced: BTreeSet<PathBuf> = per_file
+        .keys()
+        .map(|&(c, f)| root.join(info.video_file(key, c, f)))
+        .collect();
+    let dir = root.join(VIDEOS_DIR).join(key);
+    if dir.is_dir() {
+        for chunk in std::fs::read_dir(&dir).at(&dir)? {
+            let chunk = chunk.at(&dir)?.path();
+            if !chunk.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(&chunk).at(&chunk)? {
+                let file = file.at(&chunk)?.path();
+                let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+                if name.is_some_and(|n| n.ends_with(".mp4") && !n.starts_with('.'))
+                    && !referenced.contains(&file)
+                {
+                    return Err(DatasetError::inconsistent(
+                        &file,
+                        format!(
+                            "{key}: video file is not referenced by any episode in meta/episodes"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let mut files = Vec::new();
+    let mut decoded = 0;
+    for ((chunk, file), eps) in &per_file {
+        let rel = PathBuf::from(info.video_file(key, *chunk, *file));
+        let path = root.join(&rel);
+        if !path.exists() {
+            let list: Vec<usize> = eps.iter().map(|e| e.episode_index).collect();
+            return Err(DatasetError::Missing {
+                path,
+                what: format!("video file of {key} for episodes {list:?}"),
+            });
+        }
+        let mut decoder = VideoDecoder::open(&path, key)?;
+        let probe = decoder.probe().clone();
+        if (probe.height as usize, probe.width as usize) != (height, width) {
+            return Err(DatasetError::schema(
+                &path,
+                format!(
+                    "{key}: the video is {}x{}, info.json declares shape {:?} (height, width, \
+                     channel)",
+                    probe.width, probe.height, feature.shape
+                ),
+            ));
+        }
+        let mut times = Vec::new();
+        for e in eps {
+            let Some(seg) = e.videos.get(key) else {
+                continue;
+            };
+            let duration = seg.to_timestamp - seg.from_timestamp;
+            if (duration - e.length as f64 / fps).abs() > 1.0 / fps + TIMESTAMP_TOLERANCE_S {
+                return Err(DatasetError::inconsistent(
+                    root.join(format::EPISODES_DIR),
+                    format!(
+                        "episode {}: videos/{key}/ spans {:.6}..{:.6} s, {} frames at {} fps \
+                         need {:.6} s",
+                        e.episode_index,
+                        seg.from_timestamp,
+                        seg.to_timestamp,
+                        e.length,
+                        info.fps,
+                        e.length as f64 / fps
+                    ),
+                ));
+            }
+            let needed = (seg.to_timestamp * fps).round() as i64;
+            if probe.frames > 0 && probe.frames < needed {
+                return Err(DatasetError::inconsistent(
+                    &path,
+                    format!(
+                        "{key}: the video holds {} frames, episode {} needs {needed} (it ends \
+                         at {:.6} s)",
+                        probe.frames, e.episode_index, seg.to_timestamp
+                    ),
+                ));
+            }
+            let (first, last) = spans
+                .get(&e.episode_index)
+                .copied()
+                .unwrap_or((0.0, (e.length.saturating_sub(1) as f64 / fps) as f32));
+            times.push(seg.from_timestamp + f64::from(first));
+            if e.length > 1 {
+                times.push(seg.from_timestamp + f64::from(last));
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        times.dedup();
+        decoder.decode_at(&times, &mut |_, img| {
+            if (img.height() as usize, img.width() as usize) != (height, width) {
+                return Err(DatasetError::schema(
+                    &path,
+                    format!(
+                        "{key}: frames decode to {}x{}, info.json declares shape {:?}",
+                        img.width(),
+                        img.height(),
+                        feature.shape
+                    ),
+                ));
+            }
+            decoded += 1;
+            Ok(())
+        })?;
+        files.push(rel);
+    }
+    Ok((files, decoded))
 }
 
 fn check_data_file(
@@ -139,6 +307,7 @@ fn check_data_file(
     episodes: &[&EpisodeInfo],
     num_tasks: usize,
     num_subtasks: Option<usize>,
+    spans: &mut BTreeMap<usize, (f32, f32)>,
 ) -> Result<usize> {
     let path = root.join(rel);
     let f = File::open(&path).at(&path)?;
@@ -230,6 +399,10 @@ fn check_data_file(
                 }
             }
             prev_ts = Some(timestamp[r]);
+            let span = spans
+                .entry(e.episode_index)
+                .or_insert((timestamp[r], timestamp[r]));
+            span.1 = timestamp[r];
             if fi == 0 {
                 for key in &image_keys {
                     check_image(&path, &batch, key, r, &info.features[key].shape)?;

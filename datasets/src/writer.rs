@@ -10,8 +10,14 @@
 //! temporary name, fsynced and renamed, so a SIGKILL at any moment leaves the dataset as of
 //! the last completed flush; [`DatasetWriter::open_resume`] removes whatever an interrupted
 //! flush left behind.
+//!
+//! Video cameras ([`DatasetSpec::video`]): each saved episode is encoded at once (one thread
+//! per camera) and kept compressed in memory; a flush writes, per camera, the episodes it
+//! holds back to back into new `videos/<key>/chunk-XXX/file-YYY.mp4` files (a new file when
+//! one would exceed `video_files_size_in_mb`), under temporary names like every other file,
+//! before the commit point.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,6 +40,7 @@ use crate::format::{
     SUBTASK_KEY,
 };
 use crate::stats::{FeatureStats, Stats};
+use crate::video::{self, EncodedVideo, VideoCodec, VideoSpec, VIDEOS_DIR};
 
 /// Index of an episode in its dataset.
 pub type EpisodeIndex = usize;
@@ -104,6 +111,10 @@ pub struct DatasetSpec {
     /// Every frame must then carry one. Off by default: without it the dataset is exactly
     /// what it was before sub-tasks existed.
     pub subtasks: bool,
+    /// Store the cameras as video files (`dtype: "video"`, lerobot's layout) encoded this way
+    /// instead of PNG images in the data files. `None` (the default): PNG. Video files are
+    /// 10-50x smaller but lossy; [`VideoSpec::default`] is lerobot's AV1 setting.
+    pub video: Option<VideoSpec>,
 }
 
 impl DatasetSpec {
@@ -141,6 +152,7 @@ impl DatasetSpec {
             data_files_size_in_mb: DEFAULT_DATA_FILE_SIZE_IN_MB,
             flush_every_episodes: 5,
             subtasks: false,
+            video: None,
         }
     }
 
@@ -180,6 +192,24 @@ impl DatasetSpec {
                     cam.size
                 ));
             }
+            if self.video.is_some() && (cam.size.width % 2 != 0 || cam.size.height % 2 != 0) {
+                return Err(format!(
+                    "{}: image size {} must be even for yuv420p video (video)",
+                    cam.key(),
+                    cam.size
+                ));
+            }
+        }
+        if let Some(v) = &self.video {
+            if v.codec.encoder().is_none() {
+                return Err(format!(
+                    "video.codec {}: the installed libavcodec has none of its encoders ({}); \
+                     available: [{}]",
+                    v.codec,
+                    v.codec.encoders().join(", "),
+                    video::available_encoders().join(", ")
+                ));
+            }
         }
         Ok(())
     }
@@ -198,10 +228,12 @@ impl DatasetSpec {
             FeatureInfo::vector("float32", &names(&self.action_names)),
         );
         for cam in &self.cameras {
-            f.insert(
-                cam.key(),
-                FeatureInfo::image(cam.size.height, cam.size.width),
-            );
+            let (w, h) = (cam.size.width, cam.size.height);
+            let feature = match &self.video {
+                Some(v) => FeatureInfo::video(h, w, video::info_block(v.codec, w, h, self.fps)),
+                None => FeatureInfo::image(h, w),
+            };
+            f.insert(cam.key(), feature);
         }
         f.insert("timestamp".into(), FeatureInfo::scalar("float32"));
         for k in ["frame_index", "episode_index", "index", "task_index"] {
@@ -261,6 +293,10 @@ struct PendingEpisode {
     length: usize,
     batch: RecordBatch,
     stats: Stats,
+    /// One per video camera (in the order of `DatasetWriter::video_cams`).
+    videos: Vec<EncodedVideo>,
+    /// Where each video camera's frames went, filled in by the flush.
+    segments: BTreeMap<String, format::VideoSegment>,
 }
 
 /// Writes a LeRobot v3.0 dataset, episode by episode.
@@ -277,6 +313,11 @@ pub struct DatasetWriter {
     cameras: Vec<CameraSpec>,
     /// Feature key of each camera, parallel to `cameras`.
     camera_keys: Vec<String>,
+    /// Positions in `cameras` of the cameras stored as video, and how they are encoded.
+    video_cams: Vec<usize>,
+    video: Option<VideoSpec>,
+    /// (chunk, file) of the next video file, per video camera key.
+    next_video: BTreeMap<String, (usize, usize)>,
     state_dim: usize,
     action_dim: usize,
     flush_every: usize,
@@ -317,12 +358,12 @@ impl DatasetWriter {
             fps: spec.fps,
             splits: Default::default(),
             data_path: format::DEFAULT_DATA_PATH.to_string(),
-            video_path: None,
+            video_path: spec.video.map(|_| video::DEFAULT_VIDEO_PATH.to_string()),
             features: spec.features(),
             extra: Default::default(),
         };
         info.save(&root)?;
-        Self::from_parts(
+        let mut writer = Self::from_parts(
             root,
             info,
             Vec::new(),
@@ -330,14 +371,19 @@ impl DatasetWriter {
             (0, 0),
             (0, 0),
             spec.flush_every_episodes,
-        )
+        )?;
+        if spec.video.is_some() {
+            writer.video = spec.video;
+        }
+        Ok(writer)
     }
 
     /// Start a new, empty dataset in `dir` that records exactly the features (names and all),
     /// fps, robot type and file sizes of `like`, e.g. a source of `vla dataset merge`. Fails,
     /// naming the feature, when `like` has a feature this writer does not record (anything
     /// beyond cameras, `observation.state`, `action`, the bookkeeping columns and
-    /// `subtask_index`), or video features.
+    /// `subtask_index`). Video cameras are encoded again with their `video.codec` (lerobot's
+    /// crf and key frame spacing).
     pub fn create_like(dir: impl AsRef<Path>, like: &DatasetInfo) -> Result<Self> {
         let root = dir.as_ref().to_path_buf();
         if root.exists() && std::fs::read_dir(&root).at(&root)?.next().is_some() {
@@ -348,7 +394,7 @@ impl DatasetWriter {
                 || key == ACTION_KEY
                 || key == SUBTASK_KEY
                 || format::DEFAULT_FEATURE_KEYS.contains(&key.as_str())
-                || (f.is_image() && key.starts_with(IMAGE_PREFIX));
+                || (f.is_camera() && key.starts_with(IMAGE_PREFIX));
             if !known {
                 return Err(DatasetError::schema(
                     &root,
@@ -368,7 +414,8 @@ impl DatasetWriter {
             total_tasks: 0,
             splits: Default::default(),
             data_path: format::DEFAULT_DATA_PATH.to_string(),
-            video_path: None,
+            video_path: (!like.video_keys().is_empty())
+                .then(|| video::DEFAULT_VIDEO_PATH.to_string()),
             ..like.clone()
         };
         let writer = Self::from_parts(root, info, Vec::new(), Stats::default(), (0, 0), (0, 0), 5)?;
@@ -468,6 +515,28 @@ impl DatasetWriter {
                 }
             }
         }
+        // The same for video files, per camera.
+        let mut next_video = BTreeMap::new();
+        for key in info.video_keys() {
+            let used: BTreeSet<(usize, usize)> = committed
+                .iter()
+                .filter_map(|e| e.videos.get(&key))
+                .map(|v| (v.chunk_index, v.file_index))
+                .collect();
+            let last = used.last().copied().unwrap_or((0, 0));
+            for file in format::nested_files(&root.join(VIDEOS_DIR).join(&key), ".mp4")? {
+                if let Some(cf) = format::parse_chunk_file(&file) {
+                    if !used.contains(&cf) && cf >= last {
+                        std::fs::remove_file(&file).at(&file)?;
+                    }
+                }
+            }
+            let next = match used.last() {
+                Some(&(c, f)) => next_chunk_file(c, f, info.chunks_size),
+                None => (0, 0),
+            };
+            next_video.insert(key, next);
+        }
         if episodes.iter().any(|e| {
             e.episode_index >= info.total_episodes
                 && meta_used.contains(&(e.meta_chunk_index, e.meta_file_index))
@@ -505,6 +574,7 @@ impl DatasetWriter {
         if let Some(list) = &mut writer.subtasks {
             *list = subtasks;
         }
+        writer.next_video.extend(next_video);
         Ok(writer)
     }
 
@@ -528,7 +598,9 @@ impl DatasetWriter {
         let state_dim = feature(STATE_KEY)?.numel();
         let action_dim = feature(ACTION_KEY)?.numel();
         let mut cameras = Vec::new();
-        for key in info.image_keys() {
+        let mut video_cams = Vec::new();
+        let mut video_codec = None;
+        for key in info.camera_keys() {
             let f = feature(&key)?;
             if f.shape.len() != 3 || f.shape[2] != 3 || f.shape[0] == 0 || f.shape[1] == 0 {
                 return Err(DatasetError::schema(
@@ -539,6 +611,11 @@ impl DatasetWriter {
                     ),
                 ));
             }
+            if f.is_video() {
+                video_cams.push(cameras.len());
+                // A dataset lerobot started with another codec goes on in the default one.
+                video_codec = video_codec.or(f.video_codec().and_then(VideoCodec::from_name));
+            }
             let size = ImageSize {
                 height: f.shape[0] as u32,
                 width: f.shape[1] as u32,
@@ -546,7 +623,18 @@ impl DatasetWriter {
             let name = key.strip_prefix(IMAGE_PREFIX).unwrap_or(&key);
             cameras.push(CameraSpec::new(name, size));
         }
-        let camera_keys = info.image_keys();
+        let camera_keys = info.camera_keys();
+        let video = (!video_cams.is_empty()).then(|| {
+            let mut spec = VideoSpec::default();
+            if let Some(codec) = video_codec.filter(|c| c.encoder().is_some()) {
+                spec.codec = codec;
+            }
+            spec
+        });
+        let next_video = video_cams
+            .iter()
+            .map(|&c| (camera_keys[c].clone(), (0, 0)))
+            .collect();
         for key in format::DEFAULT_FEATURE_KEYS {
             feature(key)?;
         }
@@ -572,6 +660,9 @@ impl DatasetWriter {
             schema_kv,
             cameras,
             camera_keys,
+            video_cams,
+            video,
+            next_video,
             state_dim,
             action_dim,
             flush_every: flush_every.max(1),
@@ -786,7 +877,7 @@ impl DatasetWriter {
         });
         let from_index =
             self.info.total_frames + self.pending.iter().map(|e| e.length).sum::<usize>();
-        let (batch, stats, bytes) = self.episode_batch(
+        let (batch, stats, bytes, videos) = self.episode_batch(
             &frames,
             episode_index,
             task_index,
@@ -800,16 +891,32 @@ impl DatasetWriter {
             length: frames.len(),
             batch,
             stats,
+            videos,
+            segments: BTreeMap::new(),
         });
         self.pending_bytes += bytes;
         let limit = self.info.data_files_size_in_mb as usize * 1024 * 1024;
-        if self.pending.len() >= self.flush_every || self.pending_bytes >= limit {
+        let video_limit = self.info.video_files_size_in_mb as usize * 1024 * 1024;
+        let video_bytes = (0..self.video_cams.len())
+            .map(|v| {
+                self.pending
+                    .iter()
+                    .map(|e| e.videos[v].bytes)
+                    .sum::<usize>()
+            })
+            .max()
+            .unwrap_or(0);
+        if self.pending.len() >= self.flush_every
+            || self.pending_bytes >= limit
+            || video_bytes >= video_limit
+        {
             self.flush()?;
         }
         Ok(episode_index)
     }
 
-    /// Encode one episode (PNG in parallel) and compute its statistics.
+    /// Encode one episode (PNG in parallel, each video camera on its own thread) and compute
+    /// its statistics.
     fn episode_batch(
         &self,
         frames: &[RawFrame],
@@ -817,17 +924,42 @@ impl DatasetWriter {
         task_index: usize,
         subtask_index: Option<&[i64]>,
         from_index: usize,
-    ) -> Result<(RecordBatch, Stats, usize)> {
+    ) -> Result<(RecordBatch, Stats, usize, Vec<EncodedVideo>)> {
         let n = frames.len();
-        let encoded: Vec<Vec<Vec<u8>>> = frames
-            .par_iter()
-            .map(|f| -> Result<Vec<Vec<u8>>> {
-                f.images
-                    .iter()
-                    .map(|img| encode_png(&self.root, img))
-                    .collect()
-            })
-            .collect::<Result<_>>()?;
+        let png_cams: Vec<usize> = (0..self.cameras.len())
+            .filter(|c| !self.video_cams.contains(c))
+            .collect();
+        let (encoded, videos) = rayon::join(
+            || {
+                frames
+                    .par_iter()
+                    .map(|f| -> Result<Vec<Vec<u8>>> {
+                        png_cams
+                            .iter()
+                            .map(|&c| encode_png(&self.root, &f.images[c]))
+                            .collect()
+                    })
+                    .collect::<Result<Vec<Vec<Vec<u8>>>>>()
+            },
+            || match &self.video {
+                Some(spec) => self
+                    .video_cams
+                    .par_iter()
+                    .map(|&c| {
+                        let images: Vec<&RgbImage> = frames.iter().map(|f| &f.images[c]).collect();
+                        video::encode_episode(
+                            &self.root,
+                            &self.camera_keys[c],
+                            spec,
+                            self.info.fps,
+                            &images,
+                        )
+                    })
+                    .collect::<Result<Vec<EncodedVideo>>>(),
+                None => Ok(Vec::new()),
+            },
+        );
+        let (encoded, videos) = (encoded?, videos?);
         let bytes: usize = encoded
             .iter()
             .map(|e| e.iter().map(Vec::len).sum::<usize>())
@@ -920,8 +1052,8 @@ impl DatasetWriter {
                         ))
                     }
                 },
-                name => match self.camera_keys.iter().position(|k| k == name) {
-                    Some(cam) => image_struct(encoded.iter().map(|e| e[cam].as_slice())),
+                name => match png_cams.iter().position(|&c| self.camera_keys[c] == name) {
+                    Some(p) => image_struct(encoded.iter().map(|e| e[p].as_slice())),
                     None => {
                         return Err(DatasetError::schema(
                             &path,
@@ -937,6 +1069,7 @@ impl DatasetWriter {
             batch,
             stats,
             bytes + n * 4 * (self.state_dim + self.action_dim + 10),
+            videos,
         ))
     }
 
@@ -955,6 +1088,7 @@ impl DatasetWriter {
             &batches,
             self.schema_kv.clone(),
         )?;
+        let next_video = self.write_videos()?;
 
         let meta_path = self.root.join(format_path(DEFAULT_EPISODES_PATH, mc, mf));
         let meta_batch = episodes_batch(&meta_path, &self.pending, (dc, df), (mc, mf))?;
@@ -983,7 +1117,51 @@ impl DatasetWriter {
         self.pending_bytes = 0;
         self.next_data = next_chunk_file(dc, df, self.info.chunks_size);
         self.next_meta = next_chunk_file(mc, mf, self.info.chunks_size);
+        self.next_video = next_video;
         Ok(())
+    }
+
+    /// Write the pending episodes' video streams: per camera, as many episodes back to back
+    /// into one new file as `video_files_size_in_mb` allows (at least one). Records each
+    /// episode's place in `segments`; returns the next (chunk, file) of every camera.
+    fn write_videos(&mut self) -> Result<BTreeMap<String, (usize, usize)>> {
+        let mut next_video = self.next_video.clone();
+        let limit = (self.info.video_files_size_in_mb as usize).max(1) * 1024 * 1024;
+        for (v, &c) in self.video_cams.iter().enumerate() {
+            let key = self.camera_keys[c].clone();
+            let mut next = next_video.get(&key).copied().unwrap_or((0, 0));
+            let mut start = 0;
+            while start < self.pending.len() {
+                let mut end = start + 1;
+                let mut size = self.pending[start].videos[v].bytes;
+                while end < self.pending.len() && size + self.pending[end].videos[v].bytes <= limit
+                {
+                    size += self.pending[end].videos[v].bytes;
+                    end += 1;
+                }
+                let path = self.root.join(self.info.video_file(&key, next.0, next.1));
+                let streams: Vec<&EncodedVideo> = self.pending[start..end]
+                    .iter()
+                    .map(|e| &e.videos[v])
+                    .collect();
+                let ranges = video::write_video_file(&path, &key, self.info.fps, &streams)?;
+                for (e, (from, to)) in self.pending[start..end].iter_mut().zip(ranges) {
+                    e.segments.insert(
+                        key.clone(),
+                        format::VideoSegment {
+                            chunk_index: next.0,
+                            file_index: next.1,
+                            from_timestamp: from,
+                            to_timestamp: to,
+                        },
+                    );
+                }
+                next = next_chunk_file(next.0, next.1, self.info.chunks_size);
+                start = end;
+            }
+            next_video.insert(key, next);
+        }
+        Ok(next_video)
     }
 
     /// Flush every saved episode. Frames of an unsaved episode are discarded.
@@ -1081,6 +1259,39 @@ fn episodes_batch(
     push("data/file_index".into(), int(&|_| data.1));
     push("dataset_from_index".into(), int(&|e| e.from_index));
     push("dataset_to_index".into(), int(&|e| e.from_index + e.length));
+    // Where each video camera's frames are: lerobot's videos/<key>/... columns.
+    for key in episodes[0].segments.keys() {
+        let mut segments = Vec::with_capacity(n);
+        for e in episodes {
+            segments.push(*e.segments.get(key).ok_or_else(|| {
+                DatasetError::inconsistent(
+                    path,
+                    format!("episode {} has no video file for {key}", e.episode_index),
+                )
+            })?);
+        }
+        let ints = |f: &dyn Fn(&format::VideoSegment) -> usize| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(
+                segments.iter().map(|s| f(s) as i64),
+            ))
+        };
+        let floats = |f: &dyn Fn(&format::VideoSegment) -> f64| -> ArrayRef {
+            Arc::new(Float64Array::from_iter_values(segments.iter().map(f)))
+        };
+        push(
+            format!("videos/{key}/chunk_index"),
+            ints(&|s| s.chunk_index),
+        );
+        push(format!("videos/{key}/file_index"), ints(&|s| s.file_index));
+        push(
+            format!("videos/{key}/from_timestamp"),
+            floats(&|s| s.from_timestamp),
+        );
+        push(
+            format!("videos/{key}/to_timestamp"),
+            floats(&|s| s.to_timestamp),
+        );
+    }
     // Per-episode statistics, flattened as lerobot does: stats/<feature>/<stat>.
     let keys: Vec<String> = episodes[0].stats.features.keys().cloned().collect();
     for key in &keys {
@@ -1148,7 +1359,8 @@ fn remove_tmp_files(root: &Path) -> Result<()> {
         Ok(())
     }
     walk(&root.join("meta"), 3)?;
-    walk(&root.join(DATA_DIR), 2)
+    walk(&root.join(DATA_DIR), 2)?;
+    walk(&root.join(VIDEOS_DIR), 3)
 }
 
 #[cfg(test)]
@@ -1344,6 +1556,11 @@ mod tests {
             "size",
             |s| s.cameras[2].size = size(0, 2),
             "observation.images.right",
+        );
+        refused(
+            "video-size",
+            |s| s.video = Some(VideoSpec::default()),
+            "observation.images.left: image size 3x5 must be even",
         );
     }
 }
