@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::record::RecordSection;
 use crate::safety::Limits;
 use crate::transport::Qos;
 
@@ -100,6 +101,8 @@ pub struct TopicsSection {
     pub subtask: String,
     pub diagnostics: String,
     pub success: String,
+    pub episode: String,
+    pub forward_command: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -144,6 +147,7 @@ pub struct BridgeConfig {
     pub qos: QosSection,
     pub robot: RobotSection,
     pub limits: Limits,
+    pub record: RecordSection,
 }
 
 impl BridgeConfig {
@@ -225,13 +229,14 @@ impl BridgeConfig {
             }
         }
         for (name, topic) in self.topic_list() {
-            if !topic.starts_with('/') || topic.ends_with('/') || topic.contains("//") {
-                return Err(format!(
-                    "topics.{name} = {topic:?} must be an absolute ROS name like /a/b"
-                ));
-            }
+            check_topic(&format!("topics.{name}"), topic)?;
         }
-        self.limits.validate()
+        self.limits.validate()?;
+        self.record.validate()?;
+        for (name, topic) in self.record.camera_topics()? {
+            check_topic(&format!("record.cameras entry {name}"), &topic)?;
+        }
+        Ok(())
     }
 
     fn topic_list(&self) -> Vec<(&'static str, &str)> {
@@ -252,6 +257,8 @@ impl BridgeConfig {
             ("subtask", &t.subtask),
             ("diagnostics", &t.diagnostics),
             ("success", &t.success),
+            ("episode", &t.episode),
+            ("forward_command", &t.forward_command),
         ]
     }
 
@@ -288,6 +295,16 @@ impl BridgeConfig {
             .map_err(|e| format!("robot.urdf = {:?}: {e}", self.robot.urdf))
         }
     }
+}
+
+/// A topic must be an absolute ROS name.
+fn check_topic(what: &str, topic: &str) -> Result<(), String> {
+    if !topic.starts_with('/') || topic.ends_with('/') || topic.contains("//") {
+        return Err(format!(
+            "{what} = {topic:?} must be an absolute ROS name like /a/b"
+        ));
+    }
+    Ok(())
 }
 
 /// Merge `over` into `base`; keys must already exist (so typos are caught with their path).

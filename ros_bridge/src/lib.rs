@@ -7,7 +7,8 @@
 //! (command-sink decorators: limits, watchdog, emergency stop), [`output`] (commands to
 //! MoveIt Servo / ros2_control messages), [`bridge`] (the node), [`config`] (TOML +
 //! overrides), [`sim_node`] (the simulator as a robot), [`netns`] (test isolation),
-//! [`mcap_import`] (rosbag2 MCAP recordings to dataset frames, for `vla dataset from-mcap`).
+//! [`mcap_import`] (rosbag2 MCAP recordings to dataset frames, for `vla dataset from-mcap`),
+//! [`record`] (live demonstrations sampled from a robot's topics, for `vla ros record`).
 
 pub mod bridge;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod mcap_import;
 pub mod msg;
 pub mod netns;
 pub mod output;
+pub mod record;
 pub mod safety;
 pub mod sim_node;
 pub mod transport;

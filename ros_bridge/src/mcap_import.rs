@@ -325,7 +325,8 @@ pub enum Marker {
 }
 
 impl Marker {
-    fn parse(text: &str) -> Option<Self> {
+    /// `start`, `stop` or `discard` (any case, surrounding blanks ignored).
+    pub fn parse(text: &str) -> Option<Self> {
         match text.trim().to_ascii_lowercase().as_str() {
             "start" => Some(Marker::Start),
             "stop" => Some(Marker::Stop),

@@ -3,7 +3,8 @@
 //! bridge sends, with MoveIt Servo-like semantics (a twist held for one control period
 //! becomes the end-effector delta of the simulator's controller) and ros2_control-like
 //! joint trajectories. Runs N episodes in sequence and returns the report `vla expert`
-//! prints.
+//! prints. With `teleop`, the scripted expert drives it over the wire as a teleoperator
+//! would, for `vla ros record` (see [`Teleop`]).
 //!
 //! Two clocks: `rate_hz` steps the simulation at a fixed wall-clock rate using the latest
 //! command (stale commands → hold, as Servo does); `lockstep` steps once per received
@@ -25,7 +26,7 @@ use crate::config::{BridgeConfig, GripperOutput};
 use crate::image::encode_raw;
 use crate::msg::{
     Bool, Float64MultiArray, GripperCommand, Header, Int32MultiArray, JointState, JointTrajectory,
-    StringMsg, TwistStamped,
+    StringMsg, Twist, TwistStamped, Vector3,
 };
 use crate::transport::{Publisher, Qos, Transport};
 
@@ -44,6 +45,8 @@ pub struct SimOptions {
     pub command_timeout: Duration,
     pub env: EnvConfig,
     pub robot: RobotDescription,
+    /// The scripted expert teleoperates: see [`Teleop`].
+    pub teleop: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -193,6 +196,113 @@ fn subscribe_commands<T: Transport>(
     Ok(cmds)
 }
 
+/// The scripted expert as a teleoperator: it publishes its commands on the robot's command
+/// topics (a twist per step on `topics.twist`, the gripper position as `output.gripper` says)
+/// and marks episodes on `topics.episode` (`start` once the instruction is out; `stop` after a
+/// success, `discard` after a failure), as an operator's device and pedal would. The commands
+/// come back through the same subscriptions a bridge's do, so whatever listens on the wire
+/// (`vla ros record`) sees a teleoperated robot.
+struct Teleop {
+    twist: Box<dyn Publisher<TwistStamped>>,
+    gripper: Option<TeleopGripper>,
+    episode: Box<dyn Publisher<StringMsg>>,
+}
+
+enum TeleopGripper {
+    Array(Box<dyn Publisher<Float64MultiArray>>),
+    Command(Box<dyn Publisher<GripperCommand>>),
+}
+
+impl Teleop {
+    fn new<T: Transport>(t: &mut T, config: &BridgeConfig) -> anyhow::Result<Self> {
+        let q = config.qos.commands();
+        let topics = &config.topics;
+        let gripper = match config.output.gripper {
+            GripperOutput::Float64MultiArray => {
+                Some(TeleopGripper::Array(t.publisher(&topics.gripper, q)?))
+            }
+            GripperOutput::GripperCommand => {
+                Some(TeleopGripper::Command(t.publisher(&topics.gripper, q)?))
+            }
+            GripperOutput::None => None,
+        };
+        Ok(Teleop {
+            twist: t.publisher(&topics.twist, q)?,
+            gripper,
+            episode: t.publisher(&topics.episode, Qos::reliable(10))?,
+        })
+    }
+
+    fn mark(&self, word: &str) -> anyhow::Result<()> {
+        Ok(self.episode.publish(StringMsg { data: word.into() })?)
+    }
+
+    /// Publish `action` as a twist held for `dt` and a gripper position.
+    fn command(&self, action: &Action, dt: f64, config: &BridgeConfig) -> anyhow::Result<()> {
+        let [dx, dy, dz] = action.delta_position().map(|v| f64::from(v) / dt);
+        let [rx, ry, rz] = action.delta_rotation().map(|v| f64::from(v) / dt);
+        self.twist.publish(TwistStamped {
+            header: Header::now(&config.output.twist_frame_id),
+            twist: Twist {
+                linear: Vector3 {
+                    x: dx,
+                    y: dy,
+                    z: dz,
+                },
+                angular: Vector3 {
+                    x: rx,
+                    y: ry,
+                    z: rz,
+                },
+            },
+        })?;
+        let position =
+            config
+                .output
+                .gripper_position(if action.gripper_closed() { 1.0 } else { 0.0 });
+        match &self.gripper {
+            Some(TeleopGripper::Array(p)) => p.publish(Float64MultiArray {
+                data: vec![position],
+                ..Default::default()
+            })?,
+            Some(TeleopGripper::Command(p)) => p.publish(GripperCommand {
+                position,
+                max_effort: config.output.gripper_max_effort,
+            })?,
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Wait (up to `timeout`) until every publisher that says how many subscriptions it has has
+/// at least one, so what a listener must not miss (an episode's start) is not sent before
+/// discovery has matched it.
+fn wait_for_listeners(publishers: &[&dyn HasSubscribers], timeout: Duration, stop: &AtomicBool) {
+    let t0 = Instant::now();
+    while publishers.iter().any(|p| p.count() == Some(0)) {
+        if t0.elapsed() > timeout || stop.load(Ordering::Relaxed) {
+            tracing::warn!(
+                "teleoperation starts without a listener on every topic after {:.0} s",
+                timeout.as_secs_f64()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A publisher of any message type, for [`wait_for_listeners`].
+trait HasSubscribers {
+    fn count(&self) -> Option<usize>;
+}
+
+impl<M> HasSubscribers for Box<dyn Publisher<M>> {
+    fn count(&self) -> Option<usize> {
+        self.subscribers()
+    }
+}
+
 /// Polls the received commands every millisecond until `ready` yields something, `timeout`
 /// passes or `stop` is set (lock-step waits for commands and for their tokens).
 fn wait_for<T>(
@@ -320,6 +430,29 @@ pub fn run<T: Transport>(
         success: t.publisher(&topics.success, config.qos.instruction())?,
     };
     let cmds = subscribe_commands(t, config, &opts.robot)?;
+    let teleop = if opts.teleop {
+        let teleop = Teleop::new(t, config)?;
+        tracing::info!(
+            "the scripted expert teleoperates over {} and marks episodes on {}",
+            config.topics.twist,
+            config.topics.episode
+        );
+        // The robot's own command subscriptions, and a recorder's, before the first marker.
+        wait_for_listeners(
+            &[
+                &teleop.episode,
+                &teleop.twist,
+                &out.front,
+                &out.wrist,
+                &out.joints,
+            ],
+            opts.command_timeout,
+            stop,
+        );
+        Some(teleop)
+    } else {
+        None
+    };
     let lang = Language::builtin()?;
     let specs = episode_specs(
         &[opts.family.as_str()],
@@ -350,6 +483,11 @@ pub fn run<T: Transport>(
             c.latest = None;
             c.gripper_closed = false;
         }
+        if let Some(teleop) = &teleop {
+            // The instruction lands before the episode starts, as an operator reads it first.
+            std::thread::sleep(period);
+            teleop.mark("start")?;
+        }
         let mut hasher = Sha256::new();
         hasher.update(spec.family.as_bytes());
         hasher.update(spec.seed.to_le_bytes());
@@ -369,6 +507,10 @@ pub fn run<T: Transport>(
                 .publish(encode_raw(&obs.front, Header::now("front_camera")))?;
             out.wrist
                 .publish(encode_raw(&obs.wrist, Header::now("wrist_camera")))?;
+            if let Some(teleop) = &teleop {
+                let action = venv.envs[0].expert_action()?;
+                teleop.command(&action, dt, config)?;
+            }
             let motion = if opts.lockstep {
                 wait_for(&cmds, opts.command_timeout, stop, |c| {
                     (c.seq > seen).then_some(())
@@ -422,6 +564,9 @@ pub fn run<T: Transport>(
             })?;
             obs = result.observation;
             if result.terminated || result.truncated {
+                if let Some(teleop) = &teleop {
+                    teleop.mark(if result.success { "stop" } else { "discard" })?;
+                }
                 for state in venv.envs[0].object_states() {
                     for v in state.translation.iter().chain(state.rotation.iter()) {
                         hasher.update(v.to_bits().to_le_bytes());

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use serde::Serialize;
-use vla_core::{Observation, ACTION_NAMES, STATE_DIM};
+use vla_core::{Observation, STATE_DIM};
 use vla_model::Policy;
 use vla_sim::{Env, EnvConfig, RobotDescription, VecEnv};
 use vla_tasks::{make_task, Language, Split};
@@ -15,10 +15,13 @@ use super::train::parse_device;
 /// The camera images a command shows the model.
 #[derive(clap::Args)]
 pub struct Images {
-    /// Front camera image (PNG or JPEG, any size: resized to the model's).
-    #[arg(long)]
-    image: PathBuf,
-    /// Wrist camera image; defaults to the front image (the model expects both cameras).
+    /// Camera image (PNG or JPEG, any size: resized to the model's), once per camera in the
+    /// order of the policy's features (`vla act --json` lists them; the simulator's: front,
+    /// then wrist).
+    #[arg(long = "image", required = true)]
+    images: Vec<PathBuf>,
+    /// Wrist camera image of the simulator's layout (a second `--image`); without it the
+    /// front image stands in for the wrist.
     #[arg(long)]
     wrist: Option<PathBuf>,
 }
@@ -26,12 +29,35 @@ pub struct Images {
 impl Images {
     /// The front and wrist images, read.
     pub fn load(&self) -> anyhow::Result<(vla_core::RgbImage, vla_core::RgbImage)> {
-        let front = load_image(&self.image)?;
-        let wrist = match &self.wrist {
-            Some(p) => load_image(p)?,
-            None => front.clone(),
-        };
+        let mut all = self.load_all(2, true)?;
+        let wrist = all.pop().context("no wrist image")?;
+        let front = all.pop().context("no front image")?;
         Ok((front, wrist))
+    }
+
+    /// `cameras` images, read; with `one_for_two`, one image given to a two-camera policy is
+    /// shown on both (the simulator's front image standing in for the wrist).
+    pub fn load_all(
+        &self,
+        cameras: usize,
+        one_for_two: bool,
+    ) -> anyhow::Result<Vec<vla_core::RgbImage>> {
+        let mut paths: Vec<&PathBuf> = self.images.iter().collect();
+        paths.extend(&self.wrist);
+        let mut images = paths
+            .iter()
+            .map(|p| load_image(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if one_for_two && cameras == 2 && images.len() == 1 {
+            images.push(images[0].clone());
+        }
+        anyhow::ensure!(
+            images.len() == cameras,
+            "{} images given; the policy reads {cameras} cameras (--image once per camera, in \
+             its order)",
+            images.len()
+        );
+        Ok(images)
     }
 }
 
@@ -48,7 +74,8 @@ pub struct Args {
     /// actions then follow this step, e.g. "put the red cube in the red bin".
     #[arg(long)]
     subtask: Option<String>,
-    /// Proprioceptive state, comma-separated (see `vla tasks`); default: the training mean.
+    /// Proprioceptive state, comma-separated in the policy's state order (the simulator's:
+    /// see `vla tasks`); default: the training mean.
     /// Values may be negative (`--state -0.1,0.2,…`).
     #[arg(long, allow_hyphen_values = true)]
     state: Option<String>,
@@ -71,11 +98,15 @@ struct ActReport {
     /// The action's tokens (a chunked model's: its chunk's first action's).
     tokens: Vec<i64>,
     action: Vec<f32>,
+    /// What the action's numbers command (end_effector_delta, joint_positions, other).
+    action_space: vla_model::ActionSpace,
+    /// The camera features the policy read, in the order the images were given.
+    cameras: Vec<String>,
     /// A chunked model's K actions (`action.chunk_size`), `action` first; absent for the
     /// one-action head.
     #[serde(skip_serializing_if = "Option::is_none")]
     chunk: Option<Vec<Vec<f32>>>,
-    action_names: Vec<&'static str>,
+    action_names: Vec<String>,
     latency_ms: f64,
     /// Per camera, per grounding head: the soft-argmax (x, y) in pixels of the model's input.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,7 +119,7 @@ fn load_image(path: &Path) -> anyhow::Result<vla_core::RgbImage> {
         .to_rgb8())
 }
 
-fn parse_state(text: &str) -> anyhow::Result<[f32; STATE_DIM]> {
+fn parse_state(text: &str, dim: usize) -> anyhow::Result<Vec<f32>> {
     let values = text
         .split(',')
         .map(|v| {
@@ -98,64 +129,82 @@ fn parse_state(text: &str) -> anyhow::Result<[f32; STATE_DIM]> {
         })
         .collect::<anyhow::Result<Vec<f32>>>()?;
     anyhow::ensure!(
-        values.len() == STATE_DIM,
-        "--state has {} values, expected {STATE_DIM}",
+        values.len() == dim,
+        "--state has {} values, the policy's state {dim}",
         values.len()
     );
     anyhow::ensure!(
         values.iter().all(|v| v.is_finite()),
         "--state has a non-finite value"
     );
-    let mut s = [0.0; STATE_DIM];
-    s.copy_from_slice(&values);
-    Ok(s)
+    Ok(values)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let policy = Policy::load(&args.ckpt, parse_device(&args.device)?)?;
-    let (front, wrist) = args.images.load()?;
+    let features = policy.model().config().features.clone();
+    let images = args
+        .images
+        .load_all(features.cameras.len(), features.is_simulator_layout())?;
     let state = match &args.state {
-        Some(s) => parse_state(s)?,
-        None => {
-            let mean = &policy.model().norm_stats().state.mean;
-            let mut s = [0.0; STATE_DIM];
-            for (d, v) in s.iter_mut().zip(mean) {
-                *d = *v;
+        Some(s) => parse_state(s, features.state_dim())?,
+        None => policy.model().norm_stats().state.mean.clone(),
+    };
+    // The simulator's layout keeps its own observation (the grounding maps read it); any
+    // other robot's is its images and state.
+    let sim_obs = match (
+        features.is_simulator_layout(),
+        <[f32; STATE_DIM]>::try_from(&state[..]),
+    ) {
+        (true, Ok(s)) => {
+            let mut it = images.clone().into_iter();
+            match (it.next(), it.next()) {
+                (Some(front), Some(wrist)) => Some(Observation {
+                    front,
+                    wrist,
+                    front_depth: None,
+                    state: s,
+                    instruction: args.instruction.clone(),
+                }),
+                _ => None,
             }
-            s
         }
+        _ => None,
     };
-    let obs = Observation {
-        front,
-        wrist,
-        front_depth: None,
-        state,
-        instruction: args.instruction.clone(),
-    };
+    let raw = vla_model::policy::RawObservation { images, state };
     let t = Instant::now();
     let forced = args.subtask.as_deref().map(|s| [s]);
-    let mut out = policy.decide(
-        &[(&obs, args.instruction.as_str())],
-        forced.as_ref().map(|s| &s[..]),
-    )?;
+    let forced = forced.as_ref().map(|s| &s[..]);
+    let mut out = match &sim_obs {
+        Some(obs) => policy.decide(&[(obs, args.instruction.as_str())], forced)?,
+        None => policy.decide(&[(&raw, args.instruction.as_str())], forced)?,
+    };
     let latency_ms = t.elapsed().as_secs_f64() * 1e3;
     let decision = out.pop().context("the policy returned no action")?;
     if args.subtask.is_some() && decision.subtask.is_none() {
         tracing::warn!("--subtask is ignored: this model does not decode sub-tasks (no plan)");
     }
-    let grounding_px = match &args.grounding_png {
-        Some(path) => Some(write_grounding_png(&policy, &obs, &args.instruction, path)?),
-        None => None,
+    let grounding_px = match (&args.grounding_png, &sim_obs) {
+        (Some(path), Some(obs)) => {
+            Some(write_grounding_png(&policy, obs, &args.instruction, path)?)
+        }
+        (Some(_), None) => anyhow::bail!(
+            "--grounding-png draws the simulator's front and wrist cameras; this policy reads {}",
+            features.cameras.join(", ")
+        ),
+        (None, _) => None,
     };
     let report = ActReport {
         grounding_px,
         instruction: args.instruction,
         subtask: decision.subtask,
         tokens: decision.tokens,
-        action: decision.action.0.to_vec(),
+        action: decision.values,
+        action_space: features.action_space,
+        cameras: features.cameras.clone(),
         chunk: (decision.chunk.len() > 1)
             .then(|| decision.chunk.iter().map(|a| a.0.to_vec()).collect()),
-        action_names: ACTION_NAMES.to_vec(),
+        action_names: features.action_names.clone(),
         latency_ms,
     };
     super::print_report(args.json, &report, || {

@@ -52,6 +52,10 @@ pub struct Args {
     /// OUT/shard-* --out DATA` joins them into the dataset one process would have written.
     #[arg(long, value_name = "i/N|env")]
     pub shard: Option<super::ShardArg>,
+    /// Store the cameras as video (`av1`, lerobot's default, or `h264`) instead of PNG
+    /// images in the data files.
+    #[arg(long, value_name = "CODEC", value_parser = super::parse_video)]
+    pub video: Option<vla_datasets::VideoSpec>,
     /// Device for `--policy`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -151,10 +155,12 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
         "--expert-share needs --policy"
     );
     let policy = match &args.policy {
-        Some(dir) => Some(
-            vla_model::Policy::load(dir, super::train::parse_device(&args.device)?)
-                .with_context(|| format!("loading the policy from {}", dir.display()))?,
-        ),
+        Some(dir) => {
+            let p = vla_model::Policy::load(dir, super::train::parse_device(&args.device)?)
+                .with_context(|| format!("loading the policy from {}", dir.display()))?;
+            super::require_simulator_layout(&p, "vla collect --policy")?;
+            Some(p)
+        }
         None => None,
     };
     let mut config = args.sim.env_config()?;
@@ -207,6 +213,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
         // Every frame records the step the expert is on (`subtask_index`), the labels of a
         // policy that says its next step before it acts.
         spec.subtasks = true;
+        spec.video = args.video;
         let writer = DatasetWriter::create(out, spec)?;
         let progress = Progress {
             suite: args.run.suite.clone(),

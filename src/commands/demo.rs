@@ -595,6 +595,7 @@ fn collect_cached(
             0.0
         },
         shard: None,
+        video: None,
         device: args.device.clone(),
         json: false,
         sim: args.sim.clone(),
@@ -674,6 +675,9 @@ fn training(
         nproc: 1,
         dist_backend: None,
         dist_timeout: 600,
+        cameras: Vec::new(),
+        action_space: None,
+        gripper_dim: None,
         json: false,
     }
 }

@@ -243,6 +243,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
         .with_context(|| format!("loading the policy from {}", args.ckpt.display()))?
         .with_temperature(args.temperature, args.run.seed)
         .context("--temperature")?;
+    super::require_simulator_layout(&policy, "vla eval")?;
     let gif_dir = out_dir.join(format!("{}{words}", split.as_str()));
     std::fs::create_dir_all(&gif_dir)
         .with_context(|| format!("cannot create {}", gif_dir.display()))?;

@@ -132,6 +132,41 @@ impl LanguageOptions {
 }
 
 /// Print a report: JSON on stdout with `--json`, else a human summary.
+/// `--video CODEC`: camera images as video files (LeRobot's `dtype: "video"`) instead of PNG
+/// in the data files; `av1` (lerobot's default, SVT-AV1) or `h264`, crf 30, a key frame
+/// every 2 frames.
+pub fn parse_video(s: &str) -> Result<vla_datasets::video::VideoSpec, String> {
+    let codec = vla_datasets::video::VideoCodec::from_name(s)
+        .ok_or_else(|| format!("{s:?}: expected av1 or h264"))?;
+    if codec.encoder().is_none() {
+        return Err(format!(
+            "{s}: the installed FFmpeg has no encoder for it (it has: {})",
+            vla_datasets::video::available_encoders().join(", ")
+        ));
+    }
+    Ok(vla_datasets::video::VideoSpec {
+        codec,
+        ..Default::default()
+    })
+}
+
+/// Refuse a policy trained on another robot's features where the simulator's front and wrist
+/// cameras, 13-number state and end-effector actions are all there is (`what` names the
+/// command).
+pub fn require_simulator_layout(policy: &vla_model::Policy, what: &str) -> anyhow::Result<()> {
+    let f = &policy.model().config().features;
+    anyhow::ensure!(
+        f.is_simulator_layout(),
+        "{what} runs the simulator's front and wrist cameras, 13-number state and end-effector \
+         actions; this policy reads {} with a state of {} and acts in {:?} ({} numbers)",
+        f.cameras.join(", "),
+        f.state_dim(),
+        f.action_space,
+        f.action_dim()
+    );
+    Ok(())
+}
+
 pub fn print_report<T: serde::Serialize>(
     json: bool,
     report: &T,

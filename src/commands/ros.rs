@@ -32,6 +32,47 @@ pub enum What {
     Bridge(BridgeArgs),
     /// The simulator as a ROS 2 robot: runs episodes, obeys the bridge's commands.
     Sim(SimArgs),
+    /// Record demonstrations from a ROS 2 robot's topics into a LeRobot v3.0 dataset:
+    /// cameras, joint states and the teleoperator's commands sampled at record.fps; episodes
+    /// marked on topics.episode ("start", "stop", "discard") or at the keyboard.
+    Record(RecordArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RecordArgs {
+    /// Directory of the dataset: new (absent or empty), or with --resume one to add to.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Task of every episode [default: the instruction topic's latest sentence when the
+    /// episode ends].
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Bridge config (TOML): topics, QoS, gripper mapping, URDF and the [record] section,
+    /// merged over the built-in ros_bridge/config/default.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override any config field: --set record.fps=30 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Stop after this many saved episodes (default: until Ctrl-C or `q`).
+    #[arg(long)]
+    pub episodes: Option<usize>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Add episodes to the dataset in --out (same features, fps and robot type).
+    #[arg(long)]
+    pub resume: bool,
+    /// `robot_type` of meta/info.json [default: the URDF's robot name].
+    #[arg(long)]
+    pub robot_type: Option<String>,
+    /// Store the cameras as video (`av1`, lerobot's default, or `h264`) instead of PNG
+    /// images in the data files.
+    #[arg(long, value_name = "CODEC", value_parser = super::parse_video)]
+    pub video: Option<vla_datasets::VideoSpec>,
+    /// Print the report (episodes, frames, stale ticks per topic) as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -76,6 +117,11 @@ pub struct SimArgs {
     /// With --lockstep: hold for one step when no command arrives within this time.
     #[arg(long, default_value_t = 30.0)]
     pub command_timeout_s: f64,
+    /// `expert`: the scripted expert teleoperates the robot over ROS 2, publishing its
+    /// commands on the command topics and marking episodes on topics.episode (what
+    /// `vla ros record` records); failed episodes are marked "discard".
+    #[arg(long, value_name = "WHO")]
+    pub teleop: Option<String>,
     /// Topic names and gripper mapping come from the bridge config.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -91,6 +137,7 @@ pub fn run(what: What) -> anyhow::Result<()> {
     match what {
         What::Bridge(a) => bridge(a),
         What::Sim(a) => sim(a),
+        What::Record(a) => record(a),
     }
 }
 
@@ -167,6 +214,7 @@ fn bridge(args: BridgeArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let policy = Policy::load(&args.ckpt, device)
         .with_context(|| format!("cannot load the policy from {}", args.ckpt.display()))?;
+    super::require_simulator_layout(&policy, "vla ros bridge")?;
     let mut transport = Ros2Transport::new(&config.node.name)?;
     let mut node = Bridge::new(&mut transport, config, Box::new(PolicySource::new(policy)))?;
     node.run(&stop)?;
@@ -212,12 +260,303 @@ fn sim(args: SimArgs) -> anyhow::Result<()> {
         command_timeout: Duration::from_secs_f64(args.command_timeout_s),
         env,
         robot: args.sim.robot()?,
+        teleop: match args.teleop.as_deref() {
+            None => false,
+            Some("expert") => true,
+            Some(other) => anyhow::bail!("--teleop {other:?}: the one teleoperator is \"expert\""),
+        },
     };
     let stop = stop_flag(None)?;
     let mut transport = Ros2Transport::new("vla_sim")?;
     let report = vla_ros_bridge::sim_node::run(&mut transport, &config, &opts, &stop)?;
     std::mem::forget(transport);
     super::print_report(args.json, &report, || super::expert::human(&report.suite))
+}
+
+// ---------------------------------------------------------------------------------------
+// vla ros record
+
+/// The report of `vla ros record`.
+#[derive(Serialize)]
+struct RecordReport {
+    out: PathBuf,
+    /// Episodes in the dataset (with --resume, those before included).
+    total_episodes: usize,
+    total_frames: usize,
+    #[serde(flatten)]
+    stats: vla_ros_bridge::record::RecordStats,
+    /// Ticks that came later than one period after their time (the machine was busy).
+    late_ticks: usize,
+    seconds: f64,
+}
+
+/// Writes the recorder's events through one [`DatasetWriter`], created at the first frame
+/// (which gives the cameras' sizes) unless resuming. Every saved episode is committed.
+struct RecordSink {
+    out: PathBuf,
+    fps: u32,
+    robot_type: String,
+    video: Option<vla_datasets::VideoSpec>,
+    writer: Option<vla_datasets::DatasetWriter>,
+}
+
+impl RecordSink {
+    fn frame(
+        &mut self,
+        frame: &vla_ros_bridge::record::RecordedFrame,
+        names: Option<&vla_ros_bridge::record::FeatureNames>,
+    ) -> anyhow::Result<()> {
+        use vla_datasets::{CameraSpec, DatasetSpec, DatasetWriter, ImageSize, RawFrameRecord};
+        if self.writer.is_none() {
+            let names = names.context("the recorder gave a frame before its feature names")?;
+            let cameras = frame
+                .images
+                .iter()
+                .map(|(name, img)| {
+                    let (width, height) = img.dimensions();
+                    CameraSpec::new(name.clone(), ImageSize { width, height })
+                })
+                .collect();
+            let mut spec = DatasetSpec::with_features(
+                self.robot_type.clone(),
+                self.fps,
+                cameras,
+                names.state.clone(),
+                names.action.clone(),
+            );
+            spec.flush_every_episodes = 1;
+            spec.video = self.video;
+            self.writer = Some(DatasetWriter::create(&self.out, spec)?);
+        }
+        let writer = self.writer.as_mut().context("no dataset writer")?;
+        let images: Vec<(&str, &vla_core::RgbImage)> =
+            frame.images.iter().map(|(n, i)| (n.as_str(), i)).collect();
+        let timestamp = writer.current_episode_len() as f32 / self.fps as f32;
+        writer
+            .add_raw_frame(RawFrameRecord {
+                images: &images,
+                state: &frame.state,
+                action: &frame.action,
+                timestamp,
+                subtask: None,
+            })
+            .with_context(|| {
+                format!(
+                    "a recorded frame does not fit the dataset in {}",
+                    self.out.display()
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Drop the episode in progress and close the dataset; what it holds.
+    fn close(self) -> anyhow::Result<(usize, usize)> {
+        match self.writer {
+            Some(mut w) => {
+                w.discard_episode();
+                let info = w.finalize()?;
+                Ok((info.total_episodes, info.total_frames))
+            }
+            None => Ok((0, 0)),
+        }
+    }
+}
+
+fn record(args: RecordArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use vla_ros_bridge::record::{Control, RecordEvent, Recorder};
+
+    let started = Instant::now();
+    let stop = stop_flag(args.seconds)?;
+    let config = BridgeConfig::load(args.config.as_deref(), &args.set)?;
+    let robot = config.robot().map_err(anyhow::Error::msg)?;
+    let out = args.out.clone();
+    let writer = if args.resume {
+        anyhow::ensure!(
+            out.join("meta").exists(),
+            "--resume: {} holds no dataset",
+            out.display()
+        );
+        let w = vla_datasets::DatasetWriter::open_resume(&out)?;
+        anyhow::ensure!(
+            w.info().fps == config.record.fps,
+            "--resume: {} was recorded at {} fps, record.fps is {}",
+            out.display(),
+            w.info().fps,
+            config.record.fps
+        );
+        Some(w)
+    } else {
+        if out.exists() {
+            let mut entries = std::fs::read_dir(&out)
+                .with_context(|| format!("--out {}: not a readable directory", out.display()))?;
+            anyhow::ensure!(
+                entries.next().is_none(),
+                "--out {}: the directory is not empty (use --resume to add to a dataset)",
+                out.display()
+            );
+        }
+        None
+    };
+    if let Some(n) = args.episodes {
+        anyhow::ensure!(n > 0, "--episodes must be at least 1");
+    }
+    let mut transport = Ros2Transport::new(&format!("{}_recorder", config.node.name))?;
+    let mut recorder = Recorder::new(&mut transport, &config, &robot, args.task.clone())?;
+    if std::io::stdin().is_terminal() {
+        let keys = recorder.controls();
+        eprintln!("keys (then Enter): s start · e stop (keep) · d discard · q quit");
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                match Control::from_key(&line) {
+                    Some(c) => {
+                        if keys.send(c).is_err() {
+                            break;
+                        }
+                    }
+                    None => eprintln!("{line:?}: keys are s, e, d, q"),
+                }
+            }
+        });
+    }
+    let fps = config.record.fps;
+    let mut sink = RecordSink {
+        out: out.clone(),
+        fps,
+        robot_type: args
+            .robot_type
+            .clone()
+            .unwrap_or_else(|| robot.name.clone()),
+        video: args.video,
+        writer,
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} record {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let period = Duration::from_secs_f64(1.0 / f64::from(fps));
+    let mut next = Instant::now() + period;
+    let mut late_ticks = 0usize;
+    let mut quit_sent = false;
+    let result = (|| -> anyhow::Result<()> {
+        loop {
+            let wanted = args
+                .episodes
+                .is_some_and(|n| recorder.stats().episodes_saved >= n);
+            if (stop.load(Ordering::Relaxed) || wanted) && !quit_sent {
+                // Handled at the next tick, after the controls that came before it.
+                let _ = recorder.controls().send(Control::Quit);
+                quit_sent = true;
+            }
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            } else if now - next > period {
+                late_ticks += 1;
+                next = now;
+            }
+            next += period;
+            let events = recorder.tick(Instant::now())?;
+            let mut done = false;
+            for event in events {
+                match event {
+                    RecordEvent::Started => {
+                        tracing::info!("episode started");
+                    }
+                    RecordEvent::Frame(f) => sink.frame(&f, recorder.feature_names())?,
+                    RecordEvent::Dropped(_) => {}
+                    RecordEvent::Saved { task, frames } => {
+                        let w = sink
+                            .writer
+                            .as_mut()
+                            .context("an episode ended with no dataset")?;
+                        let index = w.save_episode(&task)?;
+                        tracing::info!("episode {index} saved: {frames} frames, {task:?}");
+                    }
+                    RecordEvent::Discarded { frames } => {
+                        if let Some(w) = sink.writer.as_mut() {
+                            w.discard_episode();
+                        }
+                        tracing::info!("episode discarded ({frames} frames)");
+                    }
+                    RecordEvent::Quit => done = true,
+                }
+            }
+            let s = recorder.stats();
+            let stale = recorder.stale_topics(Instant::now());
+            bar.set_message(format!(
+                "{} · {} saved, {} discarded · {} frames, {} dropped{}",
+                match recorder.episode_frames() {
+                    Some(n) => format!("recording ({n} frames)"),
+                    None => "waiting for start".into(),
+                },
+                s.episodes_saved,
+                s.episodes_discarded,
+                s.frames,
+                s.dropped_ticks,
+                if stale.is_empty() {
+                    String::new()
+                } else {
+                    format!(" · stale: {}", stale.join(", "))
+                }
+            ));
+            bar.tick();
+            if done {
+                return Ok(());
+            }
+        }
+    })();
+    bar.finish_and_clear();
+    let stats = recorder.stats().clone();
+    std::mem::forget(recorder);
+    std::mem::forget(transport);
+    // Whatever happened, the saved episodes stay: the one in progress is dropped.
+    let closed = sink.close();
+    if let Err(err) = result {
+        let kept = match closed {
+            Ok((episodes, _)) => format!("{} keeps {episodes} episodes", out.display()),
+            Err(e) => format!("and closing {} failed too: {e:#}", out.display()),
+        };
+        return Err(err.context(kept));
+    }
+    let (total_episodes, total_frames) = closed?;
+    let report = RecordReport {
+        out,
+        total_episodes,
+        total_frames,
+        stats,
+        late_ticks,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    super::print_report(args.json, &report, || {
+        format!(
+            "{}: {} episodes saved ({} discarded, {} empty), {} frames; {} ticks dropped as stale{}; {} episodes in all; took {:.1} s",
+            report.out.display(),
+            report.stats.episodes_saved,
+            report.stats.episodes_discarded,
+            report.stats.episodes_empty,
+            report.stats.frames,
+            report.stats.dropped_ticks,
+            {
+                let per: Vec<String> = report
+                    .stats
+                    .stale
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(t, n)| format!("{t} {n}"))
+                    .collect();
+                if per.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", per.join(", "))
+                }
+            },
+            report.total_episodes,
+            report.seconds
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -83,6 +83,17 @@ pub struct Args {
     /// gives up with an error: a dead rank stops the run instead of hanging it.
     #[arg(long, default_value_t = 600)]
     pub dist_timeout: u64,
+    /// An image or video feature the policy reads, in camera order (repeat); default: the
+    /// dataset's one or two cameras (front before wrist). See `vla_model::features`.
+    #[arg(long = "camera", value_name = "KEY")]
+    pub cameras: Vec<String>,
+    /// What the action's numbers command: end_effector_delta, joint_positions or other
+    /// [default: inferred from the entry names].
+    #[arg(long, value_name = "SPACE", value_parser = parse_action_space)]
+    pub action_space: Option<vla_model::ActionSpace>,
+    /// The action dimension of the gripper, or `none` [default: inferred from the names].
+    #[arg(long, value_name = "N|none", value_parser = parse_gripper_dim)]
+    pub gripper_dim: Option<GripperDim>,
     #[arg(long)]
     pub json: bool,
 }
@@ -236,6 +247,11 @@ fn train_ranked(args: &Args) -> anyhow::Result<(TrainSummary, bool)> {
         cotrain,
         until: args.until,
         dist,
+        mapping: vla_model::MappingOverrides {
+            cameras: args.cameras.clone(),
+            action_space: args.action_space,
+            gripper_dim: args.gripper_dim.map(|g| g.0),
+        },
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -399,4 +415,22 @@ fn vqa_examples(dir: &Path) -> anyhow::Result<Vec<vla_model::train::vqa::VqaExam
             }
         })
         .collect())
+}
+
+/// `--gripper-dim N|none`.
+#[derive(Clone, Copy, Debug)]
+pub struct GripperDim(Option<usize>);
+
+fn parse_gripper_dim(s: &str) -> Result<GripperDim, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(GripperDim(None));
+    }
+    s.parse()
+        .map(|i| GripperDim(Some(i)))
+        .map_err(|_| format!("{s:?} is not an action dimension (0, 1, …) or none"))
+}
+
+fn parse_action_space(s: &str) -> Result<vla_model::ActionSpace, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?}: expected end_effector_delta, joint_positions or other"))
 }

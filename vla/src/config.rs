@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, VlaError};
+use crate::features::FeatureMapping;
 
 /// ViT encoder shared by all cameras.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -312,6 +313,11 @@ pub struct VlaConfig {
     pub action: ActionConfig,
     #[serde(default)]
     pub plan: PlanConfig,
+    /// The dataset features the policy reads and writes (lerobot's `input_features` /
+    /// `output_features`): the simulator's unless trained on another robot's data, when
+    /// [`FeatureMapping::fit_config`] sets it with the sizes above.
+    #[serde(default)]
+    pub features: FeatureMapping,
 }
 
 /// High-level inference in the same network (π0.5, Hi Robot): before its action tokens the
@@ -663,6 +669,28 @@ impl VlaConfig {
                 ),
             ));
         }
+        let f = &self.features;
+        for (field, theirs, ours) in [
+            ("vision.num_cameras", f.cameras.len(), v.num_cameras),
+            ("action.state_dim", f.state_dim(), a.state_dim),
+            ("action.action_dim", f.action_dim(), a.action_dim),
+        ] {
+            if theirs != ours {
+                return Err(VlaError::invalid(
+                    field,
+                    format!("{ours} disagrees with [features], which has {theirs}"),
+                ));
+            }
+        }
+        if f.gripper_dim != a.gripper_dim {
+            return Err(VlaError::invalid(
+                "action.gripper_dim",
+                format!(
+                    "{:?} disagrees with [features].gripper_dim {:?}",
+                    a.gripper_dim, f.gripper_dim
+                ),
+            ));
+        }
         if a.num_bins < 2 {
             return Err(VlaError::invalid("action.num_bins", "must be >= 2"));
         }
@@ -762,6 +790,7 @@ impl VlaConfig {
                 ensemble_decay: 0.01,
             },
             plan: PlanConfig::default(),
+            features: FeatureMapping::default(),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod action_tokenizer;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod features;
 pub mod hf;
 pub mod host;
 pub mod model;
@@ -33,6 +34,7 @@ pub use action_tokenizer::{ActionStats, ActionTokenizer, NormStats, StateStats};
 pub use checkpoint::{load_run, save_run, RunConfig};
 pub use config::{ActionDecoding, PlanConfig, VlaConfig};
 pub use error::{Result, VlaError};
+pub use features::{ActionSpace, FeatureMapping, MappingOverrides};
 pub use model::{
     left_pad, right_pad, Generated, SubtaskInput, TextBatch, TextOutput, TrainOutput, VlaBatch,
     VlaModel,

@@ -19,6 +19,7 @@ use vla_core::{Action, Observation, RgbImage};
 use crate::checkpoint::load_run;
 use crate::config::ChunkExecution;
 use crate::error::{Result, VlaError};
+use crate::features::ActionSpace;
 use crate::model::{left_pad, right_pad, GroundingReadout, SubtaskInput, VlaModel};
 use crate::text_tokenizer::TextTokenizer;
 
@@ -38,15 +39,48 @@ pub fn image_to_tensor(img: &RgbImage, size: u32) -> Tensor {
         .contiguous()
 }
 
-/// `[2, 3, S, S]` u8: front then wrist camera, the layout `VlaBatch::images` expects per sample.
-pub fn observation_images(obs: &Observation, size: u32) -> Tensor {
-    Tensor::stack(
-        &[
-            image_to_tensor(&obs.front, size),
-            image_to_tensor(&obs.wrist, size),
-        ],
-        0,
-    )
+/// `[C, 3, S, S]` u8: the cameras in the policy's order, the layout `VlaBatch::images`
+/// expects per sample.
+pub fn observation_images<O: PolicyObservation + ?Sized>(obs: &O, size: u32) -> Tensor {
+    let images: Vec<Tensor> = obs
+        .images()
+        .into_iter()
+        .map(|img| image_to_tensor(img, size))
+        .collect();
+    Tensor::stack(&images, 0)
+}
+
+/// What a policy reads of one moment: its cameras' images, in the order of its features'
+/// `cameras` (any size: each is resized to the model's input), and the state.
+pub trait PolicyObservation {
+    fn images(&self) -> Vec<&RgbImage>;
+    fn state(&self) -> &[f32];
+}
+
+/// The simulator's observation: front and wrist cameras, the 13-number state.
+impl PolicyObservation for Observation {
+    fn images(&self) -> Vec<&RgbImage> {
+        vec![&self.front, &self.wrist]
+    }
+    fn state(&self) -> &[f32] {
+        &self.state
+    }
+}
+
+/// Any robot's observation (`vla act --image … --state …`).
+#[derive(Clone, Debug)]
+pub struct RawObservation {
+    pub images: Vec<RgbImage>,
+    pub state: Vec<f32>,
+}
+
+impl PolicyObservation for RawObservation {
+    fn images(&self) -> Vec<&RgbImage> {
+        self.images.iter().collect()
+    }
+    fn state(&self) -> &[f32] {
+        &self.state
+    }
 }
 
 /// Where the grounding heads look, for `vla eval --trace`.
@@ -80,7 +114,11 @@ pub struct Decision {
     /// The action to execute now and its token ids (temporal ensembling executes a mean
     /// that no tokens spell: the tokens are then the newest chunk's first action's).
     pub tokens: Vec<i64>,
+    /// The end-effector action of a policy whose features' action space is the end-effector
+    /// delta; a zero action (hold) for any other, whose numbers are in `values`.
     pub action: Action,
+    /// The action's numbers in the features' `action_names` order, whatever the action space.
+    pub values: Vec<f32>,
     /// The actions of the chunk this decision was read from, in order (one for the
     /// one-action head): what `vla act` shows of a chunked model.
     pub chunk: Vec<Action>,
@@ -275,7 +313,11 @@ impl Policy {
     /// another instruction) and otherwise returns the chunk's next action; temporal
     /// ensembling decodes every step and returns the weighted mean of what the last K
     /// chunks predicted for this step ([`ensemble_actions`]).
-    pub fn step(&self, streams: &[usize], items: &[(&Observation, &str)]) -> Result<Vec<Decision>> {
+    pub fn step<O: PolicyObservation + ?Sized>(
+        &self,
+        streams: &[usize],
+        items: &[(&O, &str)],
+    ) -> Result<Vec<Decision>> {
         if streams.len() != items.len() {
             return Err(VlaError::Input(format!(
                 "{} streams for {} observations",
@@ -287,6 +329,12 @@ impl Policy {
         let (k, a) = (action.chunk_size, action.action_dim);
         if k <= 1 {
             return self.decide(items, None);
+        }
+        if self.model.config().features.action_space != ActionSpace::EndEffectorDelta {
+            return Err(VlaError::Input(format!(
+                "chunked execution is built for end-effector actions; this policy's are {:?}",
+                self.model.config().features.action_space
+            )));
         }
         let distinct: std::collections::BTreeSet<usize> = streams.iter().copied().collect();
         if distinct.len() != streams.len() {
@@ -307,7 +355,7 @@ impl Policy {
                 need.push(i);
             }
         }
-        let subset: Vec<(&Observation, &str)> = need.iter().map(|&i| items[i]).collect();
+        let subset: Vec<(&O, &str)> = need.iter().map(|&i| items[i]).collect();
         for (&i, (decision, tokens)) in need.iter().zip(self.decode(&subset, None)?) {
             let stream = held.entry(streams[i]).or_default();
             if action.chunk_execution == ChunkExecution::OpenLoop {
@@ -347,6 +395,7 @@ impl Policy {
                     }
                 }
                 .ok_or_else(|| VlaError::Input("a chunk shorter than action.chunk_size".into()))?;
+                decision.values = decision.action.0.to_vec();
                 for c in &mut stream.chunks {
                     c.age += 1;
                 }
@@ -356,25 +405,36 @@ impl Policy {
     }
 
     /// The model's inputs for a batch: images, states, prompt ids and mask (on its device).
-    fn inputs(&self, items: &[(&Observation, &str)]) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    fn inputs<O: PolicyObservation + ?Sized>(
+        &self,
+        items: &[(&O, &str)],
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         let cfg = self.model.config();
-        if cfg.vision.num_cameras != 2 {
-            return Err(VlaError::Input(format!(
-                "observations carry 2 cameras, the model expects {}",
-                cfg.vision.num_cameras
-            )));
+        let (cameras, state_dim) = (cfg.vision.num_cameras, cfg.action.state_dim);
+        for (o, _) in items {
+            let (c, s) = (o.images().len(), o.state().len());
+            if c != cameras || s != state_dim {
+                return Err(VlaError::Input(format!(
+                    "an observation of {c} images and {s} state values; the policy reads \
+                     {cameras} ({}) and {state_dim} ({})",
+                    cfg.features.cameras.join(", "),
+                    cfg.features.state_names.join(", ")
+                )));
+            }
         }
         let size = cfg.vision.image_size as u32;
         let images = Tensor::stack(
             &items
                 .iter()
-                .map(|(o, _)| observation_images(o, size))
+                .map(|(o, _)| observation_images(*o, size))
                 .collect::<Vec<_>>(),
             0,
         );
-        let states: Vec<f32> = items.iter().flat_map(|(o, _)| o.state).collect();
-        let state = Tensor::from_slice(&states)
-            .view([items.len() as i64, vla_core::observation::STATE_DIM as i64]);
+        let states: Vec<f32> = items
+            .iter()
+            .flat_map(|(o, _)| o.state().iter().copied())
+            .collect();
+        let state = Tensor::from_slice(&states).view([items.len() as i64, state_dim as i64]);
         let prompts = items
             .iter()
             .map(|(_, instr)| self.tokenizer.encode_prompt(instr))
@@ -414,9 +474,9 @@ impl Policy {
     /// Every call decodes, holding nothing between calls: of a chunk, the action (and
     /// tokens) is the first, and `chunk` has all K (closed-loop control goes through
     /// [`Self::step`]).
-    pub fn decide(
+    pub fn decide<O: PolicyObservation + ?Sized>(
         &self,
-        items: &[(&Observation, &str)],
+        items: &[(&O, &str)],
         subtasks: Option<&[&str]>,
     ) -> Result<Vec<Decision>> {
         Ok(self
@@ -427,9 +487,9 @@ impl Policy {
     }
 
     /// [`Self::decide`] with each item's K·action_dim token ids.
-    fn decode(
+    fn decode<O: PolicyObservation + ?Sized>(
         &self,
-        items: &[(&Observation, &str)],
+        items: &[(&O, &str)],
         subtasks: Option<&[&str]>,
     ) -> Result<Vec<(Decision, Vec<i64>)>> {
         if items.is_empty() {
@@ -486,21 +546,27 @@ impl Policy {
             .zip(generated.subtasks)
             .zip(points)
             .map(|((row, subtask), points)| {
-                let chunk = row
+                let end_effector = cfg.features.action_space == ActionSpace::EndEffectorDelta;
+                let decoded = row
                     .chunks(a)
                     .map(|tokens| {
                         let values = self.model.action_tokenizer().decode(tokens)?;
+                        if !end_effector {
+                            return Ok((Action::default(), values));
+                        }
                         let action = Action::from_slice(&values)
                             .map_err(|e| VlaError::Input(e.to_string()))?;
                         action
                             .validate()
                             .map_err(|e| VlaError::Input(e.to_string()))?;
-                        Ok(action)
+                        Ok((action, values))
                     })
-                    .collect::<Result<Vec<Action>>>()?;
-                let action = *chunk
+                    .collect::<Result<Vec<(Action, Vec<f32>)>>>()?;
+                let (action, values) = decoded
                     .first()
+                    .cloned()
                     .ok_or_else(|| VlaError::Input("the model returned no action".into()))?;
+                let chunk: Vec<Action> = decoded.into_iter().map(|(a, _)| a).collect();
                 let subtask = match cfg.plan.enabled() {
                     true => Some(self.tokenizer.decode(&subtask)?.trim().to_string()),
                     false => None,
@@ -508,6 +574,7 @@ impl Policy {
                 let decision = Decision {
                     tokens: row[..a.min(row.len())].to_vec(),
                     action,
+                    values,
                     chunk,
                     subtask,
                     points,

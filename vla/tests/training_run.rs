@@ -105,6 +105,7 @@ fn options(data: &Path, out: &Path, steps: usize, resume: bool) -> TrainOptions 
         cotrain: None,
         until: None,
         dist: None,
+        mapping: Default::default(),
     }
 }
 
@@ -306,6 +307,7 @@ fn a_missed_grasp_opened_beside_the_object_is_no_release() {
     write_dataset_with(&dir, &ee_x, &[3, 4, 6, 7, 8]);
     let data = vla_model::train::data::TrainingData::load(
         std::slice::from_ref(&dir),
+        &vla_model::FeatureMapping::default(),
         32,
         0.0,
         0,
@@ -356,6 +358,7 @@ fn the_subgoal_is_the_next_event_then_hold_after_a_pick_and_none_after_a_release
         write_dataset_with(&dir, &ee_x, closed);
         let data = vla_model::train::data::TrainingData::load(
             std::slice::from_ref(&dir),
+            &vla_model::FeatureMapping::default(),
             32,
             0.0,
             0,
@@ -377,6 +380,7 @@ fn targets_come_from_the_first_gripper_close_and_the_release_after_it() {
     write_dataset(&dir);
     let data = vla_model::train::data::TrainingData::load(
         std::slice::from_ref(&dir),
+        &vla_model::FeatureMapping::default(),
         32,
         0.0,
         0,

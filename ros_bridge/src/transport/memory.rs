@@ -54,6 +54,11 @@ impl<M: RosMessage> Publisher<M> for MemoryPublisher<M> {
         }
         Ok(())
     }
+
+    fn subscribers(&self) -> Option<usize> {
+        let topics = self.bus.topics.lock().ok()?;
+        Some(topics.get(&self.topic).map_or(0, |t| t.subscribers.len()))
+    }
 }
 
 impl Transport for MemoryBus {

@@ -92,6 +92,13 @@ pub type Callback<M> = Box<dyn FnMut(Received<M>) + Send>;
 /// A typed publisher.
 pub trait Publisher<M>: Send + Sync {
     fn publish(&self, msg: M) -> Result<(), TransportError>;
+
+    /// Subscriptions matched to this publisher, where the transport knows it (DDS discovery):
+    /// a node that must not talk before it is heard (a teleoperator's first episode marker)
+    /// waits for it. `None`: unknown.
+    fn subscribers(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A ROS 2 participant that can open typed topics.

@@ -7,7 +7,7 @@
 //! gets a reader thread that hands samples to its callback as they arrive.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use ros2_client::dds::rustdds::DomainParticipantBuilder;
@@ -18,7 +18,8 @@ use crate::msg::RosMessage;
 
 /// One DDS participant with one ROS node.
 pub struct Ros2Transport {
-    node: Node,
+    /// Shared with the publishers, which ask it for their matched subscriptions.
+    node: Arc<Mutex<Node>>,
     // Kept so the participant lives as long as the transport.
     _context: Context,
     stop: Arc<AtomicBool>,
@@ -63,7 +64,7 @@ impl Ros2Transport {
             "ROS 2 node up (ros2-client/RustDDS)"
         );
         Ok(Ros2Transport {
-            node,
+            node: Arc::new(Mutex::new(node)),
             _context: context,
             stop: Arc::new(AtomicBool::new(false)),
         })
@@ -88,6 +89,8 @@ impl Ros2Transport {
             )));
         };
         self.node
+            .lock()
+            .map_err(|_| setup("the node's lock is poisoned".into()))?
             .create_topic(&name, type_name, qos)
             .map_err(|e| setup(format!("{e:?}")))
     }
@@ -145,6 +148,7 @@ fn write_error<M>(e: &ros2_client::WriteError<M>) -> String {
 struct Ros2Publisher<M: RosMessage> {
     inner: ros2_client::Publisher<M>,
     topic: String,
+    node: Arc<Mutex<Node>>,
 }
 
 impl<M: RosMessage> Publisher<M> for Ros2Publisher<M> {
@@ -155,6 +159,11 @@ impl<M: RosMessage> Publisher<M> for Ros2Publisher<M> {
                 topic: self.topic.clone(),
                 cause: write_error(&e),
             })
+    }
+
+    fn subscribers(&self) -> Option<usize> {
+        let node = self.node.lock().ok()?;
+        Some(self.inner.get_subscription_count(&node))
     }
 }
 
@@ -168,11 +177,14 @@ impl Transport for Ros2Transport {
         let t = self.topic::<M>("publisher", topic, &profile)?;
         let inner = self
             .node
+            .lock()
+            .map_err(|_| setup_error("publisher", topic, "the node's lock is poisoned".into()))?
             .create_publisher::<M>(&t, Some(profile))
             .map_err(|e| setup_error("publisher", topic, format!("{e:?}")))?;
         Ok(Box::new(Ros2Publisher {
             inner,
             topic: topic.to_string(),
+            node: self.node.clone(),
         }))
     }
 
@@ -186,6 +198,8 @@ impl Transport for Ros2Transport {
         let t = self.topic::<M>("subscription", topic, &profile)?;
         let sub = self
             .node
+            .lock()
+            .map_err(|_| setup_error("subscription", topic, "the node's lock is poisoned".into()))?
             .create_subscription::<M>(&t, Some(profile))
             .map_err(|e| setup_error("subscription", topic, format!("{e:?}")))?;
         let stop = self.stop.clone();

@@ -826,9 +826,11 @@ impl VlaModel {
             Some(fine) if self.config.vision.grounding_fine => g.locate(&queries, fine, &[last]),
             _ => g.locate(&queries, last, &[]),
         };
+        // Only relative targets read it, and only they require a state that has it.
         let ee_xy = obs
             .normalised_state
             .as_ref()
+            .filter(|_| self.config.action.relative_targets)
             .map(|s| s.narrow(1, vla_core::StateLayout::EE_POSITION.start as i64, 2));
         let subgoal_logits = obs
             .proprio
@@ -1061,6 +1063,12 @@ impl VlaModel {
     /// [`Self::sample_action_tokens_with_grounding`] returns them).
     pub fn table_targets_from(&self, coords: &Tensor) -> Option<Tensor> {
         let grounding = self.grounding.as_ref()?;
+        // Table positions exist where the heads were taught them, in the end effector's units.
+        if self.config.action.target_aux_weight <= 0.0
+            || self.config.action.state_dim < vla_core::StateLayout::EE_POSITION.end
+        {
+            return None;
+        }
         let (mean, std) = self.ee_xy_statistics();
         Some(grounding.predict_targets(coords) * std + mean)
     }

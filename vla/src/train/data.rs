@@ -20,12 +20,8 @@ use crate::model::{left_pad, right_pad, VlaBatch, VlaModel};
 use crate::policy::image_to_tensor;
 use crate::train::frames::FrameStore;
 
-/// The gripper command is the last action dimension (`[dx, dy, dz, droll, dpitch, dyaw, gripper]`).
-const GRIPPER_DIM: usize = vla_core::ACTION_DIM - 1;
+use crate::features::FeatureMapping;
 use crate::text_tokenizer::TextTokenizer;
-
-/// The camera keys, in the model's camera order (0 front, 1 wrist).
-pub const CAMERA_KEYS: [&str; 2] = ["observation.images.front", "observation.images.wrist"];
 
 /// Image augmentation applied to training batches (never to validation).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -223,6 +219,7 @@ impl TrainingData {
     /// the memory available, else they are memory-mapped from disk (see [`FrameStore`]).
     pub fn load(
         dirs: &[PathBuf],
+        features: &FeatureMapping,
         image_size: u32,
         val_fraction: f64,
         seed: u64,
@@ -230,6 +227,7 @@ impl TrainingData {
     ) -> Result<Self> {
         Self::load_with_budget(
             dirs,
+            features,
             image_size,
             val_fraction,
             seed,
@@ -241,6 +239,7 @@ impl TrainingData {
     /// As [`Self::load`], holding at most `budget` bytes of decoded frames in memory.
     pub fn load_with_budget(
         dirs: &[PathBuf],
+        features: &FeatureMapping,
         image_size: u32,
         val_fraction: f64,
         seed: u64,
@@ -262,9 +261,10 @@ impl TrainingData {
             return Err(VlaError::Input("the datasets hold no frames".into()));
         }
         let s = i64::from(image_size);
-        let mut store = FrameStore::new(total, [CAMERA_KEYS.len() as i64, 3, s, s], budget)?;
+        let cameras = &features.cameras;
+        let mut store = FrameStore::new(total, [cameras.len() as i64, 3, s, s], budget)?;
         let mut row = 0usize;
-        let mut states: Vec<f32> = Vec::with_capacity(total * 13);
+        let mut states: Vec<f32> = Vec::with_capacity(total * features.state_dim());
         let mut actions = Vec::with_capacity(total);
         let mut frame_task = Vec::with_capacity(total);
         let mut frame_subtask = Vec::with_capacity(total);
@@ -279,7 +279,7 @@ impl TrainingData {
         let (mut train_episodes, mut val_episodes) = (0, 0);
         let mut state_dim = None;
         for (ds, dir) in datasets.iter().zip(dirs) {
-            check_features(ds, dir)?;
+            check_features(ds, dir, features)?;
             let (tr, va) = ds.split_episodes(val_fraction, seed);
             train_episodes += tr.len();
             val_episodes += va.len();
@@ -292,11 +292,11 @@ impl TrainingData {
                     .frames(chunk)
                     .map_err(|e| VlaError::Input(format!("dataset {}: {e}", dir.display())))?;
                 for f in frames {
-                    let cams: Vec<Tensor> = CAMERA_KEYS
+                    let cams: Vec<Tensor> = cameras
                         .iter()
                         .map(|k| {
                             f.images
-                                .get(*k)
+                                .get(k)
                                 .map(|img| image_to_tensor(img, image_size))
                                 .ok_or_else(|| {
                                     VlaError::Input(format!(
@@ -309,13 +309,19 @@ impl TrainingData {
                         .collect::<Result<_>>()?;
                     store.set(row, &Tensor::stack(&cams, 0));
                     row += 1;
-                    if *state_dim.get_or_insert(f.state.len()) != f.state.len() {
+                    if *state_dim.get_or_insert(f.state.len()) != f.state.len()
+                        || f.state.len() != features.state_dim()
+                        || f.action.len() != features.action_dim()
+                    {
                         return Err(VlaError::Input(format!(
-                            "dataset {}: frame {} has {} state values, earlier frames {}",
+                            "dataset {}: frame {} has {} state and {} action values, the \
+                             features {} and {}",
                             dir.display(),
                             f.index,
                             f.state.len(),
-                            state_dim.unwrap_or(0)
+                            f.action.len(),
+                            features.state_dim(),
+                            features.action_dim()
                         )));
                     }
                     if f.action.iter().chain(&f.state).any(|v| !v.is_finite()) {
@@ -358,10 +364,18 @@ impl TrainingData {
                 for pair in frames.windows(2) {
                     next_frame[pair[0]] = Some(pair[1]);
                 }
+                // Grasps and releases are read from the simulator's gripper command and
+                // end-effector position; other robots' frames get no grounding labels.
+                let Some(gripper) = features
+                    .gripper_dim
+                    .filter(|_| features.is_simulator_layout())
+                else {
+                    continue;
+                };
                 if sd <= xy + 2 {
                     continue;
                 }
-                let closed = |i: usize| actions[i].get(GRIPPER_DIM).is_some_and(|g| *g > 0.5);
+                let closed = |i: usize| actions[i].get(gripper).is_some_and(|g| *g > 0.5);
                 // Where each close and each opening after a close start. A grasp that
                 // missed is lifted, opened beside the object and retried (more often when a
                 // policy drives in DAgger): that opening is no release. A release happens
@@ -792,8 +806,8 @@ fn index_tensor(indices: &[usize]) -> Tensor {
     Tensor::from_slice(&v)
 }
 
-fn check_features(ds: &Dataset, dir: &Path) -> Result<()> {
-    for key in CAMERA_KEYS {
+fn check_features(ds: &Dataset, dir: &Path, features: &FeatureMapping) -> Result<()> {
+    for key in &features.cameras {
         if !ds.image_keys().iter().any(|k| k == key) {
             return Err(VlaError::Input(format!(
                 "dataset {}: no image feature {key:?} (has {:?})",
@@ -899,7 +913,7 @@ mod tests {
             .map(|i| {
                 let mut a = vec![0.0f32; 7];
                 a[0] = i as f32 / 10.0;
-                a[GRIPPER_DIM] = (i % 2) as f32;
+                a[6] = (i % 2) as f32;
                 a
             })
             .collect();

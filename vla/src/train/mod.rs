@@ -32,6 +32,7 @@ use crate::action_tokenizer::NormStats;
 use crate::checkpoint::{load_run, save_run};
 use crate::config::{LoraConfig, TextConfig, VlaConfig};
 use crate::error::{Result, VlaError};
+use crate::features::{FeatureMapping, MappingOverrides};
 use crate::model::VlaModel;
 use crate::text_tokenizer::{prompt, question_prompt, TextTokenizer};
 use crate::train::batches::{Prefetcher, StepSource};
@@ -195,6 +196,10 @@ pub struct TrainOptions {
     pub until: Option<usize>,
     /// This process's rank in a data-parallel run; `None` trains alone.
     pub dist: Option<DataParallel>,
+    /// What a fresh run's feature mapping takes from the command line instead of inferring
+    /// it from the first dataset (see [`crate::features`]). A resumed or fine-tuned run keeps
+    /// its own mapping.
+    pub mapping: MappingOverrides,
 }
 
 /// Co-training: vision-language examples learned beside the robot frames.
@@ -367,12 +372,46 @@ pub fn train(
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| VlaError::checkpoint(&opts.out, format!("cannot create: {e}")))?;
 
+    // The features the policy reads: a resumed or fine-tuned run's own, else inferred from
+    // the first dataset; every dataset must have them. A fresh run's model config and
+    // grounding targets are fitted to them.
+    let inherited = match (&resume_from, &opts.init) {
+        (Some((_, dir)), _) | (None, Some(dir)) => Some(
+            crate::checkpoint::RunConfig::load(dir.join(crate::checkpoint::CONFIG_FILE))?
+                .config
+                .features,
+        ),
+        (None, None) => None,
+    };
+    let infos: Vec<(vla_datasets::DatasetInfo, String)> = opts
+        .data
+        .iter()
+        .map(|d| {
+            vla_datasets::DatasetInfo::load(d)
+                .map(|i| (i, d.display().to_string()))
+                .map_err(|e| VlaError::Input(format!("dataset {}: {e}", d.display())))
+        })
+        .collect::<Result<_>>()?;
+    let mapping = match (inherited, infos.first()) {
+        (Some(m), _) => m,
+        (None, Some((info, source))) => FeatureMapping::infer(info, source, &opts.mapping)?,
+        (None, None) => return Err(VlaError::Input("no dataset given (--data DIR)".into())),
+    };
+    for (info, source) in &infos {
+        mapping.check(info, source)?;
+    }
+    let mut model_cfg = opts.model.clone();
+    for change in mapping.fit_config(&mut model_cfg, &mut train_cfg.grounding) {
+        tracing::info!("fitted to the dataset's features: {change}");
+    }
+    model_cfg.validate()?;
     let budget = train_cfg
         .resident_frames_mb
         .map_or_else(frames::default_budget, |mb| mb << 20);
     let data = Arc::new(TrainingData::load_with_budget(
         &opts.data,
-        opts.model.vision.image_size as u32,
+        &mapping,
+        model_cfg.vision.image_size as u32,
         train_cfg.val_fraction,
         train_cfg.seed,
         budget,
@@ -395,7 +434,7 @@ pub fn train(
         }
         (None, Some(dir), _) => {
             let (model, tok) = load_run(dir, opts.device)?;
-            if model.config() != &opts.model {
+            if model.config() != &model_cfg {
                 tracing::warn!(
                     init = %dir.display(),
                     "the --init run's model config differs from --config; using the run's"
@@ -406,9 +445,9 @@ pub fn train(
         }
         (None, None, Some(dir)) => {
             let (actions, states) = data.train_actions_and_states();
-            let stats = NormStats::from_data(&actions, &states, &opts.model)?;
+            let stats = NormStats::from_data(&actions, &states, &model_cfg)?;
             let tok = TextTokenizer::from_file(dir.join(crate::checkpoint::TOKENIZER_FILE))?;
-            let mut config = opts.model.clone();
+            let mut config = model_cfg.clone();
             let text = crate::hf::llama_config(dir.join(crate::checkpoint::CONFIG_FILE))?.config;
             if text != config.text {
                 tracing::info!(
@@ -442,7 +481,7 @@ pub fn train(
                 ));
             }
             let (actions, states) = data.train_actions_and_states();
-            let stats = NormStats::from_data(&actions, &states, &opts.model)?;
+            let stats = NormStats::from_data(&actions, &states, &model_cfg)?;
             let mut corpus: Vec<String> = opts.corpus.clone();
             corpus.extend(data.tasks().iter().cloned());
             corpus.extend(data.subtasks().iter().cloned());
@@ -453,8 +492,8 @@ pub fn train(
                 .iter()
                 .chain(examples.flat_map(|e| [&e.question, &e.answer]));
             texts.extend(questions.map(|q| question_prompt(q)));
-            let tok = TextTokenizer::train(&texts, opts.model.text.vocab_size)?;
-            let mut config = opts.model.clone();
+            let tok = TextTokenizer::train(&texts, model_cfg.text.vocab_size)?;
+            let mut config = model_cfg.clone();
             if config.text.eos_token_id.is_none() {
                 config.text.eos_token_id = tok.eos_id().map(|id| id as usize);
             }
@@ -471,7 +510,7 @@ pub fn train(
         join_data_parallel(dp, &model, &tokenizer, &mut step_fn, start_step, &opts.out)?;
     }
     let mut metrics = if main {
-        write_train_json(opts, &train_cfg, &summary)?;
+        write_train_json(opts, model.config(), &train_cfg, &summary)?;
         Some(open_metrics(&opts.out, start_step)?)
     } else {
         None
@@ -922,10 +961,15 @@ fn save_checkpoint(
     Ok(dir)
 }
 
-fn write_train_json(opts: &TrainOptions, cfg: &TrainConfig, data: &DataSummary) -> Result<()> {
+fn write_train_json(
+    opts: &TrainOptions,
+    model: &VlaConfig,
+    cfg: &TrainConfig,
+    data: &DataSummary,
+) -> Result<()> {
     let path = opts.out.join("train.json");
     let value = serde_json::json!({
-        "model": opts.model,
+        "model": model,
         "train": cfg,
         "data": data,
         "cotrain": opts.cotrain.as_ref().map(|c| serde_json::json!({
