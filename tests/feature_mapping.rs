@@ -21,36 +21,9 @@ const JOINTS: [&str; 6] = [
 
 /// A model small enough to train a few steps in seconds; the simulator's grounding targets
 /// are on, so fitting to another robot's features must switch them off.
-const TOY_CONFIG: &str = r#"
-[vision]
-image_size = 32
-patch_size = 16
-hidden_size = 32
-num_hidden_layers = 1
-num_attention_heads = 2
-intermediate_size = 64
-num_keypoints = 4
-stem_channels = [8, 8]
-grounding_heads = 2
-
-[projector]
-hidden_size = 64
-
-[text]
-vocab_size = 400
-hidden_size = 32
-intermediate_size = 64
-num_hidden_layers = 1
-num_attention_heads = 2
-num_key_value_heads = 2
-max_position_embeddings = 128
-
-[action]
-proprio_indices = [6, 9]
-target_aux_weight = 1.0
-relative_targets = true
-subgoal_weight = 0.5
-
+const TOY_CONFIG: &str = concat!(
+    common::toy_model!(),
+    r#"
 [train]
 steps = 3
 batch_size = 4
@@ -60,7 +33,8 @@ checkpoint_every = 3
 
 [train.grounding]
 map_weight = 1.0
-"#;
+"#
+);
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vla-mapping-{}-{name}", std::process::id()));

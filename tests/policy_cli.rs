@@ -15,36 +15,9 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 /// A model small enough to train a few steps in seconds.
-const TOY_CONFIG: &str = r#"
-[vision]
-image_size = 32
-patch_size = 16
-hidden_size = 32
-num_hidden_layers = 1
-num_attention_heads = 2
-intermediate_size = 64
-num_keypoints = 4
-stem_channels = [8, 8]
-grounding_heads = 2
-
-[projector]
-hidden_size = 64
-
-[text]
-vocab_size = 400
-hidden_size = 32
-intermediate_size = 64
-num_hidden_layers = 1
-num_attention_heads = 2
-num_key_value_heads = 2
-max_position_embeddings = 128
-
-[action]
-proprio_indices = [6, 9]
-target_aux_weight = 1.0
-relative_targets = true
-subgoal_weight = 0.5
-
+const TOY_CONFIG: &str = concat!(
+    common::toy_model!(),
+    r#"
 [plan]
 weight = 1.0
 max_tokens = 12
@@ -58,7 +31,8 @@ checkpoint_every = 2
 
 [train.grounding]
 map_weight = 1.0
-"#;
+"#
+);
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")

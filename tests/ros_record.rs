@@ -5,11 +5,13 @@
 //! as many frames, the same start and end of every episode. Recorded with AV1 video cameras,
 //! as lerobot records, it must validate, load in Python `lerobot` and train.
 
+mod common;
 mod ros_common;
 
 use std::path::Path;
 use std::process::Command;
 
+use common::json;
 use ros_common::*;
 use vla_datasets::Dataset;
 use vla_ros_bridge::netns;
@@ -17,20 +19,6 @@ use vla_ros_bridge::netns;
 const TEST: &str = "a_teleoperated_sim_recorded_over_ros_matches_vla_collect";
 const EPISODES: usize = 3;
 const SEED: u64 = 5;
-
-fn vla() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vla"))
-}
-
-fn run_json(cmd: &mut Command) -> serde_json::Value {
-    let out = cmd.output().expect("runs vla");
-    assert!(
-        out.status.success(),
-        "vla failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
-}
 
 /// Per episode: task, length, first state, last state, and the sum of its actions.
 struct Summary {
@@ -120,21 +108,23 @@ fn a_teleoperated_sim_recorded_over_ros_matches_vla_collect() {
 
     // The same scenes through `vla collect` (no ROS, no clock).
     let collected = dir.join("collected");
-    run_json(
-        vla()
-            .args([
-                "collect", "--suite", "pick", "--split", "seen", "--envs", "1",
-            ])
-            .args([
-                "--seed",
-                &SEED.to_string(),
-                "--episodes",
-                &EPISODES.to_string(),
-            ])
-            .arg("--json")
-            .arg("--out")
-            .arg(&collected),
-    );
+    let (seed, episodes) = (SEED.to_string(), EPISODES.to_string());
+    json(&[
+        "collect",
+        "--suite",
+        "pick",
+        "--split",
+        "seen",
+        "--envs",
+        "1",
+        "--seed",
+        &seed,
+        "--episodes",
+        &episodes,
+        "--json",
+        "--out",
+        &collected.display().to_string(),
+    ]);
     let (r, c) = (summarise(&rec), summarise(&collected));
     assert_eq!(r.len(), c.len(), "recorded vs collected episodes");
     for (i, (r, c)) in r.iter().zip(&c).enumerate() {
@@ -183,19 +173,22 @@ fn a_teleoperated_sim_recorded_over_ros_matches_vla_collect() {
         );
     }
 
-    let v = run_json(vla().args(["dataset", "validate", "--json"]).arg(&rec));
+    let rec_s = rec.display().to_string();
+    let v = json(&["dataset", "validate", "--json", &rec_s]);
     assert_eq!(v["valid"], true, "{v}");
     lerobot_loads(&rec, r.iter().map(|s| s.length).sum());
     // It trains as `vla collect`'s data does.
     let run = dir.join("run");
-    let status = vla()
-        .args(["train", "--steps", "3", "--data"])
-        .arg(&rec)
-        .arg("--out")
-        .arg(&run)
-        .status()
-        .expect("runs vla train");
-    assert!(status.success(), "vla train on the recording failed");
+    json(&[
+        "train",
+        "--steps",
+        "3",
+        "--data",
+        &rec_s,
+        "--out",
+        &run.display().to_string(),
+        "--json",
+    ]);
     assert!(run.join("model.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

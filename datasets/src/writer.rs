@@ -86,6 +86,18 @@ impl CameraSpec {
     pub fn key(&self) -> String {
         image_key(&self.name)
     }
+
+    /// The cameras of a frame, each at the size of its image: what a dataset made from a
+    /// robot's own frames records (`vla dataset from-mcap`, `vla ros record`).
+    pub fn of_frame(images: &[(&str, &RgbImage)]) -> Vec<CameraSpec> {
+        images
+            .iter()
+            .map(|(name, img)| {
+                let (width, height) = img.dimensions();
+                CameraSpec::new(*name, ImageSize { width, height })
+            })
+            .collect()
+    }
 }
 
 /// What a new dataset records.

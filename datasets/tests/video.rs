@@ -70,21 +70,39 @@ struct Reference {
     images: Vec<Vec<RgbImage>>,
 }
 
+/// A JSON file, or a test failure naming it.
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// Rewrite `meta/info.json` of the dataset at `root` with `edit`.
+fn edit_info(root: &Path, edit: impl FnOnce(&mut Value)) {
+    let path = root.join("meta/info.json");
+    let mut info = read_json(&path);
+    edit(&mut info);
+    let text = serde_json::to_string_pretty(&info).expect("a JSON value serialises");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
 fn load_reference(dir: &Path) -> Reference {
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("frames.json")).unwrap()).unwrap();
+    let meta = read_json(&dir.join("frames.json"));
     let cameras: Vec<String> = meta["cameras"]
         .as_array()
-        .unwrap()
+        .expect("frames.json: cameras")
         .iter()
-        .map(|c| c.as_str().unwrap().to_string())
+        .map(|c| c.as_str().expect("frames.json: camera name").to_string())
         .collect();
     let (h, w) = (
-        meta["height"].as_u64().unwrap() as u32,
-        meta["width"].as_u64().unwrap() as u32,
+        meta["height"].as_u64().expect("frames.json: height") as u32,
+        meta["width"].as_u64().expect("frames.json: width") as u32,
     );
-    let frames = meta["frames"].as_array().unwrap().clone();
-    let bytes = std::fs::read(dir.join("frames.bin")).unwrap();
+    let frames = meta["frames"]
+        .as_array()
+        .expect("frames.json: frames")
+        .clone();
+    let bytes = std::fs::read(dir.join("frames.bin")).expect("lerobot's frames.bin");
     let size = (h * w * 3) as usize;
     assert_eq!(bytes.len(), size * cameras.len() * frames.len());
     let mut chunks = bytes.chunks_exact(size);
@@ -92,7 +110,10 @@ fn load_reference(dir: &Path) -> Reference {
         .map(|_| {
             cameras
                 .iter()
-                .map(|_| RgbImage::from_raw(w, h, chunks.next().unwrap().to_vec()).unwrap())
+                .map(|_| {
+                    let raw = chunks.next().expect("frames.bin holds every frame");
+                    RgbImage::from_raw(w, h, raw.to_vec()).expect("a whole image")
+                })
                 .collect()
         })
         .collect();
@@ -117,9 +138,9 @@ fn mad(a: &RgbImage, b: &RgbImage) -> f64 {
 
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array()
-        .unwrap()
+        .expect("frames.json: a list of numbers")
         .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
+        .map(|x| x.as_f64().expect("frames.json: a number") as f32)
         .collect()
 }
 
@@ -140,13 +161,15 @@ fn compare_with_reference(ds: &Dataset, reference: &Reference) {
     let mut worst = 0.0f64;
     let mut closest_other = f64::INFINITY;
     for (i, (f, want)) in frames.iter().zip(&reference.frames).enumerate() {
-        assert_eq!(f.index as u64, want["index"].as_u64().unwrap());
-        assert_eq!(
-            f.episode_index as u64,
-            want["episode_index"].as_u64().unwrap()
-        );
-        assert_eq!(f.frame_index as u64, want["frame_index"].as_u64().unwrap());
-        assert_eq!(f.task, want["task"].as_str().unwrap());
+        let number = |key: &str| {
+            want[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("frames.json: {key} is not a count"))
+        };
+        assert_eq!(f.index as u64, number("index"));
+        assert_eq!(f.episode_index as u64, number("episode_index"));
+        assert_eq!(f.frame_index as u64, number("frame_index"));
+        assert_eq!(f.task, want["task"].as_str().expect("frames.json: task"));
         assert_eq!(f.state, floats(&want["state"]), "frame {i} state");
         assert_eq!(f.action, floats(&want["action"]), "frame {i} action");
         for (c, key) in reference.cameras.iter().enumerate() {
@@ -317,8 +340,9 @@ fn write_rust_video_dataset(root: &Path) {
     w.finalize().expect("finalize");
     // An interrupted flush: a temporary file and an mp4 never committed to info.json.
     let dir = root.join("videos").join(LAPTOP).join("chunk-000");
-    std::fs::write(dir.join(".file-001.mp4.tmp-1"), b"partial").unwrap();
-    std::fs::copy(dir.join("file-000.mp4"), dir.join("file-001.mp4")).unwrap();
+    std::fs::write(dir.join(".file-001.mp4.tmp-1"), b"partial").expect("write a partial file");
+    std::fs::copy(dir.join("file-000.mp4"), dir.join("file-001.mp4"))
+        .expect("copy an uncommitted video");
     let mut w = DatasetWriter::open_resume(root).expect("resume");
     assert!(
         !dir.join("file-001.mp4").exists(),
@@ -489,7 +513,7 @@ fn bad_video_datasets_give_errors_naming_file_and_key() {
     let file = format!("videos/{PHONE}/chunk-000/file-000.mp4");
     // A missing mp4.
     let (validated, read) = broken("missing", |root| {
-        std::fs::remove_file(root.join(&file)).unwrap();
+        std::fs::remove_file(root.join(&file)).expect("remove the video");
     });
     for err in [&validated, &read] {
         assert!(err.contains(&file), "{err}");
@@ -498,13 +522,11 @@ fn bad_video_datasets_give_errors_naming_file_and_key() {
     }
     // info.json says 480x640 while the file holds 320x240.
     let (validated, read) = broken("shape", |root| {
-        let path = root.join("meta/info.json");
-        let mut info: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        info["features"][PHONE]["shape"] = serde_json::json!([480, 640, 3]);
-        info["features"][PHONE]["info"]["video.height"] = 480.into();
-        info["features"][PHONE]["info"]["video.width"] = 640.into();
-        std::fs::write(&path, serde_json::to_string_pretty(&info).unwrap()).unwrap();
+        edit_info(root, |info| {
+            info["features"][PHONE]["shape"] = serde_json::json!([480, 640, 3]);
+            info["features"][PHONE]["info"]["video.height"] = 480.into();
+            info["features"][PHONE]["info"]["video.width"] = 640.into();
+        })
     });
     for err in [&validated, &read] {
         assert!(err.contains(&file), "{err}");
@@ -517,7 +539,7 @@ fn bad_video_datasets_give_errors_naming_file_and_key() {
         let mut w = DatasetWriter::create(&other, video_spec()).expect("create");
         record(&mut w, 0, 2);
         w.finalize().expect("finalize");
-        std::fs::copy(other.join(&file), root.join(&file)).unwrap();
+        std::fs::copy(other.join(&file), root.join(&file)).expect("copy the short video");
         let _ = std::fs::remove_dir_all(&other);
     });
     assert!(
@@ -529,11 +551,9 @@ fn bad_video_datasets_give_errors_naming_file_and_key() {
     assert!(read.contains("no frame at t = 0.100000 s"), "{read}");
     // info.json's shape disagrees with its own video info block.
     let (validated, _) = broken("info-block", |root| {
-        let path = root.join("meta/info.json");
-        let mut info: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        info["features"][PHONE]["shape"] = serde_json::json!([240, 322, 3]);
-        std::fs::write(&path, serde_json::to_string_pretty(&info).unwrap()).unwrap();
+        edit_info(root, |info| {
+            info["features"][PHONE]["shape"] = serde_json::json!([240, 322, 3]);
+        })
     });
     assert!(validated.contains(PHONE), "{validated}");
     assert!(validated.contains("info.json"), "{validated}");

@@ -275,12 +275,16 @@ impl Teleop {
     }
 }
 
-/// Wait (up to `timeout`) until every publisher that says how many subscriptions it has has
-/// at least one, so what a listener must not miss (an episode's start) is not sent before
-/// discovery has matched it.
-fn wait_for_listeners(publishers: &[&dyn HasSubscribers], timeout: Duration, stop: &AtomicBool) {
+/// Wait (up to `timeout`) until every publisher that says how many subscriptions it has
+/// (`counts`: one per publisher) has at least one, so what a listener must not miss (an
+/// episode's start) is not sent before discovery has matched it.
+fn wait_for_listeners<const N: usize>(
+    counts: impl Fn() -> [Option<usize>; N],
+    timeout: Duration,
+    stop: &AtomicBool,
+) {
     let t0 = Instant::now();
-    while publishers.iter().any(|p| p.count() == Some(0)) {
+    while counts().contains(&Some(0)) {
         if t0.elapsed() > timeout || stop.load(Ordering::Relaxed) {
             tracing::warn!(
                 "teleoperation starts without a listener on every topic after {:.0} s",
@@ -289,17 +293,6 @@ fn wait_for_listeners(publishers: &[&dyn HasSubscribers], timeout: Duration, sto
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A publisher of any message type, for [`wait_for_listeners`].
-trait HasSubscribers {
-    fn count(&self) -> Option<usize>;
-}
-
-impl<M> HasSubscribers for Box<dyn Publisher<M>> {
-    fn count(&self) -> Option<usize> {
-        self.subscribers()
     }
 }
 
@@ -439,13 +432,15 @@ pub fn run<T: Transport>(
         );
         // The robot's own command subscriptions, and a recorder's, before the first marker.
         wait_for_listeners(
-            &[
-                &teleop.episode,
-                &teleop.twist,
-                &out.front,
-                &out.wrist,
-                &out.joints,
-            ],
+            || {
+                [
+                    teleop.episode.subscribers(),
+                    teleop.twist.subscribers(),
+                    out.front.subscribers(),
+                    out.wrist.subscribers(),
+                    out.joints.subscribers(),
+                ]
+            },
             opts.command_timeout,
             stop,
         );

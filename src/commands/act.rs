@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use serde::Serialize;
-use vla_core::{Observation, STATE_DIM};
+use vla_core::Observation;
+use vla_model::policy::RawObservation;
 use vla_model::Policy;
 use vla_sim::{Env, EnvConfig, RobotDescription, VecEnv};
 use vla_tasks::{make_task, Language, Split};
@@ -150,49 +151,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(s) => parse_state(s, features.state_dim())?,
         None => policy.model().norm_stats().state.mean.clone(),
     };
-    // The simulator's layout keeps its own observation (the grounding maps read it); any
-    // other robot's is its images and state.
-    let sim_obs = match (
-        features.is_simulator_layout(),
-        <[f32; STATE_DIM]>::try_from(&state[..]),
-    ) {
-        (true, Ok(s)) => {
-            let mut it = images.clone().into_iter();
-            match (it.next(), it.next()) {
-                (Some(front), Some(wrist)) => Some(Observation {
-                    front,
-                    wrist,
-                    front_depth: None,
-                    state: s,
-                    instruction: args.instruction.clone(),
-                }),
-                _ => None,
-            }
-        }
-        _ => None,
-    };
-    let raw = vla_model::policy::RawObservation { images, state };
+    let obs = RawObservation { images, state };
     let t = Instant::now();
     let forced = args.subtask.as_deref().map(|s| [s]);
-    let forced = forced.as_ref().map(|s| &s[..]);
-    let mut out = match &sim_obs {
-        Some(obs) => policy.decide(&[(obs, args.instruction.as_str())], forced)?,
-        None => policy.decide(&[(&raw, args.instruction.as_str())], forced)?,
-    };
+    let mut out = policy.decide(
+        &[(&obs, args.instruction.as_str())],
+        forced.as_ref().map(|s| &s[..]),
+    )?;
     let latency_ms = t.elapsed().as_secs_f64() * 1e3;
     let decision = out.pop().context("the policy returned no action")?;
     if args.subtask.is_some() && decision.subtask.is_none() {
         tracing::warn!("--subtask is ignored: this model does not decode sub-tasks (no plan)");
     }
-    let grounding_px = match (&args.grounding_png, &sim_obs) {
-        (Some(path), Some(obs)) => {
-            Some(write_grounding_png(&policy, obs, &args.instruction, path)?)
-        }
-        (Some(_), None) => anyhow::bail!(
-            "--grounding-png draws the simulator's front and wrist cameras; this policy reads {}",
-            features.cameras.join(", ")
-        ),
-        (None, _) => None,
+    let grounding_px = match &args.grounding_png {
+        Some(path) => Some(write_grounding_png(&policy, &obs, &args.instruction, path)?),
+        None => None,
     };
     let report = ActReport {
         grounding_px,
@@ -245,7 +218,7 @@ pub fn first_observation(family: &str, seed: u64) -> anyhow::Result<Observation>
 /// points in pixels of the model's input.
 fn write_grounding_png(
     policy: &Policy,
-    obs: &Observation,
+    obs: &RawObservation,
     instruction: &str,
     path: &Path,
 ) -> anyhow::Result<Vec<Vec<[f32; 2]>>> {
@@ -261,11 +234,7 @@ fn write_grounding_png(
     const PANEL: u32 = 128;
     let mut canvas = RgbImage::new(PANEL * (1 + heads as u32), PANEL * cams as u32);
     let mut points = Vec::new();
-    for (c, cam) in [&obs.front, &obs.wrist]
-        .into_iter()
-        .enumerate()
-        .take(cams as usize)
-    {
+    for (c, cam) in obs.images.iter().enumerate().take(cams as usize) {
         let input = imageops::resize(cam, size, size, imageops::FilterType::Triangle);
         let shown = imageops::resize(&input, PANEL, PANEL, imageops::FilterType::Nearest);
         imageops::replace(&mut canvas, &shown, 0, (c as u32 * PANEL) as i64);

@@ -7,9 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use serde::Serialize;
-use vla_datasets::{
-    validate, CameraSpec, Dataset, DatasetSpec, DatasetWriter, ImageSize, RawFrameRecord,
-};
+use vla_datasets::{validate, CameraSpec, Dataset, DatasetSpec, DatasetWriter, RawFrameRecord};
 use vla_ros_bridge::mcap_import::{plan_bag, BagFrame, BagPlan, ImportOptions};
 
 #[derive(clap::Subcommand)]
@@ -359,18 +357,10 @@ impl McapSink<'_> {
     fn frame(&mut self, plan: &BagPlan, task: &str, f: BagFrame<'_>) -> anyhow::Result<()> {
         let args = self.args;
         if self.writer.is_none() {
-            let cameras = f
-                .images
-                .iter()
-                .map(|(name, img)| {
-                    let (width, height) = img.dimensions();
-                    CameraSpec::new(*name, ImageSize { width, height })
-                })
-                .collect();
             let mut spec = DatasetSpec::with_features(
                 args.robot_type.clone(),
                 args.fps,
-                cameras,
+                CameraSpec::of_frame(f.images),
                 self.state_names.clone(),
                 self.action_names.clone(),
             );

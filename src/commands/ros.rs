@@ -306,21 +306,15 @@ impl RecordSink {
         frame: &vla_ros_bridge::record::RecordedFrame,
         names: Option<&vla_ros_bridge::record::FeatureNames>,
     ) -> anyhow::Result<()> {
-        use vla_datasets::{CameraSpec, DatasetSpec, DatasetWriter, ImageSize, RawFrameRecord};
+        use vla_datasets::{CameraSpec, DatasetSpec, DatasetWriter, RawFrameRecord};
+        let images: Vec<(&str, &vla_core::RgbImage)> =
+            frame.images.iter().map(|(n, i)| (n.as_str(), i)).collect();
         if self.writer.is_none() {
             let names = names.context("the recorder gave a frame before its feature names")?;
-            let cameras = frame
-                .images
-                .iter()
-                .map(|(name, img)| {
-                    let (width, height) = img.dimensions();
-                    CameraSpec::new(name.clone(), ImageSize { width, height })
-                })
-                .collect();
             let mut spec = DatasetSpec::with_features(
                 self.robot_type.clone(),
                 self.fps,
-                cameras,
+                CameraSpec::of_frame(&images),
                 names.state.clone(),
                 names.action.clone(),
             );
@@ -329,8 +323,6 @@ impl RecordSink {
             self.writer = Some(DatasetWriter::create(&self.out, spec)?);
         }
         let writer = self.writer.as_mut().context("no dataset writer")?;
-        let images: Vec<(&str, &vla_core::RgbImage)> =
-            frame.images.iter().map(|(n, i)| (n.as_str(), i)).collect();
         let timestamp = writer.current_episode_len() as f32 / self.fps as f32;
         writer
             .add_raw_frame(RawFrameRecord {

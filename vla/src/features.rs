@@ -10,9 +10,10 @@
 //! what its numbers mean without being told again.
 //!
 //! **Inference** ([`FeatureMapping::infer`]), when a dataset leaves no doubt:
-//! - cameras: every image or video feature, when there are one or two, in `meta/info.json`'s
-//!   order, except that a `front` camera comes first and a `wrist` camera second (this
-//!   stack's order). Three or more need `--camera KEY` flags.
+//! - cameras: every image or video feature, when there are one or two, in the order of their
+//!   keys, except that a `front` camera comes first and a `wrist` camera second (this stack's
+//!   order). Sorted keys, not `meta/info.json`'s order, so every reader infers the same order.
+//!   Three or more need `--camera KEY` flags.
 //! - state `observation.state`, action `action` (LeRobot's names; both required).
 //! - the action space: the simulator's entry names are an end-effector delta; an action whose
 //!   names are the state's names (a leader arm's joint positions, as LeRobot records them),
@@ -107,18 +108,9 @@ impl FeatureMapping {
     /// dataset and what is ambiguous or missing.
     pub fn infer(info: &DatasetInfo, source: &str, overrides: &MappingOverrides) -> Result<Self> {
         let err = |m: String| VlaError::Input(format!("dataset {source}: {m}"));
-        let images: Vec<&String> = info
-            .features
-            .iter()
-            .filter(|(_, f)| f.dtype == "image" || f.dtype == "video")
-            .map(|(k, _)| k)
-            .collect();
+        let images = info.camera_keys();
         let cameras: Vec<String> = if overrides.cameras.is_empty() {
-            let mut keys: Vec<String> = ordered_keys(info)
-                .into_iter()
-                .filter(|k| images.contains(k))
-                .cloned()
-                .collect();
+            let mut keys = images.clone();
             match keys.len() {
                 0 => {
                     return Err(err(
@@ -142,14 +134,10 @@ impl FeatureMapping {
             keys
         } else {
             for k in &overrides.cameras {
-                if !images.contains(&k) {
+                if !images.contains(k) {
                     return Err(err(format!(
                         "--camera {k}: no such image or video feature (has {})",
-                        images
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        images.join(", ")
                     )));
                 }
             }
@@ -347,14 +335,6 @@ impl FeatureMapping {
         model.features = self.clone();
         changed
     }
-}
-
-/// Feature keys in `meta/info.json`'s own order (the map we parse into is sorted).
-fn ordered_keys(info: &DatasetInfo) -> Vec<&String> {
-    // `DatasetInfo.features` is a BTreeMap; lerobot writes features in the robot's order, which
-    // `extra` does not keep either, so the sorted order stands in, with the front/wrist rule on
-    // top. Sorted keys are stable across readers, which is what the checkpoint needs.
-    info.features.keys().collect()
 }
 
 #[cfg(test)]

@@ -451,9 +451,9 @@ impl Policy {
 
     /// The grounding heads' heat maps `[C, H, h, w]` and coordinates `[C, H, 2]` for one
     /// observation (CPU, f32); `None` when the model has no grounding heads.
-    pub fn grounding_maps(
+    pub fn grounding_maps<O: PolicyObservation + ?Sized>(
         &self,
-        obs: &Observation,
+        obs: &O,
         instruction: &str,
     ) -> Result<Option<(Tensor, Tensor)>> {
         let (images, state, ids, mask) = self.inputs(&[(obs, instruction)])?;

@@ -2916,7 +2916,7 @@ mod tests {
             warmup_steps: 0,
             ..Default::default()
         };
-        let mut step = TrainStep::new(&mut model, config.clone()).unwrap();
+        let mut step = TrainStep::new(&mut model, config.clone()).expect("a valid optimiser");
         let before = crate::host::reads();
         let pending: Vec<_> = (0..3)
             .map(|_| {
@@ -2953,7 +2953,7 @@ mod tests {
         }
         // The moments too: the next good step is the one a run without the bad step takes.
         let mut twin = chunk_model(1, 5);
-        let mut twin_step = TrainStep::new(&mut twin, config).unwrap();
+        let mut twin_step = TrainStep::new(&mut twin, config).expect("a valid optimiser");
         for _ in 0..3 {
             twin_step.step(&twin, &b).unwrap();
         }
