@@ -59,6 +59,9 @@ fn an_so100_video_dataset_from_lerobot_validates_trains_and_acts() {
     let data_s = data.display().to_string();
     let v = json(&["dataset", "validate", "--json", &data_s]);
     assert_eq!(v["valid"], true, "{v}");
+    // Every camera's videos were opened and checked.
+    let videos = v["video_files"].as_array().map_or(0, Vec::len);
+    assert!(videos >= 2, "one video file per camera at least: {v}");
 
     let run = dir.join("run").display().to_string();
     json(&[

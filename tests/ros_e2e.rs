@@ -1,6 +1,7 @@
 //! End to end with a trained policy: `vla ros sim` (the simulator as a ROS 2 robot) and
 //! `vla ros bridge` in one network namespace reach the same success rate on `pick` as
-//! `vla eval` runs the same policy directly (within the 95 % interval of the difference).
+//! `vla eval` runs the same policy directly (within the 95 % interval of the difference),
+//! with a policy that succeeds (`VLA_E2E_MIN_SUCCESSES`, default 1, of the direct episodes).
 //!
 //! Needs a trained run directory in `VLA_E2E_CKPT`; prints "skipped" without one, fails
 //! without one when `VLA_REQUIRE_E2E=1`.
@@ -98,6 +99,15 @@ fn ros_sim_and_bridge_match_direct_eval_on_pick() {
     let (p_direct, p_ros) = (n(&direct, "success_rate"), n(&ros, "success_rate"));
     let (n_direct, n_ros) = (n(&direct, "episodes"), n(&ros, "episodes"));
     assert_eq!(n_ros as usize, episodes, "{ros}");
+    // Equal success of a policy that never succeeds says nothing about the bridge.
+    let min_successes = env_usize("VLA_E2E_MIN_SUCCESSES", 1);
+    let successes = (p_direct * n_direct).round() as usize;
+    assert!(
+        successes >= min_successes,
+        "the policy succeeded in {successes} of {n_direct} episodes evaluated directly (at least \
+         {min_successes} needed for the comparison to mean something): use a policy that \
+         succeeds (`make test-e2e` trains one) or set VLA_E2E_MIN_SUCCESSES"
+    );
     // 95 % interval of a difference of two proportions (pooled), plus half an episode.
     let p = (p_direct * n_direct + p_ros * n_ros) / (n_direct + n_ros);
     let se = (p * (1.0 - p) * (1.0 / n_direct + 1.0 / n_ros)).sqrt();

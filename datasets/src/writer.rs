@@ -1205,7 +1205,12 @@ pub(crate) fn encode_png(root: &Path, img: &RgbImage) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A float vector column: `[dim]` lists, or plain floats for a one-number feature (shape
+/// `[1]` is `datasets.Value`, not a `Sequence`, in LeRobot's data files).
 fn fixed_list_f32(values: Vec<f32>, dim: usize) -> ArrayRef {
+    if dim == 1 {
+        return Arc::new(Float32Array::from(values));
+    }
     Arc::new(FixedSizeListArray::new(
         Arc::new(Field::new("item", DataType::Float32, true)),
         dim as i32,

@@ -872,3 +872,58 @@ fn merge_refuses_what_it_cannot_join_and_leaves_nothing() {
     assert!(msg.contains("not empty") || msg.contains("source"), "{msg}");
     assert!(vla_datasets::merge(&[], &tmp.path().join("none"), &mut |_, _| {}).is_err());
 }
+
+/// A one-number state and action (a gripper-only robot, a conveyor's speed): shape `[1]`,
+/// stored as plain float columns as LeRobot does, round trips and resumes.
+#[test]
+fn one_number_state_and_action_round_trip() {
+    use vla_datasets::{CameraSpec, RawFrameRecord};
+    let dir = TempDir::new("one-number");
+    let spec = || {
+        DatasetSpec::with_features(
+            "conveyor",
+            FPS,
+            vec![CameraSpec::new(
+                "top",
+                ImageSize {
+                    width: W,
+                    height: H,
+                },
+            )],
+            vec!["speed".into()],
+            vec!["speed".into()],
+        )
+    };
+    let write = |w: &mut DatasetWriter, ep: usize| {
+        for t in 0..4 {
+            let img = image(ep, t, 0);
+            w.add_raw_frame(RawFrameRecord {
+                images: &[("top", &img)],
+                state: &[ep as f32 + 0.1 * t as f32],
+                action: &[ep as f32 - 0.1 * t as f32],
+                timestamp: t as f32 / FPS as f32,
+                subtask: None,
+            })
+            .expect("frame");
+        }
+        w.save_episode("run the belt").expect("save");
+    };
+    let mut w = DatasetWriter::create(dir.path(), spec()).expect("create");
+    write(&mut w, 0);
+    write(&mut w, 1);
+    let info = w.finalize().expect("finalize");
+    assert_eq!(info.features["observation.state"].shape, [1]);
+    let mut w = DatasetWriter::open_resume(dir.path()).expect("resume");
+    write(&mut w, 2);
+    w.finalize().expect("finalize after resume");
+    validate(dir.path()).expect("valid");
+    let ds = Dataset::open(dir.path()).expect("open");
+    assert_eq!(ds.len(), 12);
+    for ep in 0..3 {
+        for t in 0..4 {
+            let f = ds.frame(ep * 4 + t).expect("frame");
+            assert_eq!(f.state, [ep as f32 + 0.1 * t as f32]);
+            assert_eq!(f.action, [ep as f32 - 0.1 * t as f32]);
+        }
+    }
+}

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use vla_core::{Action, Observation, RgbImage, STATE_DIM};
+use vla_core::{RgbImage, STATE_DIM};
 
 use crate::config::{BridgeConfig, MotionOutput};
 use crate::image::{decode_compressed_fit, decode_raw_fit, ImageError};
@@ -24,17 +24,74 @@ use crate::msg::{
     Bool, CompressedImage, DiagnosticArray, DiagnosticStatus, Header, Image, Int32MultiArray,
     JointState, KeyValue, MultiArrayLayout, StringMsg, Time,
 };
-use crate::output::{JointTrajectoryOutput, TwistOutput};
+use crate::output::{ForwardCommandOutput, JointOrder, JointTrajectoryOutput, TwistOutput};
 use crate::safety::{
     ArmModel, Command, CommandSink, EstopHandle, Freshness, IkJointSink, Interventions,
-    JointLimits, SafetyChain, SafetyInputs, SharedJoints, Twist,
+    JointLimits, Motion, SafetyChain, SafetyInputs, SharedJoints, Twist,
 };
 use crate::transport::{Publisher, Qos, Transport};
+
+/// What a policy reads and what its action means, in the bridge's terms (the CLI fills it
+/// from the checkpoint's feature mapping).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyIo {
+    /// Camera names in the policy's order (`observation.images.NAME`), found in
+    /// `control.cameras` (or front and wrist on their default topics).
+    pub cameras: Vec<String>,
+    pub state: StateLayout,
+    pub action: ActionLayout,
+}
+
+impl PolicyIo {
+    /// The simulator's policy: front and wrist, 13-number state, end-effector deltas.
+    pub fn simulator() -> Self {
+        PolicyIo {
+            cameras: vec!["front".into(), "wrist".into()],
+            state: StateLayout::Simulator,
+            action: ActionLayout::EndEffectorDelta,
+        }
+    }
+}
+
+/// The state vector a policy reads.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StateLayout {
+    /// `vla_core::STATE_NAMES`: 6 joints, gripper opening, tool position and roll-pitch-yaw
+    /// by forward kinematics on the URDF.
+    Simulator,
+    /// One entry per name: the position of the joint of that name (`NAME` or `NAME.pos`,
+    /// LeRobot's motor naming) in `/joint_states`, any joint of the message.
+    Joints(Vec<String>),
+}
+
+/// What a policy's action numbers command.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActionLayout {
+    /// `[dx, dy, dz, droll, dpitch, dyaw, gripper]` over one control period (a twist).
+    EndEffectorDelta,
+    /// Absolute positions of the joints named by the non-gripper entries (`NAME` or
+    /// `NAME.pos`, the URDF's joints in any order; names the URDF lacks are taken as its
+    /// chain in order when there are as many), and an optional gripper closure in [0, 1].
+    JointPositions {
+        names: Vec<String>,
+        gripper: Option<usize>,
+    },
+}
+
+/// One observation for the policy: images in its camera order (already at its size), its
+/// state vector, the instruction.
+#[derive(Clone, Debug)]
+pub struct PolicyInput {
+    pub images: Vec<Arc<RgbImage>>,
+    pub state: Vec<f32>,
+    pub instruction: String,
+}
 
 /// What the policy returns for one observation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PolicyOutput {
-    pub action: Action,
+    /// The action's numbers, as [`PolicyIo::action`] says.
+    pub action: Vec<f32>,
     /// Raw action tokens (debug topic); empty when the source has none.
     pub tokens: Vec<i64>,
     /// The next step the policy said before this action; `None` for a policy without a plan.
@@ -48,9 +105,75 @@ pub trait ActionSource: Send {
     fn image_size(&self) -> u32 {
         0
     }
+    /// What the policy reads and writes (default: the simulator's layout).
+    fn io(&self) -> PolicyIo {
+        PolicyIo::simulator()
+    }
     /// Forget any context (called when the instruction changes).
     fn reset(&mut self);
-    fn act(&mut self, obs: &Observation) -> anyhow::Result<PolicyOutput>;
+    fn act(&mut self, obs: &PolicyInput) -> anyhow::Result<PolicyOutput>;
+}
+
+/// Strip LeRobot's `.pos` suffix from a joint entry's name.
+fn joint_name(entry: &str) -> &str {
+    entry.strip_suffix(".pos").unwrap_or(entry)
+}
+
+/// The action entry of each URDF chain joint, for a joint-space action with these entry
+/// names (the gripper's left out). Errors say which names the URDF lacks.
+fn joint_action_order(
+    arm: &ArmModel,
+    names: &[String],
+    gripper: Option<usize>,
+) -> anyhow::Result<Vec<usize>> {
+    if let Some(g) = gripper {
+        anyhow::ensure!(
+            g < names.len(),
+            "the policy's gripper dimension {g} is outside its {} action entries",
+            names.len()
+        );
+    }
+    let joints: Vec<(usize, &str)> = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != gripper)
+        .map(|(i, n)| (i, joint_name(n)))
+        .collect();
+    let chain = arm.joint_names();
+    let found: Vec<Option<usize>> = joints
+        .iter()
+        .map(|(_, n)| chain.iter().position(|c| c == n))
+        .collect();
+    let dof = arm.chain.dof();
+    let mut entries = vec![usize::MAX; dof];
+    if found.iter().all(Option::is_some) && joints.len() == dof {
+        for ((entry, _), c) in joints.iter().zip(&found) {
+            if let Some(c) = c {
+                entries[*c] = *entry;
+            }
+        }
+        // Unset only when a name repeats.
+        if entries.iter().all(|e| *e != usize::MAX) {
+            return Ok(entries);
+        }
+    } else if found.iter().all(Option::is_none) && joints.len() == dof {
+        tracing::info!(
+            policy = ?joints.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            urdf = ?chain,
+            "the policy's joint names are not the URDF's: its entries are taken as the chain in order"
+        );
+        return Ok(joints.iter().map(|(e, _)| *e).collect());
+    }
+    anyhow::bail!(
+        "the policy's action joints ({}) are not the URDF's arm joints ({}): set robot.urdf to \
+         the robot the policy was trained on",
+        joints
+            .iter()
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+            .join(", "),
+        chain.join(", ")
+    )
 }
 
 #[derive(Clone)]
@@ -66,24 +189,18 @@ struct Frame {
 
 #[derive(Default)]
 struct Latest {
-    front: Option<Frame>,
-    wrist: Option<Frame>,
+    /// The newest decoded frame of each camera (the policy's order).
+    frames: Vec<Option<Frame>>,
     instruction: String,
     instruction_version: u64,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Camera {
-    Front = 0,
-    Wrist = 1,
 }
 
 /// Counters of everything the node did, published on `/diagnostics` and returned by
 /// [`Bridge::stats`].
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct BridgeStats {
-    pub frames_in_front: u64,
-    pub frames_in_wrist: u64,
+    /// Camera messages received, per camera.
+    pub frames_in: BTreeMap<String, u64>,
     /// Frames replaced by a newer one before any tick used them (by design at 30 Hz in,
     /// 10 Hz out; never queued).
     pub frames_dropped: u64,
@@ -118,9 +235,10 @@ pub struct BridgeStats {
 /// One tick, for latency measurements (`vla bench ros`).
 #[derive(Clone, Debug)]
 pub struct TickRecord {
-    pub front_stamp: Time,
-    pub front_ready: Instant,
-    pub wrist_ready: Instant,
+    /// Header stamp of the first camera's frame (the camera's clock).
+    pub camera_stamp: Time,
+    /// When that frame was decoded and ready.
+    pub camera_ready: Instant,
     pub tick_start: Instant,
     pub model: Duration,
     /// Header stamp of the published TwistStamped (wall clock at publication).
@@ -132,7 +250,7 @@ type Probe = Box<dyn FnMut(&TickRecord) + Send>;
 
 enum Job {
     Reset,
-    Act(Box<Observation>, u64),
+    Act(Box<PolicyInput>, u64),
 }
 
 struct Done {
@@ -210,7 +328,9 @@ struct Shared {
     stats: Mutex<BridgeStats>,
     freshness: Freshness,
     size: u32,
-    pending: [Pending; 2],
+    /// Camera names, in the policy's order (indices into `pending` and `Latest::frames`).
+    cameras: Vec<String>,
+    pending: Vec<Pending>,
 }
 
 impl Shared {
@@ -220,12 +340,8 @@ impl Shared {
         }
     }
 
-    fn reject(&self, camera: Camera, e: &ImageError) {
-        let name = if camera == Camera::Front {
-            "front"
-        } else {
-            "wrist"
-        };
+    fn reject(&self, camera: usize, e: &ImageError) {
+        let name = &self.cameras[camera];
         let mut first = false;
         self.stat(|s| {
             s.frames_rejected += 1;
@@ -243,39 +359,34 @@ impl Shared {
 
     /// Called on the transport's reader thread: park the message for the decoder, replacing
     /// (and counting as dropped) one that was not decoded yet. Never blocks on decoding.
-    fn arrive(&self, camera: Camera, msg: Encoded) {
+    fn arrive(&self, camera: usize, msg: Encoded) {
         let checked = match &msg {
             Encoded::Raw(m) => crate::image::validate_raw(m).map(|_| ()),
             Encoded::Compressed(m) => crate::image::validate_compressed(m),
         };
+        let name = &self.cameras[camera];
         if let Err(e) = checked {
-            self.stat(|s| match camera {
-                Camera::Front => s.frames_in_front += 1,
-                Camera::Wrist => s.frames_in_wrist += 1,
-            });
+            self.stat(|s| *s.frames_in.entry(name.clone()).or_default() += 1);
             return self.reject(camera, &e);
         }
-        let p = &self.pending[camera as usize];
+        let p = &self.pending[camera];
         let replaced = match p.slot.lock() {
             Ok(mut slot) => slot.replace(msg).is_some(),
             Err(_) => return,
         };
         p.bell.notify_one();
         self.stat(|s| {
-            match camera {
-                Camera::Front => s.frames_in_front += 1,
-                Camera::Wrist => s.frames_in_wrist += 1,
-            }
+            *s.frames_in.entry(name.clone()).or_default() += 1;
             s.frames_dropped += replaced as u64;
         });
     }
 
     /// Decoder thread of one camera: always decodes the newest message, so decoding slower
     /// than the camera rate drops frames instead of building a queue. Ends with the bridge.
-    fn decode_loop(shared: std::sync::Weak<Shared>, camera: Camera) {
+    fn decode_loop(shared: std::sync::Weak<Shared>, camera: usize) {
         loop {
             let Some(me) = shared.upgrade() else { return };
-            let p = &me.pending[camera as usize];
+            let p = &me.pending[camera];
             let msg = match p.slot.lock() {
                 Ok(mut slot) => {
                     if slot.is_none() {
@@ -315,18 +426,17 @@ impl Shared {
     }
 
     /// Store a decoded frame, already at the policy's size.
-    fn frame(&self, camera: Camera, decoded: Result<RgbImage, ImageError>, stamp: Time) {
+    fn frame(&self, camera: usize, decoded: Result<RgbImage, ImageError>, stamp: Time) {
         let image = match decoded {
             Ok(img) => img,
             Err(e) => return self.reject(camera, &e),
         };
         let ready = Instant::now();
         let mut dropped = false;
-        let mut both = None;
+        let mut all = None;
         if let Ok(mut l) = self.latest.lock() {
-            let slot = match camera {
-                Camera::Front => &mut l.front,
-                Camera::Wrist => &mut l.wrist,
+            let Some(slot) = l.frames.get_mut(camera) else {
+                return;
             };
             let seq = slot.as_ref().map_or(1, |f| f.seq + 1);
             dropped = slot.as_ref().is_some_and(|f| !f.used);
@@ -337,12 +447,16 @@ impl Shared {
                 ready,
                 used: false,
             });
-            if let (Some(f), Some(w)) = (&l.front, &l.wrist) {
-                both = Some(f.ready.min(w.ready));
-            }
+            // The images are as fresh as the oldest camera's newest frame.
+            all = l
+                .frames
+                .iter()
+                .map(|f| f.as_ref().map(|f| f.ready))
+                .collect::<Option<Vec<_>>>()
+                .and_then(|t| t.into_iter().min());
         }
         self.stat(|s| s.frames_dropped += dropped as u64);
-        if let Some(t) = both {
+        if let Some(t) = all {
             self.freshness.images(t);
         }
     }
@@ -362,9 +476,17 @@ pub struct Bridge {
     subtask: Box<dyn Publisher<StringMsg>>,
     /// The sub-task last published (cleared when the instruction changes).
     last_subtask: Option<String>,
+    io: PolicyIo,
+    /// Each camera's topics (raw or `…/compressed`), in the policy's order.
+    camera_topics: Vec<Vec<String>>,
+    /// A joint-space policy's action: the entry of each chain joint, the gripper's.
+    joint_action: Option<(Vec<usize>, Option<usize>)>,
+    /// State entries not found in `/joint_states` (warned once each).
+    missing_state: std::collections::BTreeSet<String>,
     worker: Worker,
     seen_instruction: u64,
-    last_used: (u64, u64),
+    /// Sequence numbers of the frames the last inference used, per camera.
+    last_used: Vec<u64>,
     inference_total_ms: f64,
     probe: Option<Probe>,
     last_diagnostics: Instant,
@@ -378,21 +500,70 @@ impl Bridge {
     ) -> anyhow::Result<Self> {
         let robot = config.robot().map_err(anyhow::Error::msg)?;
         let arm = Arc::new(ArmModel::from_description(&robot));
+        let io = source.io();
+        anyhow::ensure!(!io.cameras.is_empty(), "the policy reads no camera");
+        let configured = config.camera_topics().map_err(anyhow::Error::msg)?;
+        let camera_topics: Vec<Vec<String>> = io
+            .cameras
+            .iter()
+            .map(|name| {
+                configured
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, t)| t.clone())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "the policy reads the cameras {}; control.cameras has no {name:?} \
+                             (set control.cameras = [\"{name}=/its/image_raw\", …] in the \
+                             policy's camera order)",
+                            io.cameras.join(", ")
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let joint_action = match &io.action {
+            ActionLayout::EndEffectorDelta => None,
+            ActionLayout::JointPositions { names, gripper } => {
+                anyhow::ensure!(
+                    config.output.motion != MotionOutput::Twist,
+                    "the policy commands joint positions: set output.motion = \
+                     \"joint_trajectory\" or \"forward_command\""
+                );
+                Some((joint_action_order(&arm, names, *gripper)?, *gripper))
+            }
+        };
+        let joint_order = match &joint_action {
+            // The controller's order is the policy's: the order it was recorded in.
+            Some((entries, _)) => {
+                let chain = arm.joint_names();
+                let mut by_entry: Vec<usize> = (0..entries.len()).collect();
+                by_entry.sort_by_key(|&c| entries[c]);
+                JointOrder {
+                    names: by_entry.iter().map(|&c| chain[c].clone()).collect(),
+                    chain_index: by_entry,
+                }
+            }
+            None => JointOrder::chain(&arm),
+        };
         let joints: SharedJoints = Arc::new(Mutex::new(None));
         let estop = EstopHandle::new();
         let counts = Arc::new(Interventions::default());
         let freshness = Freshness::new();
         let shared = Arc::new(Shared {
-            latest: Mutex::new(Latest::default()),
+            latest: Mutex::new(Latest {
+                frames: vec![None; io.cameras.len()],
+                ..Latest::default()
+            }),
             stats: Mutex::new(BridgeStats::default()),
             freshness: freshness.clone(),
             size: source.image_size(),
-            pending: Default::default(),
+            cameras: io.cameras.clone(),
+            pending: io.cameras.iter().map(|_| Pending::default()).collect(),
         });
-        for camera in [Camera::Front, Camera::Wrist] {
+        for camera in 0..io.cameras.len() {
             let weak = Arc::downgrade(&shared);
             std::thread::Builder::new()
-                .name(format!("decode-{}", camera as usize))
+                .name(format!("decode-{}", io.cameras[camera]))
                 .spawn(move || Shared::decode_loop(weak, camera))?;
         }
         let inputs = SafetyInputs {
@@ -413,8 +584,16 @@ impl Bridge {
                 itime,
                 &inputs,
             ),
-            MotionOutput::JointTrajectory => {
-                let out = JointTrajectoryOutput::new(transport, &config, arm.joint_names())?;
+            // Joint outputs: an end-effector policy's twists become joint targets by IK
+            // (a joint-space policy's pass through), clamped to the URDF's limits once more
+            // after IK; a stop holds the last commanded joints.
+            MotionOutput::JointTrajectory | MotionOutput::ForwardCommand => {
+                let out: Box<dyn CommandSink> =
+                    if config.output.motion == MotionOutput::JointTrajectory {
+                        Box::new(JointTrajectoryOutput::new(transport, &config, joint_order)?)
+                    } else {
+                        Box::new(ForwardCommandOutput::new(transport, &config, joint_order)?)
+                    };
                 let clamp = JointLimits::new(
                     out,
                     arm.clone(),
@@ -444,8 +623,12 @@ impl Bridge {
             diagnostics,
             subtask,
             last_subtask: None,
+            last_used: vec![0; io.cameras.len()],
+            io,
+            camera_topics,
+            joint_action,
+            missing_state: Default::default(),
             seen_instruction: 0,
-            last_used: (0, 0),
             inference_total_ms: 0.0,
             probe: None,
             last_diagnostics: Instant::now(),
@@ -462,34 +645,36 @@ impl Bridge {
     fn subscribe<T: Transport>(&self, t: &mut T) -> anyhow::Result<()> {
         let topics = self.config.topics.clone();
         let q = &self.config.qos;
-        for (camera, raw, compressed) in [
-            (Camera::Front, &topics.front_image, &topics.front_compressed),
-            (Camera::Wrist, &topics.wrist_image, &topics.wrist_compressed),
-        ] {
-            let s = self.shared.clone();
-            t.subscribe::<Image>(
-                raw,
-                q.images(),
-                Box::new(move |m| match m {
-                    Ok(m) => s.arrive(camera, Encoded::Raw(m)),
-                    Err(e) => {
-                        tracing::debug!("{e}");
-                        s.stat(|st| st.receive_errors += 1)
-                    }
-                }),
-            )?;
-            let s = self.shared.clone();
-            t.subscribe::<CompressedImage>(
-                compressed,
-                q.images(),
-                Box::new(move |m| match m {
-                    Ok(m) => s.arrive(camera, Encoded::Compressed(m)),
-                    Err(e) => {
-                        tracing::debug!("{e}");
-                        s.stat(|st| st.receive_errors += 1)
-                    }
-                }),
-            )?;
+        for (camera, camera_topics) in self.camera_topics.iter().enumerate() {
+            for topic in camera_topics {
+                let s = self.shared.clone();
+                // image_transport's naming: `…/compressed` carries CompressedImage.
+                if topic.ends_with("/compressed") {
+                    t.subscribe::<CompressedImage>(
+                        topic,
+                        q.images(),
+                        Box::new(move |m| match m {
+                            Ok(m) => s.arrive(camera, Encoded::Compressed(m)),
+                            Err(e) => {
+                                tracing::debug!("{e}");
+                                s.stat(|st| st.receive_errors += 1)
+                            }
+                        }),
+                    )?;
+                } else {
+                    t.subscribe::<Image>(
+                        topic,
+                        q.images(),
+                        Box::new(move |m| match m {
+                            Ok(m) => s.arrive(camera, Encoded::Raw(m)),
+                            Err(e) => {
+                                tracing::debug!("{e}");
+                                s.stat(|st| st.receive_errors += 1)
+                            }
+                        }),
+                    )?;
+                }
+            }
         }
         let s = self.shared.clone();
         t.subscribe::<StringMsg>(
@@ -623,20 +808,84 @@ impl Bridge {
         Ok(())
     }
 
-    /// The robot state vector the policy was trained with (see `vla_core::STATE_NAMES`).
-    fn state(&self) -> Option<[f32; STATE_DIM]> {
+    /// The state vector the policy reads ([`StateLayout`]); `None` (hold) before a joint
+    /// state arrived or while it lacks a joint the policy reads.
+    fn state(&mut self) -> Option<Vec<f32>> {
         let snap = self.joints.lock().ok()?.clone()?;
-        let mut s = [0.0f32; STATE_DIM];
-        for (i, v) in snap.positions.iter().take(6).enumerate() {
-            s[i] = *v as f32;
+        let names = match &self.io.state {
+            StateLayout::Simulator => {
+                let mut s = vec![0.0f32; STATE_DIM];
+                for (i, v) in snap.positions.iter().take(6).enumerate() {
+                    s[i] = *v as f32;
+                }
+                s[6] = (2.0 * snap.finger.unwrap_or(0.0)) as f32;
+                let pose = self.arm.tool_pose(&snap.positions);
+                let t = pose.translation.vector;
+                let rpy = vla_sim::kinematics::rpy(&pose.rotation);
+                s[7..10].copy_from_slice(&[t.x as f32, t.y as f32, t.z as f32]);
+                s[10..13].copy_from_slice(&[rpy[0] as f32, rpy[1] as f32, rpy[2] as f32]);
+                return Some(s);
+            }
+            StateLayout::Joints(names) => names,
+        };
+        let mut state = Vec::with_capacity(names.len());
+        for entry in names {
+            let name = joint_name(entry);
+            match snap.named.iter().find(|(n, _)| n == name) {
+                Some((_, v)) => state.push(*v as f32),
+                None => {
+                    if self.missing_state.insert(name.to_string()) {
+                        tracing::warn!(
+                            "the policy's state entry {entry:?} has no joint {name:?} in {}: holding",
+                            self.config.topics.joint_states
+                        );
+                    }
+                    return None;
+                }
+            }
         }
-        s[6] = (2.0 * snap.finger.unwrap_or(0.0)) as f32;
-        let pose = self.arm.tool_pose(&snap.positions);
-        let t = pose.translation.vector;
-        let rpy = vla_sim::kinematics::rpy(&pose.rotation);
-        s[7..10].copy_from_slice(&[t.x as f32, t.y as f32, t.z as f32]);
-        s[10..13].copy_from_slice(&[rpy[0] as f32, rpy[1] as f32, rpy[2] as f32]);
-        Some(s)
+        Some(state)
+    }
+
+    /// The command for a policy's action numbers; `None` when they are not as many as
+    /// the policy's layout says.
+    fn command(&self, action: &[f32]) -> Option<Command> {
+        let period = self.config.control.period_s;
+        let a: Vec<f64> = action.iter().map(|v| *v as f64).collect();
+        match &self.joint_action {
+            None => {
+                if a.len() != vla_core::ACTION_DIM {
+                    return None;
+                }
+                let g = a[6];
+                Some(Command::twist(
+                    Twist {
+                        linear: [a[0] / period, a[1] / period, a[2] / period],
+                        angular: [a[3] / period, a[4] / period, a[5] / period],
+                    },
+                    // Binary gripper, thresholded as the simulator does; NaN stays NaN (→ guard).
+                    Some(if g.is_nan() {
+                        g
+                    } else {
+                        (g >= 0.5) as u8 as f64
+                    }),
+                ))
+            }
+            Some((entries, gripper)) => {
+                let expected = entries.len() + gripper.is_some() as usize;
+                if a.len() != expected {
+                    return None;
+                }
+                Some(Command {
+                    motion: Motion::Joints {
+                        positions: entries.iter().map(|&e| a[e]).collect(),
+                        duration: period,
+                    },
+                    // A closure; the gripper rate limit keeps it in [0, 1].
+                    gripper: gripper.map(|g| a[g]),
+                })
+            }
+        }
     }
 
     fn hold(&mut self) -> anyhow::Result<()> {
@@ -685,21 +934,23 @@ impl Bridge {
                 }
             }
         }
-        let (front, wrist, instruction, version) = {
+        let (frames, instruction, version) = {
             let mut l = self
                 .shared
                 .latest
                 .lock()
                 .map_err(|_| anyhow::anyhow!("frame lock poisoned"))?;
-            let pick = |f: &mut Option<Frame>| {
-                f.as_mut().map(|f| {
-                    f.used = true;
-                    f.clone()
+            let frames: Vec<Option<Frame>> = l
+                .frames
+                .iter_mut()
+                .map(|f| {
+                    f.as_mut().map(|f| {
+                        f.used = true;
+                        f.clone()
+                    })
                 })
-            };
-            let front = pick(&mut l.front);
-            let wrist = pick(&mut l.wrist);
-            (front, wrist, l.instruction.clone(), l.instruction_version)
+                .collect();
+            (frames, l.instruction.clone(), l.instruction_version)
         };
         if version != self.seen_instruction {
             self.seen_instruction = version;
@@ -709,27 +960,27 @@ impl Bridge {
         if self.config.control.require_new_frames {
             // Lock-step partner: publish only commands computed from new frames (a hold
             // published before the first frame would be executed as a step).
-            let fresh = matches!((&front, &wrist), (Some(f), Some(w))
-                if f.seq != self.last_used.0 && w.seq != self.last_used.1);
+            let fresh = frames
+                .iter()
+                .zip(&self.last_used)
+                .all(|(f, used)| f.as_ref().is_some_and(|f| f.seq != *used));
             if !fresh || instruction.is_empty() {
                 self.shared.stat(|s| s.ticks_skipped += 1);
                 return Ok(());
             }
         }
-        let (Some(front), Some(wrist)) = (front, wrist) else {
+        let Some(frames) = frames.into_iter().collect::<Option<Vec<Frame>>>() else {
             return self.hold();
         };
         if instruction.is_empty() {
             return self.hold();
         }
-        self.last_used = (front.seq, wrist.seq);
+        self.last_used = frames.iter().map(|f| f.seq).collect();
         let Some(state) = self.state() else {
             return self.hold();
         };
-        let obs = Observation {
-            front: (*front.image).clone(),
-            wrist: (*wrist.image).clone(),
-            front_depth: None,
+        let obs = PolicyInput {
+            images: frames.iter().map(|f| f.image.clone()).collect(),
             state,
             instruction,
         };
@@ -761,22 +1012,16 @@ impl Bridge {
                 return self.hold();
             }
         };
+        let Some(cmd) = self.command(&out.action) else {
+            tracing::warn!(
+                "the policy returned {} action numbers; its layout is {:?}",
+                out.action.len(),
+                self.io.action
+            );
+            self.shared.stat(|s| s.model_errors += 1);
+            return self.hold();
+        };
         self.shared.freshness.model(Instant::now());
-        let period = self.config.control.period_s;
-        let a = out.action.0.map(|v| v as f64);
-        let g = a[6];
-        let cmd = Command::twist(
-            Twist {
-                linear: [a[0] / period, a[1] / period, a[2] / period],
-                angular: [a[3] / period, a[4] / period, a[5] / period],
-            },
-            // Binary gripper, thresholded as the simulator does; NaN stays NaN (→ guard).
-            Some(if g.is_nan() {
-                g
-            } else {
-                (g >= 0.5) as u8 as f64
-            }),
-        );
         let published_stamp = Time::now();
         let done_cmd = self.chain.send(cmd)?;
         let published_at = Instant::now();
@@ -811,9 +1056,8 @@ impl Bridge {
         }
         if let Some(probe) = self.probe.as_mut() {
             probe(&TickRecord {
-                front_stamp: front.stamp,
-                front_ready: front.ready,
-                wrist_ready: wrist.ready,
+                camera_stamp: frames[0].stamp,
+                camera_ready: frames[0].ready,
                 tick_start,
                 model: done.took,
                 published_stamp,

@@ -38,6 +38,10 @@ pub struct ControlSection {
     pub instruction_timeout_s: f64,
     pub model_deadline_s: f64,
     pub require_new_frames: bool,
+    /// Cameras of a policy whose cameras are not `front` and `wrist`, as `NAME=TOPIC`
+    /// (NAME: the last part of the policy's camera key); empty: front and wrist on
+    /// `topics.front_image` / `topics.wrist_image` and their compressed topics.
+    pub cameras: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +49,9 @@ pub struct ControlSection {
 pub enum MotionOutput {
     Twist,
     JointTrajectory,
+    /// `std_msgs/Float64MultiArray` of joint positions on `topics.forward_command`
+    /// (ros2_control's forward command controller).
+    ForwardCommand,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,7 +243,32 @@ impl BridgeConfig {
         for (name, topic) in self.record.camera_topics()? {
             check_topic(&format!("record.cameras entry {name}"), &topic)?;
         }
+        for (name, topics) in self.camera_topics()? {
+            for topic in topics {
+                check_topic(&format!("control.cameras entry {name}"), &topic)?;
+            }
+        }
         Ok(())
+    }
+
+    /// The bridge's cameras as (name, topics): `control.cameras` (one topic each, raw or
+    /// `…/compressed`), or by default `front` and `wrist` each on its raw and compressed topic.
+    pub fn camera_topics(&self) -> Result<Vec<(String, Vec<String>)>, String> {
+        let listed = parse_cameras("control.cameras", &self.control.cameras)?;
+        if !listed.is_empty() {
+            return Ok(listed.into_iter().map(|(n, t)| (n, vec![t])).collect());
+        }
+        let t = &self.topics;
+        Ok(vec![
+            (
+                "front".into(),
+                vec![t.front_image.clone(), t.front_compressed.clone()],
+            ),
+            (
+                "wrist".into(),
+                vec![t.wrist_image.clone(), t.wrist_compressed.clone()],
+            ),
+        ])
     }
 
     fn topic_list(&self) -> Vec<(&'static str, &str)> {
@@ -295,6 +327,32 @@ impl BridgeConfig {
             .map_err(|e| format!("robot.urdf = {:?}: {e}", self.robot.urdf))
         }
     }
+}
+
+/// A camera list of `NAME=TOPIC` entries (`key` names the config field in errors).
+pub fn parse_cameras(key: &str, entries: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for entry in entries {
+        let Some((name, topic)) = entry.split_once('=') else {
+            return Err(format!(
+                "{key} entry {entry:?} is not NAME=TOPIC (e.g. front=/camera/image_raw)"
+            ));
+        };
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid {
+            return Err(format!(
+                "{key} entry {entry:?}: a camera name is ASCII letters, digits, '_', '-' or '.'"
+            ));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(format!("{key} names {name:?} twice"));
+        }
+        out.push((name.to_string(), topic.to_string()));
+    }
+    Ok(out)
 }
 
 /// A topic must be an absolute ROS name.

@@ -1,12 +1,13 @@
 //! The innermost sinks: commands become ROS messages for MoveIt Servo (TwistStamped) or
-//! ros2_control (JointTrajectory), plus the gripper command.
+//! ros2_control (JointTrajectory, or a forward command controller's Float64MultiArray),
+//! plus the gripper command.
 
 use crate::config::{BridgeConfig, GripperOutput};
 use crate::msg::{
     Duration, Float64MultiArray, GripperCommand, Header, JointTrajectory, JointTrajectoryPoint,
     MultiArrayLayout, TwistStamped, Vector3,
 };
-use crate::safety::{Command, CommandSink, Motion, SinkError};
+use crate::safety::{ArmModel, Command, CommandSink, Motion, SinkError};
 use crate::transport::{Publisher, Transport, TransportError};
 
 /// Publishes gripper closures as the configured message type.
@@ -108,10 +109,37 @@ impl CommandSink for TwistOutput {
     }
 }
 
+/// The joints a joint output sends, in its order: the policy's action order for a
+/// joint-space policy (the order its controller was recorded in), else the URDF chain's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JointOrder {
+    pub names: Vec<String>,
+    /// Index in the URDF chain of each sent joint.
+    pub chain_index: Vec<usize>,
+}
+
+impl JointOrder {
+    /// The chain's joints in chain order.
+    pub fn chain(arm: &ArmModel) -> Self {
+        JointOrder {
+            names: arm.joint_names(),
+            chain_index: (0..arm.chain.dof()).collect(),
+        }
+    }
+
+    /// Chain-order positions in this order (`None` when `positions` is too short).
+    fn pick(&self, positions: &[f64]) -> Option<Vec<f64>> {
+        self.chain_index
+            .iter()
+            .map(|&i| positions.get(i).copied())
+            .collect()
+    }
+}
+
 /// `trajectory_msgs/JointTrajectory` with one point reached after one control period.
 pub struct JointTrajectoryOutput {
     trajectory: Box<dyn Publisher<JointTrajectory>>,
-    joint_names: Vec<String>,
+    order: JointOrder,
     gripper: GripperPublisher,
 }
 
@@ -119,11 +147,11 @@ impl JointTrajectoryOutput {
     pub fn new<T: Transport>(
         t: &mut T,
         c: &BridgeConfig,
-        joint_names: Vec<String>,
+        order: JointOrder,
     ) -> Result<Self, TransportError> {
         Ok(JointTrajectoryOutput {
             trajectory: t.publisher(&c.topics.joint_trajectory, c.qos.commands())?,
-            joint_names,
+            order,
             gripper: GripperPublisher::new(t, c)?,
         })
     }
@@ -136,13 +164,16 @@ impl CommandSink for JointTrajectoryOutput {
             duration,
         } = &cmd.motion
         {
+            let positions = self.order.pick(positions).ok_or_else(|| {
+                SinkError::Output(format!("a joint target of {} joints", positions.len()))
+            })?;
             self.trajectory
                 .publish(JointTrajectory {
                     // Stamp zero: "start now" for the joint trajectory controller.
                     header: Header::default(),
-                    joint_names: self.joint_names.clone(),
+                    joint_names: self.order.names.clone(),
                     points: vec![JointTrajectoryPoint {
-                        positions: positions.clone(),
+                        positions,
                         velocities: vec![],
                         accelerations: vec![],
                         effort: vec![],
@@ -152,6 +183,49 @@ impl CommandSink for JointTrajectoryOutput {
                 .map_err(|e| SinkError::Output(e.to_string()))?;
         }
         // A twist here is a stop before any joint state arrived: nothing to hold yet.
+        if let Some(g) = cmd.gripper {
+            self.gripper.send(g)?;
+        }
+        Ok(cmd)
+    }
+}
+
+/// `std_msgs/Float64MultiArray` of joint positions for ros2_control's forward command
+/// controller (position interfaces): no names and no timing, so the order is the
+/// controller's (see [`JointOrder`]) and the limits upstream bound each step.
+pub struct ForwardCommandOutput {
+    command: Box<dyn Publisher<Float64MultiArray>>,
+    order: JointOrder,
+    gripper: GripperPublisher,
+}
+
+impl ForwardCommandOutput {
+    pub fn new<T: Transport>(
+        t: &mut T,
+        c: &BridgeConfig,
+        order: JointOrder,
+    ) -> Result<Self, TransportError> {
+        Ok(ForwardCommandOutput {
+            command: t.publisher(&c.topics.forward_command, c.qos.commands())?,
+            order,
+            gripper: GripperPublisher::new(t, c)?,
+        })
+    }
+}
+
+impl CommandSink for ForwardCommandOutput {
+    fn send(&mut self, cmd: Command) -> Result<Command, SinkError> {
+        if let Motion::Joints { positions, .. } = &cmd.motion {
+            let data = self.order.pick(positions).ok_or_else(|| {
+                SinkError::Output(format!("a joint target of {} joints", positions.len()))
+            })?;
+            self.command
+                .publish(Float64MultiArray {
+                    layout: MultiArrayLayout::vector("joints", data.len()),
+                    data,
+                })
+                .map_err(|e| SinkError::Output(e.to_string()))?;
+        }
         if let Some(g) = cmd.gripper {
             self.gripper.send(g)?;
         }

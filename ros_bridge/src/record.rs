@@ -92,27 +92,7 @@ pub struct RecordSection {
 impl RecordSection {
     /// The cameras as (name, topic); errors name the entry.
     pub fn camera_topics(&self) -> Result<Vec<(String, String)>, String> {
-        let mut out: Vec<(String, String)> = Vec::new();
-        for entry in &self.cameras {
-            let Some((name, topic)) = entry.split_once('=') else {
-                return Err(format!(
-                    "record.cameras entry {entry:?} is not NAME=TOPIC (e.g. front=/camera/image_raw)"
-                ));
-            };
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-            if !valid {
-                return Err(format!(
-                    "record.cameras entry {entry:?}: a camera name is ASCII letters, digits, '_', '-' or '.'"
-                ));
-            }
-            if out.iter().any(|(n, _)| n == name) {
-                return Err(format!("record.cameras names {name:?} twice"));
-            }
-            out.push((name.to_string(), topic.to_string()));
-        }
+        let out = crate::config::parse_cameras("record.cameras", &self.cameras)?;
         if out.is_empty() {
             return Err("record.cameras is empty: a recording needs at least one camera".into());
         }

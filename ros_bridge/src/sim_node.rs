@@ -159,6 +159,23 @@ fn subscribe_commands<T: Transport>(
             }
         }),
     )?;
+    // ros2_control's forward command controller: positions in the chain's joint order.
+    let (dof, c) = (robot.chain.dof(), cmds.clone());
+    t.subscribe::<Float64MultiArray>(
+        &config.topics.forward_command,
+        q,
+        Box::new(move |m| {
+            let Ok(mut c) = c.lock() else { return };
+            match m {
+                Ok(m) if m.data.len() == dof && m.data.iter().all(|v| v.is_finite()) => {
+                    c.joints = m.data;
+                    c.latest = Some((Motion::Joints, Instant::now()));
+                    c.seq += 1;
+                }
+                _ => c.rejected += 1,
+            }
+        }),
+    )?;
     let output = config.output.clone();
     let c = cmds.clone();
     let set_gripper = move |position: Option<f64>| {

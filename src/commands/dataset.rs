@@ -208,15 +208,17 @@ pub fn run(what: What) -> anyhow::Result<()> {
             let r = validate(&dir)?;
             let report = serde_json::json!({
                 "dir": dir, "valid": true, "episodes": r.total_episodes, "frames": r.total_frames,
-                "tasks": r.total_tasks, "data_files": r.data_files, "images_decoded": r.images_decoded,
+                "tasks": r.total_tasks, "subtasks": r.total_subtasks, "data_files": r.data_files,
+                "video_files": r.video_files, "images_decoded": r.images_decoded,
             });
             super::print_report(json, &report, || {
                 format!(
-                    "{}: valid ({} episodes, {} frames, {} data files)",
+                    "{}: valid ({} episodes, {} frames, {} data files, {} video files)",
                     dir.display(),
                     r.total_episodes,
                     r.total_frames,
-                    r.data_files.len()
+                    r.data_files.len(),
+                    r.video_files.len()
                 )
             })
         }

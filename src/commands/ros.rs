@@ -12,10 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use serde::Serialize;
-use vla_core::{Action, Observation};
 use vla_model::policy::Policy;
 use vla_model::tch::Device;
 use vla_ros_bridge::bridge::TickRecord;
+use vla_ros_bridge::bridge::{ActionLayout, PolicyInput, PolicyIo, StateLayout};
 use vla_ros_bridge::msg::{
     CompressedImage, Header, Image, JointState, StringMsg, Time, TwistStamped,
 };
@@ -156,11 +156,77 @@ fn parse_device(s: &str) -> anyhow::Result<Device> {
 /// The VLA policy as the bridge's action source.
 pub struct PolicySource {
     policy: Policy,
+    io: PolicyIo,
 }
 
 impl PolicySource {
-    pub fn new(policy: Policy) -> Self {
-        PolicySource { policy }
+    /// Errors when the checkpoint's actions are nothing a robot executes (action space
+    /// `other`, or an end-effector delta that is not the simulator's seven numbers).
+    pub fn new(policy: Policy) -> anyhow::Result<Self> {
+        let io = policy_io(&policy.model().config().features)?;
+        Ok(PolicySource { policy, io })
+    }
+}
+
+/// What the bridge feeds a policy and does with its action, from its feature mapping.
+pub fn policy_io(f: &vla_model::features::FeatureMapping) -> anyhow::Result<PolicyIo> {
+    use vla_model::features::ActionSpace;
+    let cameras = f
+        .cameras
+        .iter()
+        .map(|k| {
+            k.strip_prefix("observation.images.")
+                .unwrap_or(k)
+                .to_string()
+        })
+        .collect();
+    let state = if f
+        .state_names
+        .iter()
+        .map(String::as_str)
+        .eq(vla_core::STATE_NAMES)
+    {
+        StateLayout::Simulator
+    } else {
+        StateLayout::Joints(f.state_names.clone())
+    };
+    let action = match f.action_space {
+        ActionSpace::EndEffectorDelta => {
+            anyhow::ensure!(
+                f.action_dim() == vla_core::ACTION_DIM,
+                "the policy's end-effector action has {} numbers; the bridge executes the \
+                 simulator's {} (dx dy dz droll dpitch dyaw gripper)",
+                f.action_dim(),
+                vla_core::ACTION_DIM
+            );
+            ActionLayout::EndEffectorDelta
+        }
+        ActionSpace::JointPositions => ActionLayout::JointPositions {
+            names: f.action_names.clone(),
+            gripper: f.gripper_dim,
+        },
+        ActionSpace::Other => anyhow::bail!(
+            "the policy's action space is \"other\" ({}): the bridge executes end-effector \
+             deltas and joint positions (train with --action-space)",
+            f.action_names.join(", ")
+        ),
+    };
+    Ok(PolicyIo {
+        cameras,
+        state,
+        action,
+    })
+}
+
+/// The bridge's observation as the policy reads one.
+struct BridgeObservation<'a>(&'a PolicyInput);
+
+impl vla_model::policy::PolicyObservation for BridgeObservation<'_> {
+    fn images(&self) -> Vec<&vla_core::RgbImage> {
+        self.0.images.iter().map(|i| i.as_ref()).collect()
+    }
+    fn state(&self) -> &[f32] {
+        &self.0.state
     }
 }
 
@@ -169,21 +235,26 @@ impl ActionSource for PolicySource {
         self.policy.model().config().vision.image_size as u32
     }
 
+    fn io(&self) -> PolicyIo {
+        self.io.clone()
+    }
+
     /// A chunked policy forgets the chunk it was executing (a new instruction is a new
     /// episode); the one-action policy keeps nothing between steps.
     fn reset(&mut self) {
         self.policy.reset();
     }
 
-    fn act(&mut self, obs: &Observation) -> anyhow::Result<PolicyOutput> {
+    fn act(&mut self, obs: &PolicyInput) -> anyhow::Result<PolicyOutput> {
+        let view = BridgeObservation(obs);
         let decision = self
             .policy
-            .step(&[0], &[(obs, obs.instruction.as_str())])?
+            .step(&[0], &[(&view, obs.instruction.as_str())])?
             .into_iter()
             .next()
             .context("the policy returned no decision for one observation")?;
         Ok(PolicyOutput {
-            action: decision.action,
+            action: decision.values,
             tokens: decision.tokens,
             subtask: decision.subtask,
         })
@@ -214,9 +285,9 @@ fn bridge(args: BridgeArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let policy = Policy::load(&args.ckpt, device)
         .with_context(|| format!("cannot load the policy from {}", args.ckpt.display()))?;
-    super::require_simulator_layout(&policy, "vla ros bridge")?;
+    let source = PolicySource::new(policy)?;
     let mut transport = Ros2Transport::new(&config.node.name)?;
-    let mut node = Bridge::new(&mut transport, config, Box::new(PolicySource::new(policy)))?;
+    let mut node = Bridge::new(&mut transport, config, Box::new(source))?;
     node.run(&stop)?;
     let stats = node.stats();
     // The process ends here: skip tearing down DDS entities one by one (RustDDS logs
@@ -648,9 +719,9 @@ impl ActionSource for ConstSource {
         self.0
     }
     fn reset(&mut self) {}
-    fn act(&mut self, _obs: &Observation) -> anyhow::Result<PolicyOutput> {
+    fn act(&mut self, _obs: &PolicyInput) -> anyhow::Result<PolicyOutput> {
         Ok(PolicyOutput {
-            action: Action::new([0.001, 0.0, 0.0], [0.0; 3], 0.0),
+            action: vec![0.001, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
             tokens: vec![],
             subtask: None,
         })
@@ -811,9 +882,9 @@ fn bench_mode(args: &BenchArgs, compressed: bool) -> anyhow::Result<ModeReport> 
             continue;
         };
         let recv = wall_ns(*recv);
-        let pub_ns = rec.front_stamp.as_nanos() as f64;
+        let pub_ns = rec.camera_stamp.as_nanos() as f64;
         let m = rec.model.as_nanos() as f64;
-        let ready = wall_of(rec.front_ready);
+        let ready = wall_of(rec.camera_ready);
         let tick_start = wall_of(rec.tick_start);
         let wait = (tick_start - ready).max(0.0);
         total.push((recv - pub_ns) / 1e6);
@@ -828,7 +899,7 @@ fn bench_mode(args: &BenchArgs, compressed: bool) -> anyhow::Result<ModeReport> 
                 .count() as u64,
         );
     }
-    let received = stats.frames_in_front;
+    let received = stats.frames_in.get("front").copied().unwrap_or(0);
     let superseded = stats.frames_dropped / 2;
     let rejected = stats.frames_rejected;
     let n = published.len() as u64;

@@ -27,16 +27,16 @@ impl ActionSource for Scripted {
             s.resets += 1;
         }
     }
-    fn act(&mut self, obs: &Observation) -> anyhow::Result<PolicyOutput> {
+    fn act(&mut self, obs: &PolicyInput) -> anyhow::Result<PolicyOutput> {
         if let Ok(mut s) = self.0.lock() {
             s.observations.push((
-                obs.front.get_pixel(0, 0).0[0],
+                obs.images[0].get_pixel(0, 0).0[0],
                 obs.instruction.clone(),
-                obs.front.dimensions(),
+                obs.images[0].dimensions(),
             ));
         }
         Ok(PolicyOutput {
-            action: Action::new([0.01, 0.0, 0.0], [0.0; 3], 1.0),
+            action: vec![0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
             tokens: vec![1, 2, 3, 4, 5, 6, 7],
             subtask: None,
         })
@@ -48,9 +48,9 @@ struct Planner(VecDeque<&'static str>);
 
 impl ActionSource for Planner {
     fn reset(&mut self) {}
-    fn act(&mut self, _obs: &Observation) -> anyhow::Result<PolicyOutput> {
+    fn act(&mut self, _obs: &PolicyInput) -> anyhow::Result<PolicyOutput> {
         Ok(PolicyOutput {
-            action: Action::new([0.01, 0.0, 0.0], [0.0; 3], 1.0),
+            action: vec![0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
             tokens: vec![],
             subtask: self.0.pop_front().map(String::from),
         })
@@ -392,4 +392,360 @@ fn no_subtask_publishes_nothing() {
     }
     assert!(r.last_twist()[0] > 0.0);
     assert!(got.lock().expect("lock").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// A joint-space policy (an SO-100-like layout on the built-in arm): its own camera names,
+// joint positions as state and action, the joints in another order than the URDF's.
+
+/// The action order: the URDF chain reversed, then the gripper.
+const JOINTS: [&str; 6] = [
+    "wrist_3_joint.pos",
+    "wrist_2_joint.pos",
+    "wrist_1_joint.pos",
+    "elbow_joint.pos",
+    "shoulder_lift_joint.pos",
+    "shoulder_pan_joint.pos",
+];
+
+/// Reads the joints (and the finger) and asks for `step` rad more on the shoulder pan
+/// joint each tick, gripper closed. Records the states it was given.
+struct JointPolicy {
+    step: f32,
+    states: Arc<Mutex<Vec<Vec<f32>>>>,
+}
+
+impl ActionSource for JointPolicy {
+    fn io(&self) -> PolicyIo {
+        let mut state: Vec<String> = JOINTS.iter().map(|s| s.to_string()).collect();
+        state.push("left_finger_joint".into());
+        let mut names: Vec<String> = JOINTS.iter().map(|s| s.to_string()).collect();
+        names.push("gripper".into());
+        PolicyIo {
+            cameras: vec!["laptop".into(), "phone".into()],
+            state: StateLayout::Joints(state),
+            action: ActionLayout::JointPositions {
+                names,
+                gripper: Some(6),
+            },
+        }
+    }
+    fn reset(&mut self) {}
+    fn act(&mut self, obs: &PolicyInput) -> anyhow::Result<PolicyOutput> {
+        assert_eq!(obs.images.len(), 2, "both cameras");
+        if let Ok(mut s) = self.states.lock() {
+            s.push(obs.state.clone());
+        }
+        let mut action: Vec<f32> = obs.state[..6].to_vec();
+        action[5] += self.step; // shoulder pan, last in this order
+        action.push(1.0);
+        Ok(PolicyOutput {
+            action,
+            tokens: vec![],
+            subtask: None,
+        })
+    }
+}
+
+struct JointRig {
+    rig: Rig,
+    states: Arc<Mutex<Vec<Vec<f32>>>>,
+    trajectories: Arc<Mutex<Vec<crate::msg::JointTrajectory>>>,
+    forward: Arc<Mutex<Vec<Vec<f64>>>>,
+}
+
+fn joint_rig(overrides: &[&str], step: f32) -> JointRig {
+    let mut all = vec![
+        "control.cameras=[\"laptop=/laptop/image_raw\", \"phone=/phone/image_raw/compressed\"]",
+    ];
+    all.extend_from_slice(overrides);
+    let states = Arc::new(Mutex::new(Vec::new()));
+    let s = states.clone();
+    let mut rig = rig_with(&all, move |_| Box::new(JointPolicy { step, states: s }));
+    let trajectories = Arc::new(Mutex::new(Vec::new()));
+    let t = trajectories.clone();
+    let topic = rig.config.topics.joint_trajectory.clone();
+    rig.bus
+        .subscribe::<crate::msg::JointTrajectory>(
+            &topic,
+            Qos::reliable(10),
+            Box::new(move |m| {
+                if let (Ok(m), Ok(mut v)) = (m, t.lock()) {
+                    v.push(m);
+                }
+            }),
+        )
+        .expect("sub");
+    let forward = Arc::new(Mutex::new(Vec::new()));
+    let f = forward.clone();
+    let topic = rig.config.topics.forward_command.clone();
+    rig.bus
+        .subscribe::<Float64MultiArray>(
+            &topic,
+            Qos::reliable(10),
+            Box::new(move |m| {
+                if let (Ok(m), Ok(mut v)) = (m, f.lock()) {
+                    v.push(m.data);
+                }
+            }),
+        )
+        .expect("sub");
+    JointRig {
+        rig,
+        states,
+        trajectories,
+        forward,
+    }
+}
+
+impl JointRig {
+    fn images(&mut self, value: u8) {
+        let jpeg = crate::image::encode_jpeg(
+            &RgbImage::from_pixel(64, 48, image::Rgb([value, 0, 0])),
+            90,
+            Header::now("phone"),
+        )
+        .expect("jpeg");
+        self.rig
+            .publish("/laptop/image_raw", Qos::sensor_data(2), image(value));
+        self.rig
+            .publish("/phone/image_raw/compressed", Qos::sensor_data(2), jpeg);
+    }
+
+    /// The last trajectory point, by joint name.
+    fn last_point(&self) -> Vec<(String, f64)> {
+        let v = self.trajectories.lock().expect("lock");
+        let t = v.last().expect("a trajectory was published");
+        t.joint_names
+            .iter()
+            .cloned()
+            .zip(t.points[0].positions.iter().copied())
+            .collect()
+    }
+
+    /// A robot that tracked the last target: publish it as the joint state.
+    fn track(&mut self) {
+        let point = self.last_point();
+        let mut name: Vec<String> = point.iter().map(|(n, _)| n.clone()).collect();
+        let mut position: Vec<f64> = point.iter().map(|(_, v)| *v).collect();
+        name.push("left_finger_joint".into());
+        position.push(0.04);
+        let t = self.rig.config.topics.joint_states.clone();
+        self.rig.publish(
+            &t,
+            Qos::sensor_data(5),
+            JointState {
+                header: Header::now(""),
+                name,
+                position,
+                velocity: vec![],
+                effort: vec![],
+            },
+        );
+    }
+
+    /// The measured joints the rig published first, by name.
+    fn measured(&self) -> Vec<(String, f64)> {
+        let s = self.states.lock().expect("lock");
+        let state = s.first().expect("the policy saw a state");
+        JOINTS
+            .iter()
+            .map(|n| n.trim_end_matches(".pos").to_string())
+            .zip(state.iter().map(|v| *v as f64))
+            .collect()
+    }
+}
+
+#[test]
+fn joint_space_policy_reads_named_joints_and_publishes_limited_trajectories() {
+    let mut j = joint_rig(
+        &[
+            "output.motion=joint_trajectory",
+            "limits.max_joint_acceleration=10",
+        ],
+        0.5,
+    );
+    j.rig.joints();
+    j.rig.instruction("pick up the red cube");
+    j.images(1);
+    j.rig.tick();
+    // The state: the named joints in the policy's order, then the finger (0.04 m).
+    let state = j.states.lock().expect("lock")[0].clone();
+    assert_eq!(state.len(), 7);
+    assert!((state[6] - 0.04).abs() < 1e-6, "{state:?}");
+    let measured = j.measured();
+    // Published in the policy's joint order, with the URDF's names.
+    let point = j.last_point();
+    let names: Vec<&str> = point.iter().map(|(n, _)| n.as_str()).collect();
+    let expected: Vec<&str> = JOINTS.iter().map(|n| n.trim_end_matches(".pos")).collect();
+    assert_eq!(names, expected);
+    // 0.5 rad in 0.1 s asks 5 rad/s, over the speed limit (2 rad/s); from rest the
+    // acceleration limit (10 rad/s²) allows 1 rad/s after one period, i.e. 0.1 rad; the
+    // other joints stay put.
+    let limits = &j.rig.config.limits;
+    let first_step = limits.max_joint_acceleration * 0.1 * 0.1;
+    let max_speed = limits.max_joint_speed;
+    for ((name, v), (_, m)) in point.iter().zip(&measured) {
+        let want = if name == "shoulder_pan_joint" {
+            m + first_step
+        } else {
+            *m
+        };
+        assert!((v - want).abs() < 1e-6, "{name}: {v} vs {want}");
+    }
+    assert_eq!(
+        j.rig.grippers.lock().expect("lock").last().copied(),
+        Some(0.0)
+    ); // closed
+       // The robot follows; the policy now asks 0.5 rad past it, 5 rad/s from the last target:
+       // the speed limit caps it at 2 rad/s, which is within 1 rad/s of the last speed.
+    j.track();
+    j.images(2);
+    j.rig.tick();
+    let pan = |p: &[(String, f64)]| {
+        p.iter()
+            .find(|(n, _)| n == "shoulder_pan_joint")
+            .map(|(_, v)| *v)
+            .expect("pan")
+    };
+    let second = pan(&j.last_point());
+    let start = pan(&measured);
+    assert!(
+        (second - (start + first_step + max_speed * 0.1)).abs() < 1e-6,
+        "{second} vs {start}"
+    );
+    let s = j.rig.bridge.stats();
+    assert!(s.interventions["acceleration"] >= 1, "{s:?}");
+    assert!(s.interventions["speed"] >= 1, "{s:?}");
+    assert_eq!(s.frames_in.get("laptop"), Some(&2));
+    assert_eq!(s.frames_in.get("phone"), Some(&2));
+}
+
+#[test]
+fn joint_space_policy_holds_on_watchdog_and_estop() {
+    let mut j = joint_rig(
+        &[
+            "output.motion=joint_trajectory",
+            "control.watchdog_timeout_s=0.05",
+        ],
+        0.05,
+    );
+    j.rig.joints();
+    j.rig.instruction("pick up the red cube");
+    j.images(1);
+    j.rig.tick();
+    let moving = j.last_point();
+    // Images stop: the watchdog holds the last commanded joints (not the measured ones).
+    std::thread::sleep(Duration::from_millis(80));
+    j.rig.tick();
+    assert_eq!(j.last_point(), moving, "watchdog: hold the last target");
+    assert!(j.rig.bridge.stats().interventions["watchdog"] >= 1);
+    // E-stop: hold until reset.
+    j.rig.bridge.estop().trigger();
+    j.images(2);
+    j.rig.tick();
+    assert_eq!(j.last_point(), moving, "e-stop: hold");
+    j.rig.bridge.estop().clear();
+    j.track();
+    j.images(3);
+    j.rig.tick();
+    assert_ne!(j.last_point(), moving, "moving again after the reset");
+}
+
+#[test]
+fn joint_space_policy_drives_a_forward_command_controller() {
+    let mut j = joint_rig(&["output.motion=forward_command"], 0.05);
+    j.rig.joints();
+    j.rig.instruction("pick up the red cube");
+    j.images(1);
+    j.rig.tick();
+    let measured = j.measured();
+    let sent = j
+        .forward
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("a command");
+    // The policy's order (the controller's), the pan joint 0.05 rad on.
+    assert_eq!(sent.len(), 6);
+    for (i, ((name, m), v)) in measured.iter().zip(&sent).enumerate() {
+        let want = if name == "shoulder_pan_joint" {
+            m + 0.05
+        } else {
+            *m
+        };
+        assert!((v - want).abs() < 1e-6, "entry {i} ({name}): {v} vs {want}");
+    }
+    assert!(j.trajectories.lock().expect("lock").is_empty());
+}
+
+#[test]
+fn joint_space_policy_configuration_errors_name_the_fix() {
+    let states = Arc::new(Mutex::new(Vec::new()));
+    let build = |overrides: &[&str]| {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let config = BridgeConfig::load(None, &overrides).expect("config");
+        let source = Box::new(JointPolicy {
+            step: 0.0,
+            states: states.clone(),
+        });
+        Bridge::new(&mut MemoryBus::new(), config, source)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let cameras = "control.cameras=[\"laptop=/a/image_raw\", \"phone=/b/image_raw\"]";
+    let e = build(&[cameras]);
+    assert!(e.contains("output.motion"), "{e}");
+    let e = build(&["output.motion=joint_trajectory"]);
+    assert!(e.contains("control.cameras") && e.contains("laptop"), "{e}");
+    let e = build(&[
+        "output.motion=joint_trajectory",
+        "control.cameras=[\"laptop=/a/image_raw\"]",
+    ]);
+    assert!(e.contains("\"phone\""), "{e}");
+}
+
+#[test]
+fn joint_names_the_urdf_lacks_are_its_chain_in_order_or_an_error() {
+    let arm = ArmModel::from_description(&vla_sim::RobotDescription::default_arm().expect("arm"));
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // A raw recording of a forward command controller: data_0 … data_5 and the gripper.
+    let raw = names(&[
+        "data_0", "data_1", "data_2", "data_3", "data_4", "data_5", "gripper",
+    ]);
+    let entries = joint_action_order(&arm, &raw, Some(6)).expect("chain order");
+    assert_eq!(entries, [0, 1, 2, 3, 4, 5]);
+    // The URDF's names in another order: each joint's entry.
+    let shuffled = names(&[
+        "gripper",
+        "elbow_joint.pos",
+        "shoulder_pan_joint.pos",
+        "shoulder_lift_joint.pos",
+        "wrist_1_joint.pos",
+        "wrist_2_joint.pos",
+        "wrist_3_joint.pos",
+    ]);
+    let entries = joint_action_order(&arm, &shuffled, Some(0)).expect("by name");
+    assert_eq!(entries, [2, 3, 1, 4, 5, 6]);
+    // A name twice is refused.
+    let twice = names(&[
+        "elbow_joint",
+        "elbow_joint",
+        "wrist_1_joint",
+        "wrist_2_joint",
+        "wrist_3_joint",
+        "shoulder_pan_joint",
+    ]);
+    assert!(joint_action_order(&arm, &twice, None).is_err());
+    // Some names are the URDF's, some not: ambiguous.
+    let mixed = names(&["shoulder_pan_joint", "x", "y", "z", "u", "v"]);
+    let e = joint_action_order(&arm, &mixed, None).expect_err("mixed");
+    assert!(e.to_string().contains("robot.urdf"), "{e}");
+    // Five joints for a six-joint arm.
+    let e = joint_action_order(&arm, &raw[..5], None).expect_err("too few");
+    assert!(e.to_string().contains("shoulder_pan_joint"), "{e}");
+    let e = joint_action_order(&arm, &raw, Some(9)).expect_err("gripper outside");
+    assert!(e.to_string().contains("gripper dimension 9"), "{e}");
 }

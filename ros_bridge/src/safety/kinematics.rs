@@ -25,6 +25,8 @@ pub struct JointSnapshot {
     pub positions: Vec<f64>,
     /// Driven finger travel (m), when the message carried it.
     pub finger: Option<f64>,
+    /// Every joint of the message with a finite position (a joint-space policy's state).
+    pub named: Vec<(String, f64)>,
     pub received: Instant,
 }
 
@@ -74,9 +76,17 @@ impl ArmModel {
             .as_ref()
             .and_then(|(name, _, _)| find(name))
             .filter(|v| v.is_finite());
+        let named = msg
+            .name
+            .iter()
+            .zip(&msg.position)
+            .filter(|(_, v)| v.is_finite())
+            .map(|(n, v)| (n.clone(), *v))
+            .collect();
         Ok(JointSnapshot {
             positions,
             finger,
+            named,
             received: Instant::now(),
         })
     }
@@ -89,6 +99,15 @@ impl ArmModel {
 /// Where the tool centre point is now.
 pub trait ToolPosition: Send {
     fn tool_position(&self) -> Option<[f64; 3]>;
+    /// Where the tool would be at joint positions `q` (chain order), to check a joint
+    /// target; `None` when this source has no kinematics (a joint target is then held).
+    fn tool_position_at(&self, _q: &[f64]) -> Option<[f64; 3]> {
+        None
+    }
+    /// The measured joints behind [`ToolPosition::tool_position`], if known.
+    fn joints(&self) -> Option<Vec<f64>> {
+        None
+    }
 }
 
 /// Tool position by forward kinematics of the latest `JointState`.
@@ -105,16 +124,28 @@ impl JointStateFk {
 
 impl ToolPosition for JointStateFk {
     fn tool_position(&self) -> Option<[f64; 3]> {
-        let guard = self.joints.lock().ok()?;
-        let snap = guard.as_ref()?;
-        let t = self.arm.tool_pose(&snap.positions).translation.vector;
+        self.tool_position_at(&self.joints()?)
+    }
+
+    fn tool_position_at(&self, q: &[f64]) -> Option<[f64; 3]> {
+        if q.len() != self.arm.chain.dof() {
+            return None;
+        }
+        let t = self.arm.tool_pose(q).translation.vector;
         Some([t.x, t.y, t.z])
+    }
+
+    fn joints(&self) -> Option<Vec<f64>> {
+        let guard = self.joints.lock().ok()?;
+        guard.as_ref().map(|s| s.positions.clone())
     }
 }
 
 /// Turns twists into joint targets by damped least squares IK on the same URDF, for
 /// ros2_control's joint trajectory controller. Deltas accumulate on the last *commanded*
-/// joints (as the simulator's controller does) so a zero twist holds exactly still.
+/// joints (as the simulator's controller does) so a zero twist (every safety stop) holds
+/// exactly still. Joint targets (a joint-space policy's) pass through and become the
+/// commanded joints a later stop holds.
 pub struct IkJointSink<S> {
     inner: S,
     arm: Arc<ArmModel>,
@@ -157,7 +188,11 @@ impl<S: CommandSink> IkJointSink<S> {
 impl<S: CommandSink> CommandSink for IkJointSink<S> {
     fn send(&mut self, cmd: Command) -> Result<Command, SinkError> {
         let Motion::Twist(t) = cmd.motion else {
-            return self.inner.send(cmd);
+            let done = self.inner.send(cmd)?;
+            if let Motion::Joints { positions, .. } = &done.motion {
+                self.commanded = Some((positions.clone(), Instant::now()));
+            }
+            return Ok(done);
         };
         let Some(q0) = self.base() else {
             // No joint state yet: nothing to hold, send nothing but the gripper.

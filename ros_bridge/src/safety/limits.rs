@@ -193,7 +193,201 @@ impl<S: CommandSink> CommandSink for WorkspaceBox<S> {
                 }
             }
         }
+        if let Motion::Joints { positions, .. } = &mut cmd.motion {
+            match self.joint_target(positions) {
+                Some(None) => {}
+                Some(Some(limited)) => {
+                    Interventions::bump(&self.counts.workspace);
+                    *positions = limited;
+                }
+                None => {
+                    Interventions::bump(&self.counts.workspace);
+                    cmd.motion = Motion::Twist(Twist::ZERO);
+                }
+            }
+        }
         self.inner.send(cmd)
+    }
+}
+
+impl<S> WorkspaceBox<S> {
+    /// How far `p` lies outside the box (m, summed over the axes; 0 inside).
+    fn outside(&self, p: [f64; 3]) -> f64 {
+        (0..3)
+            .map(|a| (self.lo[a] - p[a]).max(0.0) + (p[a] - self.hi[a]).max(0.0))
+            .sum()
+    }
+
+    /// A joint target checked by forward kinematics: `Some(None)` when its tool position is
+    /// inside the box (or no further outside than the measured one: moving back in),
+    /// `Some(Some(q))` with the furthest point of the straight joint-space step from the
+    /// measured joints that is, and `None` (hold) without kinematics or a measurement.
+    fn joint_target(&self, target: &[f64]) -> Option<Option<Vec<f64>>> {
+        let at = |q: &[f64]| self.position.tool_position_at(q).map(|p| self.outside(p));
+        let allowed = |q: &[f64], limit: f64| at(q).is_some_and(|d| d <= limit + 1e-12);
+        if allowed(target, 0.0) {
+            return Some(None);
+        }
+        let measured = self.position.joints()?;
+        if measured.len() != target.len() {
+            return None;
+        }
+        let limit = at(&measured)?;
+        if allowed(target, limit) {
+            return Some(None);
+        }
+        let lerp = |f: f64| -> Vec<f64> {
+            measured
+                .iter()
+                .zip(target)
+                .map(|(m, t)| m + f * (t - m))
+                .collect()
+        };
+        // The step's start is allowed by construction; halve the rest 20 times (~1e-6).
+        let (mut ok, mut bad) = (0.0, 1.0);
+        for _ in 0..20 {
+            let mid = 0.5 * (ok + bad);
+            if allowed(&lerp(mid), limit) {
+                ok = mid;
+            } else {
+                bad = mid;
+            }
+        }
+        Some(Some(lerp(ok)))
+    }
+}
+
+/// Joint speed and acceleration of joint targets: the step from the last executed target
+/// (or, after a pause, the measured joints) over the command's duration is a joint
+/// velocity; it is scaled down, keeping its direction, to every joint's speed limit (the
+/// lower of `max_joint_speed` and the URDF's), then moved towards the last executed
+/// velocity until no joint changes speed faster than `max_joint_acceleration`. A target
+/// equal to where the arm is (a hold) is never limited. Twists pass untouched.
+pub struct JointSpeedLimit<S> {
+    inner: S,
+    arm: Arc<ArmModel>,
+    joints: SharedJoints,
+    max_speed: f64,
+    max_acceleration: f64,
+    period: f64,
+    /// The last executed joint target, its joint velocity and when.
+    last: Option<(Vec<f64>, Vec<f64>, std::time::Instant)>,
+    counts: Arc<Interventions>,
+}
+
+impl<S: CommandSink> JointSpeedLimit<S> {
+    pub fn new(
+        inner: S,
+        arm: Arc<ArmModel>,
+        joints: SharedJoints,
+        limits: &Limits,
+        period: f64,
+        counts: Arc<Interventions>,
+    ) -> Self {
+        JointSpeedLimit {
+            inner,
+            arm,
+            joints,
+            max_speed: limits.max_joint_speed,
+            max_acceleration: limits.max_joint_acceleration,
+            period,
+            last: None,
+            counts,
+        }
+    }
+
+    /// Where the step starts and the velocity it continues: the last executed target when it
+    /// is recent (commands accumulate on it, as the controllers do), else the measurement at rest.
+    fn base(&self) -> Option<(Vec<f64>, Vec<f64>)> {
+        match &self.last {
+            Some((q, v, at)) if at.elapsed().as_secs_f64() < 5.0 * self.period => {
+                Some((q.clone(), v.clone()))
+            }
+            _ => {
+                let q = self.joints.lock().ok()?.as_ref()?.positions.clone();
+                let n = q.len();
+                Some((q, vec![0.0; n]))
+            }
+        }
+    }
+}
+
+impl<S: CommandSink> CommandSink for JointSpeedLimit<S> {
+    fn send(&mut self, mut cmd: Command) -> Result<Command, SinkError> {
+        let base = self.base();
+        if let Motion::Joints {
+            positions,
+            duration,
+        } = &mut cmd.motion
+        {
+            match &base {
+                None => {
+                    // No measurement to measure a speed against: hold.
+                    Interventions::bump(&self.counts.speed);
+                    cmd.motion = Motion::Twist(Twist::ZERO);
+                }
+                Some((q, v_last)) if q.len() == positions.len() => {
+                    let dt = duration.max(1e-9);
+                    let mut v: Vec<f64> =
+                        positions.iter().zip(q).map(|(p, b)| (p - b) / dt).collect();
+                    if v.iter().any(|x| *x != 0.0) {
+                        let mut scale: f64 = 1.0;
+                        for (vi, joint) in v.iter().zip(&self.arm.chain.joints) {
+                            let mut vmax = self.max_speed;
+                            if joint.max_velocity > 0.0 {
+                                vmax = vmax.min(joint.max_velocity);
+                            }
+                            if vi.abs() > vmax {
+                                scale = scale.min(vmax / vi.abs());
+                            }
+                        }
+                        if scale < 1.0 {
+                            Interventions::bump(&self.counts.speed);
+                            v.iter_mut().for_each(|x| *x *= scale);
+                        }
+                        let step = self.max_acceleration * dt;
+                        let mut s: f64 = 1.0;
+                        for (vi, li) in v.iter().zip(v_last) {
+                            let d = (vi - li).abs();
+                            if d > step {
+                                s = s.min(step / d);
+                            }
+                        }
+                        if s < 1.0 {
+                            Interventions::bump(&self.counts.acceleration);
+                            v = v
+                                .iter()
+                                .zip(v_last)
+                                .map(|(vi, li)| li + (vi - li) * s)
+                                .collect();
+                        }
+                        *positions = q.iter().zip(&v).map(|(b, vi)| b + vi * dt).collect();
+                    }
+                }
+                // A target of the wrong length: the joint limits below refuse it.
+                Some(_) => {}
+            }
+        }
+        let done = self.inner.send(cmd)?;
+        self.last = match (&done.motion, base) {
+            (
+                Motion::Joints {
+                    positions,
+                    duration,
+                },
+                Some((q, _)),
+            ) if q.len() == positions.len() => {
+                let dt = duration.max(1e-9);
+                let v = positions
+                    .iter()
+                    .zip(&q)
+                    .map(|(p, b)| (p - b) / dt)
+                    .collect();
+                Some((positions.clone(), v, std::time::Instant::now()))
+            }
+            _ => None,
+        };
+        Ok(done)
     }
 }
 

@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use kinematics::{ArmModel, IkJointSink, JointStateFk, SharedJoints, ToolPosition};
-pub use limits::{FiniteGuard, GripperRateLimit, JointLimits, SpeedLimit, WorkspaceBox};
+pub use limits::{
+    FiniteGuard, GripperRateLimit, JointLimits, JointSpeedLimit, SpeedLimit, WorkspaceBox,
+};
 pub use watchdog::{EmergencyStop, EstopHandle, Freshness, Watchdog};
 
 /// Tool velocity in the base frame: m/s and rad/s (MoveIt Servo's twist).
@@ -160,6 +162,11 @@ pub struct Limits {
     pub workspace: [[f64; 3]; 2],
     /// Stay this far inside the URDF joint limits (rad).
     pub joint_margin: f64,
+    /// Largest joint speed of a joint-space command (rad/s; each joint's URDF velocity
+    /// limit applies too).
+    pub max_joint_speed: f64,
+    /// Largest change of a joint's speed per second (rad/s²).
+    pub max_joint_acceleration: f64,
     /// Largest gripper closure change per second (closure is 0..1).
     pub max_gripper_rate: f64,
 }
@@ -173,6 +180,8 @@ impl Default for Limits {
             max_angular_acceleration: 15.0,
             workspace: [[0.15, -0.45, 0.012], [0.80, 0.45, 0.55]],
             joint_margin: 0.01,
+            max_joint_speed: 2.0,
+            max_joint_acceleration: 20.0,
             max_gripper_rate: 10.0,
         }
     }
@@ -187,6 +196,8 @@ impl Limits {
             ("max_linear_acceleration", self.max_linear_acceleration),
             ("max_angular_acceleration", self.max_angular_acceleration),
             ("max_gripper_rate", self.max_gripper_rate),
+            ("max_joint_speed", self.max_joint_speed),
+            ("max_joint_acceleration", self.max_joint_acceleration),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(format!("limits.{name} = {v} must be positive and finite"));
@@ -221,9 +232,12 @@ pub struct SafetyInputs {
     pub counts: Arc<Interventions>,
 }
 
-/// The standard chain, outermost first: non-finite guard → speed and acceleration →
-/// workspace box → joint limits → gripper rate → watchdog → emergency stop → `output`.
-/// Stops (watchdog, e-stop) sit innermost so they are immediate and always win.
+/// The standard chain, outermost first: non-finite guard → speed and acceleration (tool
+/// twists) → joint speed and acceleration (joint targets) → workspace box → joint limits →
+/// gripper rate → watchdog → emergency stop → `output`. Stops (watchdog, e-stop) sit
+/// innermost so they are immediate and always win. A twist and a joint target go through
+/// the same chain; each limit checks the motion it understands (the box checks a joint
+/// target by forward kinematics).
 pub struct SafetyChain;
 
 impl SafetyChain {
@@ -256,7 +270,15 @@ impl SafetyChain {
         );
         let fk = JointStateFk::new(inputs.arm.clone(), inputs.joints.clone());
         let ws = WorkspaceBox::new(joints, Box::new(fk), limits.workspace, period, c.clone());
-        let speed = SpeedLimit::new(ws, limits, period, c.clone());
+        let joint_speed = JointSpeedLimit::new(
+            ws,
+            inputs.arm.clone(),
+            inputs.joints.clone(),
+            limits,
+            period,
+            c.clone(),
+        );
+        let speed = SpeedLimit::new(joint_speed, limits, period, c.clone());
         Box::new(FiniteGuard::new(speed, c))
     }
 }

@@ -92,6 +92,7 @@ fn shared(q: Vec<f64>) -> SharedJoints {
     Arc::new(Mutex::new(Some(JointSnapshot {
         positions: q,
         finger: None,
+        named: Vec::new(),
         received: Instant::now(),
     })))
 }
@@ -400,6 +401,52 @@ proptest! {
             for (qi, j) in snap.positions.iter().zip(&arm.chain.joints) {
                 prop_assert!(*qi >= j.lower - 1e-9 && *qi <= j.upper + 1e-9);
             }
+        }
+    }
+
+    /// A joint-space policy's targets (wild offsets from where the arm is, NaN and ∞
+    /// included) through the standard chain: every executed target is finite, inside the
+    /// URDF limits, within each joint's speed limit of the last executed one, changes speed
+    /// by at most the acceleration limit, and keeps the tool in the box (robot tracks).
+    #[test]
+    fn joint_targets_stay_in_the_envelope(
+        steps in proptest::collection::vec(proptest::array::uniform6(wild_f64()), 1..25)
+    ) {
+        let arm = arm();
+        let limits = Limits::default();
+        let ins = inputs(arm.clone(), home(&arm));
+        let rec = Recorder::default();
+        let clamp = JointLimits::new(rec.clone(), arm.clone(), ins.joints.clone(), limits.joint_margin, DT, ins.counts.clone());
+        let out = IkJointSink::new(clamp, arm.clone(), ins.joints.clone(), DT);
+        let mut chain = SafetyChain::new(out, &limits, DT, Duration::from_secs(60), None, &ins);
+        let [lo, hi] = limits.workspace;
+        let mut last: Vec<f64> = home(&arm);
+        let mut last_v = vec![0.0; 6];
+        for offsets in steps {
+            let positions: Vec<f64> = last.iter().zip(&offsets).map(|(q, o)| q + 0.3 * o).collect();
+            chain.send(Command { motion: Motion::Joints { positions, duration: DT }, gripper: None }).expect("sent");
+            let Motion::Joints { positions, .. } = rec.last().motion else { panic!("joints expected") };
+            let mut v = Vec::new();
+            for ((p, j), b) in positions.iter().zip(&arm.chain.joints).zip(&last) {
+                prop_assert!(p.is_finite());
+                prop_assert!(*p >= j.lower && *p <= j.upper);
+                let vmax = limits.max_joint_speed.min(j.max_velocity);
+                prop_assert!((p - b).abs() <= vmax * DT + 1e-9, "{} → {}", b, p);
+                v.push((p - b) / DT);
+            }
+            // A hold (NaN/∞ target) stops at once; any motion ramps.
+            if v.iter().any(|x| *x != 0.0) {
+                for (vi, li) in v.iter().zip(&last_v) {
+                    prop_assert!((vi - li).abs() <= limits.max_joint_acceleration * DT + 1e-6);
+                }
+            }
+            let p = arm.tool_pose(&positions).translation.vector;
+            for a in 0..3 {
+                prop_assert!(p[a] >= lo[a] - 1e-6 && p[a] <= hi[a] + 1e-6, "axis {a}: {}", p[a]);
+            }
+            if let Some(s) = ins.joints.lock().expect("lock").as_mut() { s.positions = positions.clone(); }
+            last = positions;
+            last_v = v;
         }
     }
 
