@@ -93,9 +93,15 @@ test-e2e: setup
 	fi
 	VLA_REQUIRE_DDS=1 VLA_REQUIRE_E2E=1 VLA_E2E_CKPT=$(CURDIR)/$(E2E_RUN) $(CARGO) test --test ros_e2e -- --nocapture
 
+# Format and clippy, and a robot's build of the bridge: it compiles without the `sim` feature
+# and then has no simulator (rapier, bevy) and no libtorch behind it.
 lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p vla-ros-bridge --no-default-features -- -D warnings
+	@if $(CARGO) tree -p vla-ros-bridge --no-default-features -e normal --prefix none \
+	    | grep -E '^(rapier3d|bevy[a-z_]*|tch|torch-sys|vla-sim|vla-render|vla-tasks) '; then \
+	  echo "vla-ros-bridge --no-default-features depends on the simulator or libtorch" >&2; exit 1; fi
 
 demo: setup
 	$(VLA) demo

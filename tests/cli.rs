@@ -263,7 +263,10 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
 
 #[test]
 fn a_urdf_given_by_path_loads_and_runs() {
-    let urdf = concat!(env!("CARGO_MANIFEST_DIR"), "/sim/assets/vla_arm.urdf");
+    let urdf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/kinematics/assets/vla_arm.urdf"
+    );
     let r = json(&[
         "expert",
         "--suite",

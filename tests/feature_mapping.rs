@@ -44,39 +44,9 @@ fn tmp(name: &str) -> PathBuf {
 
 /// Two episodes of an SO-100-like arm: one 40×30 camera named `top`, six joints.
 fn write_dataset(dir: &Path) {
-    let spec = DatasetSpec::with_features(
-        "so100",
-        30,
-        vec![CameraSpec::new(
-            "top",
-            ImageSize {
-                width: 40,
-                height: 30,
-            },
-        )],
-        JOINTS.iter().map(|s| s.to_string()).collect(),
-        JOINTS.iter().map(|s| s.to_string()).collect(),
-    );
-    let mut w = DatasetWriter::create(dir, spec).expect("create");
-    for episode in 0..2 {
-        for t in 0..8 {
-            let img = image::RgbImage::from_fn(40, 30, |x, y| {
-                image::Rgb([(x * 6) as u8, (y * 8) as u8, (t * 30 + episode * 10) as u8])
-            });
-            let state: Vec<f32> = (0..6).map(|j| 0.1 * j as f32 + 0.01 * t as f32).collect();
-            let action: Vec<f32> = state.iter().map(|s| s + 0.02).collect();
-            w.add_raw_frame(RawFrameRecord {
-                images: &[("top", &img)],
-                state: &state,
-                action: &action,
-                timestamp: t as f32 / 30.0,
-                subtask: None,
-            })
-            .expect("frame");
-        }
-        w.save_episode("pick up the bolt").expect("save");
-    }
-    w.finalize().expect("finalize");
+    let names: Vec<String> = JOINTS.iter().map(|s| s.to_string()).collect();
+    let base: Vec<f32> = (0..6).map(|j| 0.1 * j as f32).collect();
+    common::write_joint_dataset(dir, ("top", 40, 30), &names, &base, 2, 8);
 }
 
 #[test]

@@ -67,34 +67,16 @@ fn ros_sim_and_bridge_match_direct_eval_on_pick() {
 
     // Through ROS 2: lock-step sim (one step per command) and a bridge that acts only on
     // new frames, so a slow CPU changes the wall time, not the result.
-    let script = format!(
-        "{vla} ros sim --suite pick --split seen --seed {seed} --episodes {episodes} \
-           --lockstep --json > {dir}/sim.json 2> {dir}/sim.log & S=$!; \
-         {vla} ros bridge --ckpt {ckpt} --json --set control.require_new_frames=true \
-           --set control.model_deadline_s=5 --set control.watchdog_timeout_s=10 \
-           > {dir}/bridge.json 2> {dir}/bridge.log & B=$!; \
-         wait $S; R=$?; STOP_B; wait $B; kill $K 2>/dev/null; exit $R",
-        vla = sh_quote(vla),
-        ckpt = sh_quote(&ckpt.display().to_string()),
-        dir = sh_quote(&dir.display().to_string()),
+    let (ros, bridge) = sim_and_bridge(
+        &dir,
+        &format!("--suite pick --split seen --seed {seed} --episodes {episodes} --lockstep"),
+        &format!(
+            "--ckpt {} --set control.require_new_frames=true --set control.model_deadline_s=5 \
+             --set control.watchdog_timeout_s=10",
+            sh_quote(&ckpt.display().to_string())
+        ),
     );
-    let script = script.replace(
-        "STOP_B;",
-        // Ctrl-C until it is gone: a background job may not have its handler installed yet.
-        "( while kill -INT $B 2>/dev/null; do sleep 0.5; done ) & K=$!;",
-    );
-    let status = netns::shell(&script).status().expect("runs the namespace");
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-    if !status.success() {
-        eprintln!(
-            "--- sim log ---\n{}\n--- bridge log ---\n{}",
-            read("sim.log"),
-            read("bridge.log")
-        );
-    }
-    assert!(status.success(), "ros sim + bridge failed ({status})");
-    let ros: serde_json::Value = serde_json::from_str(&read("sim.json")).expect("sim JSON");
-    eprintln!("bridge counters: {}", read("bridge.json"));
+    eprintln!("bridge counters: {bridge}");
     let n = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let (p_direct, p_ros) = (n(&direct, "success_rate"), n(&ros, "success_rate"));
     let (n_direct, n_ros) = (n(&direct, "episodes"), n(&ros, "episodes"));

@@ -68,11 +68,7 @@ fn cyclone_peer_drives_the_bridge_and_commands_stay_in_the_envelope() {
         period = config.control.period_s,
         wd = config.control.watchdog_timeout_s,
     );
-    let script = script.replace(
-        "STOP_B;",
-        // Ctrl-C until it is gone: a background job may not have its handler installed yet.
-        "( while kill -INT $B 2>/dev/null; do sleep 0.5; done ) & K=$!;",
-    );
+    let script = with_stop_b(&script);
     let status = netns::shell(&script)
         .env("PYTHONPATH", repo().join("ros_bridge/tests/peer"))
         .status()

@@ -11,7 +11,6 @@ mod ros_common;
 use std::path::Path;
 
 use ros_common::*;
-use vla_datasets::{CameraSpec, DatasetSpec, DatasetWriter, ImageSize, RawFrameRecord};
 use vla_ros_bridge::netns;
 
 const TEST: &str = "a_joint_space_policy_drives_the_simulator_through_joint_trajectories";
@@ -28,46 +27,6 @@ checkpoint_every = 3
 "#
 );
 
-/// Two short episodes of the built-in arm in joint space: one 64×48 camera named `laptop`,
-/// the six URDF joints (LeRobot's `NAME.pos`) as state and as action.
-fn write_dataset(dir: &Path, joints: &[String]) {
-    let names: Vec<String> = joints.iter().map(|j| format!("{j}.pos")).collect();
-    let spec = DatasetSpec::with_features(
-        "vla_arm",
-        10,
-        vec![CameraSpec::new(
-            "laptop",
-            ImageSize {
-                width: 64,
-                height: 48,
-            },
-        )],
-        names.clone(),
-        names,
-    );
-    let mut w = DatasetWriter::create(dir, spec).expect("create");
-    let home = [0.0f32, 0.5, 1.6, 0.0, 1.04, 0.0];
-    for episode in 0..2 {
-        for t in 0..6 {
-            let img = image::RgbImage::from_fn(64, 48, |x, y| {
-                image::Rgb([(x * 4) as u8, (y * 5) as u8, (t * 40 + episode * 10) as u8])
-            });
-            let state: Vec<f32> = home.iter().map(|q| q + 0.01 * t as f32).collect();
-            let action: Vec<f32> = state.iter().map(|q| q + 0.01).collect();
-            w.add_raw_frame(RawFrameRecord {
-                images: &[("laptop", &img)],
-                state: &state,
-                action: &action,
-                timestamp: t as f32 / 10.0,
-                subtask: None,
-            })
-            .expect("frame");
-        }
-        w.save_episode("pick up the red cube").expect("save");
-    }
-    w.finalize().expect("finalize");
-}
-
 #[test]
 fn a_joint_space_policy_drives_the_simulator_through_joint_trajectories() {
     if let Err(why) = netns::available() {
@@ -76,8 +35,12 @@ fn a_joint_space_policy_drives_the_simulator_through_joint_trajectories() {
     let dir = temp_dir("joint-space");
     let robot = vla_sim::RobotDescription::default_arm().expect("arm");
     let joints: Vec<String> = robot.chain.joints.iter().map(|j| j.name.clone()).collect();
+    // Two short episodes of the arm in joint space: one 64×48 camera named `laptop`, the six
+    // URDF joints (LeRobot's `NAME.pos`) as state and as action.
     let data = dir.join("data");
-    write_dataset(&data, &joints);
+    let names: Vec<String> = joints.iter().map(|j| format!("{j}.pos")).collect();
+    let home = [0.0f32, 0.5, 1.6, 0.0, 1.04, 0.0];
+    common::write_joint_dataset(&data, ("laptop", 64, 48), &names, &home, 2, 6);
     let config = dir.join("toy.toml");
     std::fs::write(&config, TOY_CONFIG).expect("config");
     let run = dir.join("run");
@@ -94,40 +57,18 @@ fn a_joint_space_policy_drives_the_simulator_through_joint_trajectories() {
     ]);
     assert_eq!(trained["steps"], 3, "{trained}");
 
-    let vla = env!("CARGO_BIN_EXE_vla");
     // The simulator's front camera plays the policy's laptop camera.
-    let script = format!(
-        "{vla} ros sim --suite pick --seed 3 --episodes 1 --lockstep --json \
-           > {dir}/sim.json 2> {dir}/sim.log & S=$!; \
-         {vla} ros bridge --ckpt {ckpt} --json --set output.motion=joint_trajectory \
-           --set 'control.cameras=[\"laptop=/camera/front/image_raw\"]' \
-           --set control.require_new_frames=true --set control.model_deadline_s=5 \
-           --set control.watchdog_timeout_s=10 \
-           > {dir}/bridge.json 2> {dir}/bridge.log & B=$!; \
-         wait $S; R=$?; STOP_B; wait $B; BR=$?; kill $K 2>/dev/null; \
-         [ $R -eq 0 ] && [ $BR -eq 0 ]",
-        vla = sh_quote(vla),
-        ckpt = sh_quote(&path(&run)),
-        dir = sh_quote(&path(&dir)),
+    let (sim, bridge) = sim_and_bridge(
+        &dir,
+        "--suite pick --seed 3 --episodes 1 --lockstep",
+        &format!(
+            "--ckpt {} --set output.motion=joint_trajectory \
+             --set 'control.cameras=[\"laptop=/camera/front/image_raw\"]' \
+             --set control.require_new_frames=true --set control.model_deadline_s=5 \
+             --set control.watchdog_timeout_s=10",
+            sh_quote(&path(&run))
+        ),
     );
-    let script = script.replace(
-        "STOP_B;",
-        // Ctrl-C until it is gone: a background job may not have its handler installed yet.
-        "( while kill -INT $B 2>/dev/null; do sleep 0.5; done ) & K=$!;",
-    );
-    let status = netns::shell(&script).status().expect("runs the namespace");
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-    if !status.success() {
-        eprintln!(
-            "--- sim log ---\n{}\n--- bridge log ---\n{}",
-            read("sim.log"),
-            read("bridge.log")
-        );
-    }
-    assert!(status.success(), "ros sim + bridge failed ({status})");
-    let sim: serde_json::Value = serde_json::from_str(&read("sim.json")).expect("sim JSON");
-    let bridge: serde_json::Value =
-        serde_json::from_str(&read("bridge.json")).expect("bridge JSON");
     eprintln!("sim: {sim}\nbridge: {bridge}");
     let steps = sim["per_episode"][0]["steps"].as_u64().expect("steps");
     let received = sim["commands_received"].as_u64().expect("commands");

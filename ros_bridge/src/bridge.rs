@@ -821,7 +821,7 @@ impl Bridge {
                 s[6] = (2.0 * snap.finger.unwrap_or(0.0)) as f32;
                 let pose = self.arm.tool_pose(&snap.positions);
                 let t = pose.translation.vector;
-                let rpy = vla_sim::kinematics::rpy(&pose.rotation);
+                let rpy = vla_kinematics::rpy(&pose.rotation);
                 s[7..10].copy_from_slice(&[t.x as f32, t.y as f32, t.z as f32]);
                 s[10..13].copy_from_slice(&[rpy[0] as f32, rpy[1] as f32, rpy[2] as f32]);
                 return Some(s);

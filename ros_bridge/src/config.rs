@@ -316,11 +316,11 @@ impl BridgeConfig {
     }
 
     /// The robot model: the configured URDF or the built-in arm.
-    pub fn robot(&self) -> Result<vla_sim::RobotDescription, String> {
+    pub fn robot(&self) -> Result<vla_kinematics::RobotDescription, String> {
         if self.robot.urdf.is_empty() {
-            vla_sim::RobotDescription::default_arm().map_err(|e| e.to_string())
+            vla_kinematics::RobotDescription::default_arm().map_err(|e| e.to_string())
         } else {
-            vla_sim::RobotDescription::from_file(
+            vla_kinematics::RobotDescription::from_file(
                 Path::new(&self.robot.urdf),
                 Some(&self.robot.tip_link),
             )

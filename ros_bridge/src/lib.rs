@@ -6,7 +6,8 @@
 //! r2r behind a feature), [`image`] (camera messages to policy images), [`safety`]
 //! (command-sink decorators: limits, watchdog, emergency stop), [`output`] (commands to
 //! MoveIt Servo / ros2_control messages), [`bridge`] (the node), [`config`] (TOML +
-//! overrides), [`sim_node`] (the simulator as a robot), [`netns`] (test isolation),
+//! overrides), `sim_node` (the simulator as a robot; the `sim` feature, on by default: a
+//! robot's build leaves it out and needs no rapier or bevy), [`netns`] (test isolation),
 //! [`mcap_import`] (rosbag2 MCAP recordings to dataset frames, for `vla dataset from-mcap`),
 //! [`record`] (live demonstrations sampled from a robot's topics, for `vla ros record`).
 
@@ -19,6 +20,7 @@ pub mod netns;
 pub mod output;
 pub mod record;
 pub mod safety;
+#[cfg(feature = "sim")]
 pub mod sim_node;
 pub mod transport;
 

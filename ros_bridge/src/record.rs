@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use nalgebra::UnitQuaternion;
 use serde::{Deserialize, Serialize};
 use vla_core::RgbImage;
-use vla_sim::RobotDescription;
+use vla_kinematics::RobotDescription;
 
 use crate::config::{BridgeConfig, GripperOutput, OutputSection};
 use crate::image::{decode_compressed, decode_raw};
@@ -677,7 +677,7 @@ impl Recorder {
         state.push((2.0 * finger) as f32);
         let t = tool.translation.vector;
         state.extend([t.x as f32, t.y as f32, t.z as f32]);
-        state.extend(vla_sim::kinematics::rpy(&tool.rotation).map(|v| v as f32));
+        state.extend(vla_kinematics::rpy(&tool.rotation).map(|v| v as f32));
         let dt = self.period_s;
         let (dp, dr) = match cmd {
             CommandMsg::Twist(v) => (

@@ -13,7 +13,7 @@ use crate::config::SimConfig;
 use crate::error::SimError;
 use crate::robot::Robot;
 use crate::scene::{ObjectKind, ObjectSpec, ReceptacleSpec};
-use crate::urdf::RobotDescription;
+use vla_kinematics::RobotDescription;
 
 /// Height of the table surface in the world frame. The robot base stands on it at the origin.
 pub const TABLE_TOP_Z: f64 = 0.0;

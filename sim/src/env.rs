@@ -13,8 +13,8 @@ use crate::config::SimConfig;
 use crate::controller::{ActionReport, ControlMode, Controller, InterventionCounts};
 use crate::error::SimError;
 use crate::randomization::Randomization;
-use crate::urdf::RobotDescription;
 use crate::visual::{scene_bodies, scene_poses, CameraConfig, PoseSource};
+use vla_kinematics::RobotDescription;
 
 /// Success and reward of the current state, judged from physical state only.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -16,4 +16,6 @@ pub enum SimError {
     Render(String),
     #[error("I/O error on {path}: {cause}")]
     Io { path: PathBuf, cause: String },
+    #[error(transparent)]
+    Kinematics(#[from] vla_kinematics::KinematicsError),
 }

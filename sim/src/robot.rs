@@ -15,7 +15,7 @@ use rapier3d_urdf::{UrdfLoaderOptions, UrdfMultibodyOptions, UrdfRobot};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SimError;
-use crate::urdf::RobotDescription;
+use vla_kinematics::RobotDescription;
 
 /// Motor gains; defaults measured to settle within about a millimetre under gravity.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 /// Runs `vla ARGS…` to completion.
@@ -63,3 +64,45 @@ subgoal_weight = 0.5
 }
 #[allow(unused_imports)]
 pub(crate) use toy_model;
+
+/// A joint-space robot's LeRobot dataset: one camera `(name, width, height)`, the entries
+/// `names` as state and as action (the state one step on: `base + 0.01·t`, the action 0.02
+/// past it), `episodes` episodes of `frames` frames at 10 fps, task "pick up the part".
+pub fn write_joint_dataset(
+    dir: &Path,
+    camera: (&str, u32, u32),
+    names: &[String],
+    base: &[f32],
+    episodes: usize,
+    frames: usize,
+) {
+    use vla_datasets::{CameraSpec, DatasetSpec, DatasetWriter, ImageSize, RawFrameRecord};
+    let (name, width, height) = camera;
+    let spec = DatasetSpec::with_features(
+        "joint_robot",
+        10,
+        vec![CameraSpec::new(name, ImageSize { width, height })],
+        names.to_vec(),
+        names.to_vec(),
+    );
+    let mut w = DatasetWriter::create(dir, spec).expect("create the dataset");
+    for episode in 0..episodes {
+        for t in 0..frames {
+            let img = image::RgbImage::from_fn(width, height, |x, y| {
+                image::Rgb([(x * 4) as u8, (y * 5) as u8, (t * 30 + episode * 10) as u8])
+            });
+            let state: Vec<f32> = base.iter().map(|q| q + 0.01 * t as f32).collect();
+            let action: Vec<f32> = state.iter().map(|q| q + 0.02).collect();
+            w.add_raw_frame(RawFrameRecord {
+                images: &[(name, &img)],
+                state: &state,
+                action: &action,
+                timestamp: t as f32 / 10.0,
+                subtask: None,
+            })
+            .expect("frame");
+        }
+        w.save_episode("pick up the part").expect("save");
+    }
+    w.finalize().expect("finalize");
+}

@@ -57,12 +57,29 @@ impl ActionSource for Planner {
     }
 }
 
+/// Every message published on `topic` from now on.
+fn collect<M: crate::msg::RosMessage>(bus: &mut MemoryBus, topic: &str) -> Arc<Mutex<Vec<M>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    bus.subscribe::<M>(
+        topic,
+        Qos::reliable(10),
+        Box::new(move |m| {
+            if let (Ok(m), Ok(mut v)) = (m, g.lock()) {
+                v.push(m);
+            }
+        }),
+    )
+    .expect("sub");
+    got
+}
+
 struct Rig {
     bus: MemoryBus,
     bridge: Bridge,
     seen: Arc<Mutex<Seen>>,
     twists: Arc<Mutex<Vec<TwistStamped>>>,
-    grippers: Arc<Mutex<Vec<f64>>>,
+    grippers: Arc<Mutex<Vec<Float64MultiArray>>>,
     config: BridgeConfig,
 }
 
@@ -79,30 +96,8 @@ fn rig_with(
     let mut bus = MemoryBus::new();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let bridge = Bridge::new(&mut bus, config.clone(), source(seen.clone())).expect("bridge");
-    let twists = Arc::new(Mutex::new(Vec::new()));
-    let t = twists.clone();
-    bus.subscribe::<TwistStamped>(
-        &config.topics.twist,
-        Qos::reliable(10),
-        Box::new(move |m| {
-            if let (Ok(m), Ok(mut v)) = (m, t.lock()) {
-                v.push(m);
-            }
-        }),
-    )
-    .expect("sub");
-    let grippers = Arc::new(Mutex::new(Vec::new()));
-    let g = grippers.clone();
-    bus.subscribe::<Float64MultiArray>(
-        &config.topics.gripper,
-        Qos::reliable(10),
-        Box::new(move |m| {
-            if let (Ok(m), Ok(mut v)) = (m, g.lock()) {
-                v.extend(m.data);
-            }
-        }),
-    )
-    .expect("sub");
+    let twists = collect::<TwistStamped>(&mut bus, &config.topics.twist);
+    let grippers = collect::<Float64MultiArray>(&mut bus, &config.topics.gripper);
     Rig {
         bus,
         bridge,
@@ -139,10 +134,10 @@ impl Rig {
     }
 
     fn joints(&mut self) {
-        let d = vla_sim::RobotDescription::default_arm().expect("arm");
+        let d = vla_kinematics::RobotDescription::default_arm().expect("arm");
         let target = nalgebra::Isometry3::from_parts(
             nalgebra::Translation3::new(0.45, 0.0, 0.25),
-            vla_sim::kinematics::tool_down(0.0),
+            vla_kinematics::tool_down(0.0),
         );
         let q = d
             .chain
@@ -198,6 +193,12 @@ impl Rig {
         got
     }
 
+    /// The last gripper position sent.
+    fn last_gripper(&self) -> Option<f64> {
+        let v = self.grippers.lock().expect("lock");
+        v.last().and_then(|m| m.data.first().copied())
+    }
+
     fn last_twist(&self) -> [f64; 3] {
         let v = self.twists.lock().expect("lock");
         let t = v.last().expect("a twist was published");
@@ -234,7 +235,7 @@ fn holds_without_instruction_then_acts_on_the_freshest_frames() {
     );
     assert!(seen.resets >= 1);
     drop(seen);
-    assert_eq!(r.grippers.lock().expect("lock").last().copied(), Some(0.0)); // closed
+    assert_eq!(r.last_gripper(), Some(0.0)); // closed
     let s = r.bridge.stats();
     assert_eq!(s.frames_dropped, 4, "{s:?}"); // frames 20 and 30 of each camera, never used
     assert_eq!(s.inferences, 1);
@@ -328,20 +329,8 @@ fn estop_topic_latches_until_reset() {
 #[test]
 fn joint_trajectory_output_stays_within_joint_limits() {
     let mut r = rig(&["output.motion=joint_trajectory"]);
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
     let topic = r.config.topics.joint_trajectory.clone();
-    r.bus
-        .subscribe::<crate::msg::JointTrajectory>(
-            &topic,
-            Qos::reliable(10),
-            Box::new(move |m| {
-                if let (Ok(m), Ok(mut v)) = (m, g.lock()) {
-                    v.push(m);
-                }
-            }),
-        )
-        .expect("sub");
+    let got = collect::<crate::msg::JointTrajectory>(&mut r.bus, &topic);
     r.joints();
     r.instruction("pick up the red cube");
     r.images(1);
@@ -451,7 +440,7 @@ struct JointRig {
     rig: Rig,
     states: Arc<Mutex<Vec<Vec<f32>>>>,
     trajectories: Arc<Mutex<Vec<crate::msg::JointTrajectory>>>,
-    forward: Arc<Mutex<Vec<Vec<f64>>>>,
+    forward: Arc<Mutex<Vec<Float64MultiArray>>>,
 }
 
 fn joint_rig(overrides: &[&str], step: f32) -> JointRig {
@@ -462,34 +451,10 @@ fn joint_rig(overrides: &[&str], step: f32) -> JointRig {
     let states = Arc::new(Mutex::new(Vec::new()));
     let s = states.clone();
     let mut rig = rig_with(&all, move |_| Box::new(JointPolicy { step, states: s }));
-    let trajectories = Arc::new(Mutex::new(Vec::new()));
-    let t = trajectories.clone();
     let topic = rig.config.topics.joint_trajectory.clone();
-    rig.bus
-        .subscribe::<crate::msg::JointTrajectory>(
-            &topic,
-            Qos::reliable(10),
-            Box::new(move |m| {
-                if let (Ok(m), Ok(mut v)) = (m, t.lock()) {
-                    v.push(m);
-                }
-            }),
-        )
-        .expect("sub");
-    let forward = Arc::new(Mutex::new(Vec::new()));
-    let f = forward.clone();
+    let trajectories = collect(&mut rig.bus, &topic);
     let topic = rig.config.topics.forward_command.clone();
-    rig.bus
-        .subscribe::<Float64MultiArray>(
-            &topic,
-            Qos::reliable(10),
-            Box::new(move |m| {
-                if let (Ok(m), Ok(mut v)) = (m, f.lock()) {
-                    v.push(m.data);
-                }
-            }),
-        )
-        .expect("sub");
+    let forward = collect(&mut rig.bus, &topic);
     JointRig {
         rig,
         states,
@@ -499,6 +464,14 @@ fn joint_rig(overrides: &[&str], step: f32) -> JointRig {
 }
 
 impl JointRig {
+    /// The arm at home, an instruction, a frame per camera, one tick.
+    fn start(&mut self) {
+        self.rig.joints();
+        self.rig.instruction("pick up the red cube");
+        self.images(1);
+        self.rig.tick();
+    }
+
     fn images(&mut self, value: u8) {
         let jpeg = crate::image::encode_jpeg(
             &RgbImage::from_pixel(64, 48, image::Rgb([value, 0, 0])),
@@ -565,10 +538,7 @@ fn joint_space_policy_reads_named_joints_and_publishes_limited_trajectories() {
         ],
         0.5,
     );
-    j.rig.joints();
-    j.rig.instruction("pick up the red cube");
-    j.images(1);
-    j.rig.tick();
+    j.start();
     // The state: the named joints in the policy's order, then the finger (0.04 m).
     let state = j.states.lock().expect("lock")[0].clone();
     assert_eq!(state.len(), 7);
@@ -593,12 +563,9 @@ fn joint_space_policy_reads_named_joints_and_publishes_limited_trajectories() {
         };
         assert!((v - want).abs() < 1e-6, "{name}: {v} vs {want}");
     }
-    assert_eq!(
-        j.rig.grippers.lock().expect("lock").last().copied(),
-        Some(0.0)
-    ); // closed
-       // The robot follows; the policy now asks 0.5 rad past it, 5 rad/s from the last target:
-       // the speed limit caps it at 2 rad/s, which is within 1 rad/s of the last speed.
+    assert_eq!(j.rig.last_gripper(), Some(0.0)); // closed
+                                                 // The robot follows; the policy now asks 0.5 rad past it, 5 rad/s from the last target:
+                                                 // the speed limit caps it at 2 rad/s, which is within 1 rad/s of the last speed.
     j.track();
     j.images(2);
     j.rig.tick();
@@ -630,10 +597,7 @@ fn joint_space_policy_holds_on_watchdog_and_estop() {
         ],
         0.05,
     );
-    j.rig.joints();
-    j.rig.instruction("pick up the red cube");
-    j.images(1);
-    j.rig.tick();
+    j.start();
     let moving = j.last_point();
     // Images stop: the watchdog holds the last commanded joints (not the measured ones).
     std::thread::sleep(Duration::from_millis(80));
@@ -655,17 +619,14 @@ fn joint_space_policy_holds_on_watchdog_and_estop() {
 #[test]
 fn joint_space_policy_drives_a_forward_command_controller() {
     let mut j = joint_rig(&["output.motion=forward_command"], 0.05);
-    j.rig.joints();
-    j.rig.instruction("pick up the red cube");
-    j.images(1);
-    j.rig.tick();
+    j.start();
     let measured = j.measured();
     let sent = j
         .forward
         .lock()
         .expect("lock")
         .last()
-        .cloned()
+        .map(|m| m.data.clone())
         .expect("a command");
     // The policy's order (the controller's), the pan joint 0.05 rad on.
     assert_eq!(sent.len(), 6);
@@ -709,7 +670,8 @@ fn joint_space_policy_configuration_errors_name_the_fix() {
 
 #[test]
 fn joint_names_the_urdf_lacks_are_its_chain_in_order_or_an_error() {
-    let arm = ArmModel::from_description(&vla_sim::RobotDescription::default_arm().expect("arm"));
+    let arm =
+        ArmModel::from_description(&vla_kinematics::RobotDescription::default_arm().expect("arm"));
     let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     // A raw recording of a forward command controller: data_0 … data_5 and the gripper.
     let raw = names(&[

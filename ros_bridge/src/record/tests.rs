@@ -1,7 +1,7 @@
 use std::time::{Duration, Instant};
 
 use vla_core::RgbImage;
-use vla_sim::RobotDescription;
+use vla_kinematics::RobotDescription;
 
 use super::*;
 use crate::image::encode_raw;

@@ -1,12 +1,12 @@
 //! The robot's arm for the safety layer: URDF chain, joint names, and the latest measured
-//! joints (from `JointState`), with forward kinematics and IK from `vla-sim`.
+//! joints (from `JointState`), with forward kinematics and IK from `vla-kinematics`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use nalgebra::{Isometry3, Translation3, UnitQuaternion, Vector3};
-use vla_sim::kinematics::{IkSettings, KinematicChain};
-use vla_sim::RobotDescription;
+use vla_kinematics::RobotDescription;
+use vla_kinematics::{IkSettings, KinematicChain};
 
 use super::{Command, CommandSink, Motion, SinkError};
 use crate::msg::JointState;

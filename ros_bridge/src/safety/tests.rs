@@ -66,7 +66,7 @@ fn norm(v: [f64; 3]) -> f64 {
 }
 
 fn arm() -> Arc<ArmModel> {
-    let d = vla_sim::RobotDescription::default_arm().expect("built-in arm");
+    let d = vla_kinematics::RobotDescription::default_arm().expect("built-in arm");
     Arc::new(ArmModel::from_description(&d))
 }
 
@@ -74,7 +74,7 @@ fn arm() -> Arc<ArmModel> {
 fn home(arm: &ArmModel) -> Vec<f64> {
     let target = nalgebra::Isometry3::from_parts(
         nalgebra::Translation3::new(0.45, 0.0, 0.25),
-        vla_sim::kinematics::tool_down(0.0),
+        vla_kinematics::tool_down(0.0),
     );
     let sol = arm
         .chain

@@ -1,12 +1,32 @@
-//! Serial-chain kinematics of a URDF arm: forward kinematics, Jacobian and damped least squares IK.
+//! A robot arm without a physics engine: its description read from a URDF ([`RobotDescription`]:
+//! the serial chain to the tool centre point and the gripper), forward kinematics, Jacobian and
+//! damped least squares IK.
 //!
-//! This is independent of rapier so that the ROS bridge can run the same forward kinematics
-//! (workspace limits from `JointState`) and IK (joint trajectories) on a real robot's URDF.
+//! Its own crate, free of rapier and bevy, because both sides need it: the simulator builds
+//! and controls its arm with it, and the ROS 2 bridge runs the same forward kinematics
+//! (workspace limits, the policy's state from `JointState`) and IK (joint trajectories) on a
+//! real robot's URDF — so a robot's build of the bridge does not need the simulator.
 //! Math in f64: the IK iterates hundreds of times and f32 round-off shows at the 0.1 mm level.
+
+mod urdf;
 
 use nalgebra::{Isometry3, Matrix6, Point3, Translation3, Unit, UnitQuaternion, Vector3, Vector6};
 
-use crate::error::SimError;
+pub use urdf::{GripperDescription, RobotDescription, DEFAULT_TIP_LINK, DEFAULT_URDF};
+
+/// Errors name the URDF (file or source) or the input, and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum KinematicsError {
+    #[error("cannot read URDF {path}: {cause}")]
+    UrdfRead {
+        path: std::path::PathBuf,
+        cause: String,
+    },
+    #[error("URDF {source_name}: {cause}")]
+    UrdfInvalid { source_name: String, cause: String },
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+}
 
 /// One actuated revolute joint of the chain, in URDF terms.
 #[derive(Clone, Debug)]
@@ -132,9 +152,9 @@ impl KinematicChain {
         target: &Isometry3<f64>,
         seed: &[f64],
         settings: &IkSettings,
-    ) -> Result<IkSolution, SimError> {
+    ) -> Result<IkSolution, KinematicsError> {
         if seed.len() != self.dof() {
-            return Err(SimError::InvalidInput(format!(
+            return Err(KinematicsError::InvalidInput(format!(
                 "IK seed has {} joints, the chain has {}",
                 seed.len(),
                 self.dof()
@@ -143,7 +163,9 @@ impl KinematicChain {
         if !target.translation.vector.iter().all(|v| v.is_finite())
             || !target.rotation.coords.iter().all(|v| v.is_finite())
         {
-            return Err(SimError::InvalidInput("IK target is not finite".into()));
+            return Err(KinematicsError::InvalidInput(
+                "IK target is not finite".into(),
+            ));
         }
         let mut best = self.solve_from(target, seed, settings);
         let mut attempt = 0;
