@@ -104,13 +104,8 @@ fn a_joint_space_robots_dataset_trains_and_acts_with_its_own_features() {
         "0,0.1,0.2,0.3,0.4,0.5",
         "--json",
     ]);
-    let action = act["action"].as_array().expect("action");
-    assert_eq!(action.len(), 6, "{act}");
-    assert!(action
-        .iter()
-        .all(|v| v.as_f64().is_some_and(f64::is_finite)));
+    common::assert_joint_action(&act, 6);
     assert_eq!(act["action_names"], serde_json::json!(JOINTS));
-    assert_eq!(act["action_space"], "joint_positions");
 
     // A second image, or a state of the wrong length, is refused with what the policy reads.
     let out = vla(&[

@@ -89,12 +89,7 @@ fn an_so100_video_dataset_from_lerobot_validates_trains_and_acts() {
         "0,10,-20,30,0,5",
         "--json",
     ]);
-    let action = act["action"].as_array().expect("action");
-    assert_eq!(action.len(), 6, "{act}");
-    assert!(action
-        .iter()
-        .all(|v| v.as_f64().is_some_and(f64::is_finite)));
-    assert_eq!(act["action_space"], "joint_positions", "{act}");
+    common::assert_joint_action(&act, 6);
     assert_eq!(
         act["cameras"],
         serde_json::json!(["observation.images.laptop", "observation.images.phone"])

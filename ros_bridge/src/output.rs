@@ -127,12 +127,15 @@ impl JointOrder {
         }
     }
 
-    /// Chain-order positions in this order (`None` when `positions` is too short).
-    fn pick(&self, positions: &[f64]) -> Option<Vec<f64>> {
+    /// Chain-order positions in this order (an error when `positions` is too short).
+    fn pick(&self, positions: &[f64]) -> Result<Vec<f64>, SinkError> {
         self.chain_index
             .iter()
             .map(|&i| positions.get(i).copied())
-            .collect()
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                SinkError::Output(format!("a joint target of {} joints", positions.len()))
+            })
     }
 }
 
@@ -164,9 +167,7 @@ impl CommandSink for JointTrajectoryOutput {
             duration,
         } = &cmd.motion
         {
-            let positions = self.order.pick(positions).ok_or_else(|| {
-                SinkError::Output(format!("a joint target of {} joints", positions.len()))
-            })?;
+            let positions = self.order.pick(positions)?;
             self.trajectory
                 .publish(JointTrajectory {
                     // Stamp zero: "start now" for the joint trajectory controller.
@@ -216,9 +217,7 @@ impl ForwardCommandOutput {
 impl CommandSink for ForwardCommandOutput {
     fn send(&mut self, cmd: Command) -> Result<Command, SinkError> {
         if let Motion::Joints { positions, .. } = &cmd.motion {
-            let data = self.order.pick(positions).ok_or_else(|| {
-                SinkError::Output(format!("a joint target of {} joints", positions.len()))
-            })?;
+            let data = self.order.pick(positions)?;
             self.command
                 .publish(Float64MultiArray {
                     layout: MultiArrayLayout::vector("joints", data.len()),

@@ -24,6 +24,20 @@ pub fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
 }
 
+/// `vla act --json`'s report of a joint-space policy: `n` finite action numbers, in the
+/// `joint_positions` action space.
+pub fn assert_joint_action(act: &serde_json::Value, n: usize) {
+    let action = act["action"].as_array().expect("action");
+    assert_eq!(action.len(), n, "{act}");
+    assert!(
+        action
+            .iter()
+            .all(|v| v.as_f64().is_some_and(f64::is_finite)),
+        "{act}"
+    );
+    assert_eq!(act["action_space"], "joint_positions", "{act}");
+}
+
 /// The network of the toy configs the command-line tests train (small enough for a few steps
 /// in seconds, with the simulator's grounding targets on): each test appends its own `[plan]`
 /// and `[train]` sections with `concat!`, hence a macro rather than a `const`.

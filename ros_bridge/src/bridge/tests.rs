@@ -148,9 +148,13 @@ impl Rig {
             )
             .expect("ik")
             .joints;
-        let mut name: Vec<String> = d.chain.joints.iter().map(|j| j.name.clone()).collect();
+        let name: Vec<String> = d.chain.joints.iter().map(|j| j.name.clone()).collect();
+        self.joint_state(name, q);
+    }
+
+    /// A joint state of these arm joints, with the driven finger open (0.04 m).
+    fn joint_state(&mut self, mut name: Vec<String>, mut position: Vec<f64>) {
         name.push("left_finger_joint".into());
-        let mut position = q;
         position.push(0.04);
         let t = self.config.topics.joint_states.clone();
         self.publish(
@@ -498,23 +502,8 @@ impl JointRig {
 
     /// A robot that tracked the last target: publish it as the joint state.
     fn track(&mut self) {
-        let point = self.last_point();
-        let mut name: Vec<String> = point.iter().map(|(n, _)| n.clone()).collect();
-        let mut position: Vec<f64> = point.iter().map(|(_, v)| *v).collect();
-        name.push("left_finger_joint".into());
-        position.push(0.04);
-        let t = self.rig.config.topics.joint_states.clone();
-        self.rig.publish(
-            &t,
-            Qos::sensor_data(5),
-            JointState {
-                header: Header::now(""),
-                name,
-                position,
-                velocity: vec![],
-                effort: vec![],
-            },
-        );
+        let (name, position) = self.last_point().into_iter().unzip();
+        self.rig.joint_state(name, position);
     }
 
     /// The measured joints the rig published first, by name.
