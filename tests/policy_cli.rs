@@ -200,6 +200,12 @@ fn collect_train_act_eval_bench() {
             "{line}"
         );
         assert!(line["bin_xy"].is_null(), "{line}");
+        let objects = line["objects_xyz"].as_array().expect("objects_xyz");
+        assert!(!objects.is_empty(), "{line}");
+        assert_eq!(
+            objects[0], line["object_xyz"],
+            "object 0 is the target: {line}"
+        );
     }
     let pick = &eval["per_family"]["pick"];
     assert_eq!(pick["episodes"], 1);

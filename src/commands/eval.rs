@@ -98,7 +98,8 @@ pub struct PolicyAgent<'a> {
 }
 
 /// For `vla eval --trace`: where the grounding heads put the named object and bin on the
-/// table, beside where the target object (index 0) and bin (index 0) really are.
+/// table, beside where the target object (index 0) and bin (index 0) really are, and every
+/// object in scene order (in `stack` the base is object 1).
 #[derive(Clone, Debug)]
 pub struct StepDiagnostics {
     /// Where the heads look and what the gate chose; `None` for a model without heads.
@@ -107,21 +108,27 @@ pub struct StepDiagnostics {
     pub subtask: Option<String>,
     pub object_xyz: Option<[f32; 3]>,
     pub bin_xy: Option<[f32; 2]>,
+    pub objects_xyz: Vec<[f32; 3]>,
 }
 
 impl StepDiagnostics {
     fn of(points: Option<HeadPoints>, subtask: Option<String>, env: &Env) -> Self {
         let cell = env.cell();
-        let object_xyz = cell.filter(|c| !c.objects.is_empty()).map(|c| {
-            let t = c.object_pose(0).translation.vector;
-            [t.x as f32, t.y as f32, t.z as f32]
+        let objects_xyz: Vec<[f32; 3]> = cell.map_or_else(Vec::new, |c| {
+            (0..c.objects.len())
+                .map(|i| {
+                    let t = c.object_pose(i).translation.vector;
+                    [t.x as f32, t.y as f32, t.z as f32]
+                })
+                .collect()
         });
         let bin_xy = cell.and_then(|c| c.receptacles.first()).map(|r| r.position);
         StepDiagnostics {
             points,
             subtask,
-            object_xyz,
+            object_xyz: objects_xyz.first().copied(),
             bin_xy,
+            objects_xyz,
         }
     }
 }
@@ -332,6 +339,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
                             }),
                             "object_xyz": diag.as_ref().and_then(|d| d.object_xyz),
                             "bin_xy": diag.as_ref().and_then(|d| d.bin_xy),
+                            "objects_xyz": diag.as_ref().map(|d| &d.objects_xyz),
                         });
                         if let Err(e) = writeln!(w, "{line}") {
                             io_error.get_or_insert(e.into());
