@@ -41,7 +41,7 @@ pub struct Args {
     /// would have done in the same state, the end-effector state, where the grounding heads
     /// put the named object and bin (`heads_xy`), which of them the subgoal gate picks
     /// (`subgoal`) and with what probabilities (`subgoal_probs`), and where they are
-    /// (`object_xyz`, `bin_xy`). Shows *where* a policy departs from the demonstrations,
+    /// (`object_xyz`, `bin_xy`; every object in `objects_xyz`). Shows *where* a policy departs from the demonstrations,
     /// and whether it looked in the right place.
     #[arg(long)]
     pub trace: Option<PathBuf>,
@@ -106,27 +106,24 @@ pub struct StepDiagnostics {
     pub points: Option<HeadPoints>,
     /// The sub-task the policy said before acting (`None` for a model without a plan).
     pub subtask: Option<String>,
-    pub object_xyz: Option<[f32; 3]>,
     pub bin_xy: Option<[f32; 2]>,
+    /// Every object's position, in scene order (the target first).
     pub objects_xyz: Vec<[f32; 3]>,
 }
 
 impl StepDiagnostics {
     fn of(points: Option<HeadPoints>, subtask: Option<String>, env: &Env) -> Self {
         let cell = env.cell();
-        let objects_xyz: Vec<[f32; 3]> = cell.map_or_else(Vec::new, |c| {
-            (0..c.objects.len())
-                .map(|i| {
-                    let t = c.object_pose(i).translation.vector;
-                    [t.x as f32, t.y as f32, t.z as f32]
-                })
+        let objects_xyz = cell.map_or_else(Vec::new, |c| {
+            c.object_states()
+                .into_iter()
+                .map(|o| o.translation)
                 .collect()
         });
         let bin_xy = cell.and_then(|c| c.receptacles.first()).map(|r| r.position);
         StepDiagnostics {
             points,
             subtask,
-            object_xyz: objects_xyz.first().copied(),
             bin_xy,
             objects_xyz,
         }
@@ -337,7 +334,7 @@ pub fn evaluate(args: &Args) -> anyhow::Result<SuiteReport> {
                             "subgoal_probs": diag.as_ref().map(|d| {
                                 d.points.as_ref().map_or(&[][..], |p| &p.subgoal_probs[..])
                             }),
-                            "object_xyz": diag.as_ref().and_then(|d| d.object_xyz),
+                            "object_xyz": diag.as_ref().and_then(|d| d.objects_xyz.first()),
                             "bin_xy": diag.as_ref().and_then(|d| d.bin_xy),
                             "objects_xyz": diag.as_ref().map(|d| &d.objects_xyz),
                         });
