@@ -439,6 +439,17 @@ impl ActionConfig {
 }
 
 impl VlaConfig {
+    /// Whether a run trained with `trained` was trained from this (file) config: equal once
+    /// what training fills in where the file leaves it out (the tokenizer's end id) is
+    /// taken from the run. A demo that reruns on a cached run then reuses it.
+    pub fn trained_as(&self, trained: &VlaConfig) -> bool {
+        let mut file = self.clone();
+        if file.text.eos_token_id.is_none() {
+            file.text.eos_token_id = trained.text.eos_token_id;
+        }
+        &file == trained
+    }
+
     /// Reads and validates a TOML config; errors name the file and the offending field.
     /// A `[train]` table (see [`crate::train::load_config_file`]) is ignored here.
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
@@ -827,6 +838,23 @@ impl VlaConfig {
 
 #[cfg(test)]
 mod tests {
+
+    /// A run whose only difference is the end id training filled in was trained from the
+    /// file; any other difference, or an end id the file sets otherwise, means it was not.
+    #[test]
+    fn a_run_is_trained_as_its_file_says_once_training_fills_the_end_id() {
+        let mut file = VlaConfig::test_tiny();
+        file.text.eos_token_id = None;
+        let mut trained = file.clone();
+        trained.text.eos_token_id = Some(2);
+        assert!(file.trained_as(&trained));
+        let mut other = trained.clone();
+        other.text.hidden_size *= 2;
+        assert!(!file.trained_as(&other));
+        file.text.eos_token_id = Some(3);
+        assert!(!file.trained_as(&trained));
+    }
+
     use super::*;
 
     #[test]

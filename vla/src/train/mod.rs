@@ -434,7 +434,7 @@ pub fn train(
         }
         (None, Some(dir), _) => {
             let (model, tok) = load_run(dir, opts.device)?;
-            if model.config() != &model_cfg {
+            if !model_cfg.trained_as(model.config()) {
                 tracing::warn!(
                     init = %dir.display(),
                     "the --init run's model config differs from --config; using the run's"
