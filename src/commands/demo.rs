@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use serde::Serialize;
-use vla_tasks::runner::{wilson_interval, SuiteReport, Tally};
+use vla_tasks::runner::{SuiteReport, Tally};
 
 use super::{EpisodeOptions, SimOptions};
 
@@ -472,17 +472,25 @@ fn ablation(args: &Args, plan: &Plan) -> anyhow::Result<()> {
         md,
         "The same demonstrations ({}), DAgger rounds (`{}`), schedule and tokenizer, trained on \
          robot data alone and co-trained on {scenes} vision-language scenes (share {} of each \
-         batch). Success / episodes with the 95 % Wilson interval; evaluation seed {EVAL_SEED}. \
+         batch). Success / episodes with the 95 % Wilson interval; evaluation seed {EVAL_SEED} \
+         (\"both seeds\": with {EVAL_SEED_2}'s scenes). \
          The unseen split's colours and colour–object pairs appear only in the \
          vision-language data.\n",
         args.demos, args.dagger, args.vqa_ratio
     );
     md += "| family | split | robot only | co-trained |\n|---|---|---|---|\n";
     for family in vla_tasks::FAMILIES {
-        for split in ["seen", "unseen"] {
+        for split in ["seen", "seen, both seeds", "unseen"] {
             let cells: Vec<String> = arms
                 .iter()
-                .map(|(_, r)| cell(if split == "seen" { &r.seen } else { &r.unseen }, family))
+                .map(|(_, r)| match split {
+                    "seen" => cell(&r.seen, family),
+                    "unseen" => cell(&r.unseen, family),
+                    _ => match r.seen_seed_2.is_empty() {
+                        true => "–".into(),
+                        false => tally_cell(pooled(&[&r.seen, &r.seen_seed_2], family).as_ref()),
+                    },
+                })
                 .collect();
             if cells.iter().all(|c| c == "–") {
                 continue;
@@ -805,36 +813,14 @@ fn cell(reports: &[SuiteReport], family: &str) -> String {
     tally_cell(reports.iter().find_map(|r| r.per_family.get(family)))
 }
 
-/// A family's success over the reports of several seeds together: the sum of their tallies,
-/// with the Wilson interval of the pooled episodes (`None` when no report has the family).
+/// A family's success over the reports of several seeds together (`None` when no report
+/// has the family).
 fn pooled(reports: &[&[SuiteReport]], family: &str) -> Option<Tally> {
     let tallies: Vec<&Tally> = reports
         .iter()
         .filter_map(|r| r.iter().find_map(|r| r.per_family.get(family)))
         .collect();
-    if tallies.is_empty() {
-        return None;
-    }
-    let episodes: usize = tallies.iter().map(|t| t.episodes).sum();
-    let successes: usize = tallies.iter().map(|t| t.successes).sum();
-    let mut progress_counts = std::collections::BTreeMap::new();
-    for t in &tallies {
-        for (k, n) in &t.progress_counts {
-            *progress_counts.entry(k.clone()).or_insert(0) += n;
-        }
-    }
-    Some(Tally {
-        episodes,
-        successes,
-        success_rate: successes as f64 / episodes.max(1) as f64,
-        wilson95: wilson_interval(successes, episodes, 1.959_964),
-        mean_progress: tallies
-            .iter()
-            .map(|t| t.mean_progress * t.episodes as f64)
-            .sum::<f64>()
-            / episodes.max(1) as f64,
-        progress_counts,
-    })
+    (!tallies.is_empty()).then(|| Tally::pooled(tallies))
 }
 
 fn tally_cell(tally: Option<&Tally>) -> String {
@@ -860,30 +846,31 @@ fn tally_cell(tally: Option<&Tally>) -> String {
 /// Success per family: the seen split on the first seed's scenes, on the second's and both
 /// pooled (when there is a second), and the unseen split.
 fn success_table(seen: &[SuiteReport], seen_2: &[SuiteReport], unseen: &[SuiteReport]) -> String {
-    if seen_2.is_empty() {
-        let mut s = String::from("| family | seen | unseen |\n|---|---|---|\n");
-        for family in vla_tasks::FAMILIES {
-            let _ = writeln!(
-                s,
-                "| {family} | {} | {} |",
-                cell(seen, family),
-                cell(unseen, family)
-            );
-        }
-        return s;
-    }
+    let two = !seen_2.is_empty();
+    let headers: Vec<String> = if two {
+        vec![
+            "family".into(),
+            format!("seen, seed {EVAL_SEED}"),
+            format!("seen, seed {EVAL_SEED_2}"),
+            "seen, both seeds".into(),
+            format!("unseen, seed {EVAL_SEED}"),
+        ]
+    } else {
+        vec!["family".into(), "seen".into(), "unseen".into()]
+    };
     let mut s = format!(
-        "| family | seen, seed {EVAL_SEED} | seen, seed {EVAL_SEED_2} | seen, both seeds | unseen, seed {EVAL_SEED} |\n|---|---|---|---|---|\n"
+        "| {} |\n|{}\n",
+        headers.join(" | "),
+        "---|".repeat(headers.len())
     );
     for family in vla_tasks::FAMILIES {
-        let _ = writeln!(
-            s,
-            "| {family} | {} | {} | {} | {} |",
-            cell(seen, family),
-            cell(seen_2, family),
-            tally_cell(pooled(&[seen, seen_2], family).as_ref()),
-            cell(unseen, family)
-        );
+        let mut cells = vec![family.to_string(), cell(seen, family)];
+        if two {
+            cells.push(cell(seen_2, family));
+            cells.push(tally_cell(pooled(&[seen, seen_2], family).as_ref()));
+        }
+        cells.push(cell(unseen, family));
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
     s
 }
@@ -1027,6 +1014,7 @@ fn report_markdown(
 mod tests {
     use super::*;
     use vla_tasks::language::Split;
+    use vla_tasks::runner::wilson_interval;
 
     fn report(family: &str, successes: usize, episodes: usize) -> SuiteReport {
         let mut per_family = std::collections::BTreeMap::new();

@@ -63,6 +63,26 @@ impl Tally {
             .any(|k| k != "0.00" && k != "1.00")
     }
 
+    /// Several tallies as one (the episodes of several evaluation seeds together), its rate,
+    /// interval and progress over all their episodes.
+    pub fn pooled<'a>(tallies: impl IntoIterator<Item = &'a Tally>) -> Tally {
+        let mut all = Tally::default();
+        for t in tallies {
+            let episodes = all.episodes + t.episodes;
+            all.mean_progress = (all.mean_progress * all.episodes as f64
+                + t.mean_progress * t.episodes as f64)
+                / episodes.max(1) as f64;
+            for (k, n) in &t.progress_counts {
+                *all.progress_counts.entry(k.clone()).or_default() += n;
+            }
+            all.episodes = episodes;
+            all.successes += t.successes;
+        }
+        all.success_rate = all.successes as f64 / all.episodes.max(1) as f64;
+        all.wilson95 = wilson_interval(all.successes, all.episodes, 1.959_964);
+        all
+    }
+
     fn add(&mut self, success: bool, progress: f32) {
         self.mean_progress = (self.mean_progress * self.episodes as f64 + progress as f64)
             / (self.episodes + 1) as f64;
@@ -423,7 +443,33 @@ pub fn run(
 
 #[cfg(test)]
 mod wilson_tests {
-    use super::wilson_interval;
+    use super::{wilson_interval, Tally};
+
+    #[test]
+    fn pooled_tallies_are_one_tally_of_all_their_episodes() {
+        let mut a = Tally::default();
+        let mut b = Tally::default();
+        for (t, outcomes) in [
+            (&mut a, [1.0f32, 1.0, 0.0].as_slice()),
+            (&mut b, &[0.5, 0.0]),
+        ] {
+            for &p in outcomes {
+                t.add(p == 1.0, p);
+            }
+        }
+        let mut all = Tally::default();
+        for p in [1.0f32, 1.0, 0.0, 0.5, 0.0] {
+            all.add(p == 1.0, p);
+        }
+        let pooled = Tally::pooled([&a, &b]);
+        assert_eq!(
+            (pooled.episodes, pooled.successes, &pooled.progress_counts),
+            (all.episodes, all.successes, &all.progress_counts)
+        );
+        assert_eq!(pooled.wilson95, all.wilson95);
+        assert!((pooled.mean_progress - all.mean_progress).abs() < 1e-12);
+        assert!((pooled.success_rate - 0.4).abs() < 1e-12);
+    }
 
     #[test]
     fn wilson_matches_known_values() {
