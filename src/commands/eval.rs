@@ -41,8 +41,8 @@ pub struct Args {
     /// would have done in the same state, the end-effector state, where the grounding heads
     /// put the named object and bin (`heads_xy`), which of them the subgoal gate picks
     /// (`subgoal`) and with what probabilities (`subgoal_probs`), and where they are
-    /// (`object_xyz`, `bin_xy`; every object in `objects_xyz`). Shows *where* a policy departs from the demonstrations,
-    /// and whether it looked in the right place.
+    /// (`object_xyz`, `bin_xy`; every object in `objects_xyz`). Shows *where* a policy
+    /// departs from the demonstrations, and whether it looked in the right place.
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Run only this part of the episodes: `i/N` (the i-th of N contiguous blocks of the

@@ -838,6 +838,7 @@ impl VlaConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// A run whose only difference is the end id training filled in was trained from the
     /// file; any other difference, or an end id the file sets otherwise, means it was not.
@@ -854,8 +855,6 @@ mod tests {
         file.text.eos_token_id = Some(3);
         assert!(!file.trained_as(&trained));
     }
-
-    use super::*;
 
     #[test]
     fn shipped_configs_parse_and_validate() {
