@@ -222,12 +222,31 @@ impl Cell {
         self.robot.description.chain.forward(&q)
     }
 
+    /// Whether two colliders touch now. Rapier 0.36 recycles a touching pair's contacts until
+    /// the bodies' relative pose has drifted 5 cm (`contact_recycling`, on by default, a solver
+    /// speed-up), so its contact pairs alone said that fingers raised 5 cm off a released block
+    /// still touched it: a block a policy stacked that way never counted as let go. A contact
+    /// the narrow phase reports must also hold for the shapes where they are now.
     fn colliders_touch(&self, a: ColliderHandle, b: ColliderHandle) -> bool {
-        self.world
+        let active = self
+            .world
             .narrow_phase
             .contact_pair(a, b)
-            .map(|p| p.has_any_active_contact())
-            .unwrap_or(false)
+            .is_some_and(|p| p.has_any_active_contact());
+        let (Some(ca), Some(cb)) = (self.world.colliders.get(a), self.world.colliders.get(b))
+        else {
+            return false;
+        };
+        let prediction = self.world.integration_parameters.prediction_distance();
+        active
+            && rapier3d::parry::query::contact(
+                ca.position(),
+                ca.shape(),
+                cb.position(),
+                cb.shape(),
+                prediction,
+            )
+            .is_ok_and(|c| c.is_some())
     }
 
     /// Whether an object touches finger 0 or 1.

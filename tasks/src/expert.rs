@@ -244,18 +244,25 @@ impl PickPlace {
     /// - Dropped while carried or lowered, let go outside the drop area, or (pick) no longer
     ///   held: start over from the approach. Without this every later label would carry an
     ///   empty gripper to the bin or hover over an object left on the table.
-    /// - Let go while carried or lowered but over the drop area: it fell in, so retreat.
+    /// - Let go while carried or lowered but over the drop area (`fingers_closed`: the gripper
+    ///   command the last step ran): it fell in, so retreat.
     ///   Counted as a drop, the label was "fetch it back out", which a policy trained on it
     ///   then did.
-    fn recovery_phase(&self, cell: &Cell) -> Option<Phase> {
+    fn recovery_phase(&self, cell: &Cell, fingers_closed: bool) -> Option<Phase> {
         let held = cell.is_grasped(self.object);
         let fallen = !held && cell.object_bottom_height(self.object) < FALLEN_HEIGHT;
+        // Fingers opened over the drop area: a block a learner let go above its base lands on
+        // it (its bottom stays high, so it never counts as fallen); the label is to rise, not
+        // to close on it again and keep lowering.
+        let let_go_over_drop = !fingers_closed && self.rests_on_the_drop(cell);
         match (self.phase, self.drop) {
-            (Phase::Carry | Phase::Lower, _) if fallen => Some(if self.rests_on_the_drop(cell) {
-                Phase::Retreat
-            } else {
-                Phase::Approach
-            }),
+            (Phase::Carry | Phase::Lower, _) if fallen || let_go_over_drop => {
+                Some(if self.rests_on_the_drop(cell) {
+                    Phase::Retreat
+                } else {
+                    Phase::Approach
+                })
+            }
             (Phase::Retreat | Phase::Done, Some(_)) if !held && !self.rests_on_the_drop(cell) => {
                 Some(Phase::Approach)
             }
@@ -294,7 +301,7 @@ impl PickPlace {
             self.counter = 0;
             self.phase = Phase::Lift;
         }
-        if let Some(phase) = self.recovery_phase(cell) {
+        if let Some(phase) = self.recovery_phase(cell, controller.gripper_closed) {
             self.counter = 0;
             self.phase = phase;
         }

@@ -128,13 +128,18 @@ fn bad_names_are_clear_errors() {
 
 /// A seen `place` episode without cameras, reset with `seed`.
 fn place_env(seed: u64) -> Env {
+    seen_env("place", seed)
+}
+
+/// A seen episode of `family` without cameras, reset with `seed`.
+fn seen_env(family: &str, seed: u64) -> Env {
     let lang = Language::builtin().expect("built-in vocabulary parses");
     let robot = RobotDescription::default_arm().expect("built-in arm loads");
     let config = EnvConfig {
         render_enabled: false,
         ..Default::default()
     };
-    let task = make_task("place", Split::Seen, &lang, 0.0, seed).expect("place task");
+    let task = make_task(family, Split::Seen, &lang, 0.0, seed).expect("task");
     let mut env = Env::new(task, config, robot);
     env.reset_physics(seed).expect("reset");
     env
@@ -142,7 +147,11 @@ fn place_env(seed: u64) -> Env {
 
 /// [`place_env`] after the expert has lifted the object and set off for the bin with it.
 fn place_env_carrying(seed: u64) -> Env {
-    let mut env = place_env(seed);
+    carrying(place_env(seed), seed)
+}
+
+/// `env` after the expert has lifted object 0 and carried it 3 cm.
+fn carrying(mut env: Env, seed: u64) -> Env {
     let start = env
         .cell()
         .expect("cell after reset")
@@ -548,5 +557,55 @@ fn user_vocabularies_parse_or_name_file_and_key() {
             "{from:?} -> {to:?}: {e}"
         );
         assert!(e.contains(expect), "{from:?} -> {to:?}: {e}");
+    }
+}
+
+/// A learner that lets go of the block a centimetre above its base has stacked it: the block
+/// lands, the episode counts it once the fingers are clear, and the expert's label is to rise
+/// with open fingers. Before, the expert went on lowering with closed fingers (the block's
+/// bottom, on the base, never counted as fallen), and the success check read finger contacts
+/// that rapier's contact recycling keeps for 5 cm of travel, so a block stacked this way was
+/// never released.
+#[test]
+fn a_learner_that_lets_go_above_the_base_has_stacked_the_block() {
+    for seed in 0..3u64 {
+        let mut env = carrying(seen_env("stack", seed), seed);
+        let base = env.cell().expect("cell").object_pose(1).translation.vector;
+        // The expert would let go at 6.6 cm (the base's 4 cm, half a block and 6 mm).
+        learner_carries_to(&mut env, [base.x as f32, base.y as f32, 0.074], seed);
+        assert!(
+            env.cell().expect("cell").is_grasped(0),
+            "seed {seed}: the learner dropped the block on the way"
+        );
+        let open = vla_core::Action::new([0.0; 3], [0.0; 3], 0.0);
+        for _ in 0..4 {
+            env.expert_action().expect("expert action");
+            env.step_physics(&open).expect("step");
+        }
+        let cell = env.cell().expect("cell");
+        assert!(
+            (cell.object_bottom_height(0) - 0.04).abs() < 0.005,
+            "seed {seed}: the block is not on the base ({:.3} m)",
+            cell.object_bottom_height(0)
+        );
+        let label = env.expert_action().expect("expert action");
+        assert!(
+            !label.gripper_closed() && label.delta_position()[2] > 0.0,
+            "seed {seed}: after letting go above the base the expert says {:?}, closed {}",
+            label.delta_position(),
+            label.gripper_closed()
+        );
+        // The learner rises 5 cm and stays: the block counts as stacked.
+        let rise = vla_core::Action::new([0.0, 0.0, 0.01], [0.0; 3], 0.0);
+        let mut success = false;
+        for i in 0..12 {
+            env.expert_action().expect("expert action");
+            let action = if i < 5 { &rise } else { &open };
+            success |= env.step_physics(action).expect("step").0.success;
+        }
+        assert!(
+            success,
+            "seed {seed}: the stacked block never counted as released"
+        );
     }
 }
