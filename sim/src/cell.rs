@@ -233,20 +233,22 @@ impl Cell {
             .narrow_phase
             .contact_pair(a, b)
             .is_some_and(|p| p.has_any_active_contact());
+        if !active {
+            return false;
+        }
         let (Some(ca), Some(cb)) = (self.world.colliders.get(a), self.world.colliders.get(b))
         else {
             return false;
         };
         let prediction = self.world.integration_parameters.prediction_distance();
-        active
-            && rapier3d::parry::query::contact(
-                ca.position(),
-                ca.shape(),
-                cb.position(),
-                cb.shape(),
-                prediction,
-            )
-            .is_ok_and(|c| c.is_some())
+        rapier3d::parry::query::contact(
+            ca.position(),
+            ca.shape(),
+            cb.position(),
+            cb.shape(),
+            prediction,
+        )
+        .is_ok_and(|c| c.is_some())
     }
 
     /// Whether an object touches finger 0 or 1.

@@ -251,21 +251,18 @@ impl PickPlace {
     fn recovery_phase(&self, cell: &Cell, fingers_closed: bool) -> Option<Phase> {
         let held = cell.is_grasped(self.object);
         let fallen = !held && cell.object_bottom_height(self.object) < FALLEN_HEIGHT;
+        let on_drop = self.rests_on_the_drop(cell);
         // Fingers opened over the drop area: a block a learner let go above its base lands on
         // it (its bottom stays high, so it never counts as fallen); the label is to rise, not
         // to close on it again and keep lowering.
-        let let_go_over_drop = !fingers_closed && self.rests_on_the_drop(cell);
+        let let_go_over_drop = !fingers_closed && on_drop;
         match (self.phase, self.drop) {
-            (Phase::Carry | Phase::Lower, _) if fallen || let_go_over_drop => {
-                Some(if self.rests_on_the_drop(cell) {
-                    Phase::Retreat
-                } else {
-                    Phase::Approach
-                })
-            }
-            (Phase::Retreat | Phase::Done, Some(_)) if !held && !self.rests_on_the_drop(cell) => {
-                Some(Phase::Approach)
-            }
+            (Phase::Carry | Phase::Lower, _) if fallen || let_go_over_drop => Some(if on_drop {
+                Phase::Retreat
+            } else {
+                Phase::Approach
+            }),
+            (Phase::Retreat | Phase::Done, Some(_)) if !held && !on_drop => Some(Phase::Approach),
             (Phase::Done, None) if fallen => Some(Phase::Approach),
             _ => None,
         }
