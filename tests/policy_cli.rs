@@ -321,6 +321,26 @@ fn collect_train_act_eval_bench() {
         "--json",
     ]);
     assert_eq!(collected["episodes_written"], 2, "{collected}");
+    // Resuming it with another expert share would mix two kinds of rollouts: refused.
+    let other_share = vla(&[
+        "collect",
+        "--suite",
+        "pick",
+        "--episodes",
+        "3",
+        "--seed",
+        "7",
+        "--policy",
+        s(&run),
+        "--expert-share",
+        "0.3",
+        "--out",
+        s(&dagger),
+        "--resume",
+    ]);
+    assert!(!other_share.status.success());
+    let said = String::from_utf8_lossy(&other_share.stderr);
+    assert!(said.contains("--expert-share 0.5"), "{said}");
     let tuned = json(&[
         "train",
         "--data",

@@ -82,6 +82,9 @@ struct Progress {
     splits: Option<PathBuf>,
     #[serde(default)]
     shard: Option<Shard>,
+    /// The share of steps the expert drove (`--expert-share`; 0 without `--policy`).
+    #[serde(default)]
+    expert_share: f64,
     /// Spec indices whose episode is flushed into the dataset, or was dropped as a failure.
     settled: BTreeSet<usize>,
 }
@@ -182,9 +185,10 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
                 && progress.push == args.run.push
                 && progress.vocabulary == args.run.language.vocabulary
                 && progress.splits == args.run.language.splits
-                && progress.shard == shard,
+                && progress.shard == shard
+                && progress.expert_share == args.expert_share,
             "--resume: {} was collected with --suite {} --split {} --seed {} --noise {} --push {} \
-             --vocabulary {} --splits {} --shard {}",
+             --vocabulary {} --splits {} --shard {} --expert-share {}",
             out.display(),
             progress.suite,
             progress.split,
@@ -194,6 +198,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
             shown(&progress.vocabulary),
             shown(&progress.splits),
             progress.shard.map_or("(none)".into(), |s| s.to_string()),
+            progress.expert_share,
         );
         (DatasetWriter::open_resume(out)?, progress)
     } else {
@@ -225,6 +230,7 @@ pub fn collect(args: &Args) -> anyhow::Result<CollectReport> {
             vocabulary: args.run.language.vocabulary.clone(),
             splits: args.run.language.splits.clone(),
             shard,
+            expert_share: args.expert_share,
             settled: BTreeSet::new(),
         };
         progress.save(out)?;

@@ -49,7 +49,9 @@ pub struct Args {
     /// of `family=episodes,…` (empty for none): the latest policy drives those episodes while
     /// the expert labels every state it reaches, then the model is fine-tuned on the
     /// demonstrations and all DAgger data so far. Cloning alone never shows the states the
-    /// policy's own mistakes lead to.
+    /// policy's own mistakes lead to. `family=episodes@β` gives that family its own expert
+    /// share instead of `--expert-share`: a long task needs a larger one for its rollouts to
+    /// reach the later phases (session 23's `stack` rounds: `stack=60@0.6`).
     /// Measured: `pick` 3/50 after cloning, 28/50 after one round of 100 `pick` episodes,
     /// 36/50 after a second (with 40 `place` episodes, which left `place` at 2/40). With the
     /// fine grounding maps, a second round of 100 `place` episodes instead of `pick` gave
@@ -128,6 +130,46 @@ const EVAL_SEED_2: u64 = 2_000;
 const DAGGER_SEED: u64 = 7_000;
 /// Vision-language scenes for co-training: their own stream too.
 const VQA_SEED: u64 = 9_000;
+
+/// One family's share of a DAgger round: its episodes, and the share of their steps the
+/// expert drives (β).
+#[derive(Debug, Clone, PartialEq)]
+struct DaggerSpec {
+    family: String,
+    episodes: usize,
+    expert_share: f64,
+}
+
+/// A round of `--dagger`: `family=episodes[@β],…`, β defaulting to `--expert-share`.
+fn parse_round(text: &str, default_share: f64) -> anyhow::Result<Vec<DaggerSpec>> {
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|item| {
+            let (count, share) = match item.split_once('@') {
+                Some((count, share)) => {
+                    let share: f64 = share.trim().parse().with_context(|| {
+                        format!("--dagger: {item:?}: {share:?} is not an expert share")
+                    })?;
+                    anyhow::ensure!(
+                        (0.0..=1.0).contains(&share),
+                        "--dagger: {item:?}: the expert share must be in [0, 1]"
+                    );
+                    (count, share)
+                }
+                None => (item, default_share),
+            };
+            let mut counts = parse_counts("--dagger", count)?;
+            let (Some((family, episodes)), true) = (counts.pop(), counts.is_empty()) else {
+                anyhow::bail!("--dagger: {item:?} is not family=episodes[@share]");
+            };
+            Ok(DaggerSpec {
+                family,
+                episodes,
+                expert_share: share,
+            })
+        })
+        .collect()
+}
 
 fn parse_counts(flag: &str, text: &str) -> anyhow::Result<Vec<(String, usize)>> {
     text.split(',')
@@ -230,7 +272,7 @@ struct DaggerRound {
 /// What the demo runs: demonstrations, DAgger rounds and evaluations per family.
 struct Plan {
     demos: Vec<(String, usize)>,
-    dagger: Vec<Vec<(String, usize)>>,
+    dagger: Vec<Vec<DaggerSpec>>,
     eval_seen: Vec<(String, usize)>,
     eval_seen_2: Vec<(String, usize)>,
     eval_unseen: Vec<(String, usize)>,
@@ -247,13 +289,18 @@ struct VqaUse {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.expert_share),
+        "--expert-share {} must be in [0, 1]",
+        args.expert_share
+    );
     let plan = Plan {
         demos: parse_counts("--demos", &args.demos)?,
         dagger: args
             .dagger
             .split(';')
             .filter(|round| !round.trim().is_empty())
-            .map(|round| parse_counts("--dagger", round))
+            .map(|round| parse_round(round, args.expert_share))
             .collect::<anyhow::Result<Vec<_>>>()?,
         eval_seen: parse_counts("--eval-seen", &args.eval_seen)?,
         eval_seen_2: parse_counts("--eval-seen-2", &args.eval_seen_2)?,
@@ -311,7 +358,7 @@ fn pipeline(
     let mut data_dirs = Vec::new();
     for (family, episodes) in demos {
         let dir = args.out.join("data").join(family);
-        collect_cached(args, family, *episodes, &dir, COLLECT_SEED, None)?;
+        collect_cached(args, family, *episodes, &dir, COLLECT_SEED, None, 0.0)?;
         data_dirs.push(dir);
     }
     if let Some(v) = vqa {
@@ -333,7 +380,12 @@ fn pipeline(
     let mut run_dir = run_dir;
     for (round, families) in (1..).zip(dagger) {
         let mut collected = Vec::new();
-        for (family, episodes) in families {
+        for DaggerSpec {
+            family,
+            episodes,
+            expert_share,
+        } in families
+        {
             let dir = out.join(format!("dagger{round}")).join(family);
             let report = collect_cached(
                 args,
@@ -342,6 +394,7 @@ fn pipeline(
                 &dir,
                 DAGGER_SEED + round as u64,
                 Some(&run_dir),
+                *expert_share,
             )?;
             // What the rollouts reached, kept beside the data for cached reruns.
             let summary_path = out
@@ -351,6 +404,7 @@ fn pipeline(
                 Some(r) => {
                     let v = serde_json::json!({
                         "family": family,
+                        "expert_share": expert_share,
                         "episodes": r.total_episodes,
                         "frames": r.total_frames,
                         "success_rate": r.expert_success_rate,
@@ -362,7 +416,9 @@ fn pipeline(
                 None => std::fs::read_to_string(&summary_path)
                     .ok()
                     .and_then(|t| serde_json::from_str(&t).ok())
-                    .unwrap_or_else(|| serde_json::json!({ "family": family })),
+                    .unwrap_or_else(
+                        || serde_json::json!({ "family": family, "expert_share": expert_share }),
+                    ),
             };
             collected.push(summary);
             data_dirs.push(dir);
@@ -565,6 +621,7 @@ fn collect_cached(
     dir: &Path,
     seed: u64,
     policy: Option<&Path>,
+    expert_share: f64,
 ) -> anyhow::Result<Option<super::collect::CollectReport>> {
     if let Some(run) = policy {
         if newer(
@@ -579,6 +636,13 @@ fn collect_cached(
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .filter(|v| v.get("episodes").and_then(|e| e.as_u64()) == Some(episodes as u64))
+        // Rollouts with another expert share are other data (a marker from before shares
+        // were recorded is taken at its word, as it always was).
+        .filter(|v| {
+            v.get("expert_share")
+                .and_then(|e| e.as_f64())
+                .is_none_or(|e| e == expert_share)
+        })
         .and_then(|v| v.get("settled").and_then(|s| s.as_array()).map(Vec::len));
     let complete = settled == Some(episodes) && vla_datasets::Dataset::open(dir).is_ok();
     if complete {
@@ -613,11 +677,7 @@ fn collect_cached(
         keep_failures: false,
         resume,
         policy: policy.map(Path::to_path_buf),
-        expert_share: if policy.is_some() {
-            args.expert_share
-        } else {
-            0.0
-        },
+        expert_share: if policy.is_some() { expert_share } else { 0.0 },
         shard: None,
         video: None,
         device: args.device.clone(),
@@ -954,9 +1014,12 @@ fn report_markdown(
                 .iter()
                 .map(|c| {
                     format!(
-                        "{} {} episodes, {} frames, {:.0} %",
+                        "{} {} episodes (β = {}), {} frames, {:.0} %",
                         c["family"].as_str().unwrap_or("?"),
                         c["episodes"],
+                        c["expert_share"]
+                            .as_f64()
+                            .map_or("?".to_string(), |b| b.to_string()),
                         c["frames"],
                         100.0 * c["success_rate"].as_f64().unwrap_or(f64::NAN)
                     )
@@ -964,9 +1027,8 @@ fn report_markdown(
                 .collect();
             let _ = writeln!(
                 md,
-                "| {} (β = {}) | {} | {} steps; validation L1 {:.4}, token accuracy {:.2} |",
+                "| {} | {} | {} steps; validation L1 {:.4}, token accuracy {:.2} |",
                 r.round,
-                args.expert_share,
                 collected.join("; "),
                 r.train.get("steps").cloned().unwrap_or_default(),
                 r.train["final_val"]["l1"].as_f64().unwrap_or(f64::NAN),
@@ -1038,6 +1100,32 @@ mod tests {
             success_rate: successes as f64 / episodes as f64,
             per_family,
             digest: String::new(),
+        }
+    }
+
+    /// A round names each family's expert share or takes `--expert-share`'s; a share outside
+    /// [0, 1], a stray `@` or a malformed count is refused with the item named.
+    #[test]
+    fn a_dagger_round_gives_each_family_its_expert_share() {
+        let round = parse_round("pick=100, stack=60@0.6", 0.3).expect("a round");
+        let spec = |family: &str, episodes, expert_share| DaggerSpec {
+            family: family.into(),
+            episodes,
+            expert_share,
+        };
+        assert_eq!(round, [spec("pick", 100, 0.3), spec("stack", 60, 0.6)]);
+        for (bad, says) in [
+            ("stack=60@1.5", "must be in [0, 1]"),
+            ("stack=60@high", "is not an expert share"),
+            ("stack@0.5", "is not family=episodes"),
+            ("stack=6o@0.5", "is not a number of episodes"),
+            ("stock=60@0.5", "stock"),
+        ] {
+            let err = format!("{:#}", parse_round(bad, 0.3).expect_err(bad));
+            assert!(
+                err.contains(says) && err.contains("--dagger"),
+                "{bad}: {err}"
+            );
         }
     }
 
