@@ -19,7 +19,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use vla_core::Action;
 use vla_sim::{Env, EnvConfig, RobotDescription, VecEnv};
-use vla_tasks::runner::{episode_specs, EpisodeOutcome, SuiteReport};
+use vla_tasks::runner::{episode_specs, EpisodeOutcome, Reversals, SuiteReport};
 use vla_tasks::{make_task, Language, Split};
 
 use crate::config::{BridgeConfig, GripperOutput};
@@ -507,6 +507,7 @@ pub fn run<T: Transport>(
         let mut next = Instant::now() + period;
         let mut first_tokens = None;
         let mut first_step = true;
+        let mut reversals = Reversals::default();
         loop {
             if stop.load(Ordering::Relaxed) {
                 break 'episodes;
@@ -567,6 +568,7 @@ pub fn run<T: Transport>(
             for v in action.0 {
                 hasher.update(v.to_bits().to_le_bytes());
             }
+            reversals.step(&action);
             let mut results = venv.step(&[action])?;
             let Some(result) = results.pop() else {
                 anyhow::bail!("the simulator returned no step result");
@@ -609,6 +611,7 @@ pub fn run<T: Transport>(
                         .map(|b| format!("{b:02x}"))
                         .collect(),
                     progress: result.reward,
+                    reversals: reversals.count,
                 });
                 break;
             }

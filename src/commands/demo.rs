@@ -1087,6 +1087,7 @@ mod tests {
             wilson95: wilson_interval(successes, episodes, 1.959_964),
             mean_progress: successes as f64 / episodes as f64,
             progress_counts: Default::default(),
+            ..Default::default()
         };
         t.progress_counts.insert("1.00".into(), successes);
         t.progress_counts

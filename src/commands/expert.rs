@@ -46,6 +46,12 @@ pub fn human(report: &SuiteReport) -> String {
             t.episodes,
             100.0 * t.success_rate
         );
+        if t.reversals > 0 {
+            s += &format!(
+                "  ({:.0} % of steps undo the last)",
+                100.0 * t.reversal_share
+            );
+        }
         if t.has_partial_progress() {
             let counts: Vec<String> = t
                 .progress_counts

@@ -34,6 +34,41 @@ pub struct EpisodeOutcome {
     /// in their bins for `sort`; 0 or 1 for single-step families).
     #[serde(default)]
     pub progress: f32,
+    /// Steps whose action undid the one before (see [`Reversals`]).
+    #[serde(default)]
+    pub reversals: usize,
+}
+
+/// Counts the steps of an episode whose action undoes the step before: a move back against
+/// the last one, or a gripper command changed right after it had changed. Scripted experts
+/// almost never do this; a one-frame policy caught in a two-step limit cycle (up, down, up …;
+/// close, open, close …) does it every step, which its success rate alone does not show.
+#[derive(Clone, Debug, Default)]
+pub struct Reversals {
+    previous: Option<Action>,
+    gripper_changed: bool,
+    /// Reversing steps so far.
+    pub count: usize,
+}
+
+impl Reversals {
+    /// Two moves count as opposed when their dot product is below −(1 cm)², e.g. 1 cm up
+    /// then 1 cm down: smaller corrections are steering, not a cycle.
+    const OPPOSED_M2: f32 = 0.01 * 0.01;
+
+    /// Takes the next executed action.
+    pub fn step(&mut self, action: &Action) {
+        if let Some(previous) = &self.previous {
+            let [a, b] = [previous.delta_position(), action.delta_position()];
+            let dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            let changed = previous.gripper_closed() != action.gripper_closed();
+            if dot < -Self::OPPOSED_M2 || (changed && self.gripper_changed) {
+                self.count += 1;
+            }
+            self.gripper_changed = changed;
+        }
+        self.previous = Some(*action);
+    }
 }
 
 /// Success counts.
@@ -53,6 +88,15 @@ pub struct Tally {
     /// blocks sorted).
     #[serde(default)]
     pub progress_counts: BTreeMap<String, usize>,
+    /// Control steps run, and those whose action undid the one before ([`Reversals`]).
+    #[serde(default)]
+    pub steps: usize,
+    #[serde(default)]
+    pub reversals: usize,
+    /// `reversals / steps`: near 0 for the experts; a policy's share shows how much of its
+    /// time goes to two-step limit cycles.
+    #[serde(default)]
+    pub reversal_share: f64,
 }
 
 impl Tally {
@@ -77,13 +121,20 @@ impl Tally {
             }
             all.episodes = episodes;
             all.successes += t.successes;
+            all.steps += t.steps;
+            all.reversals += t.reversals;
         }
         all.success_rate = all.successes as f64 / all.episodes.max(1) as f64;
+        all.reversal_share = all.reversals as f64 / all.steps.max(1) as f64;
         all.wilson95 = wilson_interval(all.successes, all.episodes, 1.959_964);
         all
     }
 
-    fn add(&mut self, success: bool, progress: f32) {
+    fn add(&mut self, o: &EpisodeOutcome) {
+        let (success, progress) = (o.success, o.progress);
+        self.steps += o.steps;
+        self.reversals += o.reversals;
+        self.reversal_share = self.reversals as f64 / self.steps.max(1) as f64;
         self.mean_progress = (self.mean_progress * self.episodes as f64 + progress as f64)
             / (self.episodes + 1) as f64;
         *self
@@ -131,11 +182,8 @@ impl SuiteReport {
         let mut per_family: BTreeMap<String, Tally> = BTreeMap::new();
         let mut hasher = Sha256::new();
         for o in &sorted {
-            total.add(o.success, o.progress);
-            per_family
-                .entry(o.spec.family.clone())
-                .or_default()
-                .add(o.success, o.progress);
+            total.add(o);
+            per_family.entry(o.spec.family.clone()).or_default().add(o);
             hasher.update(o.digest.as_bytes());
         }
         SuiteReport {
@@ -334,7 +382,8 @@ pub fn run(
     }
     let mut vec_env = VecEnv::new(envs)?;
     let mut queue = specs.iter();
-    let mut slots: Vec<Option<(EpisodeSpec, Sha256, Observation)>> = (0..k).map(|_| None).collect();
+    let mut slots: Vec<Option<(EpisodeSpec, Sha256, Observation, Reversals)>> =
+        (0..k).map(|_| None).collect();
     let mut outcomes = Vec::new();
     let mut stopping = false;
 
@@ -368,7 +417,7 @@ pub fn run(
             }) {
                 stopping = true;
             }
-            *occupant = Some((spec.clone(), hasher, obs));
+            *occupant = Some((spec.clone(), hasher, obs, Reversals::default()));
         }
         let active: Vec<usize> = (0..k).filter(|s| slots[*s].is_some()).collect();
         if active.is_empty() {
@@ -393,9 +442,10 @@ pub fn run(
             .zip(&subtasks)
             .zip(results)
         {
-            let Some((spec, mut hasher, previous)) = slots[*slot].take() else {
+            let Some((spec, mut hasher, previous, mut reversals)) = slots[*slot].take() else {
                 continue;
             };
+            reversals.step(action);
             for v in action.0 {
                 hasher.update(v.to_bits().to_le_bytes());
             }
@@ -423,6 +473,7 @@ pub fn run(
                     interventions: result.info.interventions,
                     digest: hex(&hasher.finalize()),
                     progress: result.reward,
+                    reversals: reversals.count,
                     spec,
                 };
                 if !on_event(Event::Done {
@@ -433,7 +484,7 @@ pub fn run(
                 }
                 outcomes.push(outcome);
             } else {
-                slots[*slot] = Some((spec, hasher, result.observation));
+                slots[*slot] = Some((spec, hasher, result.observation, reversals));
             }
         }
     }
@@ -443,23 +494,47 @@ pub fn run(
 
 #[cfg(test)]
 mod wilson_tests {
-    use super::{wilson_interval, Tally};
+    use super::{wilson_interval, EpisodeOutcome, EpisodeSpec, Reversals, Tally};
+    use crate::Split;
+    use vla_core::Action;
+
+    /// An episode of `steps` steps, `reversals` of them reversing, ending at `progress`.
+    fn outcome(progress: f32, steps: usize, reversals: usize) -> EpisodeOutcome {
+        EpisodeOutcome {
+            spec: EpisodeSpec {
+                family: "sort".into(),
+                split: Split::Seen,
+                seed: 0,
+                index: 0,
+            },
+            instruction: String::new(),
+            success: progress == 1.0,
+            steps,
+            interventions: Default::default(),
+            digest: String::new(),
+            progress,
+            reversals,
+        }
+    }
 
     #[test]
     fn pooled_tallies_are_one_tally_of_all_their_episodes() {
         let mut a = Tally::default();
         let mut b = Tally::default();
-        for (t, outcomes) in [
-            (&mut a, [1.0f32, 1.0, 0.0].as_slice()),
-            (&mut b, &[0.5, 0.0]),
-        ] {
-            for &p in outcomes {
-                t.add(p == 1.0, p);
+        let episodes = [
+            (1.0f32, 40, 0),
+            (1.0, 50, 2),
+            (0.0, 320, 200),
+            (0.5, 320, 10),
+        ];
+        for (t, outcomes) in [(&mut a, &episodes[..3]), (&mut b, &episodes[3..])] {
+            for &(p, steps, rev) in outcomes {
+                t.add(&outcome(p, steps, rev));
             }
         }
         let mut all = Tally::default();
-        for p in [1.0f32, 1.0, 0.0, 0.5, 0.0] {
-            all.add(p == 1.0, p);
+        for &(p, steps, rev) in &episodes {
+            all.add(&outcome(p, steps, rev));
         }
         let pooled = Tally::pooled([&a, &b]);
         assert_eq!(
@@ -468,7 +543,48 @@ mod wilson_tests {
         );
         assert_eq!(pooled.wilson95, all.wilson95);
         assert!((pooled.mean_progress - all.mean_progress).abs() < 1e-12);
-        assert!((pooled.success_rate - 0.4).abs() < 1e-12);
+        assert!((pooled.success_rate - 0.5).abs() < 1e-12);
+        assert_eq!((pooled.steps, pooled.reversals), (730, 212));
+        assert!((pooled.reversal_share - 212.0 / 730.0).abs() < 1e-12);
+        assert_eq!(pooled.reversal_share, all.reversal_share);
+    }
+
+    /// Up-down and close-open cycles count every step; a steady approach, a grasp, a lift and
+    /// a release count nothing, nor do small corrections against the last move.
+    #[test]
+    fn two_step_cycles_count_and_a_grasp_does_not() {
+        let count = |actions: &[([f32; 3], f32)]| {
+            let mut r = Reversals::default();
+            for &(d, g) in actions {
+                r.step(&Action::new(d, [0.0; 3], g));
+            }
+            r.count
+        };
+        let (down, up) = ([0.0, 0.0, -0.025], [0.0, 0.0, 0.025]);
+        let still = [0.0; 3];
+        // Approach, close, lift, carry sideways with a small correction back, release.
+        let grasp = [
+            (down, 0.0),
+            (down, 0.0),
+            (still, 1.0),
+            (still, 1.0),
+            (up, 1.0),
+            ([0.02, 0.0, 0.0], 1.0),
+            ([-0.004, 0.0, 0.0], 1.0),
+            (still, 0.0),
+            (up, 0.0),
+        ];
+        assert_eq!(count(&grasp), 0);
+        let bobbing: Vec<_> = (0..10)
+            .map(|i| (if i % 2 == 0 { up } else { down }, 1.0))
+            .collect();
+        assert_eq!(count(&bobbing), 9);
+        let chatter: Vec<_> = (0..10).map(|i| (still, (i % 2) as f32)).collect();
+        assert_eq!(
+            count(&chatter),
+            8,
+            "the first change is a grasp, every later one undoes it"
+        );
     }
 
     #[test]
