@@ -31,8 +31,9 @@
 //!
 //! **Episodes**: `start` begins one (ending one in progress, which is kept), `stop` ends it,
 //! `discard` drops it. A `stop` or `discard` outside an episode is ignored and counted. These
-//! are the marker rules of a bag. An episode's task is `--task`, else the instruction in force
-//! when it ends.
+//! are the marker rules of a bag. An episode's task is `--task`, else the last instruction in
+//! force during it: an instruction cleared before its `stop` (a node done with its run; DDS
+//! does not order one topic's messages against another's) does not take it away.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -244,6 +245,8 @@ pub struct Recorder {
     period_s: f64,
     task: Option<String>,
     instruction: Option<String>,
+    /// The last instruction in force during the episode in progress.
+    episode_instruction: Option<String>,
     /// Frames of the episode in progress (`None`: between episodes).
     episode: Option<usize>,
     names: Option<FeatureNames>,
@@ -411,6 +414,7 @@ impl Recorder {
             period_s: config.control.period_s,
             task: task.filter(|t| !t.trim().is_empty()),
             instruction: None,
+            episode_instruction: None,
             episode: None,
             names: None,
             stats,
@@ -471,12 +475,16 @@ impl Recorder {
                         tracing::warn!("the instruction changed during an episode: now {text:?}");
                     }
                     self.instruction = Some(text).filter(|t| !t.trim().is_empty());
+                    if self.episode.is_some() && self.instruction.is_some() {
+                        self.episode_instruction.clone_from(&self.instruction);
+                    }
                 }
                 Control::Marker(Marker::Start) => {
                     if self.episode.is_some() {
                         self.end_episode(&mut events);
                     }
                     self.episode = Some(0);
+                    self.episode_instruction.clone_from(&self.instruction);
                     events.push(RecordEvent::Started);
                 }
                 Control::Marker(Marker::Stop) => match self.episode {
@@ -536,7 +544,8 @@ impl Recorder {
             self.stats.episodes_empty += 1;
             return;
         }
-        match self.task.clone().or_else(|| self.instruction.clone()) {
+        let instruction = self.episode_instruction.take();
+        match self.task.clone().or(instruction) {
             Some(task) => {
                 self.stats.episodes_saved += 1;
                 events.push(RecordEvent::Saved { task, frames });

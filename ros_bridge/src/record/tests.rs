@@ -246,6 +246,34 @@ fn an_episode_without_a_task_is_not_saved() {
     ));
 }
 
+/// A node that clears the instruction when its run is over may be heard before the last
+/// `stop` (two topics, no order between them): the episode keeps the instruction it ran under.
+#[test]
+fn an_instruction_cleared_before_the_stop_stays_the_episodes_task() {
+    let mut c = cell(&[]);
+    let mut rec = c.recorder(None);
+    c.say("pick up the red cube");
+    c.publish_data(8, 0.0);
+    c.mark("start");
+    rec.tick(Instant::now()).expect("tick");
+    c.say("");
+    c.mark("stop");
+    let events = rec.tick(Instant::now()).expect("tick");
+    assert!(
+        matches!(&events[..], [RecordEvent::Saved { task, frames: 1 }] if task == "pick up the red cube"),
+        "{events:?}"
+    );
+    // The next episode has no instruction in force: not saved.
+    c.mark("start");
+    rec.tick(Instant::now()).expect("tick");
+    c.mark("stop");
+    let events = rec.tick(Instant::now()).expect("tick");
+    assert!(
+        matches!(&events[..], [RecordEvent::Discarded { frames: 1 }]),
+        "{events:?}"
+    );
+}
+
 #[test]
 fn an_image_size_change_is_an_error_naming_the_topic() {
     let mut c = cell(&[]);
