@@ -158,10 +158,7 @@ fn parse_round(text: &str, default_share: f64) -> anyhow::Result<Vec<DaggerSpec>
                 }
                 None => (item, default_share),
             };
-            let mut counts = parse_counts("--dagger", count)?;
-            let (Some((family, episodes)), true) = (counts.pop(), counts.is_empty()) else {
-                anyhow::bail!("--dagger: {item:?} is not family=episodes[@share]");
-            };
+            let (family, episodes) = parse_count("--dagger", count)?;
             Ok(DaggerSpec {
                 family,
                 episodes,
@@ -174,20 +171,23 @@ fn parse_round(text: &str, default_share: f64) -> anyhow::Result<Vec<DaggerSpec>
 fn parse_counts(flag: &str, text: &str) -> anyhow::Result<Vec<(String, usize)>> {
     text.split(',')
         .filter(|s| !s.trim().is_empty())
-        .map(|item| {
-            let (family, n) = item
-                .split_once('=')
-                .with_context(|| format!("{flag}: {item:?} is not family=episodes"))?;
-            let family = family.trim();
-            vla_tasks::parse_suite(family).with_context(|| format!("{flag}: {item:?}"))?;
-            anyhow::ensure!(family != "all", "{flag}: name families one by one");
-            let n: usize = n
-                .trim()
-                .parse()
-                .with_context(|| format!("{flag}: {n:?} is not a number of episodes"))?;
-            Ok((family.to_string(), n))
-        })
+        .map(|item| parse_count(flag, item))
         .collect()
+}
+
+/// One `family=episodes` item of a `flag`'s list.
+fn parse_count(flag: &str, item: &str) -> anyhow::Result<(String, usize)> {
+    let (family, n) = item
+        .split_once('=')
+        .with_context(|| format!("{flag}: {item:?} is not family=episodes"))?;
+    let family = family.trim();
+    vla_tasks::parse_suite(family).with_context(|| format!("{flag}: {item:?}"))?;
+    anyhow::ensure!(family != "all", "{flag}: name families one by one");
+    let n: usize = n
+        .trim()
+        .parse()
+        .with_context(|| format!("{flag}: {n:?} is not a number of episodes"))?;
+    Ok((family.to_string(), n))
 }
 
 #[derive(Serialize, serde::Deserialize, Clone, Copy, Default)]
@@ -612,8 +612,9 @@ fn newer(a: &Path, b: &Path) -> bool {
 }
 
 /// Collects `episodes` episodes of `family` into `dir` unless they are there: expert
-/// demonstrations, or with `policy` DAgger episodes driven by that run (recollected when
-/// the run's weights are newer than the data). Returns the report when it collected.
+/// demonstrations, or with `policy` DAgger episodes driven by that run, the expert taking
+/// `expert_share` of the steps (recollected when the run's weights are newer than the data;
+/// demonstrations pass 0). Returns the report when it collected.
 fn collect_cached(
     args: &Args,
     family: &str,
@@ -677,7 +678,7 @@ fn collect_cached(
         keep_failures: false,
         resume,
         policy: policy.map(Path::to_path_buf),
-        expert_share: if policy.is_some() { expert_share } else { 0.0 },
+        expert_share,
         shard: None,
         video: None,
         device: args.device.clone(),
