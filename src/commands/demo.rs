@@ -89,6 +89,11 @@ pub struct Args {
     /// once they are learned: failing, they run their full length (~8 s an episode here).
     #[arg(long, default_value = "pick=40,place=40")]
     eval_seen_2: String,
+    /// The unseen split again on seed 2000's scenes, as `family=episodes,…`; "" (the
+    /// default) skips it. What co-training is for shows on the unseen split, so its
+    /// measurement (`--ablation cotrain`) wants two seeds there too.
+    #[arg(long, default_value = "")]
+    eval_unseen_2: String,
     /// Parallel environments for collection and evaluation.
     #[arg(long, default_value_t = 2)]
     envs: usize,
@@ -253,11 +258,34 @@ struct DemoReport {
     /// The seen split on the second seed's scenes (`--eval-seen-2`).
     seen_seed_2: Vec<SuiteReport>,
     unseen: Vec<SuiteReport>,
+    /// The unseen split on the second seed's scenes (`--eval-unseen-2`).
+    unseen_seed_2: Vec<SuiteReport>,
     train: serde_json::Value,
     dagger: Vec<DaggerRound>,
     /// The vision-language data the runs co-trained on, if any.
     cotrain: Option<PathBuf>,
     seconds: StageTimes,
+}
+
+impl DemoReport {
+    fn splits(&self) -> Splits<'_> {
+        Splits {
+            seen: [&self.seen, &self.seen_seed_2],
+            unseen: [&self.unseen, &self.unseen_seed_2],
+        }
+    }
+}
+
+/// Each split's reports on the first and the second seed's scenes (empty: not evaluated).
+struct Splits<'a> {
+    seen: [&'a [SuiteReport]; 2],
+    unseen: [&'a [SuiteReport]; 2],
+}
+
+impl<'a> Splits<'a> {
+    fn by_name(&self) -> [(&'static str, [&'a [SuiteReport]; 2]); 2] {
+        [("seen", self.seen), ("unseen", self.unseen)]
+    }
 }
 
 /// One DAgger round: what the policy-driven collection reached, and the fine-tuned run.
@@ -277,6 +305,7 @@ struct Plan {
     eval_seen: Vec<(String, usize)>,
     eval_seen_2: Vec<(String, usize)>,
     eval_unseen: Vec<(String, usize)>,
+    eval_unseen_2: Vec<(String, usize)>,
 }
 
 /// A pipeline's vision-language data: where it is, and whether its runs co-train on it or
@@ -306,6 +335,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eval_seen: parse_counts("--eval-seen", &args.eval_seen)?,
         eval_seen_2: parse_counts("--eval-seen-2", &args.eval_seen_2)?,
         eval_unseen: parse_counts("--eval-unseen", &args.eval_unseen)?,
+        eval_unseen_2: parse_counts("--eval-unseen-2", &args.eval_unseen_2)?,
     };
     anyhow::ensure!(
         args.vqa_ratio > 0.0 && args.vqa_ratio < 0.95,
@@ -330,7 +360,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     super::print_report(args.json, &report, || {
         format!(
             "{}\nreport: {}",
-            success_table(&report.seen, &report.seen_seed_2, &report.unseen),
+            success_table(&report.splits()),
             report.report.display()
         )
     })
@@ -351,6 +381,7 @@ fn pipeline(
         eval_seen,
         eval_seen_2,
         eval_unseen,
+        eval_unseen_2,
     } = plan;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
 
@@ -460,10 +491,12 @@ fn pipeline(
     let mut seen = Vec::new();
     let mut seen_seed_2 = Vec::new();
     let mut unseen = Vec::new();
+    let mut unseen_seed_2 = Vec::new();
     for (split, seed, counts, reports) in [
         ("seen", EVAL_SEED, eval_seen, &mut seen),
         ("unseen", EVAL_SEED, eval_unseen, &mut unseen),
         ("seen", EVAL_SEED_2, eval_seen_2, &mut seen_seed_2),
+        ("unseen", EVAL_SEED_2, eval_unseen_2, &mut unseen_seed_2),
     ] {
         for (family, episodes) in counts.iter() {
             reports.push(eval_cached(args, &run_dir, family, split, *episodes, seed)?);
@@ -487,6 +520,7 @@ fn pipeline(
         seen,
         seen_seed_2,
         unseen,
+        unseen_seed_2,
         train: train_summary,
         dagger: rounds,
         cotrain: vqa.filter(|v| v.cotrain).map(|v| v.dir.clone()),
@@ -537,22 +571,34 @@ fn ablation(args: &Args, plan: &Plan) -> anyhow::Result<()> {
     );
     md += "| family | split | robot only | co-trained |\n|---|---|---|---|\n";
     for family in vla_tasks::FAMILIES {
-        for split in ["seen", "seen, both seeds", "unseen"] {
+        for (split, both) in [
+            ("seen", false),
+            ("seen", true),
+            ("unseen", false),
+            ("unseen", true),
+        ] {
             let cells: Vec<String> = arms
                 .iter()
-                .map(|(_, r)| match split {
-                    "seen" => cell(&r.seen, family),
-                    "unseen" => cell(&r.unseen, family),
-                    _ => match r.seen_seed_2.is_empty() {
-                        true => "–".into(),
-                        false => tally_cell(pooled(&[&r.seen, &r.seen_seed_2], family).as_ref()),
-                    },
+                .map(|(_, r)| {
+                    let [first, second] = match split {
+                        "seen" => r.splits().seen,
+                        _ => r.splits().unseen,
+                    };
+                    match (both, second.is_empty()) {
+                        (false, _) => cell(first, family),
+                        (true, true) => "–".into(),
+                        (true, false) => tally_cell(pooled(&[first, second], family).as_ref()),
+                    }
                 })
                 .collect();
             if cells.iter().all(|c| c == "–") {
                 continue;
             }
-            let _ = writeln!(md, "| {family} | {split} | {} | {} |", cells[0], cells[1]);
+            let label = match both {
+                true => format!("{split}, both seeds"),
+                false => split.to_string(),
+            };
+            let _ = writeln!(md, "| {family} | {label} | {} | {} |", cells[0], cells[1]);
         }
     }
     for (label, key) in [
@@ -577,7 +623,8 @@ fn ablation(args: &Args, plan: &Plan) -> anyhow::Result<()> {
     let json = serde_json::json!({
         "report": path,
         "arms": arms.iter().map(|(name, r)| serde_json::json!({
-            "arm": name, "seen": r.seen, "unseen": r.unseen,
+            "arm": name, "seen": r.seen, "seen_seed_2": r.seen_seed_2,
+            "unseen": r.unseen, "unseen_seed_2": r.unseen_seed_2,
             "vqa_accuracy_seen": vqa_accuracy(r, "vqa_accuracy_seen"),
             "vqa_accuracy_held_out": vqa_accuracy(r, "vqa_accuracy_held_out"),
         })).collect::<Vec<_>>(),
@@ -905,33 +952,37 @@ fn tally_cell(tally: Option<&Tally>) -> String {
         .unwrap_or_else(|| "–".into())
 }
 
-/// Success per family: the seen split on the first seed's scenes, on the second's and both
-/// pooled (when there is a second), and the unseen split.
-fn success_table(seen: &[SuiteReport], seen_2: &[SuiteReport], unseen: &[SuiteReport]) -> String {
-    let two = !seen_2.is_empty();
-    let headers: Vec<String> = if two {
-        vec![
-            "family".into(),
-            format!("seen, seed {EVAL_SEED}"),
-            format!("seen, seed {EVAL_SEED_2}"),
-            "seen, both seeds".into(),
-            format!("unseen, seed {EVAL_SEED}"),
-        ]
-    } else {
-        vec!["family".into(), "seen".into(), "unseen".into()]
-    };
+/// Success per family: each split on the first seed's scenes, and where it has a second
+/// seed's too, on those and both pooled.
+fn success_table(splits: &Splits) -> String {
+    let any_second = splits.by_name().iter().any(|(_, [_, b])| !b.is_empty());
+    let mut headers = vec!["family".to_string()];
+    for (name, [_, second]) in splits.by_name() {
+        if second.is_empty() {
+            headers.push(match any_second {
+                true => format!("{name}, seed {EVAL_SEED}"),
+                false => name.to_string(),
+            });
+        } else {
+            headers.push(format!("{name}, seed {EVAL_SEED}"));
+            headers.push(format!("{name}, seed {EVAL_SEED_2}"));
+            headers.push(format!("{name}, both seeds"));
+        }
+    }
     let mut s = format!(
         "| {} |\n|{}\n",
         headers.join(" | "),
         "---|".repeat(headers.len())
     );
     for family in vla_tasks::FAMILIES {
-        let mut cells = vec![family.to_string(), cell(seen, family)];
-        if two {
-            cells.push(cell(seen_2, family));
-            cells.push(tally_cell(pooled(&[seen, seen_2], family).as_ref()));
+        let mut cells = vec![family.to_string()];
+        for (_, [first, second]) in splits.by_name() {
+            cells.push(cell(first, family));
+            if !second.is_empty() {
+                cells.push(cell(second, family));
+                cells.push(tally_cell(pooled(&[first, second], family).as_ref()));
+            }
         }
-        cells.push(cell(unseen, family));
         let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
     s
@@ -943,12 +994,7 @@ fn report_markdown(
     report: &DemoReport,
     demos: &[(String, usize)],
 ) -> String {
-    let (run_dir, seen, seen_2, unseen) = (
-        &report.run,
-        &report.seen,
-        &report.seen_seed_2,
-        &report.unseen,
-    );
+    let run_dir = &report.run;
     let (train, rounds, times) = (&report.train, &report.dagger, &report.seconds);
     // Links are relative to the report, which sits in OUT.
     let rel = |p: &Path| {
@@ -962,7 +1008,7 @@ fn report_markdown(
         md,
         "Closed-loop success of the tiny VLA trained from scratch on expert demonstrations{} \
          (success / episodes, 95 % Wilson interval in brackets), run `{}`. Evaluation scenes \
-         use seed {EVAL_SEED} (a second seen column, seed {EVAL_SEED_2}), disjoint from the \
+         use seed {EVAL_SEED} (second columns: seed {EVAL_SEED_2}), disjoint from the \
          demonstrations (seed {COLLECT_SEED}); the \
          unseen split has colours, object/colour combinations and instruction templates never \
          in training.\n",
@@ -973,7 +1019,7 @@ fn report_markdown(
         },
         rel(run_dir)
     );
-    md += &success_table(seen, seen_2, unseen);
+    md += &success_table(&report.splits());
     let get = |k: &str| train.get(k).cloned().unwrap_or(serde_json::Value::Null);
     let _ = writeln!(
         md,
@@ -1146,8 +1192,12 @@ mod tests {
         assert!((pick.mean_progress - 79.0 / 90.0).abs() < 1e-12);
         assert_eq!(pick.progress_counts["0.00"], 11);
         assert!(pooled(&[&seen, &seen_2], "sort").is_none());
-        let table = success_table(&seen, &seen_2, &[]);
-        assert!(table.contains("seen, seed 2000"), "{table}");
+        let splits = |seen_2, unseen, unseen_2| Splits {
+            seen: [&seen[..], seen_2],
+            unseen: [unseen, unseen_2],
+        };
+        let table = success_table(&splits(&seen_2, &[], &[]));
+        assert!(table.starts_with("| family | seen, seed 1000 | seen, seed 2000 | seen, both seeds | unseen, seed 1000 |"), "{table}");
         let pick_row = table
             .lines()
             .find(|l| l.starts_with("| pick |"))
@@ -1155,6 +1205,21 @@ mod tests {
         assert!(pick_row.contains("| 37/40 = 92 % [80–97] |"), "{pick_row}");
         assert!(pick_row.contains("| 79/90 = 88 % [79–93] |"), "{pick_row}");
         // Without a second seed the table is the one-seed table it always was.
-        assert!(success_table(&seen, &[], &[]).starts_with("| family | seen | unseen |"));
+        assert!(success_table(&splits(&[], &[], &[])).starts_with("| family | seen | unseen |"));
+        // The unseen split's second seed gets its own columns and pool, in the same order.
+        let unseen = [report("pick", 21, 40)];
+        let unseen_2 = [report("pick", 26, 40)];
+        let table = success_table(&splits(&[], &unseen, &unseen_2));
+        assert!(table.starts_with("| family | seen, seed 1000 | unseen, seed 1000 | unseen, seed 2000 | unseen, both seeds |"), "{table}");
+        let pick_row = table
+            .lines()
+            .find(|l| l.starts_with("| pick |"))
+            .expect("a pick row");
+        assert!(
+            pick_row.ends_with(
+                "| 21/40 = 52 % [37–67] | 26/40 = 65 % [50–78] | 47/80 = 59 % [48–69] |"
+            ),
+            "{pick_row}"
+        );
     }
 }
