@@ -612,6 +612,7 @@ pub fn run<T: Transport>(
                         .collect(),
                     progress: result.reward,
                     reversals: reversals.count,
+                    held_out: venv.envs[0].held_out().map(str::to_string),
                 });
                 break;
             }

@@ -60,6 +60,12 @@ pub trait Task: Send {
     fn subtask(&self) -> Option<String> {
         None
     }
+    /// What this episode's instruction holds out from training, on an evaluation split that
+    /// tests generalisation (the task suite's kinds: "color", "combo", "phrasing"); `None`
+    /// where nothing is held out. Set by [`Self::reset`]; evaluation tallies success per kind.
+    fn held_out(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Settings of an environment, all declarable in TOML.
@@ -280,6 +286,11 @@ impl Env {
     /// The expert's current sub-task sentence (see [`Task::subtask`]).
     pub fn subtask(&self) -> Option<String> {
         self.task.subtask()
+    }
+
+    /// What the current episode holds out from training (see [`Task::held_out`]).
+    pub fn held_out(&self) -> Option<&'static str> {
+        self.task.held_out()
     }
 
     /// Advance physics by one control step (no rendering). Returns (reward, terminated,

@@ -600,6 +600,29 @@ fn ablation(args: &Args, plan: &Plan) -> anyhow::Result<()> {
             };
             let _ = writeln!(md, "| {family} | {label} | {} | {} |", cells[0], cells[1]);
         }
+        // The unseen split by what its instructions hold out: vision-language data can teach
+        // colours and objects, not phrasings.
+        for kind in ["color", "combo", "phrasing"] {
+            let mut pooled_both = false;
+            let cells: Vec<String> = arms
+                .iter()
+                .map(|(_, r)| {
+                    let [first, second] = r.splits().unseen;
+                    pooled_both |= !second.is_empty();
+                    let tally = pooled(&[first, second], family);
+                    tally_cell(tally.as_ref().and_then(|t| t.by_held_out.get(kind)))
+                })
+                .collect();
+            if cells.iter().all(|c| c == "–") {
+                continue;
+            }
+            let seeds = if pooled_both { ", both seeds" } else { "" };
+            let _ = writeln!(
+                md,
+                "| {family} | unseen{seeds}: held-out {kind} | {} | {} |",
+                cells[0], cells[1]
+            );
+        }
     }
     for (label, key) in [
         ("VQA accuracy, seen words", "vqa_accuracy_seen"),

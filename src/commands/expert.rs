@@ -65,6 +65,15 @@ pub fn human(report: &SuiteReport) -> String {
             );
         }
         s += "\n";
+        // The unseen split: success per kind of what the instruction held out.
+        for (kind, k) in &t.by_held_out {
+            s += &format!(
+                "    held-out {kind:8} {:4}/{:<4} {:5.1} %\n",
+                k.successes,
+                k.episodes,
+                100.0 * k.success_rate
+            );
+        }
     }
     s + &format!("digest {}", report.digest)
 }

@@ -28,6 +28,8 @@ pub struct Common {
     pub clean_action: Option<Action>,
     /// The step the expert is on (see [`Task::subtask`]).
     pub subtask: Option<String>,
+    /// What the episode's instruction holds out (the unseen split), as its reset drew it.
+    pub held_out: Option<Novelty>,
 }
 
 impl Common {
@@ -83,6 +85,10 @@ impl Task for Pick {
         self.common.subtask.clone()
     }
 
+    fn held_out(&self) -> Option<&'static str> {
+        self.common.held_out.map(Novelty::name)
+    }
+
     fn max_steps(&self) -> usize {
         80
     }
@@ -115,6 +121,7 @@ impl Task for Pick {
         };
         let instruction = lang.phrase(rng, "pick", self.common.split, novelty, referents);
         self.common.subtask = Some(lang.subtask("pick", referents));
+        self.common.held_out = novelty;
         Ok(instruction)
     }
 
@@ -175,6 +182,10 @@ impl Task for Place {
         self.common.subtask.clone()
     }
 
+    fn held_out(&self) -> Option<&'static str> {
+        self.common.held_out.map(Novelty::name)
+    }
+
     fn max_steps(&self) -> usize {
         150
     }
@@ -231,6 +242,7 @@ impl Task for Place {
         };
         let instruction = lang.phrase(rng, "place", split, novelty, referents);
         self.common.subtask = Some(lang.subtask("place", referents));
+        self.common.held_out = novelty;
         Ok(instruction)
     }
 
@@ -278,6 +290,10 @@ impl Task for Stack {
 
     fn subtask(&self) -> Option<String> {
         self.common.subtask.clone()
+    }
+
+    fn held_out(&self) -> Option<&'static str> {
+        self.common.held_out.map(Novelty::name)
     }
 
     fn max_steps(&self) -> usize {
@@ -349,6 +365,8 @@ impl Task for Stack {
         };
         let instruction = lang.phrase(rng, "stack", split, phrasing, referents);
         self.common.subtask = Some(lang.subtask("stack", referents));
+        // Blocks only: a drawn combo is held out as phrasing (above).
+        self.common.held_out = phrasing;
         Ok(instruction)
     }
 
@@ -416,6 +434,10 @@ impl Task for Sort {
         self.common.subtask.clone()
     }
 
+    fn held_out(&self) -> Option<&'static str> {
+        self.common.held_out.map(Novelty::name)
+    }
+
     fn max_steps(&self) -> usize {
         320
     }
@@ -457,6 +479,7 @@ impl Task for Sort {
         }
         self.expert = None;
         self.common.subtask = None;
+        self.common.held_out = novelty;
         Ok(lang.phrase(rng, "sort", split, novelty, Referents::default()))
     }
 

@@ -94,6 +94,17 @@ pub enum Novelty {
     Phrasing,
 }
 
+impl Novelty {
+    /// The name evaluation reports tally success under.
+    pub fn name(self) -> &'static str {
+        match self {
+            Novelty::Color => "color",
+            Novelty::Combo => "combo",
+            Novelty::Phrasing => "phrasing",
+        }
+    }
+}
+
 /// The placeholders a template of a family (or a sub-task sentence of a kind of step) fills:
 /// exactly the referents its episodes have, so every instruction names what it is about.
 fn placeholders_of(family: &str) -> &'static [&'static str] {

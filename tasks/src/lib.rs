@@ -61,6 +61,7 @@ pub fn make_task(
         pushes: Default::default(),
         clean_action: None,
         subtask: None,
+        held_out: None,
     };
     Ok(match family {
         "pick" => Box::new(families::Pick::new(common)),

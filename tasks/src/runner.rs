@@ -37,6 +37,11 @@ pub struct EpisodeOutcome {
     /// Steps whose action undid the one before (see [`Reversals`]).
     #[serde(default)]
     pub reversals: usize,
+    /// What the instruction held out from training, as the episode was drawn ("color",
+    /// "combo", "phrasing"; `None` on the seen split). A `place` episode's bin may show a
+    /// held-out colour whatever it was drawn for: bins are distractors' colours.
+    #[serde(default)]
+    pub held_out: Option<String>,
 }
 
 /// Counts the steps of an episode whose action undoes the step before: a move back against
@@ -97,6 +102,12 @@ pub struct Tally {
     /// time goes to two-step limit cycles.
     #[serde(default)]
     pub reversal_share: f64,
+    /// The same counts per kind of what the instruction held out (the unseen split: a new
+    /// colour, a new colour–object pairing, a new phrasing), as VIMA-Bench reports its
+    /// generalisation levels apart: co-training on vision-language data can teach colours
+    /// and objects, not phrasings.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_held_out: BTreeMap<String, Tally>,
 }
 
 impl Tally {
@@ -123,6 +134,13 @@ impl Tally {
             all.successes += t.successes;
             all.steps += t.steps;
             all.reversals += t.reversals;
+            for (kind, k) in &t.by_held_out {
+                let merged = match all.by_held_out.get(kind) {
+                    Some(a) => Tally::pooled([a, k]),
+                    None => k.clone(),
+                };
+                all.by_held_out.insert(kind.clone(), merged);
+            }
         }
         all.success_rate = all.successes as f64 / all.episodes.max(1) as f64;
         all.reversal_share = all.reversals as f64 / all.steps.max(1) as f64;
@@ -131,6 +149,13 @@ impl Tally {
     }
 
     fn add(&mut self, o: &EpisodeOutcome) {
+        self.count(o);
+        if let Some(kind) = &o.held_out {
+            self.by_held_out.entry(kind.clone()).or_default().count(o);
+        }
+    }
+
+    fn count(&mut self, o: &EpisodeOutcome) {
         let (success, progress) = (o.success, o.progress);
         self.steps += o.steps;
         self.reversals += o.reversals;
@@ -474,6 +499,7 @@ pub fn run(
                     digest: hex(&hasher.finalize()),
                     progress: result.reward,
                     reversals: reversals.count,
+                    held_out: vec_env.envs[*slot].held_out().map(str::to_string),
                     spec,
                 };
                 if !on_event(Event::Done {
@@ -514,6 +540,7 @@ mod wilson_tests {
             digest: String::new(),
             progress,
             reversals,
+            held_out: None,
         }
     }
 
@@ -547,6 +574,59 @@ mod wilson_tests {
         assert_eq!((pooled.steps, pooled.reversals), (730, 212));
         assert!((pooled.reversal_share - 212.0 / 730.0).abs() < 1e-12);
         assert_eq!(pooled.reversal_share, all.reversal_share);
+    }
+
+    /// Episodes that hold something out are tallied under its kind as well; pooling two
+    /// seeds' tallies pools each kind's.
+    #[test]
+    fn held_out_kinds_are_tallied_apart_and_pool() {
+        let held = |kind: &str, success: bool| EpisodeOutcome {
+            held_out: Some(kind.into()),
+            ..outcome(if success { 1.0 } else { 0.0 }, 50, 0)
+        };
+        let mut a = Tally::default();
+        for o in [
+            held("color", true),
+            held("color", false),
+            held("phrasing", false),
+        ] {
+            a.add(&o);
+        }
+        let mut b = Tally::default();
+        for o in [held("color", true), held("combo", true)] {
+            b.add(&o);
+        }
+        let kinds = |t: &Tally| -> Vec<(String, usize, usize)> {
+            t.by_held_out
+                .iter()
+                .map(|(k, v)| (k.clone(), v.successes, v.episodes))
+                .collect()
+        };
+        assert_eq!(
+            kinds(&a),
+            [("color".into(), 1, 2), ("phrasing".into(), 0, 1)]
+        );
+        let pooled = Tally::pooled([&a, &b]);
+        assert_eq!(
+            kinds(&pooled),
+            [
+                ("color".into(), 2, 3),
+                ("combo".into(), 1, 1),
+                ("phrasing".into(), 0, 1)
+            ]
+        );
+        assert_eq!(
+            pooled.by_held_out["color"].wilson95,
+            wilson_interval(2, 3, 1.959_964)
+        );
+        assert!(pooled
+            .by_held_out
+            .values()
+            .all(|k| k.by_held_out.is_empty()));
+        // Nothing held out: nothing tallied apart.
+        let mut seen = Tally::default();
+        seen.add(&outcome(1.0, 40, 0));
+        assert!(seen.by_held_out.is_empty());
     }
 
     /// Up-down and close-open cycles count every step; a steady approach, a grasp, a lift and

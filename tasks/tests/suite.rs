@@ -109,6 +109,85 @@ fn seen_instructions_never_use_held_out_words_and_unseen_always_do() {
     );
 }
 
+/// Every unseen episode says what it holds out, and its instruction shows it: a held-out
+/// colour, a held-out colour–object pairing, or a held-out template's wording; seen
+/// episodes hold nothing out. The evaluation report tallies success per kind, and the
+/// kinds' episodes add up to the family's.
+#[test]
+fn unseen_episodes_name_what_they_hold_out_and_reports_tally_it() {
+    let lang = Language::builtin().unwrap();
+    let held = &lang.splits.unseen;
+    let prefix = |template: &str| template.split('{').next().unwrap_or("").to_string();
+    for family in FAMILIES {
+        let templates = &lang.vocabulary.templates[*family];
+        let held_prefixes: Vec<String> = lang
+            .template_indices(family, true)
+            .into_iter()
+            .map(|i| prefix(&templates[i]))
+            .collect();
+        let mut kinds = std::collections::BTreeSet::new();
+        for seed in 0..24u64 {
+            let robot = RobotDescription::default_arm().unwrap();
+            let config = EnvConfig {
+                render_enabled: false,
+                ..Default::default()
+            };
+            let seen = make_task(family, Split::Seen, &lang, 0.0, seed).unwrap();
+            let mut env = Env::new(seen, config.clone(), robot.clone());
+            env.reset_physics(seed).unwrap();
+            assert_eq!(env.held_out(), None, "{family} seed {seed}: seen");
+
+            let unseen = make_task(family, Split::Unseen, &lang, 0.0, seed).unwrap();
+            let mut env = Env::new(unseen, config, robot);
+            env.reset_physics(seed).unwrap();
+            let text = env.instruction().to_string();
+            let kind = env
+                .held_out()
+                .expect("an unseen episode holds something out");
+            let phrased = held_prefixes.iter().any(|p| text.starts_with(p.as_str()));
+            match kind {
+                "color" => assert!(
+                    *family == "sort" || held.colors.iter().any(|c| text.contains(c.as_str())),
+                    "{family} seed {seed}: {text:?} names no held-out colour"
+                ),
+                "combo" => assert!(
+                    held.combos.iter().any(|combo| {
+                        let (color, kind) = combo.split_once(' ').unwrap();
+                        lang.vocabulary.nouns[kind]
+                            .iter()
+                            .any(|noun| text.contains(&format!("{color} {noun}")))
+                    }),
+                    "{family} seed {seed}: {text:?} names no held-out pairing"
+                ),
+                "phrasing" => assert!(phrased, "{family} seed {seed}: {text:?}"),
+                other => panic!("{family} seed {seed}: unknown kind {other:?}"),
+            }
+            if kind != "phrasing" {
+                assert!(
+                    !phrased,
+                    "{family} seed {seed}: {kind} but {text:?} is reworded"
+                );
+            }
+            kinds.insert(kind);
+        }
+        // `stack` has blocks only (no pairing to hold out), `sort` names no object.
+        let expected: &[&str] = match *family {
+            "stack" | "sort" => &["color", "phrasing"],
+            _ => &["color", "combo", "phrasing"],
+        };
+        assert_eq!(kinds.into_iter().collect::<Vec<_>>(), expected, "{family}");
+    }
+
+    let (unseen, _) = report("pick", Split::Unseen, 9, 3, 2);
+    let t = &unseen.per_family["pick"];
+    let by_kind: usize = t.by_held_out.values().map(|k| k.episodes).sum();
+    let successes: usize = t.by_held_out.values().map(|k| k.successes).sum();
+    assert_eq!((by_kind, successes), (t.episodes, t.successes));
+    assert!(t.by_held_out.values().all(|k| k.by_held_out.is_empty()));
+    let (seen, _) = report("pick", Split::Seen, 3, 3, 2);
+    assert!(seen.per_family["pick"].by_held_out.is_empty());
+}
+
 #[test]
 fn bad_names_are_clear_errors() {
     let e = parse_suite("juggle").unwrap_err().to_string();
