@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use vla_sim::record::GifRecorder;
 use vla_tasks::runner::{
-    episode_specs, run as run_episodes, Event, ExpertAgent, RunSetup, SuiteReport,
+    episode_specs, run as run_episodes, Event, ExpertAgent, RunSetup, SuiteReport, Tally,
 };
 
 use super::{EpisodeOptions, SimOptions};
@@ -39,13 +39,17 @@ pub fn human(report: &SuiteReport) -> String {
         report.episodes,
         100.0 * report.success_rate
     );
-    for (f, t) in &report.per_family {
-        s += &format!(
-            "  {f:6} {:4}/{:<4} {:5.1} %",
+    // "  12/40   30.0 %": successes, episodes and rate of a tally.
+    let count = |t: &Tally| {
+        format!(
+            "{:4}/{:<4} {:5.1} %",
             t.successes,
             t.episodes,
             100.0 * t.success_rate
-        );
+        )
+    };
+    for (f, t) in &report.per_family {
+        s += &format!("  {f:6} {}", count(t));
         if t.reversals > 0 {
             s += &format!(
                 "  ({:.0} % of steps undo the last)",
@@ -67,12 +71,7 @@ pub fn human(report: &SuiteReport) -> String {
         s += "\n";
         // The unseen split: success per kind of what the instruction held out.
         for (kind, k) in &t.by_held_out {
-            s += &format!(
-                "    held-out {kind:8} {:4}/{:<4} {:5.1} %\n",
-                k.successes,
-                k.episodes,
-                100.0 * k.success_rate
-            );
+            s += &format!("    held-out {kind:8} {}\n", count(k));
         }
     }
     s + &format!("digest {}", report.digest)
