@@ -570,58 +570,53 @@ fn ablation(args: &Args, plan: &Plan) -> anyhow::Result<()> {
         args.demos, args.dagger, args.vqa_ratio
     );
     md += "| family | split | robot only | co-trained |\n|---|---|---|---|\n";
-    for family in vla_tasks::FAMILIES {
-        for (split, both) in [
-            ("seen", false),
-            ("seen", true),
-            ("unseen", false),
-            ("unseen", true),
-        ] {
-            let cells: Vec<String> = arms
-                .iter()
-                .map(|(_, r)| {
-                    let [first, second] = match split {
-                        "seen" => r.splits().seen,
-                        _ => r.splits().unseen,
-                    };
-                    match (both, second.is_empty()) {
-                        (false, _) => cell(first, family),
-                        (true, true) => "–".into(),
-                        (true, false) => tally_cell(pooled(&[first, second], family).as_ref()),
-                    }
-                })
-                .collect();
-            if cells.iter().all(|c| c == "–") {
-                continue;
-            }
-            let label = match both {
-                true => format!("{split}, both seeds"),
-                false => split.to_string(),
-            };
-            let _ = writeln!(md, "| {family} | {label} | {} | {} |", cells[0], cells[1]);
+    // A row unless every arm's cell is empty.
+    let mut row = |family: &str, label: &str, cells: Vec<String>| {
+        if cells.iter().any(|c| c != "–") {
+            let _ = writeln!(md, "| {family} | {label} | {} |", cells.join(" | "));
         }
-        // The unseen split by what its instructions hold out: vision-language data can teach
-        // colours and objects, not phrasings.
-        for kind in ["color", "combo", "phrasing"] {
-            let mut pooled_both = false;
-            let cells: Vec<String> = arms
+    };
+    for family in vla_tasks::FAMILIES {
+        for (i, split) in ["seen", "unseen"].into_iter().enumerate() {
+            // Each arm's reports of this split: first seed, second seed (empty: not run).
+            let seeds: Vec<[&[SuiteReport]; 2]> = arms
                 .iter()
-                .map(|(_, r)| {
-                    let [first, second] = r.splits().unseen;
-                    pooled_both |= !second.is_empty();
-                    let tally = pooled(&[first, second], family);
-                    tally_cell(tally.as_ref().and_then(|t| t.by_held_out.get(kind)))
-                })
+                .map(|(_, r)| r.splits().by_name()[i].1)
                 .collect();
-            if cells.iter().all(|c| c == "–") {
+            let both = |[first, second]: [&[SuiteReport]; 2]| {
+                (!second.is_empty())
+                    .then(|| pooled(&[first, second], family))
+                    .flatten()
+            };
+            row(
+                family,
+                split,
+                seeds.iter().map(|[f, _]| cell(f, family)).collect(),
+            );
+            row(
+                family,
+                &format!("{split}, both seeds"),
+                seeds
+                    .iter()
+                    .map(|s| tally_cell(both(*s).as_ref()))
+                    .collect(),
+            );
+            if split != "unseen" {
                 continue;
             }
-            let seeds = if pooled_both { ", both seeds" } else { "" };
-            let _ = writeln!(
-                md,
-                "| {family} | unseen{seeds}: held-out {kind} | {} | {} |",
-                cells[0], cells[1]
-            );
+            // The unseen split by what its instructions hold out: vision-language data can
+            // teach colours and objects, not phrasings.
+            let two = seeds.iter().any(|[_, second]| !second.is_empty());
+            let tallies: Vec<Option<Tally>> =
+                seeds.iter().map(|[f, s]| pooled(&[f, s], family)).collect();
+            for kind in ["color", "combo", "phrasing"] {
+                let cells = tallies
+                    .iter()
+                    .map(|t| tally_cell(t.as_ref().and_then(|t| t.by_held_out.get(kind))))
+                    .collect();
+                let seeds = if two { ", both seeds" } else { "" };
+                row(family, &format!("unseen{seeds}: held-out {kind}"), cells);
+            }
         }
     }
     for (label, key) in [

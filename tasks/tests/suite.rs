@@ -127,19 +127,9 @@ fn unseen_episodes_name_what_they_hold_out_and_reports_tally_it() {
             .collect();
         let mut kinds = std::collections::BTreeSet::new();
         for seed in 0..24u64 {
-            let robot = RobotDescription::default_arm().unwrap();
-            let config = EnvConfig {
-                render_enabled: false,
-                ..Default::default()
-            };
-            let seen = make_task(family, Split::Seen, &lang, 0.0, seed).unwrap();
-            let mut env = Env::new(seen, config.clone(), robot.clone());
-            env.reset_physics(seed).unwrap();
-            assert_eq!(env.held_out(), None, "{family} seed {seed}: seen");
-
-            let unseen = make_task(family, Split::Unseen, &lang, 0.0, seed).unwrap();
-            let mut env = Env::new(unseen, config, robot);
-            env.reset_physics(seed).unwrap();
+            let seen = seen_env(family, seed);
+            assert_eq!(seen.held_out(), None, "{family} seed {seed}: seen");
+            let env = split_env(family, Split::Unseen, seed);
             let text = env.instruction().to_string();
             let kind = env
                 .held_out()
@@ -152,7 +142,9 @@ fn unseen_episodes_name_what_they_hold_out_and_reports_tally_it() {
                 ),
                 "combo" => assert!(
                     held.combos.iter().any(|combo| {
-                        let (color, kind) = combo.split_once(' ').unwrap();
+                        let (color, kind) = combo
+                            .split_once(' ')
+                            .expect("splits.toml: a combo is \"<colour> <kind>\"");
                         lang.vocabulary.nouns[kind]
                             .iter()
                             .any(|noun| text.contains(&format!("{color} {noun}")))
@@ -212,13 +204,18 @@ fn place_env(seed: u64) -> Env {
 
 /// A seen episode of `family` without cameras, reset with `seed`.
 fn seen_env(family: &str, seed: u64) -> Env {
+    split_env(family, Split::Seen, seed)
+}
+
+/// An episode of `family` on `split` without cameras, reset with `seed`.
+fn split_env(family: &str, split: Split, seed: u64) -> Env {
     let lang = Language::builtin().expect("built-in vocabulary parses");
     let robot = RobotDescription::default_arm().expect("built-in arm loads");
     let config = EnvConfig {
         render_enabled: false,
         ..Default::default()
     };
-    let task = make_task(family, Split::Seen, &lang, 0.0, seed).expect("task");
+    let task = make_task(family, split, &lang, 0.0, seed).expect("task");
     let mut env = Env::new(task, config, robot);
     env.reset_physics(seed).expect("reset");
     env
