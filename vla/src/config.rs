@@ -864,6 +864,7 @@ mod tests {
             "tiny_plan.toml",
             "base.toml",
             "tiny_chunk.toml",
+            "tiny_cotrain.toml",
         ] {
             let cfg = VlaConfig::from_toml_file(dir.join(name)).expect(name);
             assert_eq!(cfg.action.action_dim, 7);
@@ -883,6 +884,17 @@ mod tests {
                 .expect(name)
         };
         assert_eq!(train("tiny.toml"), train("tiny_chunk.toml"));
+        // tiny_cotrain.toml is tiny.toml with made-up instruction words and nothing else.
+        let cotrain = VlaConfig::from_toml_file(dir.join("tiny_cotrain.toml")).expect("cotrain");
+        assert_eq!(cotrain, tiny);
+        let (_, mut words) =
+            crate::train::load_config_file(dir.join("tiny_cotrain.toml")).expect("cotrain");
+        assert_eq!(words.augment.extra_words, 0.5);
+        words.augment.extra_words = 0.0;
+        assert_eq!(
+            serde_json::to_string(&words).expect("json"),
+            train("tiny.toml")
+        );
     }
 
     #[test]

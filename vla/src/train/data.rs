@@ -36,6 +36,13 @@ pub struct AugmentConfig {
     pub contrast: f64,
     /// Per-channel gain drawn from `[1 - s, 1 + s]` per sample (a cheap hue/saturation jitter).
     pub channel_gain: f64,
+    /// Share of robot frames whose instruction gets made-up words around it (0 = off): one
+    /// to three random lowercase "words" of 2–7 letters before it, after it, or both, so
+    /// "pick up the red cube" may read "qzu pick up the red cube vopexa". A user's "please
+    /// lift the …" adds words a policy never saw; this teaches the action not to hinge on
+    /// the instruction's length or on where its words sit. Vision-language examples keep
+    /// their questions as they are.
+    pub extra_words: f64,
 }
 
 impl Default for AugmentConfig {
@@ -45,7 +52,35 @@ impl Default for AugmentConfig {
             brightness: 0.15,
             contrast: 0.15,
             channel_gain: 0.05,
+            extra_words: 0.0,
         }
+    }
+}
+
+impl AugmentConfig {
+    /// `instruction` with made-up words around it, drawn from `rng` (with probability
+    /// `extra_words`; otherwise unchanged and no draw beyond the coin).
+    pub fn add_words(&self, instruction: &str, rng: &mut ChaCha8Rng) -> String {
+        if !rng.random_bool(self.extra_words.clamp(0.0, 1.0)) {
+            return instruction.to_string();
+        }
+        let words = |rng: &mut ChaCha8Rng| -> Vec<String> {
+            (0..rng.random_range(1..=3usize))
+                .map(|_| {
+                    (0..rng.random_range(2..=7usize))
+                        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+                        .collect()
+                })
+                .collect()
+        };
+        // 0: before, 1: after, 2: both.
+        let side = rng.random_range(0..3u8);
+        let mut parts = if side != 1 { words(rng) } else { Vec::new() };
+        parts.push(instruction.to_string());
+        if side != 0 {
+            parts.extend(words(rng));
+        }
+        parts.join(" ")
     }
 }
 
@@ -676,9 +711,10 @@ impl TrainingData {
         prompts: &PromptCache,
         augment: Option<(&AugmentConfig, &mut [ChaCha8Rng])>,
     ) -> Result<VlaBatch> {
+        let mut augment = augment;
         let idx = index_tensor(indices);
         let images = self.images.tensor().index_select(0, &idx);
-        let images = match augment {
+        let images = match augment.as_mut() {
             Some((cfg, rngs)) => augment_images(&images, cfg, rngs),
             None => images,
         };
@@ -704,8 +740,16 @@ impl TrainingData {
         };
         let prompt_rows: Vec<Vec<i64>> = indices
             .iter()
-            .map(|&i| prompts.ids(self.frame_task[i]).to_vec())
-            .collect();
+            .enumerate()
+            .map(|(k, &i)| match augment.as_mut() {
+                // Each sample's words from its own generator, after its images' draws.
+                Some((cfg, rngs)) if cfg.extra_words > 0.0 => {
+                    let task = &self.tasks[self.frame_task[i]];
+                    tokenizer.encode_prompt(&cfg.add_words(task, &mut rngs[k]))
+                }
+                _ => Ok(prompts.ids(self.frame_task[i]).to_vec()),
+            })
+            .collect::<Result<_>>()?;
         let (prompt_ids, prompt_mask) = left_pad(&prompt_rows, tokenizer.pad_id());
         let subtask = if collate.plan {
             let rows = indices
@@ -906,6 +950,56 @@ mod tests {
         let tail = augment_images(&images.narrow(0, 2, 2), &cfg, &mut sample_rngs(3, 7, 2..4));
         assert!(tail.equal(&a.narrow(0, 2, 2)));
     }
+    #[test]
+    fn extra_words_surround_the_instruction_and_are_seeded() {
+        let instruction = "pick up the red cube";
+        let mut cfg = AugmentConfig::default();
+        // Off by default: no draw changes the text.
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        assert_eq!(cfg.add_words(instruction, &mut rng), instruction);
+        cfg.extra_words = 1.0;
+        let draw_at = |cfg: &AugmentConfig, seed: u64| {
+            cfg.add_words(instruction, &mut ChaCha8Rng::seed_from_u64(seed))
+        };
+        let draw = |seed: u64| draw_at(&cfg, seed);
+        let (mut before, mut after) = (0, 0);
+        for seed in 0..200 {
+            let text = draw(seed);
+            assert_eq!(text, draw(seed), "the same generator, the same words");
+            let at = text
+                .find(instruction)
+                .expect("the instruction is kept whole");
+            let (pre, post) = (&text[..at], &text[at + instruction.len()..]);
+            before += usize::from(!pre.is_empty());
+            after += usize::from(!post.is_empty());
+            assert!(
+                !(pre.is_empty() && post.is_empty()),
+                "{text:?}: no word added"
+            );
+            for word in pre.split_whitespace().chain(post.split_whitespace()) {
+                assert!(
+                    (2..=7).contains(&word.len()) && word.bytes().all(|b| b.is_ascii_lowercase()),
+                    "{word:?} in {text:?}"
+                );
+            }
+            assert!(pre.split_whitespace().count() <= 3 && post.split_whitespace().count() <= 3);
+        }
+        // Both sides are used (each side in about two thirds of the draws).
+        assert!(
+            before > 100 && after > 100,
+            "before {before}, after {after} of 200"
+        );
+        // At share 0.5, about half of the instructions change.
+        let half = AugmentConfig {
+            extra_words: 0.5,
+            ..cfg.clone()
+        };
+        let changed = (0..400)
+            .filter(|&seed| draw_at(&half, seed) != instruction)
+            .count();
+        assert!((150..250).contains(&changed), "{changed} of 400 changed");
+    }
+
     /// Two episodes of 4 and 2 frames; frame i's action is `[i/10, 0, …, gripper]`.
     fn two_episodes(image_size: i64) -> TrainingData {
         let n = 6;

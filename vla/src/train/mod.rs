@@ -123,6 +123,12 @@ impl TrainConfig {
                 format!("{} must be in [0, 1)", self.val_fraction),
             ));
         }
+        if !(0.0..=1.0).contains(&self.augment.extra_words) {
+            return Err(VlaError::invalid(
+                "train.augment.extra_words",
+                format!("{} must be a share in [0, 1]", self.augment.extra_words),
+            ));
+        }
         if let Some(lora) = &self.lora {
             lora.validate("train.lora")?;
         }
