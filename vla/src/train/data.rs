@@ -58,11 +58,11 @@ impl Default for AugmentConfig {
 }
 
 impl AugmentConfig {
-    /// `instruction` with made-up words around it, drawn from `rng` (with probability
-    /// `extra_words`; otherwise unchanged and no draw beyond the coin).
-    pub fn add_words(&self, instruction: &str, rng: &mut ChaCha8Rng) -> String {
+    /// `instruction` with made-up words around it, drawn from `rng`, with probability
+    /// `extra_words`; otherwise `None` (the instruction as it is) and no draw beyond the coin.
+    pub fn add_words(&self, instruction: &str, rng: &mut ChaCha8Rng) -> Option<String> {
         if !rng.random_bool(self.extra_words.clamp(0.0, 1.0)) {
-            return instruction.to_string();
+            return None;
         }
         let words = |rng: &mut ChaCha8Rng| -> Vec<String> {
             (0..rng.random_range(1..=3usize))
@@ -80,7 +80,7 @@ impl AugmentConfig {
         if side != 0 {
             parts.extend(words(rng));
         }
-        parts.join(" ")
+        Some(parts.join(" "))
     }
 }
 
@@ -709,9 +709,8 @@ impl TrainingData {
         collate: &Collate,
         tokenizer: &TextTokenizer,
         prompts: &PromptCache,
-        augment: Option<(&AugmentConfig, &mut [ChaCha8Rng])>,
+        mut augment: Option<(&AugmentConfig, &mut [ChaCha8Rng])>,
     ) -> Result<VlaBatch> {
-        let mut augment = augment;
         let idx = index_tensor(indices);
         let images = self.images.tensor().index_select(0, &idx);
         let images = match augment.as_mut() {
@@ -741,13 +740,20 @@ impl TrainingData {
         let prompt_rows: Vec<Vec<i64>> = indices
             .iter()
             .enumerate()
-            .map(|(k, &i)| match augment.as_mut() {
-                // Each sample's words from its own generator, after its images' draws.
-                Some((cfg, rngs)) if cfg.extra_words > 0.0 => {
-                    let task = &self.tasks[self.frame_task[i]];
-                    tokenizer.encode_prompt(&cfg.add_words(task, &mut rngs[k]))
+            .map(|(k, &i)| {
+                let task = self.frame_task[i];
+                // Each sample's words from its own generator, after its images' draws; an
+                // instruction left as it is keeps its cached ids.
+                let words = match augment.as_mut() {
+                    Some((cfg, rngs)) if cfg.extra_words > 0.0 => {
+                        cfg.add_words(&self.tasks[task], &mut rngs[k])
+                    }
+                    _ => None,
+                };
+                match words {
+                    Some(text) => tokenizer.encode_prompt(&text),
+                    None => Ok(prompts.ids(task).to_vec()),
                 }
-                _ => Ok(prompts.ids(self.frame_task[i]).to_vec()),
             })
             .collect::<Result<_>>()?;
         let (prompt_ids, prompt_mask) = left_pad(&prompt_rows, tokenizer.pad_id());
@@ -956,10 +962,12 @@ mod tests {
         let mut cfg = AugmentConfig::default();
         // Off by default: no draw changes the text.
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        assert_eq!(cfg.add_words(instruction, &mut rng), instruction);
+        assert_eq!(cfg.add_words(instruction, &mut rng), None);
         cfg.extra_words = 1.0;
+        // The text a sample reads: the instruction as it is when no words were added.
         let draw_at = |cfg: &AugmentConfig, seed: u64| {
             cfg.add_words(instruction, &mut ChaCha8Rng::seed_from_u64(seed))
+                .unwrap_or_else(|| instruction.to_string())
         };
         let draw = |seed: u64| draw_at(&cfg, seed);
         let (mut before, mut after) = (0, 0);
