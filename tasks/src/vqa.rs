@@ -859,6 +859,35 @@ mod tests {
         assert_eq!(t.plural("cube"), "cubes");
     }
 
+    /// The questions teach what things are and where, never how an instruction is phrased:
+    /// no verb that opens a robot instruction template (the unseen split's held-out ones
+    /// included) is in a question.
+    #[test]
+    fn questions_use_no_instruction_verb() {
+        let t = Templates::builtin().unwrap();
+        let lang = Language::builtin().unwrap();
+        let verbs: Vec<&str> = (lang.vocabulary.templates.values().flatten())
+            .filter_map(|template| template.split_whitespace().next())
+            .collect();
+        assert!(
+            verbs.contains(&"raise") && verbs.contains(&"take"),
+            "{verbs:?}"
+        );
+        for (key, list, _) in t.keyed() {
+            for question in list {
+                let words: Vec<&str> = question
+                    .split(|c: char| !c.is_alphabetic())
+                    .filter(|w| !w.is_empty())
+                    .collect();
+                let used: Vec<&&str> = verbs.iter().filter(|v| words.contains(v)).collect();
+                assert!(
+                    used.is_empty(),
+                    "questions.{key} {question:?} uses {used:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn bad_templates_name_the_file_and_the_key() {
         let good = VQA_TOML;

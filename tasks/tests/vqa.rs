@@ -177,9 +177,14 @@ fn answers_agree_with_the_simulator_state() {
                     points += 1;
                 }
                 QaKind::Contains if refs.len() == 2 => {
-                    let (oc, ok) = &refs[0];
-                    let (bc, bk) = &refs[1];
-                    assert_eq!(bk, "bin");
+                    // Either order: "is the <object> in the <bin>?", "does the <bin> hold …?"
+                    let bin_first = refs[0].1 == "bin";
+                    let ((oc, ok), (bc, bk)) = if bin_first {
+                        (&refs[1], &refs[0])
+                    } else {
+                        (&refs[0], &refs[1])
+                    };
+                    assert_eq!(bk, "bin", "{}", at("in", p));
                     let (o, b) = (objects_named(cell, oc, ok), bins_named(cell, bc));
                     assert!(o.len() == 1 && b.len() == 1, "{}", at("contains", p));
                     let inside = cell.object_in_receptacle(o[0], b[0]);
