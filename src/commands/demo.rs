@@ -583,11 +583,9 @@ fn ablation(args: &Args, plan: &Plan) -> anyhow::Result<()> {
                 .iter()
                 .map(|(_, r)| r.splits().by_name()[i].1)
                 .collect();
-            let both = |[first, second]: [&[SuiteReport]; 2]| {
-                (!second.is_empty())
-                    .then(|| pooled(&[first, second], family))
-                    .flatten()
-            };
+            // Each arm's seeds pooled (the first alone when the second was not run).
+            let tallies: Vec<Option<Tally>> =
+                seeds.iter().map(|[f, s]| pooled(&[f, s], family)).collect();
             row(
                 family,
                 split,
@@ -598,7 +596,8 @@ fn ablation(args: &Args, plan: &Plan) -> anyhow::Result<()> {
                 &format!("{split}, both seeds"),
                 seeds
                     .iter()
-                    .map(|s| tally_cell(both(*s).as_ref()))
+                    .zip(&tallies)
+                    .map(|([_, second], t)| tally_cell(t.as_ref().filter(|_| !second.is_empty())))
                     .collect(),
             );
             if split != "unseen" {
@@ -607,8 +606,6 @@ fn ablation(args: &Args, plan: &Plan) -> anyhow::Result<()> {
             // The unseen split by what its instructions hold out: vision-language data can
             // teach colours and objects, not phrasings.
             let two = seeds.iter().any(|[_, second]| !second.is_empty());
-            let tallies: Vec<Option<Tally>> =
-                seeds.iter().map(|[f, s]| pooled(&[f, s], family)).collect();
             for kind in ["color", "combo", "phrasing"] {
                 let cells = tallies
                     .iter()
