@@ -857,7 +857,7 @@ mod tests {
     }
 
     #[test]
-    fn shipped_configs_parse_and_validate() {
+    fn shipped_configs_parse_and_validate() -> std::result::Result<(), Box<dyn std::error::Error>> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
         for name in [
             "tiny.toml",
@@ -866,35 +866,30 @@ mod tests {
             "tiny_chunk.toml",
             "tiny_cotrain.toml",
         ] {
-            let cfg = VlaConfig::from_toml_file(dir.join(name)).expect(name);
+            let cfg = VlaConfig::from_toml_file(dir.join(name))?;
             assert_eq!(cfg.action.action_dim, 7);
         }
         // tiny_chunk.toml is tiny.toml with chunks and nothing else.
-        let tiny = VlaConfig::from_toml_file(dir.join("tiny.toml")).expect("tiny");
-        let chunk = VlaConfig::from_toml_file(dir.join("tiny_chunk.toml")).expect("tiny_chunk");
+        let tiny = VlaConfig::from_toml_file(dir.join("tiny.toml"))?;
+        let chunk = VlaConfig::from_toml_file(dir.join("tiny_chunk.toml"))?;
         assert_eq!(tiny.action.chunk_size, 1);
         assert_eq!(chunk.action.chunk_size, 4);
         let mut same = chunk.clone();
         same.action.chunk_size = 1;
         same.action.chunk_execution = ChunkExecution::OpenLoop;
         assert_eq!(same, tiny);
-        let train = |name: &str| {
-            crate::train::load_config_file(dir.join(name))
-                .map(|(_, t)| serde_json::to_string(&t).expect("json"))
-                .expect(name)
+        let train = |name: &str| -> std::result::Result<String, Box<dyn std::error::Error>> {
+            let (_, t) = crate::train::load_config_file(dir.join(name))?;
+            Ok(serde_json::to_string(&t)?)
         };
-        assert_eq!(train("tiny.toml"), train("tiny_chunk.toml"));
+        assert_eq!(train("tiny.toml")?, train("tiny_chunk.toml")?);
         // tiny_cotrain.toml is tiny.toml with made-up instruction words and nothing else.
-        let cotrain = VlaConfig::from_toml_file(dir.join("tiny_cotrain.toml")).expect("cotrain");
+        let (cotrain, mut words) = crate::train::load_config_file(dir.join("tiny_cotrain.toml"))?;
         assert_eq!(cotrain, tiny);
-        let (_, mut words) =
-            crate::train::load_config_file(dir.join("tiny_cotrain.toml")).expect("cotrain");
         assert_eq!(words.augment.extra_words, 0.5);
         words.augment.extra_words = 0.0;
-        assert_eq!(
-            serde_json::to_string(&words).expect("json"),
-            train("tiny.toml")
-        );
+        assert_eq!(serde_json::to_string(&words)?, train("tiny.toml")?);
+        Ok(())
     }
 
     #[test]

@@ -60,8 +60,11 @@ impl Default for AugmentConfig {
 impl AugmentConfig {
     /// `instruction` with made-up words around it, drawn from `rng`, with probability
     /// `extra_words`; otherwise `None` (the instruction as it is) and no draw beyond the coin.
+    /// Off (0) takes no draw at all, so configs without the words train as they did before.
     pub fn add_words(&self, instruction: &str, rng: &mut ChaCha8Rng) -> Option<String> {
-        if !rng.random_bool(self.extra_words.clamp(0.0, 1.0)) {
+        // `> 0.0` is false for NaN too (validation refuses it; a hand-built config may not).
+        let on = self.extra_words > 0.0;
+        if !on || !rng.random_bool(self.extra_words.min(1.0)) {
             return None;
         }
         let words = |rng: &mut ChaCha8Rng| -> Vec<String> {
@@ -744,12 +747,8 @@ impl TrainingData {
                 let task = self.frame_task[i];
                 // Each sample's words from its own generator, after its images' draws; an
                 // instruction left as it is keeps its cached ids.
-                let words = match augment.as_mut() {
-                    Some((cfg, rngs)) if cfg.extra_words > 0.0 => {
-                        cfg.add_words(&self.tasks[task], &mut rngs[k])
-                    }
-                    _ => None,
-                };
+                let words = (augment.as_mut())
+                    .and_then(|(cfg, rngs)| cfg.add_words(&self.tasks[task], &mut rngs[k]));
                 match words {
                     Some(text) => tokenizer.encode_prompt(&text),
                     None => Ok(prompts.ids(task).to_vec()),
