@@ -189,16 +189,21 @@ pub struct Drop {
     pub xy: [f64; 2],
     /// Tool height at which to open the fingers.
     pub release_z: f64,
-    /// How far (m, along x or along y) from `xy` the released object's centre may come to
+    /// Centre of the area that counts as put down: a bin's centre, while `xy` may aim at a
+    /// free corner of it.
+    pub area: [f64; 2],
+    /// How far (m, along x or along y) from `area` the released object's centre may come to
     /// rest and still count as put down; farther, the expert picks it up again.
     pub radius: f64,
 }
 
 impl Drop {
-    /// How far (m) the tool's `xy` is from the drop point beyond [`DROP_SLACK`]; 0 or less
-    /// is over the spot.
+    /// How far (m) the tool's `xy` is from the drop point beyond [`DROP_SLACK`] of the room
+    /// the area leaves around it; 0 or less is over the spot.
     fn beyond_slack(&self, xy: Vector2<f64>) -> f64 {
-        (Vector2::from(self.xy) - xy).norm() - DROP_SLACK * self.radius
+        let aim = Vector2::from(self.xy);
+        let room = self.radius - (aim - Vector2::from(self.area)).amax();
+        (aim - xy).norm() - DROP_SLACK * room
     }
 }
 
@@ -272,7 +277,9 @@ impl PickPlace {
     fn rests_on_the_drop(&self, cell: &Cell) -> bool {
         self.drop.is_some_and(|drop| {
             let obj = cell.object_pose(self.object).translation.vector;
-            let off = (obj.x - drop.xy[0]).abs().max((obj.y - drop.xy[1]).abs());
+            let off = (obj.x - drop.area[0])
+                .abs()
+                .max((obj.y - drop.area[1]).abs());
             off <= drop.radius
         })
     }

@@ -158,12 +158,31 @@ impl Place {
     }
 }
 
+/// How far (m, along x and along y) from a bin's centre the expert lets go of an object when
+/// another already lies in the bin: on the floor across from it, not on top (a ball let go
+/// over a can rolls off it and over the wall).
+const BESIDE: f64 = 0.03;
+
+/// Over the centre of `bin`, or over the corner across from the first object already in it.
 fn drop_into(cell: &Cell, bin: usize, object: usize) -> Drop {
     let r = &cell.receptacles[bin];
     let h = cell.objects[object].spec.height as f64;
+    let centre = [r.position[0] as f64, r.position[1] as f64];
+    let occupant = (0..cell.objects.len())
+        .find(|&o| o != object && cell.object_in_receptacle(o, bin))
+        .map(|o| cell.object_pose(o).translation.vector);
+    let away = |d: f64| if d > 0.0 { -BESIDE } else { BESIDE };
+    let xy = match occupant {
+        Some(p) => [
+            centre[0] + away(p.x - centre[0]),
+            centre[1] + away(p.y - centre[1]),
+        ],
+        None => centre,
+    };
     Drop {
-        xy: [r.position[0] as f64, r.position[1] as f64],
+        xy,
         release_z: r.spec.wall_height as f64 + h * 0.5 + 0.025,
+        area: centre,
         // The bound of `Cell::object_in_receptacle` (bins stand unrotated).
         radius: r.spec.inner_half[0].min(r.spec.inner_half[1]) as f64,
     }
@@ -348,6 +367,7 @@ impl Task for Stack {
         let h = cell.objects[1].spec.height as f64;
         let drop = Drop {
             xy: [base.x, base.y],
+            area: [base.x, base.y],
             release_z: h + cell.objects[0].spec.height as f64 * 0.5 + 0.006,
             // Resting on the base: its centre within half the base's width of the base's.
             radius: cell.objects[1].spec.size as f64 * 0.5,
@@ -403,10 +423,10 @@ impl Task for Stack {
 }
 
 // ---------------------------------------------------------------------------------------
-/// "put every block in the bin of its colour": the sorting cell.
+/// "put every object in the bin of its colour": the sorting cell.
 pub struct Sort {
     pub common: Common,
-    /// (block, bin) pairs.
+    /// (object, bin) pairs.
     assignment: Vec<(usize, usize)>,
     expert: Option<PickPlace>,
 }
@@ -442,28 +462,35 @@ impl Task for Sort {
         320
     }
 
-    /// Scene: two bins of different colours and three blocks of those colours.
+    /// Scene: two bins of different colours and three objects of those colours. The two of
+    /// one colour differ in kind, so the step the expert names ("put the red ball in the red
+    /// bin") fits one object: with two red cubes it fitted both, and the grounding heads were
+    /// trained towards a choice their sentence could not tell (README, sessions 30-32).
     fn reset(&mut self, cell: &mut Cell, rng: &mut ChaCha8Rng) -> Result<String, SimError> {
         let lang = &self.common.language;
         let split = self.common.split;
         let novelty = self.common.novelty(rng, "sort");
-        let cube = [ObjectKind::Cube];
-        let first = lang.draw_target(rng, split, novelty, &cube).0;
-        let second = lang
-            .draw_distractor(rng, split, &cube, &[(first.clone(), ObjectKind::Cube)])
-            .0;
-        let colors = [first, second];
-        let block_colors = [
-            colors[0].clone(),
-            colors[1].clone(),
-            colors[rng.random_range(0..2)].clone(),
-        ];
+        let first = lang.draw_target(rng, split, novelty, &ObjectKind::ALL);
+        let second =
+            lang.draw_distractor(rng, split, &ObjectKind::ALL, std::slice::from_ref(&first));
+        let colors = [first.0.clone(), second.0.clone()];
+        let twin = if rng.random_bool(0.5) {
+            &first
+        } else {
+            &second
+        };
+        let third = (
+            twin.0.clone(),
+            lang.draw_other_kind(rng, &twin.0, twin.1)
+                .map_err(|e| SimError::InvalidInput(e.to_string()))?,
+        );
+        let referents = [first, second, third];
         let bins = colors
             .clone()
             .map(|c| ReceptacleSpec::bin(&c, lang.rgb(&c)));
-        let blocks = block_colors
+        let blocks = referents
             .clone()
-            .map(|c| ObjectSpec::new(ObjectKind::Cube, &c, lang.rgb(&c)));
+            .map(|(c, k)| ObjectSpec::new(k, &c, lang.rgb(&c)));
         let mut radii: Vec<f32> = bins.iter().map(|b| b.footprint_radius()).collect();
         radii.extend(blocks.iter().map(|o| o.footprint_radius()));
         let spots = layout::place(rng, &radii).map_err(layout_err)?;
@@ -473,7 +500,7 @@ impl Task for Sort {
         self.assignment.clear();
         for (i, (o, xy)) in blocks.into_iter().zip(&spots[2..]).enumerate() {
             let yaw = rng.random_range(-0.7f32..0.7);
-            let bin = if block_colors[i] == colors[0] { 0 } else { 1 };
+            let bin = if referents[i].0 == colors[0] { 0 } else { 1 };
             let id = cell.add_object(o, xy[0], xy[1], yaw);
             self.assignment.push((id, bin));
         }
@@ -483,7 +510,7 @@ impl Task for Sort {
         Ok(lang.phrase(rng, "sort", split, novelty, Referents::default()))
     }
 
-    /// Success: every block is inside the bin of its colour and released.
+    /// Success: every object is inside the bin of its colour and released.
     fn evaluate(&self, cell: &Cell) -> Evaluation {
         let placed = self
             .assignment
@@ -510,7 +537,7 @@ impl Task for Sort {
             None => Action::new([0.0; 3], [0.0; 3], 0.0),
         };
         // The step named is the one the next gripper event belongs to (what the grounding
-        // targets of the data aim at): once the fingers open over the bin, the next block.
+        // targets of the data aim at): once the fingers open over the bin, the next object.
         let current = self.expert.as_ref().map(|e| {
             let bin = self
                 .assignment
@@ -544,10 +571,10 @@ impl Task for Sort {
 }
 
 impl Sort {
-    /// The (block, bin) of the block not yet in its bin that is nearest the gripper
+    /// The (object, bin) of the object not yet in its bin that is nearest the gripper
     /// (horizontally), other than `except`: a choice the scene shows (the gripper and the
-    /// blocks are in the images), where a fixed order by colour would be a coin toss a
-    /// policy could not learn, and one that also tells apart two blocks of one colour.
+    /// objects are in the images), where a fixed order by colour would be a coin toss a
+    /// policy could not learn.
     fn nearest_unsorted(
         &self,
         cell: &Cell,

@@ -372,6 +372,28 @@ impl Language {
             .any(|c| *c == format!("{color} {}", kind.as_str()))
     }
 
+    /// A kind for a second object of `color`, other than `besides`, that makes no held-out
+    /// pairing: two objects of one colour then still have names that tell them apart.
+    pub fn draw_other_kind(
+        &self,
+        rng: &mut ChaCha8Rng,
+        color: &str,
+        besides: ObjectKind,
+    ) -> Result<ObjectKind, TaskError> {
+        let kinds: Vec<ObjectKind> = ObjectKind::ALL
+            .into_iter()
+            .filter(|k| *k != besides && !self.is_held_out_combo(color, *k))
+            .collect();
+        kinds.choose(rng).copied().ok_or_else(|| TaskError::Data {
+            file: "splits.toml".into(),
+            cause: format!(
+                "unseen.combos holds out every {color} object but the {}, and a scene \
+                     needs two {color} objects of different kinds",
+                besides.as_str()
+            ),
+        })
+    }
+
     /// Whether a (colour, kind) may appear anywhere in a seen episode.
     pub fn seen_allows(&self, color: &str, kind: ObjectKind) -> bool {
         !self.splits.unseen.colors.iter().any(|c| c == color)

@@ -464,13 +464,20 @@ fn subtask_sequence(family: &str, seed: u64) -> (Vec<(String, usize, f32)>, bool
 }
 
 #[test]
-fn sort_names_one_block_after_another_and_moves_on_at_each_release() {
+fn sort_names_one_object_after_another_and_moves_on_at_each_release() {
     for seed in [3, 4] {
         let (seq, success) = subtask_sequence("sort", seed);
         assert!(success, "seed {seed}: the expert sorts");
-        // Three blocks of two colours, each step "put the C cube in the C bin": both colours
-        // are named (two blocks of one colour share their sentence, so two or three runs).
-        assert!((2..=3).contains(&seq.len()), "seed {seed}: {seq:?}");
+        // Three objects of two colours, each step "put the C K in the C bin". The two of one
+        // colour differ in kind, so every step names one object: three runs, three sentences.
+        assert_eq!(seq.len(), 3, "seed {seed}: {seq:?}");
+        let names: std::collections::BTreeSet<&str> =
+            seq.iter().map(|(s, _, _)| s.as_str()).collect();
+        assert_eq!(
+            names.len(),
+            3,
+            "seed {seed}: one sentence per object: {seq:?}"
+        );
         let colours: std::collections::BTreeSet<&str> = seq
             .iter()
             .filter_map(|(s, _, _)| s.split(' ').nth(2))
@@ -479,13 +486,14 @@ fn sort_names_one_block_after_another_and_moves_on_at_each_release() {
         for (s, _, _) in &seq {
             let words: Vec<&str> = s.split(' ').collect();
             assert_eq!(
-                (words[0], words[1], words[3], words[4], words[5], words[7]),
-                ("put", "the", "cube", "in", "the", "bin"),
+                (words[0], words[1], words[4], words[5], words[7]),
+                ("put", "the", "in", "the", "bin"),
                 "{s}"
             );
+            assert!(["cube", "can", "ball"].contains(&words[3]), "{s}");
             assert_eq!(
                 words[2], words[6],
-                "a block goes to the bin of its colour: {s}"
+                "an object goes to the bin of its colour: {s}"
             );
         }
         // The first step is named from the start; each later one from the step where the
@@ -513,6 +521,35 @@ fn single_step_families_name_their_step_in_canonical_words() {
         seq.len() == 1 && seq[0].0.starts_with("pick up the "),
         "{seq:?}"
     );
+}
+
+/// A second object of one colour is another kind that makes no held-out pairing (so `sort`'s
+/// steps name one object each); a split that leaves a colour only one kind is refused by name.
+#[test]
+fn a_second_object_of_one_colour_is_another_kind_or_a_clear_error() {
+    use rand::SeedableRng;
+    use vla_sim::ObjectKind;
+    use vla_tasks::language::{SPLITS_TOML, VOCABULARY_TOML};
+    let lang = Language::builtin().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut drawn = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let k = lang
+            .draw_other_kind(&mut rng, "red", ObjectKind::Cube)
+            .unwrap();
+        assert!(k != ObjectKind::Cube && lang.seen_allows("red", k), "{k:?}");
+        drawn.insert(k.as_str());
+    }
+    // "red ball" is held out, so a second red object beside a cube is a can.
+    assert_eq!(drawn.into_iter().collect::<Vec<_>>(), ["cylinder"]);
+    assert!(SPLITS_TOML.contains("combos = ["));
+    let splits = SPLITS_TOML.replacen("combos = [", "combos = [\"red cylinder\", ", 1);
+    let strict = Language::from_strs(VOCABULARY_TOML, "v.toml", &splits, "s.toml").unwrap();
+    let e = strict
+        .draw_other_kind(&mut rng, "red", ObjectKind::Cube)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("splits.toml") && e.contains("red"), "{e}");
 }
 
 /// RT-2-style co-training may show the held-out colours and colour–object pairs in

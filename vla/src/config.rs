@@ -329,7 +329,7 @@ pub struct VlaConfig {
 /// ```
 ///
 /// The grounding heads read the sub-task instead of the prompt, so the thing to fetch next is
-/// named in words the heads can find even when the instruction ("sort the blocks by colour")
+/// named in words the heads can find even when the instruction ("sort the objects by colour")
 /// names none. The sub-task tokens are trained by cross-entropy like the actions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
