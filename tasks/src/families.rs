@@ -46,7 +46,8 @@ impl Common {
     }
 }
 
-fn layout_err(e: crate::TaskError) -> SimError {
+/// A task's own error (a layout that did not fit, task data at fault) as a reset reports it.
+fn task_err(e: crate::TaskError) -> SimError {
     SimError::InvalidInput(e.to_string())
 }
 
@@ -108,7 +109,7 @@ impl Task for Pick {
             .map(|(c, k)| ObjectSpec::new(*k, c, lang.rgb(c)))
             .collect();
         let radii: Vec<f32> = specs.iter().map(|s| s.footprint_radius()).collect();
-        let spots = layout::place(rng, &radii).map_err(layout_err)?;
+        let spots = layout::place(rng, &radii).map_err(task_err)?;
         for (spec, xy) in specs.into_iter().zip(spots) {
             let yaw = rng.random_range(-0.7f32..0.7);
             cell.add_object(spec, xy[0], xy[1], yaw);
@@ -243,7 +244,7 @@ impl Task for Place {
         ];
         let mut radii: Vec<f32> = bins.iter().map(|b| b.footprint_radius()).collect();
         radii.extend(objects.iter().map(|o| o.footprint_radius()));
-        let spots = layout::place(rng, &radii).map_err(layout_err)?;
+        let spots = layout::place(rng, &radii).map_err(task_err)?;
         for (b, xy) in bins.into_iter().zip(&spots) {
             cell.add_receptacle(b, xy[0], xy[1], 0.0);
         }
@@ -356,7 +357,7 @@ impl Task for Stack {
         let objects = [&top_color, &base_color, &other]
             .map(|c| ObjectSpec::new(ObjectKind::Cube, c, lang.rgb(c)));
         let radii: Vec<f32> = objects.iter().map(|o| o.footprint_radius()).collect();
-        let spots = layout::place(rng, &radii).map_err(layout_err)?;
+        let spots = layout::place(rng, &radii).map_err(task_err)?;
         for (o, xy) in objects.into_iter().zip(&spots) {
             let yaw = rng.random_range(-0.7f32..0.7);
             cell.add_object(o, xy[0], xy[1], yaw);
@@ -482,7 +483,7 @@ impl Task for Sort {
         let third = (
             twin.0.clone(),
             lang.draw_other_kind(rng, &twin.0, twin.1)
-                .map_err(|e| SimError::InvalidInput(e.to_string()))?,
+                .map_err(task_err)?,
         );
         let referents = [first, second, third];
         let bins = colors
@@ -493,7 +494,7 @@ impl Task for Sort {
             .map(|(c, k)| ObjectSpec::new(k, &c, lang.rgb(&c)));
         let mut radii: Vec<f32> = bins.iter().map(|b| b.footprint_radius()).collect();
         radii.extend(blocks.iter().map(|o| o.footprint_radius()));
-        let spots = layout::place(rng, &radii).map_err(layout_err)?;
+        let spots = layout::place(rng, &radii).map_err(task_err)?;
         for (b, xy) in bins.into_iter().zip(&spots) {
             cell.add_receptacle(b, xy[0], xy[1], 0.0);
         }
