@@ -317,12 +317,14 @@ fn a_missed_grasp_opened_beside_the_object_is_no_release() {
     for i in 0..40 {
         let t = i % 10;
         let grasp = data.target_xy(i, 0).map(|(p, _)| p[0]);
+        // The next close, or while closed the end effector that holds (or missed) the object.
         let want = match t {
             0..3 => Some(0.15),
-            3..6 => Some(0.16),
+            5 => Some(0.16),
+            3 | 4 | 6..9 => Some(ee_x[t]),
             _ => None,
         };
-        assert_eq!(grasp, want, "frame {i}: the next close");
+        assert_eq!(grasp, want, "frame {i}: the next close or the held object");
         let release = data.target_xy(i, 1).map(|(p, _)| p[0]);
         assert_eq!(
             release,
@@ -375,7 +377,7 @@ fn the_subgoal_is_the_next_event_then_hold_after_a_pick_and_none_after_a_release
 }
 
 #[test]
-fn targets_come_from_the_first_gripper_close_and_the_release_after_it() {
+fn targets_are_the_next_grasp_the_held_object_and_the_release_after_it() {
     let dir = tmp("targets");
     write_dataset(&dir);
     let data = vla_model::train::data::TrainingData::load(
@@ -410,6 +412,15 @@ fn targets_come_from_the_first_gripper_close_and_the_release_after_it() {
             }
         }
         assert_eq!(mask[3 * i + 2], 0.0);
+        // While the fingers are closed (t = 3, 4) head 0's object is in them: its heat-map
+        // target is the end effector itself (never a regression target: it is near), and
+        // after the opening there is no next grasp.
+        let held = data.target_xy(i, 0);
+        match t {
+            0..=2 => assert_eq!(held, Some(([3.0 * 0.05, 0.0], t + 1 < 3)), "frame {i}"),
+            3 | 4 => assert_eq!(held, Some(([t as f32 * 0.05, 0.0], false)), "frame {i}"),
+            _ => assert_eq!(held, None, "frame {i}"),
+        }
     }
     // In the wrist camera: each frame's own view, rebuilt from its end-effector state.
     let mount = vla_model::train::data::GroundingTargets::default().wrist_camera;
@@ -423,7 +434,10 @@ fn targets_come_from_the_first_gripper_close_and_the_release_after_it() {
         let mut state = [0.0f32; 13];
         state[7] = t as f32 * 0.05;
         let view = mount.view(&state).expect("a wrist view from the state");
-        for (head, event, x) in [(0, 3, 0.15f32), (1, 5, 0.25)] {
+        // Head 0 aims at the grasp at t = 3 (x = 0.15), then at the held object, where the
+        // end effector is, until the opening at t = 5.
+        let held = t as f32 * 0.05;
+        for (head, event, x) in [(0, 4, if t >= 3 { held } else { 0.15f32 }), (1, 5, 0.25)] {
             if mask[3 * i + head] == 0.0 {
                 continue;
             }

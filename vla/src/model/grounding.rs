@@ -11,8 +11,9 @@
 //! During training an auxiliary head (`target_head`) maps the front camera's coordinates to
 //! the table position where the demonstration will grasp (head 0) and release (head 1); those
 //! positions also go into the token. A heat-map loss asks each head's front-camera map to
-//! peak where that point appears in the image (projected through the known camera), so the
-//! readout is told directly what to look for (see [`crate::train::data::TrainingData::target_pixels`]).
+//! peak where that point appears in the image (projected through the known camera; head 0's,
+//! while the gripper is closed, is the gripper holding the object), so the readout is told
+//! directly what to look for (see [`crate::train::data::TrainingData::target_pixels`]).
 //! With `action.relative_targets` the token also carries those positions minus the end
 //! effector's: the offset to the object or bin, which is what an expert's move is made of.
 //! With `action.subgoal_weight` a gate (`subgoal`) reads the instruction and the

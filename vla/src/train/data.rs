@@ -202,9 +202,10 @@ pub struct TrainingData {
     /// Distinct sub-task sentences.
     subtasks: Vec<String>,
     /// Per frame: the end-effector (x, y, z) where the gripper next closes, i.e. where the
-    /// grasp happens, and where it next opens at least [`MIN_TARGET_DISTANCE`] from the
-    /// close before that opening, where the release happens (targets of the auxiliary
-    /// grounding losses; `None` once passed).
+    /// grasp happens (while it is closed: where it is, holding the object), and where it
+    /// next opens at least [`MIN_TARGET_DISTANCE`] from the close before that opening,
+    /// where the release happens (targets of the auxiliary grounding losses; `None` once
+    /// passed).
     targets: Vec<[Option<EventTarget>; 2]>,
     /// Per frame: what the gripper is heading for (the subgoal gate's labels).
     subgoals: Vec<Subgoal>,
@@ -461,6 +462,16 @@ impl TrainingData {
                         start = end;
                     }
                 }
+                // While the fingers are closed, the object head 0's sentence names is in
+                // them: head 0 is taught to find it there, not at the next grasp (which in
+                // `sort` is another object, one the sentence does not name).
+                for &i in frames.iter().filter(|&&i| closed(i)) {
+                    let at = i * sd + xy;
+                    targets[i][0] = Some(EventTarget {
+                        position: [states[at], states[at + 1], states[at + 2]],
+                        far: false,
+                    });
+                }
                 let mut events: Vec<(usize, usize)> = closes
                     .iter()
                     .map(|&k| (k, 0))
@@ -648,9 +659,9 @@ impl TrainingData {
             .and_then(|t| t.get(head).copied().flatten())
     }
 
-    /// Where the next grasp (head 0) and release (head 1) points appear in the front
-    /// camera: `[B, H, 2]` (x, y) in `[0, 1]` of the image (x right, y down) and the `[B, H]`
-    /// mask of those that exist and project into the image.
+    /// Where the next grasp or the held object (head 0) and the release (head 1) appear in
+    /// the front camera: `[B, H, 2]` (x, y) in `[0, 1]` of the image (x right, y down) and
+    /// the `[B, H]` mask of those that exist and project into the image.
     pub fn target_pixels(
         &self,
         indices: &[usize],
