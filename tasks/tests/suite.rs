@@ -530,13 +530,13 @@ fn a_second_object_of_one_colour_is_another_kind_or_a_clear_error() {
     use rand::SeedableRng;
     use vla_sim::ObjectKind;
     use vla_tasks::language::{SPLITS_TOML, VOCABULARY_TOML};
-    let lang = Language::builtin().unwrap();
+    let lang = Language::builtin().expect("the built-in vocabulary loads");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut drawn = std::collections::BTreeSet::new();
     for _ in 0..50 {
         let k = lang
             .draw_other_kind(&mut rng, "red", ObjectKind::Cube)
-            .unwrap();
+            .expect("the built-in splits leave red another kind");
         assert!(k != ObjectKind::Cube && lang.seen_allows("red", k), "{k:?}");
         drawn.insert(k.as_str());
     }
@@ -544,7 +544,8 @@ fn a_second_object_of_one_colour_is_another_kind_or_a_clear_error() {
     assert_eq!(drawn.into_iter().collect::<Vec<_>>(), ["cylinder"]);
     assert!(SPLITS_TOML.contains("combos = ["));
     let splits = SPLITS_TOML.replacen("combos = [", "combos = [\"red cylinder\", ", 1);
-    let strict = Language::from_strs(VOCABULARY_TOML, "v.toml", &splits, "s.toml").unwrap();
+    let strict = Language::from_strs(VOCABULARY_TOML, "v.toml", &splits, "s.toml")
+        .expect("the edited splits parse");
     let e = strict
         .draw_other_kind(&mut rng, "red", ObjectKind::Cube)
         .unwrap_err()

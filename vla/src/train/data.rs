@@ -442,17 +442,21 @@ impl TrainingData {
                             .is_some_and(|&c| horizontal(open, c) >= MIN_TARGET_DISTANCE)
                     })
                     .collect();
+                // The end effector's (x, y, z) in frame `i`.
+                let ee_at = |i: usize| {
+                    let at = i * sd + xy;
+                    [states[at], states[at + 1], states[at + 2]]
+                };
                 // Every frame aims at the next event of each kind.
                 for (head, events) in [(0, &closes), (1, &releases)] {
                     let mut start = 0;
                     for &end in events {
-                        let at = frames[end] * sd + xy;
-                        let position = [states[at], states[at + 1], states[at + 2]];
+                        let position = ee_at(frames[end]);
                         for &i in &frames[start..end] {
                             // Near the spot, where the gripper is in the image already says
                             // where the spot is; only frames farther away teach grounding
                             // by regression.
-                            let ee = [states[i * sd + xy], states[i * sd + xy + 1]];
+                            let ee = ee_at(i);
                             let d = (ee[0] - position[0]).hypot(ee[1] - position[1]);
                             targets[i][head] = Some(EventTarget {
                                 position,
@@ -466,9 +470,8 @@ impl TrainingData {
                 // them: head 0 is taught to find it there, not at the next grasp (which in
                 // `sort` is another object, one the sentence does not name).
                 for &i in frames.iter().filter(|&&i| closed(i)) {
-                    let at = i * sd + xy;
                     targets[i][0] = Some(EventTarget {
-                        position: [states[at], states[at + 1], states[at + 2]],
+                        position: ee_at(i),
                         far: false,
                     });
                 }
